@@ -1,0 +1,31 @@
+# New-LLM (CVFP) scaling pipeline.
+#   snakemake --cores all                 run the study in config/config.yaml
+#   snakemake -n                          dry-run: show the planned DAG
+#   snakemake --report report.html        self-contained report with the figures
+# See README.md.
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/phase1.smk"
+include: "rules/phase2.smk"
+include: "rules/analysis.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),
+
+
+onstart:
+    print(
+        f"New-LLM study {STUDY!r}: {len(VARIANTS)} variant(s) x {len(SAMPLE_SIZES)} "
+        f"sample sizes x {len(CONTEXT_DIMS)} context_dims; results in results/{STUDY}/"
+    )

@@ -1,0 +1,21 @@
+"""New-LLM: a recurrent language model trained by context-vector fixed-point learning.
+
+The package holds all logic of the pipeline; ``workflow_scripts/`` are thin Snakemake
+entry points around it.  Modules:
+
+- :mod:`newllm.tokenizer`  GPT-2 BPE from local files or the hub (SPEC §2)
+- :mod:`newllm.data`       corpus loading via ``datasets``, token caches, splits (SPEC §2)
+- :mod:`newllm.embeddings` frozen token embeddings: gpt2 / word2vec / random (SPEC §2)
+- :mod:`newllm.model`      ContextBlock, TokenBlock, tied head (SPEC §3)
+- :mod:`newllm.losses`     CVFP and diversity losses (SPEC §4)
+- :mod:`newllm.metrics`    Effective Rank, convergence rate, perplexity (SPEC §4-5, §7)
+- :mod:`newllm.phase1`     Jacobi-sweep CVFP training and context solvers (SPEC §4, §6)
+- :mod:`newllm.phase2`     TokenBlock training on cached contexts (SPEC §7)
+- :mod:`newllm.scaling`    power-law fits (SPEC §8)
+- :mod:`newllm.plots`      report figures, drawn from tables alone
+
+Only :mod:`newllm.tokenizer`, :mod:`newllm.data`, :mod:`newllm.io` and
+:mod:`newllm.scaling` are imported at DAG-construction time; none of them imports torch.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Config checks beyond the JSON schema, run at DAG-construction time.  No torch import.
+
+``config/schema.yaml`` (JSON Schema Draft 2020-12) checks keys and types; this module
+checks what a schema cannot: that variant overrides are valid after merging, that the
+corpus exists and holds enough samples for every requested size, and that min/max
+settings are ordered.  Every error names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from newllm.data import DataError, count_source_samples
+from newllm.io import read_json
+
+SECTIONS = ("model", "phase1", "phase2")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; raised before any job starts."""
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    """Read the YAML schema."""
+    return yaml.safe_load(Path(path).read_text())
+
+
+def section_defaults(schema: dict[str, Any], section: str) -> dict[str, Any]:
+    """The schema's ``default`` of every key of a ``$defs`` section (model/phase1/phase2)."""
+    props = schema["$defs"][section]["properties"]
+    return {key: copy.deepcopy(spec["default"]) for key, spec in props.items() if "default" in spec}
+
+
+def resolve_variant(config: dict[str, Any], variant: str, schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Merge a variant's overrides into the study's model/phase1/phase2 sections.
+
+    Returns:
+        ``{"model": {...}, "phase1": {...}, "phase2": {...}}``, complete and validated.
+
+    Raises:
+        ConfigError: unknown variant, or an override that breaks the section's schema.
+    """
+    variants = config.get("variants", {})
+    if variant not in variants:
+        raise ConfigError(f"variant {variant!r} is not defined; defined variants: {sorted(variants)}")
+    resolved = {}
+    for section in SECTIONS:
+        merged = section_defaults(schema, section)
+        merged.update(copy.deepcopy(config.get(section) or {}))
+        merged.update(variants[variant].get(section, {}) or {})
+        sub_schema = {**schema["$defs"][section], "$defs": schema["$defs"]}
+        errors = sorted(jsonschema.Draft202012Validator(sub_schema).iter_errors(merged), key=str)
+        if errors:
+            err = errors[0]
+            where = ".".join(str(p) for p in err.absolute_path)
+            raise ConfigError(f"variants.{variant}.{section}{'.' + where if where else ''}: {err.message}")
+        resolved[section] = merged
+    p1 = resolved["phase1"]
+    if p1.get("min_iterations", 5) > p1.get("max_iterations", 60):
+        raise ConfigError(
+            f"variant {variant!r}: phase1.min_iterations={p1['min_iterations']} exceeds "
+            f"phase1.max_iterations={p1['max_iterations']}"
+        )
+    return resolved
+
+
+def available_training_samples(config: dict[str, Any], corpus_manifest: str | Path | None = None) -> int | None:
+    """Samples left for training after validation: exact from an existing corpus cache,
+    else a cheap count of the source (before deduplication), ``None`` when unknown (hub).
+
+    Raises:
+        ConfigError: the corpus source is missing.
+    """
+    corpus = config["corpus"]
+    if corpus_manifest is not None and Path(corpus_manifest).is_file():
+        total = read_json(corpus_manifest)["num_samples"]
+    else:
+        try:
+            total = count_source_samples(corpus)
+        except DataError as err:
+            raise ConfigError(f"corpus: {err}") from err
+        if total is None:
+            return None
+        if corpus.get("max_samples"):
+            total = min(total, corpus["max_samples"])
+    return total - config["validation"]["num_samples"]
+
+
+def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest: str | Path | None = None) -> None:
+    """All semantic checks of a schema-validated config.
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
+    corpus = config["corpus"]
+    if corpus["source"] in ("hub", "local") and not corpus.get("path"):
+        raise ConfigError(f"corpus.path is required for corpus.source {corpus['source']!r}")
+    for variant in config["variants"]:
+        resolve_variant(config, variant, schema)
+    available = available_training_samples(config, corpus_manifest)
+    if available is not None:
+        too_big = [n for n in config["sample_sizes"] if n > available]
+        if available < 1 or too_big:
+            raise ConfigError(
+                f"sample_sizes {too_big or config['sample_sizes']} exceed the training pool: corpus "
+                f"{corpus['name']!r} leaves {max(available, 0)} samples after "
+                f"validation.num_samples={config['validation']['num_samples']}; allowed: 1..{max(available, 0)}"
+            )
+    tok = config["tokenizer"]
+    if tok != "packaged" and not tok.startswith("hub:") and not Path(tok).is_dir():
+        raise ConfigError(
+            f"tokenizer {tok!r} is not 'packaged', 'hub:<repo id>' or an existing directory"
+        )

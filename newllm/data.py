@@ -1,0 +1,343 @@
+"""Corpus loading, token caches, the validation split and training sets (SPEC §2).
+
+A corpus is a list of *samples* (one conversation each).  Every source goes through one
+code path, :func:`load_corpus_dataset`, which calls ``datasets.load_dataset``: the hub
+dataset ``HuggingFaceH4/ultrachat_200k`` directly, local files through the ``json`` /
+``parquet`` / ``csv`` builders, and the embedded ``chitchat-dataset`` after converting
+its single JSON object into UltraChat-schema rows (``prompt_id``,
+``messages: [{role, content}]``).  A sample's text is its message contents joined with
+``"\\n"`` (no role tags).
+
+Token files are uint16 ``.npy`` (GPT-2 ids < 65,536) so training can memory-map them;
+each comes with a JSON manifest that records its SHA-256, checked on every read.
+
+This module does not import torch: it is also used at DAG-construction time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from newllm.io import read_json, sha256_file, write_json, write_npy
+from newllm.tokenizer import EOT_ID, VOCAB_SIZE
+
+TOKEN_DTYPE = np.uint16
+
+
+class DataError(ValueError):
+    """A corpus, split or token cache that cannot serve the requested study."""
+
+
+# --------------------------------------------------------------------------- sources
+def chitchat_json_path() -> Path:
+    """Path of ``dataset.json`` inside the installed ``chitchat_dataset`` package.
+
+    Raises:
+        DataError: the package is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or spec.origin is None:
+        raise DataError("package 'chitchat-dataset' is not installed (pip install chitchat-dataset)")
+    path = Path(spec.origin).parent / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"chitchat_dataset has no dataset.json at {path}")
+    return path
+
+
+def chitchat_to_rows(json_path: str | Path) -> list[dict[str, Any]]:
+    """Convert chitchat's ``{conversation id: {messages: [[utterance, ...], ...]}}`` to rows.
+
+    Each utterance becomes one message ``{"role", "content"}``; the first sender of a
+    conversation is ``user``, the other ``assistant`` (UltraChat's schema).  Empty
+    utterances are dropped.
+
+    Returns:
+        ``[{"prompt_id": str, "messages": [{"role": str, "content": str}, ...]}, ...]``
+        in the file's order.
+    """
+    raw = json.loads(Path(json_path).read_text())
+    rows = []
+    for conv_id, conv in raw.items():
+        first_sender = None
+        messages = []
+        for turn in conv["messages"]:
+            for utterance in turn:
+                text = utterance.get("text", "").strip()
+                if not text:
+                    continue
+                first_sender = first_sender or utterance.get("sender")
+                role = "user" if utterance.get("sender") == first_sender else "assistant"
+                messages.append({"role": role, "content": text})
+        rows.append({"prompt_id": str(conv_id), "messages": messages})
+    return rows
+
+
+def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path):
+    """Load a corpus as a ``datasets.Dataset`` through ``datasets.load_dataset``.
+
+    Args:
+        corpus: the ``corpus`` config section: ``source`` is ``chitchat_dataset``,
+            ``hub`` (``path`` = repo id, ``split``) or ``local`` (``path`` = file or
+            list of files, ``data_format`` = json/parquet/csv, ``split``).
+        staging_dir: scratch folder for the chitchat JSONL conversion and the
+            ``datasets`` cache of local files (the hub source uses the user's HF cache,
+            so a pre-filled cache serves offline runs).
+
+    Raises:
+        DataError: unknown source, or a local path that does not exist.
+    """
+    import datasets
+
+    staging_dir = Path(staging_dir)
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = str(staging_dir / "hf_datasets_cache")
+    source = corpus["source"]
+    if source == "chitchat_dataset":
+        jsonl = staging_dir / "chitchat_rows.jsonl"
+        with open(jsonl, "w") as handle:
+            for row in chitchat_to_rows(chitchat_json_path()):
+                handle.write(json.dumps(row) + "\n")
+        return datasets.load_dataset("json", data_files=str(jsonl), split="train", cache_dir=cache_dir)
+    if source == "local":
+        files = corpus["path"] if isinstance(corpus["path"], list) else [corpus["path"]]
+        for f in files:
+            if not Path(f).exists():
+                raise DataError(f"corpus.path {f!r} does not exist (corpus.source: local)")
+        return datasets.load_dataset(
+            corpus.get("data_format", "json"), data_files=files, split=corpus.get("split", "train"),
+            cache_dir=cache_dir,
+        )
+    if source == "hub":
+        return datasets.load_dataset(corpus["path"], split=corpus["split"])
+    raise DataError(f"corpus.source {source!r} is not one of chitchat_dataset, hub, local")
+
+
+def sample_text(row: dict[str, Any], messages_field: str = "messages", text_field: str | None = None) -> str:
+    """A sample's text: ``row[text_field]``, or its message contents joined with ``"\\n"``."""
+    if text_field:
+        return str(row[text_field])
+    return "\n".join(str(m["content"]) for m in row[messages_field])
+
+
+def count_source_samples(corpus: dict[str, Any]) -> int | None:
+    """Cheap count of samples in a local source (for DAG-time checks); ``None`` for hub.
+
+    Raises:
+        DataError: a local path does not exist.
+    """
+    if corpus["source"] == "chitchat_dataset":
+        return len(json.loads(chitchat_json_path().read_text()))
+    if corpus["source"] == "local":
+        files = corpus["path"] if isinstance(corpus["path"], list) else [corpus["path"]]
+        total = 0
+        for f in files:
+            if not Path(f).exists():
+                raise DataError(f"corpus.path {f!r} does not exist (corpus.source: local)")
+            if corpus.get("data_format", "json") != "json":
+                return None
+            with open(f) as handle:
+                total += sum(1 for line in handle if line.strip())
+        return total
+    return None
+
+
+# --------------------------------------------------------------------------- token cache
+def build_corpus_cache(
+    dataset,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    id_field: str = "prompt_id",
+    messages_field: str = "messages",
+    text_field: str | None = None,
+    max_samples: int | None = None,
+    batch_size: int = 1000,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Tokenize every sample once and write ``tokens.npy``, ``offsets.npy``, ``manifest.json``.
+
+    Samples with empty text and exact duplicates of an earlier sample's text are dropped
+    (counted in the manifest), so validation can never hold a copy of a training sample.
+
+    Args:
+        dataset: rows with ``id_field`` and ``messages_field`` (or ``text_field``).
+        tokenizer: a GPT-2 ``PreTrainedTokenizerFast``; no truncation.
+        out_dir: destination folder.
+        max_samples: read at most this many rows of the source (in source order).
+        progress: optional ``tqdm`` instance advanced per batch.
+
+    Returns:
+        The manifest: ``num_samples``, ``num_tokens``, ``sample_ids``, ``token_counts``,
+        ``dropped_empty``, ``dropped_duplicates``, file SHA-256s.
+    """
+    out_dir = Path(out_dir)
+    n_rows = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
+    ids: list[str] = []
+    pieces: list[np.ndarray] = []
+    seen: set[str] = set()
+    dropped_empty = dropped_dup = 0
+    for start in range(0, n_rows, batch_size):
+        batch = dataset.select(range(start, min(start + batch_size, n_rows)))
+        texts, batch_ids = [], []
+        for i, row in enumerate(batch):
+            text = sample_text(row, messages_field, text_field)
+            if not text.strip():
+                dropped_empty += 1
+                continue
+            if text in seen:
+                dropped_dup += 1
+                continue
+            seen.add(text)
+            texts.append(text)
+            batch_ids.append(str(row[id_field]) if id_field in row else str(start + i))
+        if texts:
+            for token_ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                pieces.append(np.asarray(token_ids, dtype=TOKEN_DTYPE))
+            ids.extend(batch_ids)
+        if progress is not None:
+            progress.update(len(batch))
+    counts = np.array([len(p) for p in pieces], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=TOKEN_DTYPE)
+    write_npy(out_dir / "tokens.npy", tokens)
+    write_npy(out_dir / "offsets.npy", offsets)
+    manifest = {
+        "num_samples": len(ids),
+        "num_tokens": int(tokens.size),
+        "rows_read": n_rows,
+        "dropped_empty": dropped_empty,
+        "dropped_duplicates": dropped_dup,
+        "sample_ids": ids,
+        "token_counts": counts.tolist(),
+        "files": {
+            "tokens.npy": sha256_file(out_dir / "tokens.npy"),
+            "offsets.npy": sha256_file(out_dir / "offsets.npy"),
+        },
+    }
+    return manifest
+
+
+def load_corpus_cache(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read ``tokens.npy`` (memory-mapped), ``offsets.npy`` and the manifest, verifying hashes.
+
+    Raises:
+        DataError: a file is missing or its SHA-256 differs from the manifest.
+    """
+    cache_dir = Path(cache_dir)
+    manifest = read_json(cache_dir / "manifest.json")
+    verify_files(cache_dir, manifest["files"])
+    tokens = np.load(cache_dir / "tokens.npy", mmap_mode="r")
+    offsets = np.load(cache_dir / "offsets.npy")
+    return tokens, offsets, manifest
+
+
+def verify_files(folder: str | Path, expected: dict[str, str]) -> None:
+    """Check each ``name -> sha256`` in ``expected`` against the file in ``folder``.
+
+    Raises:
+        DataError: naming the file that is missing or whose hash differs.
+    """
+    for name, digest in expected.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise DataError(f"token cache file {path} is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise DataError(
+                f"token cache file {path} has SHA-256 {actual[:16]}…, its manifest records "
+                f"{digest[:16]}…: the file was corrupted or edited; delete it and rerun"
+            )
+
+
+# --------------------------------------------------------------------------- splits
+def split_samples(num_samples: int, num_validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of sample indices into a validation set and an ordered training pool.
+
+    One permutation of ``range(num_samples)``: its first ``num_validation`` entries are
+    the validation samples, the rest (in permutation order) the training pool, whose
+    first N entries are the training set of size N (sizes are nested).  The two are
+    disjoint by construction.
+
+    Returns:
+        ``(validation_indices, pool_indices)``, int64 arrays.
+
+    Raises:
+        DataError: fewer samples than ``num_validation + 1``.
+    """
+    if num_validation < 1 or num_samples <= num_validation:
+        raise DataError(
+            f"corpus has {num_samples} samples; validation.num_samples={num_validation} "
+            "must be at least 1 and leave samples for training"
+        )
+    order = np.random.default_rng(seed).permutation(num_samples)
+    return order[:num_validation].astype(np.int64), order[num_validation:].astype(np.int64)
+
+
+def token_stream(tokens: np.ndarray, offsets: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+    """Concatenate the given samples into one stream, separated by ``<|endoftext|>``.
+
+    Returns:
+        uint16 array of ``sum(len(sample)) + len(indices) - 1`` token ids.
+    """
+    parts: list[np.ndarray] = []
+    for k, i in enumerate(indices):
+        if k:
+            parts.append(np.array([EOT_ID], dtype=TOKEN_DTYPE))
+        parts.append(np.asarray(tokens[offsets[i] : offsets[i + 1]], dtype=TOKEN_DTYPE))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
+
+
+def write_stream(path: str | Path, stream: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write a token stream ``.npy`` and its ``.json`` manifest (with the stream's SHA-256)."""
+    path = Path(path)
+    write_npy(path, stream.astype(TOKEN_DTYPE))
+    meta = {**meta, "num_tokens": int(stream.size), "sha256": sha256_file(path)}
+    write_json(path.with_suffix(".json"), meta)
+    return meta
+
+
+def read_stream(path: str | Path) -> np.ndarray:
+    """Memory-map a token stream written by :func:`write_stream`, verifying its SHA-256.
+
+    Raises:
+        DataError: missing manifest, hash mismatch, or ids outside the GPT-2 vocabulary.
+    """
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise DataError(f"token stream {path} has no manifest {meta_path}")
+    verify_files(path.parent, {path.name: read_json(meta_path)["sha256"]})
+    stream = np.load(path, mmap_mode="r")
+    if stream.size and int(stream.max()) >= VOCAB_SIZE:
+        raise DataError(f"token stream {path} holds id {int(stream.max())} >= vocab {VOCAB_SIZE}")
+    return stream
+
+
+def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray) -> dict[str, Any]:
+    """How much of the validation stream uses token ids never seen in the training stream.
+
+    Returns:
+        ``unseen_tokens`` (validation positions whose id is absent from training),
+        ``unseen_fraction``, ``unseen_types`` (distinct such ids), ``validation_tokens``.
+    """
+    seen = np.zeros(VOCAB_SIZE, dtype=bool)
+    seen[np.asarray(train_stream, dtype=np.int64)] = True
+    val = np.asarray(validation_stream, dtype=np.int64)
+    unseen_mask = ~seen[val]
+    return {
+        "validation_tokens": int(val.size),
+        "unseen_tokens": int(unseen_mask.sum()),
+        "unseen_fraction": float(unseen_mask.mean()) if val.size else 0.0,
+        "unseen_types": int(np.unique(val[unseen_mask]).size),
+    }
+
+
+def as_id_list(values: Iterable[Any]) -> list[str]:
+    """Sample ids as strings (JSON-friendly)."""
+    return [str(v) for v in values]

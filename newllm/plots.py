@@ -1,0 +1,102 @@
+"""Report figures, drawn from the tidy tables alone (so they can be redrawn without training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from newllm.io import atomic_path  # noqa: E402
+
+RUN_KEYS = ["variant", "context_dim", "samples"]
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _series_label(variant: str, context_dim: int, variants: int) -> str:
+    return f"{context_dim}-d" if variants == 1 else f"{variant} {context_dim}-d"
+
+
+def plot_scaling(runs: pd.DataFrame, fits: pd.DataFrame, path: str | Path) -> None:
+    """Validation PPL vs training tokens (log-log), one series per (variant, context_dim),
+    each with its fitted line ``PPL = A·tokens^α`` and α ± 95 % CI in the legend."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    n_variants = runs["variant"].nunique()
+    for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
+        group = group.sort_values("train_tokens")
+        fit = fits[(fits["variant"] == variant) & (fits["context_dim"] == dim)]
+        label = _series_label(variant, dim, n_variants)
+        points = ax.plot(group["train_tokens"], group["val_ppl"], "o", label=None)[0]
+        if len(fit):
+            f = fit.iloc[0]
+            x = np.geomspace(group["train_tokens"].min(), group["train_tokens"].max(), 50)
+            ci = "" if np.isnan(f["alpha_ci_low"]) else f" [{f['alpha_ci_low']:.3f}, {f['alpha_ci_high']:.3f}]"
+            label += f": α={f['alpha']:.3f}{ci}, R²={f['r2']:.3f}"
+            ax.plot(x, f["A"] * x ** f["alpha"], "-", color=points.get_color())
+        points.set_label(label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Scaling: PPL = A · tokens^α")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_phase1_curves(history: pd.DataFrame, path: str | Path) -> None:
+    """Phase 1 per iteration for every run: CVFP loss, diversity loss, train convergence
+    rate and Effective Rank (% of context_dim)."""
+    panels = [
+        ("cvfp_loss", "CVFP loss (MSE to previous iteration)", True),
+        ("diversity_loss", "diversity loss", False),
+        ("convergence_rate", "train convergence rate", False),
+        ("effective_rank_pct", "Effective Rank (% of context_dim)", False),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    n_variants = history["variant"].nunique()
+    dims = sorted(history["context_dim"].unique())
+    styles = dict(zip(dims, ["-", "--", ":", "-."] * 4))
+    for (variant, dim, samples), run in history.groupby(RUN_KEYS):
+        label = f"{_series_label(variant, dim, n_variants)}, {samples} samples"
+        for ax, (column, title, log) in zip(axes.flat, panels):
+            ax.plot(run["iteration"], run[column], styles[dim], label=label, linewidth=1.2)
+            ax.set_title(title, fontsize=10)
+            if log:
+                ax.set_yscale("log")
+    for ax in axes[1]:
+        ax.set_xlabel("iteration (Jacobi sweep)")
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    fig.suptitle("Phase 1: CVFP training")
+    _save(fig, path)
+
+
+def plot_phase2_curves(history: pd.DataFrame, path: str | Path) -> None:
+    """Phase 2 learning curves: train and validation PPL per epoch for every run."""
+    n_dims = history["context_dim"].nunique()
+    n_variants = history["variant"].nunique()
+    groups = list(history.groupby(["variant", "context_dim"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False, sharey=True)
+    for ax, ((variant, dim), group) in zip(axes[0], groups):
+        for samples, run in group.groupby("samples"):
+            line = ax.plot(run["epoch"], run["val_ppl"], "o-", label=f"{samples} samples (val)")[0]
+            ax.plot(run["epoch"], run["train_ppl"], "--", color=line.get_color(), alpha=0.6)
+        ax.set_title(_series_label(variant, dim, n_variants) + " (dashed: train)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0, 0].set_ylabel("perplexity")
+    fig.suptitle("Phase 2: learning curves" + ("" if n_dims > 1 else ""))
+    _save(fig, path)

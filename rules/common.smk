@@ -1,0 +1,74 @@
+# Configuration, validation and the list of final outputs.  No torch import here: every
+# dry run parses this file.
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir)))  # newllm importable without installing
+from newllm.config import ConfigError, check_config, load_schema, resolve_variant  # noqa: E402
+
+SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
+validate(config, schema=str(SCHEMA_PATH))  # fills schema defaults into config
+SCHEMA = load_schema(SCHEMA_PATH)
+STUDY = config["study"]
+try:
+    check_config(config, SCHEMA, corpus_manifest=Path("results", STUDY, "data", "corpus", "manifest.json"))
+    RUN_CONFIG = {v: resolve_variant(config, v, SCHEMA) for v in config["variants"]}
+except ConfigError as err:
+    raise WorkflowError(f"invalid configuration: {err}") from None
+
+SAMPLE_SIZES = sorted(config["sample_sizes"])
+CONTEXT_DIMS = sorted(config["context_dims"])
+VARIANTS = list(config["variants"])
+
+
+def _alternatives(values):
+    return "|".join(str(v) for v in values)
+
+
+wildcard_constraints:
+    study=STUDY,
+    samples=_alternatives(SAMPLE_SIZES),
+    context_dim=_alternatives(CONTEXT_DIMS),
+    variant=_alternatives(VARIANTS),
+
+
+def run_params(wildcards):
+    """Resolved model/phase1/phase2 sections of one run, plus the run's identity."""
+    resolved = RUN_CONFIG[wildcards.variant]
+    return {
+        **resolved,
+        "model": {**resolved["model"], "context_dim": int(wildcards.context_dim)},
+        "run": {
+            "study": STUDY,
+            "variant": wildcards.variant,
+            "samples": int(wildcards.samples),
+            "context_dim": int(wildcards.context_dim),
+        },
+        "seed": config["seed"],
+        "device": config["device"],
+    }
+
+
+def run_outputs(pattern):
+    """``pattern`` expanded over every run of the study (variant × samples × context_dim)."""
+    return expand(pattern, study=STUDY, variant=VARIANTS, samples=SAMPLE_SIZES, context_dim=CONTEXT_DIMS)
+
+
+def final_outputs():
+    """Everything `rule all` builds: tables and figures of the study."""
+    return expand(
+        [
+            "results/{study}/tables/runs.csv",
+            "results/{study}/tables/scaling_fits.csv",
+            "results/{study}/tables/data_coverage.csv",
+            "results/{study}/figures/scaling.png",
+            "results/{study}/figures/phase1_curves.png",
+            "results/{study}/figures/phase2_curves.png",
+        ],
+        study=STUDY,
+    )

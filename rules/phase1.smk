@@ -1,0 +1,51 @@
+# Phase 1 (CVFP training of the ContextBlock) and the context-cache export, per run.
+
+
+rule phase1:
+    input:
+        train=rules.make_train_set.output.tokens,
+        train_meta=rules.make_train_set.output.meta,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/context_block.safetensors",
+        metrics="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/metrics.json",
+        history="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/history.csv",
+    params:
+        run=run_params,
+    log:
+        "results/{study}/logs/phase1/{variant}_samples{samples}_ctx{context_dim}.log",
+    benchmark:
+        "results/{study}/benchmarks/phase1/{variant}_samples{samples}_ctx{context_dim}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../workflow_scripts/phase1.py"
+
+
+rule export_contexts:
+    input:
+        weights=rules.phase1.output.weights,
+        train=rules.make_train_set.output.tokens,
+        train_meta=rules.make_train_set.output.meta,
+        validation=rules.make_validation.output.validation,
+        validation_meta=rules.make_validation.output.validation_meta,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        train="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/train.npy",
+        validation="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/validation.npy",
+        meta="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/cache.json",
+    params:
+        run=run_params,
+        cache=config["context_cache"],
+    log:
+        "results/{study}/logs/export_contexts/{variant}_samples{samples}_ctx{context_dim}.log",
+    benchmark:
+        "results/{study}/benchmarks/export_contexts/{variant}_samples{samples}_ctx{context_dim}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    script:
+        "../workflow_scripts/export_contexts.py"

@@ -1,0 +1,36 @@
+"""Rule phase1: CVFP training of the ContextBlock for one run (SPEC §4)."""
+
+from tqdm import tqdm
+
+from newllm.model import build_blocks, count_parameters
+from newllm.phase1 import Phase1Config, train_phase1
+from newllm.pipeline import load_stream, load_token_input, write_run_outputs
+from newllm.runtime import get_logger, progress_stream, resolve_device, save_weights, seed_everything
+
+params = snakemake.params.run
+run = params["run"]
+name = f"{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}"
+log = get_logger(snakemake.log[0])
+seed_everything(params["seed"], snakemake.threads)
+device = resolve_device(params["device"])
+token_input = load_token_input(snakemake.input.embeddings, params["model"]["num_input_tokens"], device)
+stream = load_stream(snakemake.input.train, device)
+context_block, _ = build_blocks(params["model"], token_input.embed_dim)
+context_block.to(device)
+cfg = Phase1Config.from_dict(params["phase1"])
+log.info("Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s", name, device, stream.shape[0], count_parameters(context_block), cfg)
+
+with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
+    def report(r):
+        bar.update(1)
+        log.info(
+            "iteration %d: cvfp %.5f, diversity %.5f, convergence %s, ER %.2f, %.0f tok/s",
+            r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"], r["effective_rank"], r["tokens_per_s"],
+        )
+
+    result = train_phase1(context_block, token_input, stream, cfg, seed=params["seed"], run_name=name, on_iteration=report)
+
+summary = {**result.summary, "train_tokens": int(stream.shape[0]), "context_block_parameters": count_parameters(context_block)}
+save_weights(snakemake.output.weights, context_block.state_dict(), {"run": name})
+write_run_outputs(snakemake.output.metrics, snakemake.output.history, params, summary, result.history, device)
+log.info("Phase 1 done: %s", summary)
