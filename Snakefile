@@ -5,13 +5,26 @@
 # See README.md.
 
 
-configfile: "config/config.yaml"
+from pathlib import Path
+
+
+# the embedded default study; --configfile replaces it
+configfile: str(Path(workflow.basedir, "config", "config.yaml"))
 
 
 report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    study=STUDY,
+    samples=alternatives(SAMPLE_SIZES),
+    context_dim=alternatives(CONTEXT_DIMS),
+    variant=alternatives(VARIANTS),
+
+
 include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"

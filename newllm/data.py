@@ -159,6 +159,7 @@ def build_corpus_cache(
     max_samples: int | None = None,
     batch_size: int = 1000,
     progress: Any = None,
+    extra_manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tokenize every sample once and write ``tokens.npy``, ``offsets.npy``, ``manifest.json``.
 
@@ -171,6 +172,7 @@ def build_corpus_cache(
         out_dir: destination folder.
         max_samples: read at most this many rows of the source (in source order).
         progress: optional ``tqdm`` instance advanced per batch.
+        extra_manifest: more entries for the manifest (e.g. corpus config, tokenizer hashes).
 
     Returns:
         The manifest: ``num_samples``, ``num_tokens``, ``sample_ids``, ``token_counts``,
@@ -219,7 +221,9 @@ def build_corpus_cache(
             "tokens.npy": sha256_file(out_dir / "tokens.npy"),
             "offsets.npy": sha256_file(out_dir / "offsets.npy"),
         },
+        **(extra_manifest or {}),
     }
+    write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 

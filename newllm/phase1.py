@@ -98,7 +98,7 @@ def solve_contexts_jacobi(
     token_input: TokenInput,
     stream: Tensor,
     max_sweeps: int = 200,
-    tolerance: float = 1e-6,
+    tolerance: float = 1e-5,
     batch_size: int = 4096,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Solve the recurrence by Jacobi sweeps from ``C^0 = 0`` until the residual is small.

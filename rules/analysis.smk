@@ -19,6 +19,8 @@ rule collect_runs:
     log:
         "results/{study}/logs/collect_runs.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/collect_runs.py"
 
@@ -37,6 +39,8 @@ rule data_coverage:
     log:
         "results/{study}/logs/data_coverage.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/data_coverage.py"
 
@@ -53,6 +57,8 @@ rule fit_scaling:
     log:
         "results/{study}/logs/fit_scaling.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/fit_scaling.py"
 
@@ -70,6 +76,8 @@ rule plot_scaling:
     log:
         "results/{study}/logs/plot_scaling.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/plot_scaling.py"
 
@@ -86,6 +94,8 @@ rule plot_phase1:
     log:
         "results/{study}/logs/plot_phase1.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/plot_phase1.py"
 
@@ -102,5 +112,7 @@ rule plot_phase2:
     log:
         "results/{study}/logs/plot_phase2.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
     script:
         "../workflow_scripts/plot_phase2.py"

@@ -1,5 +1,6 @@
 # Configuration, validation and the list of final outputs.  No torch import here: every
 # dry run parses this file.
+import os
 import sys
 from pathlib import Path
 
@@ -8,15 +9,30 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir)))  # newllm importable without installing
-from newllm.config import ConfigError, check_config, load_schema, resolve_variant  # noqa: E402
+# newllm importable in every job, whichever environment runs it (conda or not)
+sys.path.insert(0, str(Path(workflow.basedir)))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (str(Path(workflow.basedir)), os.environ.get("PYTHONPATH")) if p
+    )
+)
+from newllm.config import (
+    ConfigError,
+    check_config,
+    load_schema,
+    resolve_variant,
+)  # noqa: E402
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 validate(config, schema=str(SCHEMA_PATH))  # fills schema defaults into config
 SCHEMA = load_schema(SCHEMA_PATH)
 STUDY = config["study"]
 try:
-    check_config(config, SCHEMA, corpus_manifest=Path("results", STUDY, "data", "corpus", "manifest.json"))
+    check_config(
+        config,
+        SCHEMA,
+        corpus_manifest=Path("results", STUDY, "data", "corpus", "manifest.json"),
+    )
     RUN_CONFIG = {v: resolve_variant(config, v, SCHEMA) for v in config["variants"]}
 except ConfigError as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
@@ -26,15 +42,9 @@ CONTEXT_DIMS = sorted(config["context_dims"])
 VARIANTS = list(config["variants"])
 
 
-def _alternatives(values):
+def alternatives(values):
+    """A wildcard constraint matching exactly the given values."""
     return "|".join(str(v) for v in values)
-
-
-wildcard_constraints:
-    study=STUDY,
-    samples=_alternatives(SAMPLE_SIZES),
-    context_dim=_alternatives(CONTEXT_DIMS),
-    variant=_alternatives(VARIANTS),
 
 
 def run_params(wildcards):
@@ -56,11 +66,17 @@ def run_params(wildcards):
 
 def run_outputs(pattern):
     """``pattern`` expanded over every run of the study (variant × samples × context_dim)."""
-    return expand(pattern, study=STUDY, variant=VARIANTS, samples=SAMPLE_SIZES, context_dim=CONTEXT_DIMS)
+    return expand(
+        pattern,
+        study=STUDY,
+        variant=VARIANTS,
+        samples=SAMPLE_SIZES,
+        context_dim=CONTEXT_DIMS,
+    )
 
 
 def final_outputs():
-    """Everything `rule all` builds: tables and figures of the study."""
+    """Everything the default target builds: tables and figures of the study."""
     return expand(
         [
             "results/{study}/tables/runs.csv",

@@ -6,11 +6,13 @@ rule tokenizer:
     output:
         vocab="results/{study}/data/tokenizer/vocab.json",
         merges="results/{study}/data/tokenizer/merges.txt",
-    params:
-        source=config["tokenizer"],
     log:
         "results/{study}/logs/tokenizer.log",
     localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        source=config["tokenizer"],
     script:
         "../workflow_scripts/tokenizer.py"
 
@@ -23,16 +25,18 @@ rule cache_corpus:
         tokens="results/{study}/data/corpus/tokens.npy",
         offsets="results/{study}/data/corpus/offsets.npy",
         manifest="results/{study}/data/corpus/manifest.json",
-    params:
-        corpus=config["corpus"],
     log:
         "results/{study}/logs/cache_corpus.log",
     benchmark:
         "results/{study}/benchmarks/cache_corpus.tsv"
+    conda:
+        "../envs/newllm.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        corpus=config["corpus"],
     script:
         "../workflow_scripts/cache_corpus.py"
 
@@ -47,15 +51,17 @@ rule make_validation:
         validation_meta="results/{study}/data/validation.json",
         pool="results/{study}/data/train_pool.npy",
         pool_meta="results/{study}/data/train_pool.json",
+    log:
+        "results/{study}/logs/make_validation.log",
+    conda:
+        "../envs/newllm.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         num_samples=config["validation"]["num_samples"],
         max_train_samples=max(SAMPLE_SIZES),
         seed=config["seed"],
-    log:
-        "results/{study}/logs/make_validation.log",
-    resources:
-        mem_mb=2000,
-        runtime=10,
     script:
         "../workflow_scripts/make_validation.py"
 
@@ -69,13 +75,15 @@ rule make_train_set:
     output:
         tokens="results/{study}/data/train/samples{samples}.npy",
         meta="results/{study}/data/train/samples{samples}.json",
-    params:
-        require_full_coverage=config["validation"]["require_full_coverage"],
     log:
         "results/{study}/logs/make_train_set/samples{samples}.log",
+    conda:
+        "../envs/newllm.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        require_full_coverage=config["validation"]["require_full_coverage"],
     script:
         "../workflow_scripts/make_train_set.py"
 
@@ -87,16 +95,18 @@ rule token_embeddings:
     output:
         weights="results/{study}/embeddings/token_embeddings.safetensors",
         meta="results/{study}/embeddings/token_embeddings.json",
-    params:
-        embeddings=config["embeddings"],
-        seed=config["seed"],
     log:
         "results/{study}/logs/token_embeddings.log",
     benchmark:
         "results/{study}/benchmarks/token_embeddings.tsv"
+    conda:
+        "../envs/newllm.yaml"
     threads: 1
     resources:
         mem_mb=6000,
         runtime=60,
+    params:
+        embeddings=config["embeddings"],
+        seed=config["seed"],
     script:
         "../workflow_scripts/token_embeddings.py"

@@ -10,16 +10,18 @@ rule phase1:
         weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/context_block.safetensors",
         metrics="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/metrics.json",
         history="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/history.csv",
-    params:
-        run=run_params,
     log:
         "results/{study}/logs/phase1/{variant}_samples{samples}_ctx{context_dim}.log",
     benchmark:
         "results/{study}/benchmarks/phase1/{variant}_samples{samples}_ctx{context_dim}.tsv"
+    conda:
+        "../envs/newllm.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        run=run_params,
     script:
         "../workflow_scripts/phase1.py"
 
@@ -36,16 +38,18 @@ rule export_contexts:
         train="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/train.npy",
         validation="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/validation.npy",
         meta="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/cache.json",
-    params:
-        run=run_params,
-        cache=config["context_cache"],
     log:
         "results/{study}/logs/export_contexts/{variant}_samples{samples}_ctx{context_dim}.log",
     benchmark:
         "results/{study}/benchmarks/export_contexts/{variant}_samples{samples}_ctx{context_dim}.tsv"
+    conda:
+        "../envs/newllm.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        run=run_params,
+        cache=config["context_cache"],
     script:
         "../workflow_scripts/export_contexts.py"

@@ -15,15 +15,17 @@ rule phase2:
         weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/token_block.safetensors",
         metrics="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/metrics.json",
         history="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/history.csv",
-    params:
-        run=run_params,
     log:
         "results/{study}/logs/phase2/{variant}_samples{samples}_ctx{context_dim}.log",
     benchmark:
         "results/{study}/benchmarks/phase2/{variant}_samples{samples}_ctx{context_dim}.tsv"
+    conda:
+        "../envs/newllm.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=240,
+    params:
+        run=run_params,
     script:
         "../workflow_scripts/phase2.py"

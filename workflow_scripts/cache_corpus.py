@@ -7,9 +7,8 @@ from pathlib import Path
 import datasets
 from tqdm import tqdm
 
-from newllm.data import build_corpus_cache
-from newllm.data import load_corpus_dataset
-from newllm.io import sha256_file, write_json
+from newllm.data import build_corpus_cache, load_corpus_dataset
+from newllm.io import sha256_file
 from newllm.runtime import get_logger, progress_stream
 from newllm.tokenizer import load_tokenizer
 
@@ -34,12 +33,13 @@ try:
             text_field=corpus.get("text_field"),
             max_samples=corpus.get("max_samples"),
             progress=bar,
+            extra_manifest={
+                "corpus": corpus,
+                "tokenizer_sha256": {p.name: sha256_file(p) for p in (Path(snakemake.input.vocab), Path(snakemake.input.merges))},
+            },
         )
 finally:
     shutil.rmtree(staging, ignore_errors=True)
-manifest["corpus"] = corpus
-manifest["tokenizer_sha256"] = {p.name: sha256_file(p) for p in (Path(snakemake.input.vocab), Path(snakemake.input.merges))}
-write_json(snakemake.output.manifest, manifest)
 log.info(
     "%d samples, %d tokens (%d empty and %d duplicate samples dropped)",
     manifest["num_samples"], manifest["num_tokens"], manifest["dropped_empty"], manifest["dropped_duplicates"],

@@ -1,0 +1,114 @@
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+from jsonschema import Draft202012Validator
+
+from newllm.config import ConfigError, check_config, load_schema, resolve_variant
+
+
+@pytest.fixture(scope="module")
+def schema(repo):
+    return load_schema(repo / "config" / "schema.yaml")
+
+
+@pytest.fixture()
+def config(repo):
+    return yaml.safe_load((repo / "config" / "config.yaml").read_text())
+
+
+def _errors(schema, cfg):
+    return [e.message for e in Draft202012Validator(schema).iter_errors(cfg)]
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "ultrachat_gpt2.yaml", "test.yaml"])
+def test_shipped_configs_validate(repo, schema, name):
+    cfg = yaml.safe_load((repo / "config" / name).read_text())
+    assert _errors(schema, cfg) == []
+    for variant in cfg["variants"]:
+        resolve_variant(cfg, variant, schema)
+
+
+def test_schema_rejects_unknown_keys_wrong_types_and_bad_dims(schema, config):
+    bad = copy.deepcopy(config)
+    bad["phase1"]["dist_reg_wieght"] = 0.5
+    assert any("dist_reg_wieght" in m for m in _errors(schema, bad))
+    bad = copy.deepcopy(config)
+    bad["context_dims"] = [64, 0]
+    assert any("0 is less than the minimum of 1" in m for m in _errors(schema, bad))
+    bad = copy.deepcopy(config)
+    bad["sample_sizes"] = "50"
+    assert _errors(schema, bad)
+    bad = copy.deepcopy(config)
+    bad["embeddings"]["source"] = "glove"
+    assert any("glove" in m for m in _errors(schema, bad))
+
+
+def test_variant_overrides_are_checked_after_merging(schema, config):
+    cfg = copy.deepcopy(config)
+    cfg["variants"]["w05"] = {"phase1": {"dist_reg_weight": 0.5}}
+    resolved = resolve_variant(cfg, "w05", schema)
+    assert resolved["phase1"]["dist_reg_weight"] == 0.5
+    assert resolved["phase1"]["max_iterations"] == config["phase1"]["max_iterations"]
+    assert resolved["phase2"]["learning_rate"] == 1e-3  # schema default filled in
+    cfg["variants"]["bad"] = {"phase1": {"dist_reg_weight": 1.5}}
+    with pytest.raises(ConfigError, match=r"variants.bad.phase1.dist_reg_weight: 1.5 is greater than the maximum of 1"):
+        resolve_variant(cfg, "bad", schema)
+    cfg["variants"]["typo"] = {"model": {"num_layer": 2}}
+    with pytest.raises(ConfigError, match="num_layer"):
+        resolve_variant(cfg, "typo", schema)
+    with pytest.raises(ConfigError, match="variant 'nope' is not defined"):
+        resolve_variant(cfg, "nope", schema)
+
+
+def _filled(config):
+    cfg = copy.deepcopy(config)
+    cfg.setdefault("validation", {}).setdefault("num_samples", 50)
+    return cfg
+
+
+def test_sample_size_larger_than_pool(schema, config):
+    cfg = _filled(config)
+    cfg["sample_sizes"] = [50, 7200]
+    with pytest.raises(ConfigError, match=r"sample_sizes \[7200\] exceed the training pool.*allowed: 1\.\.7118"):
+        check_config(cfg, schema)
+
+
+def test_missing_corpus_and_tokenizer(schema, config, tmp_path):
+    cfg = _filled(config)
+    cfg["corpus"] = {"name": "x", "source": "local", "path": str(tmp_path / "missing.jsonl")}
+    with pytest.raises(ConfigError, match="missing.jsonl"):
+        check_config(cfg, schema)
+    cfg = _filled(config)
+    cfg["tokenizer"] = str(tmp_path / "no-such-dir")
+    with pytest.raises(ConfigError, match="no-such-dir"):
+        check_config(cfg, schema)
+
+
+def _dry_run(repo, tmp_path, overrides):
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    cfg.update(overrides)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "--directory", str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"sample_sizes": [50, 100000]}, "exceed the training pool"),
+        ({"context_dims": [-8]}, "-8 is less than the minimum of 1"),
+        ({"unknown_key": 1}, "unknown_key"),
+        ({"corpus": {"name": "x", "source": "local", "path": "/nonexistent/c.jsonl"}}, "/nonexistent/c.jsonl"),
+    ],
+)
+def test_bad_config_fails_at_dag_construction(repo, tmp_path, overrides, message):
+    result = _dry_run(repo, tmp_path, overrides)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()  # no job started

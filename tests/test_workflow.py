@@ -1,0 +1,105 @@
+"""The workflow itself: dry run, lint, and a tiny end-to-end run of the real DAG."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _run(args, cwd, timeout=900):
+    result = subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_config(repo, tmp_path):
+    out = _run(["-n", "--directory", str(tmp_path)], cwd=repo)
+    for rule, count in [("phase1", 8), ("export_contexts", 8), ("phase2", 8), ("make_train_set", 4), ("fit_scaling", 1)]:
+        assert any(line.split()[:2] == [rule, str(count)] for line in out.splitlines()), out
+
+
+def test_dry_run_of_the_ultrachat_study(repo, tmp_path):
+    out = _run(["-n", "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)], cwd=repo)
+    assert any(line.split()[:2] == ["phase2", "5"] for line in out.splitlines()), out
+
+
+def test_lint(repo):
+    _run(["--lint"], cwd=repo)
+
+
+def test_snakefmt(repo):
+    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def e2e(repo, tmp_path_factory):
+    """Run the whole DAG on config/test.yaml once (real chat data, tiny sizes)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    _run(["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(workdir)], cwd=repo)
+    return workdir, workdir / "results" / "test"
+
+
+@pytest.mark.slow
+def test_end_to_end_produces_tables_and_figures(e2e):
+    _, results = e2e
+    runs = pd.read_csv(results / "tables" / "runs.csv")
+    assert len(runs) == 6 and set(runs["context_dim"]) == {8, 16} and set(runs["samples"]) == {6, 12, 24}
+    assert runs["val_ppl"].between(1, 50257 * 10).all() and runs["val_ppl"].notna().all()
+    assert (runs.groupby("context_dim")["train_tokens"].apply(lambda s: s.is_monotonic_increasing)).all()
+    fits = pd.read_csv(results / "tables" / "scaling_fits.csv")
+    assert len(fits) == 2 and fits["alpha"].notna().all() and fits["r2"].between(0, 1).all()
+    coverage = pd.read_csv(results / "tables" / "data_coverage.csv")
+    assert list(coverage["samples"]) == [6, 12, 24]
+    assert coverage["unseen_tokens"].is_monotonic_decreasing
+    for fig in ("scaling", "phase1_curves", "phase2_curves"):
+        png = results / "figures" / f"{fig}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    metrics = json.loads((results / "runs/base/samples6_ctx8/phase1/metrics.json").read_text())
+    assert metrics["provenance"]["device"] == "cpu" and metrics["config"]["phase1"]["dist_reg_weight"] == 0.9
+    assert len(metrics["history"]) == metrics["summary"]["iterations"]
+
+
+@pytest.mark.slow
+def test_validation_is_disjoint_from_every_training_set(e2e):
+    _, results = e2e
+    validation = set(json.loads((results / "data" / "validation.json").read_text())["sample_ids"])
+    for size in (6, 12, 24):
+        train = json.loads((results / "data" / "train" / f"samples{size}.json").read_text())
+        assert len(train["sample_ids"]) == size and validation.isdisjoint(train["sample_ids"])
+
+
+@pytest.mark.slow
+def test_figures_regenerate_from_tables_without_retraining(repo, e2e):
+    workdir, results = e2e
+    before = (results / "runs/base/samples24_ctx16/phase2/token_block.safetensors").stat().st_mtime_ns
+    out = _run(["--cores", "1", "--configfile", "config/test.yaml", "--directory", str(workdir),
+                "--forcerun", "plot_scaling", "plot_phase1", "plot_phase2"], cwd=repo)
+    assert "phase2" not in [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0] in ("phase1", "phase2")]
+    assert (results / "runs/base/samples24_ctx16/phase2/token_block.safetensors").stat().st_mtime_ns == before
+    assert "plot_scaling" in out
+
+
+@pytest.mark.slow
+def test_report_builds(repo, e2e):
+    workdir, _ = e2e
+    _run(["--configfile", "config/test.yaml", "--directory", str(workdir), "--report", str(workdir / "report.html")], cwd=repo)
+    html = (workdir / "report.html").read_text(errors="ignore")
+    assert len(html) > 50_000 and "scaling.png" in html
+
+
+@pytest.mark.slow
+def test_same_config_same_metrics(repo, e2e, tmp_path):
+    """Determinism: a second run of the same config on this machine gives identical metrics."""
+    _, results = e2e
+    _run(["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(tmp_path),
+          "results/test/runs/base/samples12_ctx16/phase2/metrics.json"], cwd=repo)
+    a = json.loads((results / "runs/base/samples12_ctx16/phase2/metrics.json").read_text())
+    b = json.loads((tmp_path / "results/test/runs/base/samples12_ctx16/phase2/metrics.json").read_text())
+    for key in ("val_ppl", "val_accuracy", "train_ppl", "best_epoch"):
+        assert a["summary"][key] == b["summary"][key]
+    assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
