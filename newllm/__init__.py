@@ -13,9 +13,14 @@ entry points around it.  Modules:
 - :mod:`newllm.phase2`     TokenBlock training on cached contexts (SPEC §7)
 - :mod:`newllm.scaling`    power-law fits (SPEC §8)
 - :mod:`newllm.plots`      report figures, drawn from tables alone
+- :mod:`newllm.config`     config checks beyond the JSON schema (DAG-construction time)
+- :mod:`newllm.pipeline`, :mod:`newllm.runtime`, :mod:`newllm.io`  I/O at the edges:
+  loading, device, seeding, provenance, atomic writes
+- :mod:`newllm.cli`        ``newllm-fit``: the scaling fit on any external CSV
 
-Only :mod:`newllm.tokenizer`, :mod:`newllm.data`, :mod:`newllm.io` and
-:mod:`newllm.scaling` are imported at DAG-construction time; none of them imports torch.
+Only :mod:`newllm.config`, :mod:`newllm.tokenizer`, :mod:`newllm.data`,
+:mod:`newllm.io` and :mod:`newllm.scaling` are imported at DAG-construction time; none
+of them imports torch.
 """
 
 __version__ = "0.1.0"

@@ -183,8 +183,8 @@ class TokenBlock(nn.Module):
             ``[B, d_e]``.
         """
         hidden = token_input
-        for l, layer in enumerate(self.layers):
-            hidden = layer(contexts[:, l], hidden)
+        for depth, layer in enumerate(self.layers):
+            hidden = layer(contexts[:, depth], hidden)
         return hidden
 
 

@@ -12,10 +12,30 @@ import torch
 from newllm.data import read_stream
 from newllm.io import write_csv, write_json
 from newllm.model import TokenInput
-from newllm.runtime import load_weights, provenance
+from newllm.runtime import get_logger, load_weights, provenance, resolve_device, seed_everything
 
 CACHE_IN_MEMORY_BYTES = 4 << 30
 """Context caches up to this size (bytes) are read into memory; larger ones are memory-mapped."""
+
+
+def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenInput]:
+    """Common start of a per-run rule: params, run name, logger, seeded device, token input.
+
+    Args:
+        smk: the ``snakemake`` object of a rule whose ``params.run`` comes from
+            ``run_params`` (rules/common.smk) and whose input has ``embeddings``.
+
+    Returns:
+        ``(params, name, logger, device, token_input)``.
+    """
+    params = smk.params.run
+    run = params["run"]
+    name = f"{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}"
+    log = get_logger(smk.log[0])
+    seed_everything(params["seed"], smk.threads)
+    device = resolve_device(params["device"])
+    token_input = load_token_input(smk.input.embeddings, params["model"]["num_input_tokens"], device)
+    return params, name, log, device, token_input
 
 
 def load_token_input(embeddings_path: str | Path, num_input_tokens: int, device: torch.device) -> TokenInput:

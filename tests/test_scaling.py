@@ -51,3 +51,21 @@ def test_fit_table_groups_runs():
     assert table.loc[64, "alpha"] == pytest.approx(-0.3)
     assert table.loc[128, "A"] == pytest.approx(2e4)
     assert table.loc[128, "ppl_at_1M"] == pytest.approx(2e4 * 1e6**-0.4)
+
+
+def test_fit_command_on_an_external_table(tmp_path, capsys):
+    from newllm.cli import fit_main
+
+    # SPEC §10, v3 per size (samples -> train tokens, val PPL)
+    table = tmp_path / "published.csv"
+    pd.DataFrame({
+        "config": ["1L 768d 2tok (v3)"] * 5,
+        "tokens": [62891, 122795, 240132, 473429, 948524],
+        "ppl": [591.7, 400.3, 296.8, 211.0, 168.0],
+    }).to_csv(table, index=False)
+    assert fit_main([str(table), "--output", str(tmp_path / "fits.csv")]) == 0
+    fit = pd.read_csv(tmp_path / "fits.csv").iloc[0]
+    assert fit["alpha"] == pytest.approx(-0.466, abs=0.005)  # the source's reported α
+    assert fit["r2"] == pytest.approx(0.992, abs=0.002)
+    assert "1L 768d 2tok (v3)" in capsys.readouterr().out
+    assert fit_main([str(table), "--ppl", "perplexity"]) == 2

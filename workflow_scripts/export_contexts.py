@@ -13,16 +13,12 @@ from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
 from newllm.model import ContextBlock
 from newllm.phase1 import context_cache_from_outputs, solve_contexts_jacobi, solve_contexts_sequential
-from newllm.pipeline import load_stream, load_token_input
-from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
+from newllm.pipeline import load_stream, start_run
+from newllm.runtime import load_weights
 
-params = snakemake.params.run
+params, name, log, device, token_input = start_run(snakemake)
 cache_cfg = snakemake.params.cache
-log = get_logger(snakemake.log[0])
-seed_everything(params["seed"], snakemake.threads)
-device = resolve_device(params["device"])
 model = params["model"]
-token_input = load_token_input(snakemake.input.embeddings, model["num_input_tokens"], device)
 block = ContextBlock(model["context_dim"], token_input.output_dim, model["num_layers"], model["ffn_layers"], model["activation"])
 block.load_state_dict(load_weights(snakemake.input.weights))
 block.to(device).eval()

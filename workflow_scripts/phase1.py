@@ -4,16 +4,10 @@ from tqdm import tqdm
 
 from newllm.model import build_blocks, count_parameters
 from newllm.phase1 import Phase1Config, train_phase1
-from newllm.pipeline import load_stream, load_token_input, write_run_outputs
-from newllm.runtime import get_logger, progress_stream, resolve_device, save_weights, seed_everything
+from newllm.pipeline import load_stream, start_run, write_run_outputs
+from newllm.runtime import progress_stream, save_weights
 
-params = snakemake.params.run
-run = params["run"]
-name = f"{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}"
-log = get_logger(snakemake.log[0])
-seed_everything(params["seed"], snakemake.threads)
-device = resolve_device(params["device"])
-token_input = load_token_input(snakemake.input.embeddings, params["model"]["num_input_tokens"], device)
+params, name, log, device, token_input = start_run(snakemake)
 stream = load_stream(snakemake.input.train, device)
 context_block, _ = build_blocks(params["model"], token_input.embed_dim)
 context_block.to(device)

@@ -1,20 +1,14 @@
 """Rule phase2: TokenBlock training on cached contexts with the tied frozen head (SPEC §7)."""
 
-
 from tqdm import tqdm
 
 from newllm.model import build_blocks, count_parameters
 from newllm.phase2 import Phase2Config, train_phase2
-from newllm.pipeline import load_context_cache, load_stream, load_token_input, write_run_outputs
-from newllm.runtime import get_logger, progress_stream, resolve_device, save_weights, seed_everything
+from newllm.pipeline import load_context_cache, load_stream, start_run, write_run_outputs
+from newllm.runtime import progress_stream, save_weights
 
-params = snakemake.params.run
+params, name, log, device, token_input = start_run(snakemake)
 run = params["run"]
-name = f"{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}"
-log = get_logger(snakemake.log[0])
-seed_everything(params["seed"], snakemake.threads)
-device = resolve_device(params["device"])
-token_input = load_token_input(snakemake.input.embeddings, params["model"]["num_input_tokens"], device)
 context_block, token_block = build_blocks(params["model"], token_input.embed_dim)
 token_block.to(device)
 cfg = Phase2Config.from_dict({**params["phase2"], "chunk_tokens": params["phase2"].get("chunk_tokens") or (4096 if device.type == "cuda" else 32)})
