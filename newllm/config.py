@@ -111,6 +111,12 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
                 f"{corpus['name']!r} leaves {max(available, 0)} samples after "
                 f"validation.num_samples={config['validation']['num_samples']}; allowed: 1..{max(available, 0)}"
             )
+    window = config.get("analysis", {}).get("window_size", 3)
+    if window > len(config["sample_sizes"]):
+        raise ConfigError(
+            f"analysis.window_size={window} exceeds the {len(config['sample_sizes'])} sample_sizes; "
+            f"allowed: 2..{len(config['sample_sizes'])}"
+        )
     tok = config["tokenizer"]
     if tok != "packaged" and not tok.startswith("hub:") and not Path(tok).is_dir():
         raise ConfigError(

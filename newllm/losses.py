@@ -53,11 +53,24 @@ def nuc_loss(x: Tensor) -> Tensor:
     return -torch.linalg.matrix_norm(x - x.mean(dim=0, keepdim=True), ord="nuc") / x.shape[0]
 
 
+def wmse_loss(x: Tensor) -> Tensor:
+    """WMSE (whitening MSE): ``mean_ij (Cov(X) - I)_ij²``, pushing the batch towards
+    decorrelated, unit-variance features (the whitening target of W-MSE, Ermolov et al.
+    2021).  SPEC §4 names WMSE without a formula; this is the whitening reading of it.
+    ``[n, d]`` -> scalar; needs n ≥ 2.
+    """
+    n, d = x.shape
+    centred = x - x.mean(dim=0, keepdim=True)
+    cov = centred.t() @ centred / (n - 1)
+    return (cov - torch.eye(d, device=x.device, dtype=x.dtype)).pow(2).mean()
+
+
 DIVERSITY_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
     "mcdl": mcdl_loss,
     "odcm": odcm_loss,
     "sdl": sdl_loss,
     "nuc": nuc_loss,
+    "wmse": wmse_loss,
 }
 """Diversity losses by config name (``phase1.diversity``)."""
 

@@ -15,6 +15,7 @@ sequential recurrence and the context cache of SPEC §6 all agree.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ class Phase1Config:
     context_noise: float = 0.0
     init_std: float = 0.01
     er_max_rows: int = ER_MAX_ROWS
+    stop_rule: str = "convergence_rate"
+    er_patience: int = 3
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":
@@ -170,12 +173,16 @@ class Phase1Result:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+STOP_RULES = ("convergence_rate", "val_er")
+
+
 def train_phase1(
     block: ContextBlock,
     token_input: TokenInput,
     stream: Tensor,
     cfg: Phase1Config,
     *,
+    val_stream: Tensor | None = None,
     seed: int = 0,
     run_name: str = "",
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
@@ -186,29 +193,49 @@ def train_phase1(
     ``cfg.batch_size`` tokens.  Per batch: ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)``,
     weighted by the batch's share of tokens; gradients accumulate over the sweep, are
     clipped to ``cfg.grad_clip`` and applied by one Adam step.  The contexts carry over
-    between iterations (detached).  Stops after ``min_iterations`` once the convergence
-    rate reaches ``stop_convergence_rate``, or at ``max_iterations``.
+    between iterations (detached).
+
+    With ``val_stream`` the validation contexts are swept alongside (same weights, no
+    gradient, carried over the same way), giving a validation convergence rate and
+    Effective Rank per iteration.
+
+    Stop rules (``cfg.stop_rule``), never before ``min_iterations``:
+    ``convergence_rate`` stops once the train rate reaches ``stop_convergence_rate``;
+    ``val_er`` stops when validation ER has not improved for ``er_patience`` iterations
+    and restores the weights of the best iteration.  Both stop at ``max_iterations``.
 
     Args:
         stream: ``[n]`` int64 token ids on the training device.
+        val_stream: ``[m]`` validation token ids (required by ``stop_rule='val_er'``).
         seed: seeds ``C^0 = init_std·N(0, I)`` and the context noise.
         on_iteration: called with each iteration's metrics (for progress logging).
 
     Returns:
         :class:`Phase1Result` with per-iteration ``cvfp_loss``, ``diversity_loss``,
         ``total_loss``, ``converged``/``tokens``/``convergence_rate``,
-        ``effective_rank``, ``tokens_per_s`` and ``seconds``.
+        ``effective_rank`` (and ``val_*`` counterparts), ``tokens_per_s``, ``seconds``.
+        ``contexts`` are the last iteration's train contexts.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
+        ValueError: unknown stop rule, or ``val_er`` without ``val_stream``.
     """
+    if cfg.stop_rule not in STOP_RULES:
+        raise ValueError(f"phase1.stop_rule {cfg.stop_rule!r} is not one of {STOP_RULES}")
+    if cfg.stop_rule == "val_er" and val_stream is None:
+        raise ValueError("phase1.stop_rule 'val_er' needs the validation stream")
     device = stream.device
     n = stream.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     contexts = (cfg.init_std * torch.randn(n, block.context_dim, generator=gen)).to(device)
+    val_contexts = None
+    if val_stream is not None:
+        val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+        val_contexts = (cfg.init_std * torch.randn(val_stream.shape[0], block.context_dim, generator=val_gen)).to(device)
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
     history: list[dict[str, Any]] = []
     last_finite: dict[str, Any] = {}
+    best_er, best_state, best_iteration, stale = -math.inf, None, 0, 0
     block.train()
     for iteration in range(1, cfg.max_iterations + 1):
         t0 = time.perf_counter()
@@ -231,7 +258,20 @@ def train_phase1(
                 f"Phase 1 {run_name}: non-finite loss at iteration {iteration} "
                 f"(total, cvfp, diversity = {sums.tolist()}); last finite values: {last_finite}"
             )
+        val_record: dict[str, Any] = {}
+        if val_stream is not None:  # same weights as this sweep's train contexts
+            new_val = jacobi_sweep(block, token_input, val_stream, val_contexts, cfg.batch_size)
+            v_conv, v_total = convergence_counts(new_val, val_contexts, cfg.convergence_threshold)
+            val_contexts = new_val
+            val_record = {
+                "val_converged": v_conv,
+                "val_tokens": v_total,
+                "val_convergence_rate": v_conv / v_total,
+                "val_convergence": format_rate(v_conv, v_total),
+                "val_effective_rank": effective_rank(val_contexts, cfg.er_max_rows, seed),
+            }
         grad_norm = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
+        state_before_step = copy.deepcopy(block.state_dict()) if cfg.stop_rule == "val_er" else None
         optimizer.step()
         converged, total_tokens = convergence_counts(new_contexts, contexts, cfg.convergence_threshold)
         contexts = new_contexts
@@ -247,6 +287,7 @@ def train_phase1(
             "convergence_rate": converged / total_tokens,
             "convergence": format_rate(converged, total_tokens),
             "effective_rank": effective_rank(contexts, cfg.er_max_rows, seed),
+            **val_record,
             "seconds": seconds,
             "tokens_per_s": n / seconds,
         }
@@ -254,19 +295,35 @@ def train_phase1(
         last_finite = {k: record[k] for k in ("iteration", "total_loss", "cvfp_loss", "diversity_loss")}
         if on_iteration is not None:
             on_iteration(record)
-        if iteration >= cfg.min_iterations and record["convergence_rate"] >= cfg.stop_convergence_rate:
+        stopped_by = None
+        if cfg.stop_rule == "val_er":
+            # the validation contexts of this iteration came from the pre-step weights
+            if record["val_effective_rank"] > best_er:
+                best_er, best_state, best_iteration, stale = record["val_effective_rank"], state_before_step, iteration, 0
+            else:
+                stale += 1
+            if iteration >= cfg.min_iterations and stale >= cfg.er_patience:
+                stopped_by = "val_er"
+        elif iteration >= cfg.min_iterations and record["convergence_rate"] >= cfg.stop_convergence_rate:
+            stopped_by = "convergence_rate"
+        if stopped_by:
             break
+    if cfg.stop_rule == "val_er" and best_state is not None:
+        block.load_state_dict(best_state)
     block.eval()
-    final = history[-1]
+    final = history[-1] if cfg.stop_rule != "val_er" else history[best_iteration - 1]
     summary = {
-        "iterations": final["iteration"],
-        "stopped_by": "convergence_rate" if final["convergence_rate"] >= cfg.stop_convergence_rate else "max_iterations",
+        "iterations": history[-1]["iteration"],
+        "best_iteration": final["iteration"],
+        "stop_rule": cfg.stop_rule,
+        "stopped_by": stopped_by or "max_iterations",
         "final_cvfp_loss": final["cvfp_loss"],
         "final_diversity_loss": final["diversity_loss"],
         "train_convergence_rate": final["convergence_rate"],
         "train_convergence": final["convergence"],
         "train_effective_rank": final["effective_rank"],
         "train_effective_rank_pct": 100.0 * final["effective_rank"] / block.context_dim,
+        **{k: final[k] for k in ("val_convergence_rate", "val_convergence", "val_effective_rank") if k in final},
         "seconds": sum(r["seconds"] for r in history),
         "tokens_per_s": n * len(history) / sum(r["seconds"] for r in history),
     }

@@ -100,3 +100,80 @@ def plot_phase2_curves(history: pd.DataFrame, path: str | Path) -> None:
     axes[0, 0].set_ylabel("perplexity")
     fig.suptitle("Phase 2: learning curves" + ("" if n_dims > 1 else ""))
     _save(fig, path)
+
+
+def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> None:
+    """α per sliding window against the window's geometric-mean token count, with ±1 SE
+    bars, one series per (variant, context_dim)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    n_variants = windows["variant"].nunique()
+    for (variant, dim), group in windows.groupby(["variant", "context_dim"]):
+        centre = np.sqrt(group["tokens_min"] * group["tokens_max"])
+        err = group["alpha_stderr"].fillna(0.0)
+        ax.errorbar(centre, group["alpha"], yerr=err, marker="o", capsize=3, label=_series_label(variant, dim, n_variants))
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens (window centre, geometric mean)")
+    ax.set_ylabel("α in window (more negative = better scaling)")
+    ax.set_title("Sliding-window scaling exponent")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_er_vs_ppl(runs: pd.DataFrame, linear: dict, path: str | Path) -> None:
+    """Validation PPL against validation Effective Rank (% of context_dim) for every run,
+    with the fitted line ``PPL ≈ a + b·ER``; marker size grows with training tokens."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    n_variants = runs["variant"].nunique()
+    sizes = 20 + 80 * (np.log(runs["train_tokens"]) - np.log(runs["train_tokens"]).min()) / max(np.ptp(np.log(runs["train_tokens"])), 1e-9)
+    for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
+        ax.scatter(group["val_er_pct"], group["val_ppl"], s=sizes[group.index], label=_series_label(variant, dim, n_variants), alpha=0.8)
+    if linear.get("b") is not None:
+        x = np.linspace(runs["val_er_pct"].min(), runs["val_er_pct"].max(), 20)
+        ax.plot(x, linear["a"] + linear["b"] * x, "k--", label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})")
+    ax.set_xlabel("validation Effective Rank (% of context_dim)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Phase 1 Effective Rank vs Phase 2 perplexity")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_effective_rank(runs: pd.DataFrame, path: str | Path) -> None:
+    """Train and validation Effective Rank (absolute and % of context_dim) by context_dim,
+    averaged over sample sizes with min–max bars, one group per variant."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    variants = sorted(runs["variant"].unique())
+    dims = sorted(runs["context_dim"].unique())
+    width = 0.8 / (2 * len(variants))
+    for ax, (suffix, label) in zip(axes, (("", "Effective Rank"), ("_pct", "Effective Rank (% of context_dim)"))):
+        for v, variant in enumerate(variants):
+            for s, split in enumerate(("train", "val")):
+                col = f"{split}_er" + suffix
+                stats_ = runs[runs["variant"] == variant].groupby("context_dim")[col].agg(["mean", "min", "max"]).reindex(dims)
+                x = np.arange(len(dims)) + (2 * v + s - len(variants) + 0.5) * width
+                ax.bar(x, stats_["mean"], width, yerr=[stats_["mean"] - stats_["min"], stats_["max"] - stats_["mean"]],
+                       capsize=2, label=f"{variant} {split}" if len(variants) > 1 else split, alpha=0.85)
+        ax.set_xticks(np.arange(len(dims)), [str(d) for d in dims])
+        ax.set_xlabel("context_dim")
+        ax.set_title(label, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Effective Rank of the contexts by context_dim")
+    _save(fig, path)
+
+
+def plot_parameter_efficiency(comparison: pd.DataFrame, path: str | Path) -> None:
+    """Best validation PPL against trained parameters (ContextBlock + TokenBlock) per
+    configuration, annotated with PPL per million parameters."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for _, row in comparison.iterrows():
+        ax.scatter(row["parameters"], row["best_val_ppl"], s=50)
+        ax.annotate(f"{row['variant']} {row['context_dim']}-d\n{row['ppl_per_million_parameters']:.0f} PPL/M",
+                    (row["parameters"], row["best_val_ppl"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trained parameters (ContextBlock + TokenBlock)")
+    ax.set_ylabel("best validation perplexity")
+    ax.set_title("Parameter efficiency")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, path)

@@ -5,6 +5,8 @@ rule phase1:
     input:
         train=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
+        validation=rules.make_validation.output.validation,
+        validation_meta=rules.make_validation.output.validation_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
         weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/context_block.safetensors",
@@ -53,3 +55,29 @@ rule export_contexts:
         cache=config["context_cache"],
     script:
         "../workflow_scripts/export_contexts.py"
+
+
+rule phase1_diagnostics:
+    input:
+        weights=rules.phase1.output.weights,
+        metrics=rules.phase1.output.metrics,
+        validation=rules.make_validation.output.validation,
+        validation_meta=rules.make_validation.output.validation_meta,
+        validation_cache=rules.export_contexts.output.validation,
+        cache_meta=rules.export_contexts.output.meta,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/diagnostics/phase1_diagnostics.json",
+    log:
+        "results/{study}/logs/phase1_diagnostics/{variant}_samples{samples}_ctx{context_dim}.log",
+    conda:
+        "../envs/newllm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        run=run_params,
+        diagnostics=config["diagnostics"],
+    script:
+        "../workflow_scripts/phase1_diagnostics.py"

@@ -23,7 +23,7 @@ def _errors(schema, cfg):
     return [e.message for e in Draft202012Validator(schema).iter_errors(cfg)]
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "ultrachat_gpt2.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "ultrachat_gpt2.yaml", "cpu_variants.yaml", "test.yaml"])
 def test_shipped_configs_validate(repo, schema, name):
     cfg = yaml.safe_load((repo / "config" / name).read_text())
     assert _errors(schema, cfg) == []

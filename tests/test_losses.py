@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from newllm.losses import cvfp_loss, mcdl_loss, nuc_loss, odcm_loss, phase1_loss, sdl_loss
+from newllm.losses import cvfp_loss, mcdl_loss, nuc_loss, odcm_loss, phase1_loss, sdl_loss, wmse_loss
 
 
 def test_cvfp_is_raw_mse_and_detaches_previous():
@@ -47,5 +47,13 @@ def test_phase1_loss_weights_the_terms():
     assert cvfp.item() == pytest.approx(0.5)
     assert div.item() == pytest.approx(-1.0 / 2)  # ‖X-μ‖_F = 1, n = 2
     assert total.item() == pytest.approx(0.1 * 0.5 + 0.9 * -0.5)
-    with pytest.raises(KeyError, match="wmse"):
-        phase1_loss(c, prev, 0.9, "wmse")
+    with pytest.raises(KeyError, match="vicreg"):
+        phase1_loss(c, prev, 0.9, "vicreg")
+
+
+def test_wmse_hand_computed():
+    x = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    # Cov = [[2, 2], [2, 2]]; Cov - I = [[1, 2], [2, 1]]; mean of squares = 10 / 4
+    assert wmse_loss(x).item() == pytest.approx(2.5)
+    white = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]) * (3 / 4) ** 0.5
+    assert wmse_loss(white).item() == pytest.approx(0.0, abs=1e-6)

@@ -88,3 +88,28 @@ def test_non_finite_loss_raises_with_context():
         block.layers[0].ffn[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match=r"Phase 1 runX: non-finite loss at iteration 1"):
         train_phase1(block, token_input, stream, Phase1Config(max_iterations=3), run_name="runX")
+
+
+def test_validation_is_tracked_and_val_er_stop_rule_restores_best_weights():
+    block, token_input, stream = _setup(n=200, d_c=8, seed=1)
+    val = torch.randint(0, 30, (120,))
+    cfg = Phase1Config(max_iterations=40, min_iterations=3, batch_size=64, stop_rule="val_er", er_patience=2)
+    result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=0)
+    h = result.history
+    assert all(r["val_tokens"] == 120 and 0 <= r["val_converged"] <= 120 for r in h)
+    best = max(h, key=lambda r: r["val_effective_rank"])
+    assert result.summary["best_iteration"] == best["iteration"]
+    assert result.summary["val_effective_rank"] == best["val_effective_rank"]
+    if result.summary["stopped_by"] == "val_er":
+        assert len(h) - best["iteration"] == 2  # patience exhausted
+    # the restored weights are those that produced the best iteration's contexts, i.e.
+    # the weights after best_iteration - 1 Adam steps: replay that many steps and compare
+    replay, token_input2, _ = _setup(n=200, d_c=8, seed=1)
+    steps = best["iteration"] - 1
+    if steps:
+        train_phase1(replay, token_input2, stream, Phase1Config(max_iterations=steps, min_iterations=1, batch_size=64,
+                                                                stop_convergence_rate=1.0), val_stream=val, seed=0)
+    for (name, a), b in zip(block.state_dict().items(), replay.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="needs the validation stream"):
+        train_phase1(block, token_input, stream, cfg)

@@ -18,13 +18,19 @@ def _run(args, cwd, timeout=900):
 
 def test_dry_run_of_the_default_config(repo, tmp_path):
     out = _run(["-n", "--directory", str(tmp_path)], cwd=repo)
-    for rule, count in [("phase1", 8), ("export_contexts", 8), ("phase2", 8), ("make_train_set", 4), ("fit_scaling", 1)]:
+    for rule, count in [("phase1", 8), ("export_contexts", 8), ("phase1_diagnostics", 8), ("phase2", 8), ("make_train_set", 4), ("fit_scaling", 1)]:
         assert any(line.split()[:2] == [rule, str(count)] for line in out.splitlines()), out
 
 
 def test_dry_run_of_the_ultrachat_study(repo, tmp_path):
+    # 5 sizes x 3 context_dims (768/1200/1537) x 2 variants (1 vs 2 input tokens)
     out = _run(["-n", "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)], cwd=repo)
-    assert any(line.split()[:2] == ["phase2", "5"] for line in out.splitlines()), out
+    assert any(line.split()[:2] == ["phase2", "30"] for line in out.splitlines()), out
+
+
+def test_dry_run_of_the_cpu_variant_study(repo, tmp_path):
+    out = _run(["-n", "--configfile", "config/cpu_variants.yaml", "--directory", str(tmp_path)], cwd=repo)
+    assert any(line.split()[:2] == ["phase2", "36"] for line in out.splitlines()), out
 
 
 def test_lint(repo):
@@ -48,18 +54,31 @@ def e2e(repo, tmp_path_factory):
 def test_end_to_end_produces_tables_and_figures(e2e):
     _, results = e2e
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    assert len(runs) == 6 and set(runs["context_dim"]) == {8, 16} and set(runs["samples"]) == {6, 12, 24}
+    assert len(runs) == 6 and set(runs["variant"]) == {"base", "tok2"} and set(runs["samples"]) == {6, 12, 24}
+    assert set(runs.loc[runs["variant"] == "tok2", "num_input_tokens"]) == {2}
     assert runs["val_ppl"].between(1, 50257 * 10).all() and runs["val_ppl"].notna().all()
-    assert (runs.groupby("context_dim")["train_tokens"].apply(lambda s: s.is_monotonic_increasing)).all()
+    assert (runs.groupby("variant")["train_tokens"].apply(lambda s: s.is_monotonic_increasing)).all()
+    assert runs["val_convergence"].str.match(r"\d+\.\d % \(\d+/\d+\)").all()
     fits = pd.read_csv(results / "tables" / "scaling_fits.csv")
     assert len(fits) == 2 and fits["alpha"].notna().all() and fits["r2"].between(0, 1).all()
+    diagnostics = pd.read_csv(results / "tables" / "diagnostics.csv")
+    assert len(diagnostics) == 6 and set(diagnostics["identity_check"]) <= {"PASS", "FAIL"}
+    assert set(diagnostics["cvfp_verdict"]) <= {"CONVERGING", "CONVERGED", "DIVERGING", "UNSTABLE"}
+    assert diagnostics["mean_cosine_to_token_embedding"].notna().all()  # context_dim == embed_dim here
+    windows = pd.read_csv(results / "tables" / "sliding_alpha.csv")
+    assert len(windows) == 2 * 2  # (3 sizes - window 2 + 1) windows x 2 variants
+    comparison = pd.read_csv(results / "tables" / "comparison.csv")
+    assert list(comparison["variant"]) == ["base", "tok2"]
+    assert (comparison.set_index("variant").loc["tok2", "parameters"] > comparison.set_index("variant").loc["base", "parameters"])
+    correlations = pd.read_csv(results / "tables" / "prediction_correlations.csv")
+    assert set(correlations["predictor"]) == {"val_er_pct", "train_er_pct", "train_val_er_gap_pct", "phase1_iterations"}
     coverage = pd.read_csv(results / "tables" / "data_coverage.csv")
     assert list(coverage["samples"]) == [6, 12, 24]
     assert coverage["unseen_tokens"].is_monotonic_decreasing
-    for fig in ("scaling", "phase1_curves", "phase2_curves"):
+    for fig in ("scaling", "phase1_curves", "phase2_curves", "sliding_alpha", "er_vs_ppl", "effective_rank", "parameter_efficiency"):
         png = results / "figures" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    metrics = json.loads((results / "runs/base/samples6_ctx8/phase1/metrics.json").read_text())
+    metrics = json.loads((results / "runs/base/samples6_ctx16/phase1/metrics.json").read_text())
     assert metrics["provenance"]["device"] == "cpu" and metrics["config"]["phase1"]["dist_reg_weight"] == 0.9
     assert len(metrics["history"]) == metrics["summary"]["iterations"]
 
@@ -78,7 +97,7 @@ def test_figures_regenerate_from_tables_without_retraining(repo, e2e):
     workdir, results = e2e
     before = (results / "runs/base/samples24_ctx16/phase2/token_block.safetensors").stat().st_mtime_ns
     out = _run(["--cores", "1", "--configfile", "config/test.yaml", "--directory", str(workdir),
-                "--forcerun", "plot_scaling", "plot_phase1", "plot_phase2"], cwd=repo)
+                "--forcerun", "plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis"], cwd=repo)
     assert "phase2" not in [line.split()[0] for line in out.splitlines() if line.strip() and line.split()[0] in ("phase1", "phase2")]
     assert (results / "runs/base/samples24_ctx16/phase2/token_block.safetensors").stat().st_mtime_ns == before
     assert "plot_scaling" in out
@@ -89,7 +108,11 @@ def test_report_builds(repo, e2e):
     workdir, _ = e2e
     _run(["--configfile", "config/test.yaml", "--directory", str(workdir), "--report", str(workdir / "report.html")], cwd=repo)
     html = (workdir / "report.html").read_text(errors="ignore")
-    assert len(html) > 50_000 and "scaling.png" in html
+    assert len(html) > 50_000
+    for name in ("scaling.png", "sliding_alpha.png", "er_vs_ppl.png", "diagnostics.csv", "comparison.csv"):
+        assert name in html
+    for category in ("Overview", "Data", "Phase 1", "Phase 2", "Scaling", "Prediction", "Diagnostics"):
+        assert f'"{category}"' in html
 
 
 @pytest.mark.slow

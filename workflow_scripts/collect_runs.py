@@ -6,10 +6,12 @@ from newllm.io import read_json, write_csv
 from newllm.runtime import get_logger
 
 log = get_logger(snakemake.log[0])
-rows, p1_hist, p2_hist = [], [], []
+rows, diag_rows, p1_hist, p2_hist = [], [], [], []
 inputs = snakemake.input
-for p1_path, cache_path, p2_path, h1_path, h2_path in zip(inputs.phase1, inputs.cache, inputs.phase2, inputs.phase1_history, inputs.phase2_history):
-    p1, cache, p2 = read_json(p1_path), read_json(cache_path), read_json(p2_path)
+for p1_path, cache_path, p2_path, diag_path, h1_path, h2_path in zip(
+    inputs.phase1, inputs.cache, inputs.phase2, inputs.diagnostics, inputs.phase1_history, inputs.phase2_history
+):
+    p1, cache, p2, diag = read_json(p1_path), read_json(cache_path), read_json(p2_path), read_json(diag_path)
     run, model = p1["run"], p1["config"]["model"]
     s1, s2 = p1["summary"], p2["summary"]
     rows.append({
@@ -25,6 +27,8 @@ for p1_path, cache_path, p2_path, h1_path, h2_path in zip(inputs.phase1, inputs.
         "phase1_final_diversity_loss": s1["final_diversity_loss"],
         "train_convergence_rate": s1["train_convergence_rate"],
         "train_convergence": s1["train_convergence"],
+        "val_convergence_rate": s1.get("val_convergence_rate"),
+        "val_convergence": s1.get("val_convergence"),
         "phase1_iterate_er": s1["train_effective_rank"],
         "train_er": cache["train"]["effective_rank"],
         "train_er_pct": cache["train"]["effective_rank_pct"],
@@ -45,7 +49,28 @@ for p1_path, cache_path, p2_path, h1_path, h2_path in zip(inputs.phase1, inputs.
         "phase2_tokens_per_s": s2["tokens_per_s"],
         "phase1_seconds": s1["seconds"],
         "phase2_seconds": s2["train_seconds"],
+        "identity_check": "PASS" if diag["identity_check"]["passed"] else "FAIL",
+        "cvfp_verdict": diag["cvfp_convergence_check"]["verdict"],
+        "quality_band": diag["quality"]["band"],
         "device": p2["provenance"]["device"],
+    })
+    checks = {f"{c['name']}": c["value"] for c in diag["identity_check"]["criteria"]}
+    checks.update({f"{c['name']}_passed": c["passed"] for c in diag["identity_check"]["criteria"]})
+    diag_rows.append({
+        **{k: run[k] for k in ("variant", "context_dim", "samples")},
+        "train_er_pct": diag["train_effective_rank_pct"],
+        "val_er_pct": diag["val_effective_rank_pct"],
+        "train_convergence": diag["train_convergence"],
+        "val_convergence": diag["val_convergence"],
+        "final_cvfp_loss": diag["final_cvfp_loss"],
+        "iterations": diag["iterations"],
+        "identity_check": "PASS" if diag["identity_check"]["passed"] else "FAIL",
+        **checks,
+        "cvfp_verdict": diag["cvfp_convergence_check"]["verdict"],
+        "cvfp_slope": diag["cvfp_convergence_check"]["slope"],
+        "cvfp_std": diag["cvfp_convergence_check"]["std"],
+        "quality_band": diag["quality"]["band"],
+        "overfitting_suspected": diag["quality"]["overfitting_suspected"],
     })
     for hist_path, bucket in ((h1_path, p1_hist), (h2_path, p2_hist)):
         frame = pd.read_csv(hist_path)
@@ -56,6 +81,7 @@ runs = pd.DataFrame(rows).sort_values(["variant", "context_dim", "samples"])
 phase1 = pd.concat(p1_hist, ignore_index=True)
 phase1["effective_rank_pct"] = 100.0 * phase1["effective_rank"] / phase1["context_dim"]
 write_csv(snakemake.output.runs, runs)
+write_csv(snakemake.output.diagnostics, pd.DataFrame(diag_rows).sort_values(["variant", "context_dim", "samples"]))
 write_csv(snakemake.output.phase1_history, phase1)
 write_csv(snakemake.output.phase2_history, pd.concat(p2_hist, ignore_index=True))
 log.info("collected %d runs", len(runs))

@@ -9,6 +9,7 @@ from newllm.runtime import progress_stream, save_weights
 
 params, name, log, device, token_input = start_run(snakemake)
 stream = load_stream(snakemake.input.train, device)
+val_stream = load_stream(snakemake.input.validation, device)
 context_block, _ = build_blocks(params["model"], token_input.embed_dim)
 context_block.to(device)
 cfg = Phase1Config.from_dict(params["phase1"])
@@ -18,11 +19,13 @@ with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progr
     def report(r):
         bar.update(1)
         log.info(
-            "iteration %d: cvfp %.5f, diversity %.5f, convergence %s, ER %.2f, %.0f tok/s",
-            r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"], r["effective_rank"], r["tokens_per_s"],
+            "iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / val %s, ER train %.2f / val %.2f, %.0f tok/s",
+            r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"], r["val_convergence"],
+            r["effective_rank"], r["val_effective_rank"], r["tokens_per_s"],
         )
 
-    result = train_phase1(context_block, token_input, stream, cfg, seed=params["seed"], run_name=name, on_iteration=report)
+    result = train_phase1(context_block, token_input, stream, cfg, val_stream=val_stream, seed=params["seed"], run_name=name,
+                          on_iteration=report)
 
 summary = {**result.summary, "train_tokens": int(stream.shape[0]), "context_block_parameters": count_parameters(context_block)}
 save_weights(snakemake.output.weights, context_block.state_dict(), {"run": name})
