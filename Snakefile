@@ -29,12 +29,14 @@ include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"
 include: "rules/analysis.smk"
+include: "rules/repetition.smk"
 
 
 rule all:
     default_target: True
     input:
         final_outputs(),
+        rules.repetition.input,
 
 
 onstart:

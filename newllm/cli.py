@@ -1,9 +1,10 @@
 """Command-line tools.
 
 ``newllm-fit TABLE.csv`` fits ``PPL = A · tokens^α`` to any CSV of runs, e.g. published
-numbers, with the same function the pipeline uses, and prints the fit table::
+numbers, with the same functions the pipeline uses, and prints the fit table (with PPL
+extrapolated to 1M and 10M tokens) and, with ``--window``, the sliding-window fits::
 
-    newllm-fit published.csv --group config --tokens tokens --ppl ppl
+    newllm-fit published.csv --group config --tokens tokens --ppl ppl --window 4
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 import pandas as pd
 
+from newllm.analysis import sliding_window_fits
 from newllm.scaling import fit_table
 
 
@@ -23,6 +25,8 @@ def fit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", nargs="+", default=["config"], help="column(s) naming a configuration (default: config)")
     parser.add_argument("--tokens", default="tokens", help="column of training tokens (default: tokens)")
     parser.add_argument("--ppl", default="ppl", help="column of validation perplexity (default: ppl)")
+    parser.add_argument("--window", type=int, help="also fit windows of this many consecutive sizes")
+    parser.add_argument("--step", type=int, default=1, help="window step (default 1)")
     parser.add_argument("--output", help="also write the fit table to this CSV")
     args = parser.parse_args(argv)
     runs = pd.read_csv(args.table)
@@ -32,11 +36,15 @@ def fit_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         fits = fit_table(runs, args.group, tokens=args.tokens, ppl=args.ppl)
+        windows = sliding_window_fits(runs, args.group, args.window, args.step, args.tokens, args.ppl) if args.window else None
     except ValueError as err:
         print(f"newllm-fit: {err}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(fits.to_string(index=False))
+        if windows is not None:
+            print(f"\nsliding windows of {args.window} sizes, step {args.step}:")
+            print(windows.to_string(index=False))
     if args.output:
         fits.to_csv(args.output, index=False)
     return 0

@@ -67,6 +67,22 @@ class TokenInput(nn.Module):
         x = F.layer_norm(self.weight[stream[idx.clamp(min=0)]], (self.embed_dim,))  # [B, N_in, d_e]
         return (x * valid).reshape(positions.shape[0], self.output_dim)
 
+    def rows(self, sequences: Tensor) -> Tensor:
+        """Windows within each row of a batch of independent sequences.
+
+        Args:
+            sequences: ``[P, T]`` int64 token ids; each row is its own stream.
+
+        Returns:
+            ``[P, T, N_in·d_e]``, zero-padded before each row's start.
+        """
+        P, T = sequences.shape
+        flat = sequences.reshape(-1)
+        x = self(flat, torch.arange(P * T, device=sequences.device)).view(P, T, self.num_input_tokens, self.embed_dim)
+        t = torch.arange(T, device=sequences.device)[:, None]
+        inside = (t - self.window_offsets[None, :] >= 0).unsqueeze(-1)  # [T, N_in, 1]: slot within this row
+        return (x * inside).reshape(P, T, self.output_dim)
+
 
 class FFN(nn.Sequential):
     """``act(W[z] + b)`` (1 layer) or ``act(W2 act(W1 z + b1) + b2)`` with hidden 4·in (SPEC §3)."""

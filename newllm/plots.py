@@ -177,3 +177,62 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, path: str | Path) -> Non
     ax.set_title("Parameter efficiency")
     ax.grid(True, which="both", alpha=0.3)
     _save(fig, path)
+
+
+def plot_repetition_stages(stages: pd.DataFrame, path: str | Path) -> None:
+    """Convergence loss, context change rate and cyclic distance per epoch, one line per stage."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for stage, group in stages.groupby("stage"):
+        for ax, col in zip(axes, ("convergence_loss", "change_rate", "cyclic_distance")):
+            ax.plot(group["epoch"], group[col], "o-", label=f"stage {stage} ({stage}-token phrases)")
+    for ax, title in zip(axes, ("convergence loss MSE(c_t, c_{t-L})", "context change rate mean ‖c_t − c_{t−1}‖", "cyclic distance mean ‖c_t − c_{t−L}‖")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Repetition study: staged training")
+    _save(fig, path)
+
+
+def plot_repetition_topk(tokens: pd.DataFrame, converged_loss: float, path: str | Path) -> None:
+    """Per-token initial vs final convergence loss for both protocols (log-log); the
+    dotted line is 'no change', the dashed line the convergence threshold."""
+    protocols = list(tokens["protocol"].unique())
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.2 * len(protocols), 4.4), squeeze=False, sharey=True)
+    for ax, protocol in zip(axes[0], protocols):
+        group = tokens[tokens["protocol"] == protocol]
+        conv = group["converged"].astype(bool)
+        ax.scatter(group.loc[~conv, "initial_loss"], group.loc[~conv, "final_loss"], s=14, label="not converged")
+        ax.scatter(group.loc[conv, "initial_loss"], group.loc[conv, "final_loss"], s=14, label="converged")
+        lo = max(min(group["initial_loss"].min(), group["final_loss"].min()), 1e-12)
+        hi = max(group["initial_loss"].max(), group["final_loss"].max())
+        ax.plot([lo, hi], [lo, hi], ":", color="grey")
+        ax.axhline(converged_loss, ls="--", color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{protocol}: {int(conv.sum())}/{len(group)} converged", fontsize=10)
+        ax.set_xlabel("initial convergence loss")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0, 0].set_ylabel("final convergence loss")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("Repetition study: top-K tokens, sequential vs round-robin")
+    _save(fig, path)
+
+
+def plot_fixed_point_distances(distances: pd.DataFrame, summary: dict, path: str | Path) -> None:
+    """Distribution of pairwise distances between the tokens' fixed points per protocol,
+    with the collapse threshold (relative to the mean fixed-point norm)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for protocol, group in distances.groupby("protocol"):
+        d = np.clip(group["distance"].to_numpy(), 1e-12, None)
+        check = summary[protocol]["fixed_point_distances"]
+        ax.hist(d, bins=np.geomspace(d.min(), d.max() * 1.01 + 1e-12, 30), alpha=0.6,
+                label=f"{protocol}: median {check['median']:.2e}{' COLLAPSED' if check['collapsed'] else ''}")
+        ax.axvline(check["threshold"] * check["mean_norm"], ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("pairwise distance between fixed points (dashed: collapse threshold)")
+    ax.set_ylabel("token pairs")
+    ax.set_title("Do different tokens reach different fixed points?")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -81,3 +81,12 @@ def test_build_blocks_init_statistics():
 def test_bad_model_config_raises(bad):
     with pytest.raises(ValueError):
         build_blocks(_model_cfg(**bad), embed_dim=4)
+
+
+def test_row_windows_do_not_cross_sequence_boundaries():
+    embeddings = torch.randn(10, 3)
+    token_input = TokenInput(embeddings, num_input_tokens=2)
+    rows = token_input.rows(torch.tensor([[1, 2, 3], [4, 5, 6]])).view(2, 3, 2, 3)
+    normed = torch.nn.functional.layer_norm(embeddings, (3,))
+    assert torch.equal(rows[1, 0, 0], torch.zeros(3))  # not token 3 of the previous row
+    assert torch.allclose(rows[1, 0, 1], normed[4]) and torch.allclose(rows[1, 2, 0], normed[5])

@@ -69,3 +69,6 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
     assert fit["r2"] == pytest.approx(0.992, abs=0.002)
     assert "1L 768d 2tok (v3)" in capsys.readouterr().out
     assert fit_main([str(table), "--ppl", "perplexity"]) == 2
+    assert fit_main([str(table), "--window", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "sliding windows of 4 sizes" in out and out.count("1L 768d 2tok (v3)") == 3  # fit + 2 windows

@@ -75,12 +75,29 @@ def test_end_to_end_produces_tables_and_figures(e2e):
     coverage = pd.read_csv(results / "tables" / "data_coverage.csv")
     assert list(coverage["samples"]) == [6, 12, 24]
     assert coverage["unseen_tokens"].is_monotonic_decreasing
-    for fig in ("scaling", "phase1_curves", "phase2_curves", "sliding_alpha", "er_vs_ppl", "effective_rank", "parameter_efficiency"):
+    for fig in ("scaling", "phase1_curves", "phase2_curves", "sliding_alpha", "er_vs_ppl", "effective_rank", "parameter_efficiency",
+                "repetition_stages", "repetition_topk", "repetition_fixed_points"):
         png = results / "figures" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     metrics = json.loads((results / "runs/base/samples6_ctx16/phase1/metrics.json").read_text())
     assert metrics["provenance"]["device"] == "cpu" and metrics["config"]["phase1"]["dist_reg_weight"] == 0.9
     assert len(metrics["history"]) == metrics["summary"]["iterations"]
+
+
+@pytest.mark.slow
+def test_repetition_study_outputs(e2e):
+    _, results = e2e
+    summary = json.loads((results / "repetition" / "summary.json").read_text())
+    for protocol in ("round_robin", "sequential"):
+        s = summary[protocol]
+        assert s["tokens"] == 8 and 0 <= s["converged"] <= 8 and s["verdict"]
+        assert s["fixed_point_distances"]["min"] <= s["fixed_point_distances"]["median"] <= s["fixed_point_distances"]["max"]
+    tokens = pd.read_csv(results / "repetition" / "topk_tokens.csv")
+    assert len(tokens) == 16 and set(tokens["protocol"]) == {"round_robin", "sequential"}
+    stages = pd.read_csv(results / "repetition" / "stages.csv")
+    assert list(zip(stages["stage"], stages["epoch"])) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    distances = pd.read_csv(results / "repetition" / "fixed_point_distances.csv")
+    assert len(distances) == 2 * 8 * 7 // 2
 
 
 @pytest.mark.slow
@@ -111,7 +128,7 @@ def test_report_builds(repo, e2e):
     assert len(html) > 50_000
     for name in ("scaling.png", "sliding_alpha.png", "er_vs_ppl.png", "diagnostics.csv", "comparison.csv"):
         assert name in html
-    for category in ("Overview", "Data", "Phase 1", "Phase 2", "Scaling", "Prediction", "Diagnostics"):
+    for category in ("Overview", "Data", "Phase 1", "Phase 2", "Scaling", "Prediction", "Diagnostics", "Repetition"):
         assert f'"{category}"' in html
 
 

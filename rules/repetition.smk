@@ -1,0 +1,76 @@
+# The repetition (CVFPT) study (SPEC §9): `snakemake repetition`.
+
+
+rule repetition_study:
+    input:
+        pool=rules.make_validation.output.pool,
+        pool_meta=rules.make_validation.output.pool_meta,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        stages=report(
+            "results/{study}/repetition/stages.csv",
+            caption="../report/repetition_stages_table.rst",
+            category="Repetition",
+        ),
+        tokens=report(
+            "results/{study}/repetition/topk_tokens.csv",
+            caption="../report/repetition_tokens_table.rst",
+            category="Repetition",
+        ),
+        distances="results/{study}/repetition/fixed_point_distances.csv",
+        summary="results/{study}/repetition/summary.json",
+    log:
+        "results/{study}/logs/repetition_study.log",
+    benchmark:
+        "results/{study}/benchmarks/repetition_study.tsv"
+    conda:
+        "../envs/newllm.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        repetition=config["repetition"],
+        model=config["model"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../workflow_scripts/repetition_study.py"
+
+
+rule plot_repetition:
+    input:
+        stages=rules.repetition_study.output.stages,
+        tokens=rules.repetition_study.output.tokens,
+        distances=rules.repetition_study.output.distances,
+        summary=rules.repetition_study.output.summary,
+    output:
+        stages=report(
+            "results/{study}/figures/repetition_stages.png",
+            caption="../report/repetition_stages.rst",
+            category="Repetition",
+        ),
+        tokens=report(
+            "results/{study}/figures/repetition_topk.png",
+            caption="../report/repetition_topk.rst",
+            category="Repetition",
+        ),
+        distances=report(
+            "results/{study}/figures/repetition_fixed_points.png",
+            caption="../report/repetition_fixed_points.rst",
+            category="Repetition",
+        ),
+    log:
+        "results/{study}/logs/plot_repetition.log",
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    script:
+        "../workflow_scripts/plot_repetition.py"
+
+
+rule repetition:
+    input:
+        expand(rules.repetition_study.output, study=STUDY),
+        expand(rules.plot_repetition.output, study=STUDY),
+    localrule: True
