@@ -323,6 +323,17 @@ def read_stream(path: str | Path) -> np.ndarray:
     return stream
 
 
+def check_disjoint(train_ids: Sequence[str], validation_ids: Sequence[str], what: str = "training set") -> None:
+    """Refuse a training set that shares samples with validation.
+
+    Raises:
+        DataError: naming how many and which (up to 5) sample ids overlap.
+    """
+    overlap = sorted(set(train_ids) & set(validation_ids))
+    if overlap:
+        raise DataError(f"{what} shares {len(overlap)} samples with validation (e.g. {overlap[:5]}); validation must be in no training set")
+
+
 def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray) -> dict[str, Any]:
     """How much of the validation stream uses token ids never seen in the training stream.
 

@@ -24,6 +24,16 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from newllm.checkpoint import (
+    CheckpointSpec,
+    load_checkpoint,
+    maybe_inject_fault,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
@@ -186,6 +196,7 @@ def train_phase1(
     seed: int = 0,
     run_name: str = "",
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: CheckpointSpec | None = None,
 ) -> Phase1Result:
     """Train the ContextBlock by CVFP (SPEC §4).
 
@@ -209,6 +220,8 @@ def train_phase1(
         val_stream: ``[m]`` validation token ids (required by ``stop_rule='val_er'``).
         seed: seeds ``C^0 = init_std·N(0, I)`` and the context noise.
         on_iteration: called with each iteration's metrics (for progress logging).
+        checkpoint: save every ``checkpoint.every`` iterations and resume from a
+            matching checkpoint (same final numbers as an uninterrupted run).
 
     Returns:
         :class:`Phase1Result` with per-iteration ``cvfp_loss``, ``diversity_loss``,
@@ -236,8 +249,23 @@ def train_phase1(
     history: list[dict[str, Any]] = []
     last_finite: dict[str, Any] = {}
     best_er, best_state, best_iteration, stale = -math.inf, None, 0, 0
+    start, resumed_from = 1, None
+    loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
+    if loaded:
+        tensors, st = loaded
+        block.load_state_dict(unprefixed("model", tensors))
+        optimizer_from_tensors(optimizer, tensors, st["optimizer"])
+        contexts = tensors["contexts"].to(device)
+        if val_contexts is not None:
+            val_contexts = tensors["val_contexts"].to(device)
+        gen.set_state(tensors["rng"])
+        history, last_finite = st["history"], st["last_finite"]
+        best_er, best_iteration, stale = st["best_er"], st["best_iteration"], st["stale"]
+        best_state = unprefixed("best", tensors) or None
+        start = resumed_from = st["iteration"] + 1
     block.train()
-    for iteration in range(1, cfg.max_iterations + 1):
+    stopped_by = None
+    for iteration in range(start, cfg.max_iterations + 1):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         new_contexts = torch.empty_like(contexts)
@@ -308,6 +336,18 @@ def train_phase1(
             stopped_by = "convergence_rate"
         if stopped_by:
             break
+        if checkpoint and iteration % checkpoint.every == 0 and iteration < cfg.max_iterations:
+            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+            tensors = {**prefixed("model", block.state_dict()), **opt_tensors, "contexts": contexts, "rng": gen.get_state()}
+            if val_contexts is not None:
+                tensors["val_contexts"] = val_contexts
+            if best_state is not None:
+                tensors.update(prefixed("best", best_state))
+            save_checkpoint(checkpoint.path, tensors, {
+                "iteration": iteration, "optimizer": opt_meta, "history": history, "last_finite": last_finite,
+                "best_er": best_er, "best_iteration": best_iteration, "stale": stale,
+            }, checkpoint.fingerprint)
+            maybe_inject_fault("phase1", iteration)
     if cfg.stop_rule == "val_er" and best_state is not None:
         block.load_state_dict(best_state)
     block.eval()
@@ -317,6 +357,7 @@ def train_phase1(
         "best_iteration": final["iteration"],
         "stop_rule": cfg.stop_rule,
         "stopped_by": stopped_by or "max_iterations",
+        "resumed_from_iteration": resumed_from,
         "final_cvfp_loss": final["cvfp_loss"],
         "final_diversity_loss": final["diversity_loss"],
         "train_convergence_rate": final["convergence_rate"],

@@ -25,6 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from newllm.checkpoint import (
+    CheckpointSpec,
+    load_checkpoint,
+    maybe_inject_fault,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    prefixed,
+    save_checkpoint,
+    unprefixed,
+)
 from newllm.model import TokenBlock, TokenInput
 from newllm.phase1 import TrainingDivergedError
 
@@ -70,6 +80,26 @@ def tied_nll_and_correct(hidden: Tensor, embeddings: Tensor, targets: Tensor, ch
             nll += float((torch.logsumexp(logits, 1) - logits.gather(1, y[:, None]).squeeze(1)).sum())
             correct += int((logits.argmax(1) == y).sum())
     return nll, correct
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def accumulate_step(block: TokenBlock, token_input: TokenInput, stream: Tensor, cache, positions: Tensor, micro: int,
+                    chunk_tokens: int, device: torch.device) -> float:
+    """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
+    gradient accumulation: the gradient equals that of the whole batch (each part's
+    mean loss weighted by its share).  Returns the batch's mean loss (nats)."""
+    total = 0.0
+    n = positions.shape[0]
+    for start in range(0, n, micro):
+        pos = positions[start : start + micro]
+        ctx, x, y = _batch(stream, cache, pos, token_input, device)
+        loss = TiedCrossEntropy.apply(block(ctx, x), token_input.weight, y, chunk_tokens)
+        (loss * (pos.shape[0] / n)).backward()
+        total += float(loss.detach()) * pos.shape[0]
+    return total / n
 
 
 @dataclass
@@ -139,6 +169,8 @@ def train_phase2(
     run_name: str = "",
     on_batch: Callable[[int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: CheckpointSpec | None = None,
+    on_oom: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train the TokenBlock with Adam, gradient clipping and early stopping (SPEC §7).
 
@@ -147,6 +179,13 @@ def train_phase2(
     improved for ``cfg.patience`` epochs or after ``cfg.max_epochs``; the block is left
     with the weights of the best epoch.  The reported validation PPL is the best
     epoch's, chosen on this same validation set (as the source did).
+
+    With ``checkpoint``, the state after every ``checkpoint.every`` epochs is saved and a
+    matching checkpoint is resumed (same final numbers as an uninterrupted run).
+
+    Out of memory (GPU): the failing step is redone in micro-batches of half the size
+    with gradient accumulation (the same optimizer step), halving again until it fits;
+    ``on_oom`` is called with each new micro-batch size, which is kept for later steps.
 
     Returns:
         ``(history, summary)``: per epoch ``train_loss``/``train_ppl`` (mean over the
@@ -165,24 +204,43 @@ def train_phase2(
     best_state = copy.deepcopy(block.state_dict())
     bad_epochs = 0
     last_finite: float | None = None
-    for epoch in range(1, cfg.max_epochs + 1):
+    start, resumed_from = 1, None
+    micro = cfg.batch_size  # tokens per forward/backward; halves on GPU out-of-memory
+    loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
+    if loaded:
+        tensors, st = loaded
+        block.load_state_dict(unprefixed("model", tensors))
+        optimizer_from_tensors(optimizer, tensors, st["optimizer"])
+        gen.set_state(tensors["rng"])
+        history, best, bad_epochs, last_finite = st["history"], st["best"], st["bad_epochs"], st["last_finite"]
+        best_state = {k: v.to(device) for k, v in unprefixed("best", tensors).items()}
+        start = resumed_from = st["epoch"] + 1
+    for epoch in range(start, cfg.max_epochs + 1):
         block.train()
         order = torch.randperm(n_targets, generator=gen).to(device)
         t0 = time.perf_counter()
         loss_sum = 0.0
         for step, start in enumerate(range(0, n_targets, cfg.batch_size)):
             pos = order[start : start + cfg.batch_size]
-            ctx, x, y = _batch(train_stream, train_cache, pos, token_input, device)
-            loss = TiedCrossEntropy.apply(block(ctx, x), token_input.weight, y, cfg.chunk_tokens)
-            value = float(loss.detach())
+            while True:
+                optimizer.zero_grad(set_to_none=True)
+                try:
+                    value = accumulate_step(block, token_input, train_stream, train_cache, pos, micro, cfg.chunk_tokens, device)
+                    break
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not _is_oom(err) or micro <= 1:
+                        raise
+                    micro = max(1, micro // 2)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if on_oom is not None:
+                        on_oom(micro)
             if not math.isfinite(value):
                 raise TrainingDivergedError(
                     f"Phase 2 {run_name}: non-finite loss at epoch {epoch}, batch {step}; "
                     f"last finite batch loss {last_finite}"
                 )
             last_finite = value
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
             optimizer.step()
             loss_sum += value * pos.shape[0]
@@ -210,12 +268,21 @@ def train_phase2(
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
                 break
+        if checkpoint and epoch % checkpoint.every == 0 and epoch < cfg.max_epochs:
+            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
+            save_checkpoint(checkpoint.path, {
+                **prefixed("model", block.state_dict()), **opt_tensors, **prefixed("best", best_state), "rng": gen.get_state(),
+            }, {"epoch": epoch, "optimizer": opt_meta, "history": history, "best": best, "bad_epochs": bad_epochs,
+                "last_finite": last_finite}, checkpoint.fingerprint)
+            maybe_inject_fault("phase2", epoch)
     block.load_state_dict(best_state)
     assert best is not None
     summary = {
         "best_epoch": best["epoch"],
         "epochs": len(history),
         "stopped_by": "early_stopping" if len(history) < cfg.max_epochs else "max_epochs",
+        "resumed_from_epoch": resumed_from,
+        "micro_batch_size": micro,
         "val_loss": best["val_loss"],
         "val_ppl": best["val_ppl"],
         "val_accuracy": best["val_accuracy"],

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from newllm.checkpoint import CheckpointSpec, fingerprint
 from newllm.data import read_stream
 from newllm.io import write_csv, write_json
 from newllm.model import TokenInput
@@ -38,6 +39,15 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
     return params, name, log, device, token_input
 
 
+def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:
+    """A checkpoint beside ``output_path`` whose fingerprint covers the run's resolved
+    config and the SHA-256 of every input file, so changed settings or data never resume."""
+    from newllm.io import sha256_file
+
+    inputs = {name: sha256_file(path) for name, path in smk.input.items() if Path(path).suffix in (".npy", ".safetensors")}
+    return CheckpointSpec(Path(output_path).parent / "checkpoint.safetensors", fingerprint(smk.params.run, inputs), every)
+
+
 def load_token_input(embeddings_path: str | Path, num_input_tokens: int, device: torch.device) -> TokenInput:
     """The frozen ``[V, d_e]`` embeddings from a ``safetensors`` file as a :class:`TokenInput`."""
     return TokenInput(load_weights(embeddings_path)["embeddings"], num_input_tokens).to(device)
@@ -53,9 +63,16 @@ def load_context_cache(path: str | Path, device: torch.device) -> np.ndarray | t
     :data:`CACHE_IN_MEMORY_BYTES`, else a copy-on-write memory map gathered per batch.
 
     Raises:
-        ValueError: the file is truncated (numpy cannot map the shape its header states).
+        DataError: the file is missing, truncated or not a ``[n, L, d_c]`` float32 array.
     """
-    mapped = np.load(path, mmap_mode="c")
+    from newllm.data import DataError
+
+    try:
+        mapped = np.load(path, mmap_mode="c")
+    except (OSError, ValueError) as err:
+        raise DataError(f"context cache {path} is unreadable or truncated ({err}); delete it and rerun export_contexts") from err
+    if mapped.ndim != 3 or mapped.dtype != np.float32:
+        raise DataError(f"context cache {path} has shape {mapped.shape} and dtype {mapped.dtype}, expected [n, L, d_c] float32")
     if mapped.nbytes <= CACHE_IN_MEMORY_BYTES:
         return torch.from_numpy(np.ascontiguousarray(mapped)).to(device)
     return mapped

@@ -64,6 +64,16 @@ def run_params(wildcards):
     }
 
 
+GPUS = 1 if config["device"].startswith("cuda") else 0
+"""GPUs a training job asks for when config.device names CUDA (the SLURM profile sets
+gpu=1 for the training rules whatever the device; `auto` then uses it)."""
+
+
+def memory_mb(base_mb):
+    """``mem_mb`` that doubles with every retry (attempt 1, 2, 3, …)."""
+    return lambda wildcards, attempt: base_mb * 2 ** (attempt - 1)
+
+
 def run_outputs(pattern):
     """``pattern`` expanded over every run of the study (variant × samples × context_dim)."""
     return expand(

@@ -20,8 +20,9 @@ rule phase1:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=memory_mb(8000),
         runtime=120,
+        gpu=GPUS,
     params:
         run=run_params,
     script:
@@ -48,8 +49,9 @@ rule export_contexts:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=memory_mb(8000),
         runtime=60,
+        gpu=GPUS,
     params:
         run=run_params,
         cache=config["context_cache"],
@@ -74,8 +76,9 @@ rule phase1_diagnostics:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
         runtime=30,
+        gpu=GPUS,
     params:
         run=run_params,
         diagnostics=config["diagnostics"],

@@ -23,8 +23,9 @@ rule phase2:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=memory_mb(8000),
         runtime=240,
+        gpu=GPUS,
     params:
         run=run_params,
     script:

@@ -27,8 +27,9 @@ rule repetition_study:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=memory_mb(4000),
         runtime=60,
+        gpu=GPUS,
     params:
         repetition=config["repetition"],
         model=config["model"],

@@ -61,3 +61,38 @@ def test_early_stopping_stops_after_patience():
     history, summary = train_phase2(block, token_input, stream, cache, val_stream, torch.randn(100, 1, 4), cfg, seed=0)
     assert summary["stopped_by"] == "early_stopping"
     assert len(history) == summary["best_epoch"] + 1
+
+
+def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
+    """A GPU OOM is simulated on CPU: forward passes over more than 8 tokens fail.
+    Accumulated micro-batches give the same training as whole batches."""
+    reference_block, token_input, stream, cache = _phase2_setup(n=120)
+    cfg = Phase2Config(max_epochs=2, patience=1, batch_size=32, chunk_tokens=16)
+    _, reference = train_phase2(reference_block, token_input, stream, cache, stream, cache, cfg, seed=0)
+
+    block, token_input, stream, cache = _phase2_setup(n=120)
+    forward = block.forward
+
+    def limited(contexts, x):
+        if x.shape[0] > 8 and block.training:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(contexts, x)
+
+    block.forward = limited
+    sizes = []
+    _, summary = train_phase2(block, token_input, stream, cache, stream, cache, cfg, seed=0, on_oom=sizes.append)
+    assert sizes == [16, 8] and summary["micro_batch_size"] == 8
+    assert summary["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+    for a, b in zip(block.state_dict().values(), reference_block.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_other_runtime_errors_are_not_swallowed():
+    block, token_input, stream, cache = _phase2_setup(n=50)
+
+    def broken(contexts, x):
+        raise RuntimeError("shape mismatch")
+
+    block.forward = broken
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_phase2(block, token_input, stream, cache, stream, cache, Phase2Config(max_epochs=1), seed=0)

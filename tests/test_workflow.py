@@ -1,6 +1,8 @@
 """The workflow itself: dry run, lint, and a tiny end-to-end run of the real DAG."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -31,6 +33,55 @@ def test_dry_run_of_the_ultrachat_study(repo, tmp_path):
 def test_dry_run_of_the_cpu_variant_study(repo, tmp_path):
     out = _run(["-n", "--configfile", "config/cpu_variants.yaml", "--directory", str(tmp_path)], cwd=repo)
     assert any(line.split()[:2] == ["phase2", "36"] for line in out.splitlines()), out
+
+
+def _job_resources(out):
+    """{rule: [resources line, ...]} from a dry run's job listing."""
+    jobs, rule = {}, None
+    for line in out.splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):", line)
+        if match:
+            rule = match.group(1)
+        elif rule and line.strip().startswith("resources:"):
+            jobs.setdefault(rule, []).append(line)
+    return jobs
+
+
+def test_slurm_profile_dry_run_requests_gpus_for_training(repo, tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    out = _run(["-n", "--profile", "profiles/slurm", "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)],
+               cwd=repo)
+    jobs = _job_resources(out)
+    for rule in ("phase1", "export_contexts", "phase1_diagnostics", "phase2"):
+        assert len(jobs[rule]) == 30 and all("gpu=1" in line for line in jobs[rule]), rule
+    assert all("gpu" not in line for line in jobs["cache_corpus"] + jobs["make_train_set"])
+    assert all("mem_mb=8000" in line for line in jobs["phase2"])
+    # light rules (fits, tables, plots) run on the submit host, never as cluster jobs
+    source = "".join((repo / "rules" / f).read_text() for f in ("analysis.smk", "data.smk", "repetition.smk"))
+    for rule in ("collect_runs", "fit_scaling", "sliding_alpha", "comparisons", "prediction", "plot_scaling", "plot_analysis",
+                 "plot_repetition", "tokenizer"):
+        body = source.split(f"rule {rule}:", 1)[1].split("\nrule ", 1)[0]
+        assert "localrule: True" in body, rule
+
+
+def test_memory_grows_with_each_retry(repo):
+    import ast
+
+    source = (repo / "rules" / "common.smk").read_text()
+    func = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == "memory_mb")
+    namespace = {}
+    exec(compile(ast.Module([func], []), "common.smk", "exec"), namespace)
+    mem = namespace["memory_mb"](8000)
+    assert [mem(None, attempt) for attempt in (1, 2, 3)] == [8000, 16000, 32000]
+
+
+@pytest.mark.slow
+def test_dry_run_of_a_large_sweep(repo):
+    result = subprocess.run([sys.executable, "benchmarks/dag_scale.py"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = int(re.search(r"\((\d+) jobs\)", result.stdout).group(1))
+    assert jobs >= 5000
+    print(result.stdout)
 
 
 def test_lint(repo):
@@ -133,13 +184,28 @@ def test_report_builds(repo, e2e):
 
 
 @pytest.mark.slow
-def test_same_config_same_metrics(repo, e2e, tmp_path):
-    """Determinism: a second run of the same config on this machine gives identical metrics."""
+def test_killed_and_resumed_run_matches_the_uninterrupted_one(repo, e2e, tmp_path):
+    """SIGKILL Phase 1 and then Phase 2 mid-run, rerun the workflow each time: the final
+    metrics equal those of the uninterrupted e2e run (same config, same machine)."""
     _, results = e2e
-    _run(["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(tmp_path),
-          "results/test/runs/base/samples12_ctx16/phase2/metrics.json"], cwd=repo)
+    target = "results/test/runs/base/samples12_ctx16/phase2/metrics.json"
+    args = ["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(tmp_path), target]
+    run_dir = tmp_path / "results/test/runs/base/samples12_ctx16"
+    for kill_at, checkpoint in (("phase1:5", run_dir / "phase1/checkpoint.safetensors"), ("phase2:1", run_dir / "phase2/checkpoint.safetensors")):
+        killed = subprocess.run(SNAKEMAKE + args, cwd=repo, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "NEWLLM_KILL_AT": kill_at})
+        assert killed.returncode != 0 and checkpoint.is_file(), killed.stdout[-2000:]
+    out = _run(args, cwd=repo)
+    assert not (run_dir / "phase2/checkpoint.safetensors").exists()  # removed after success
+    resumed_log = (tmp_path / "results/test/logs/phase2/base_samples12_ctx16.log").read_text()
+    assert "checkpoint found" in resumed_log, out
     a = json.loads((results / "runs/base/samples12_ctx16/phase2/metrics.json").read_text())
     b = json.loads((tmp_path / "results/test/runs/base/samples12_ctx16/phase2/metrics.json").read_text())
+    assert b["summary"]["resumed_from_epoch"] == 2
     for key in ("val_ppl", "val_accuracy", "train_ppl", "best_epoch"):
         assert a["summary"][key] == b["summary"][key]
     assert [r["val_loss"] for r in a["history"]] == [r["val_loss"] for r in b["history"]]
+    p1a = json.loads((results / "runs/base/samples12_ctx16/phase1/metrics.json").read_text())
+    p1b = json.loads((run_dir / "phase1/metrics.json").read_text())
+    assert p1b["summary"]["resumed_from_iteration"] == 6
+    assert [r["total_loss"] for r in p1a["history"]] == [r["total_loss"] for r in p1b["history"]]

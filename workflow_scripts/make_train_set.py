@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from newllm.data import DataError, read_stream, validation_coverage, write_stream
+from newllm.data import DataError, check_disjoint, read_stream, validation_coverage, write_stream
 from newllm.io import read_json
 from newllm.runtime import get_logger
 
@@ -16,8 +16,7 @@ train = np.asarray(pool[: pool_meta["sample_end"][samples - 1]])
 validation = read_stream(snakemake.input.validation)
 train_ids = pool_meta["sample_ids"][:samples]
 val_ids = read_json(snakemake.input.validation_meta)["sample_ids"]
-if set(train_ids) & set(val_ids):
-    raise DataError(f"training set samples{samples} shares samples with validation")
+check_disjoint(train_ids, val_ids, f"training set samples{samples}")
 coverage = validation_coverage(train, validation)
 if snakemake.params.require_full_coverage and coverage["unseen_tokens"]:
     raise DataError(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from newllm.data import DataError, load_corpus_cache, split_samples, token_stream, write_stream
+from newllm.data import DataError, check_disjoint, load_corpus_cache, split_samples, token_stream, write_stream
 from newllm.runtime import get_logger
 
 log = get_logger(snakemake.log[0])
@@ -30,7 +30,5 @@ write_stream(
     pool,
     {"split": "train_pool", "num_samples": int(pool_idx.size), "sample_ids": ids[pool_idx].tolist(), "sample_end": sample_end, "seed": snakemake.params.seed},
 )
-overlap = set(val_meta["sample_ids"]) & set(ids[pool_idx].tolist())
-if overlap:  # impossible by construction; a guard against future edits
-    raise DataError(f"validation overlaps the training pool in {len(overlap)} samples")
+check_disjoint(ids[pool_idx].tolist(), val_meta["sample_ids"], "training pool")  # a guard: disjoint by construction
 log.info("validation: %d samples, %d tokens; training pool: %d samples, %d tokens", val_idx.size, validation.size, pool_idx.size, pool.size)

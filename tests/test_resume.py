@@ -1,0 +1,89 @@
+"""A run that is SIGKILLed and resumed ends with exactly the numbers of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from newllm.checkpoint import CheckpointSpec
+    from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
+    from newllm.phase1 import Phase1Config, train_phase1
+    from newllm.phase2 import Phase2Config, train_phase2
+
+    phase, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    token_input = TokenInput(torch.randn(40, 6), 1)
+    stream = torch.randint(0, 40, (300,))
+    val = torch.randint(0, 40, (120,))
+    spec = CheckpointSpec(ckpt, "fingerprint-1", every=1) if ckpt != "-" else None
+    if phase == "phase1":
+        block = ContextBlock(8, 6)
+        init_weights(block)
+        cfg = Phase1Config(max_iterations=12, min_iterations=2, batch_size=64, stop_rule="val_er", er_patience=20,
+                           context_noise=0.05)
+        result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=3, checkpoint=spec)
+        numbers = [[r["total_loss"], r["val_effective_rank"], r["converged"]] for r in result.history]
+        summary = result.summary
+    else:
+        block = TokenBlock(4, 6, 6)
+        init_weights(block)
+        cache, val_cache = torch.randn(300, 1, 4), torch.randn(120, 1, 4)
+        cfg = Phase2Config(max_epochs=6, patience=3, batch_size=32, chunk_tokens=16)
+        history, summary = train_phase2(block, token_input, stream, cache, val, val_cache, cfg, seed=5, checkpoint=spec)
+        numbers = [[r["train_loss"], r["val_loss"], r["val_accuracy"]] for r in history]
+    weights = {k: v.flatten().tolist() for k, v in block.state_dict().items()}
+    json.dump({"numbers": numbers, "weights": weights, "summary": {k: v for k, v in summary.items() if "second" not in k and "per_s" not in k}}, open(out, "w"))
+    """
+)
+
+
+def _run(tmp_path, phase, ckpt, out, kill_at=None):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env.pop("NEWLLM_KILL_AT", None)
+    if kill_at:
+        env["NEWLLM_KILL_AT"] = kill_at
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    return subprocess.run([sys.executable, str(script), phase, str(ckpt), str(out)], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("phase,kill_at", [("phase1", "phase1:5"), ("phase2", "phase2:2")])
+def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
+    reference = _run(tmp_path, phase, "-", tmp_path / "reference.json")
+    assert reference.returncode == 0, reference.stderr
+    ckpt = tmp_path / "ckpt.safetensors"
+    killed = _run(tmp_path, phase, ckpt, tmp_path / "never.json", kill_at=kill_at)
+    assert killed.returncode == -signal.SIGKILL  # really killed, mid-run
+    assert ckpt.is_file() and not (tmp_path / "never.json").exists()
+    resumed = _run(tmp_path, phase, ckpt, tmp_path / "resumed.json")
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "reference.json").read_text())
+    b = json.loads((tmp_path / "resumed.json").read_text())
+    assert a["numbers"] == b["numbers"]  # every iteration/epoch, bit for bit
+    assert a["weights"] == b["weights"]
+    key = "resumed_from_iteration" if phase == "phase1" else "resumed_from_epoch"
+    assert a["summary"].pop(key) is None and b["summary"].pop(key) == int(kill_at.split(":")[1]) + 1
+    assert a["summary"] == b["summary"]
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
+    import torch
+
+    from newllm.checkpoint import CheckpointSpec, load_checkpoint, save_checkpoint
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, {"x": torch.ones(2)}, {"epoch": 1}, "config-A")
+    assert load_checkpoint(path, "config-A")[1] == {"epoch": 1}
+    assert load_checkpoint(path, "config-B") is None
+    path.write_bytes(path.read_bytes()[:20])  # truncated
+    assert load_checkpoint(path, "config-A") is None
+    with pytest.raises(ValueError):
+        CheckpointSpec(path, "x", every=0)
