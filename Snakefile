@@ -8,7 +8,8 @@
 from pathlib import Path
 
 
-# the embedded default study; --configfile replaces it
+# the embedded default study; a --configfile study config is layered over it
+# (nested keys merge, lists and scalars replace)
 configfile: str(Path(workflow.basedir, "config", "config.yaml"))
 
 

@@ -249,7 +249,7 @@ def train_phase1(
     history: list[dict[str, Any]] = []
     last_finite: dict[str, Any] = {}
     best_er, best_state, best_iteration, stale = -math.inf, None, 0, 0
-    start, resumed_from = 1, None
+    first_iteration, resumed_from = 1, None
     loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
     if loaded:
         tensors, st = loaded
@@ -262,10 +262,10 @@ def train_phase1(
         history, last_finite = st["history"], st["last_finite"]
         best_er, best_iteration, stale = st["best_er"], st["best_iteration"], st["stale"]
         best_state = unprefixed("best", tensors) or None
-        start = resumed_from = st["iteration"] + 1
+        first_iteration = resumed_from = st["iteration"] + 1
     block.train()
     stopped_by = None
-    for iteration in range(start, cfg.max_iterations + 1):
+    for iteration in range(first_iteration, cfg.max_iterations + 1):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         new_contexts = torch.empty_like(contexts)

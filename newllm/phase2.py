@@ -71,14 +71,20 @@ class TiedCrossEntropy(torch.autograd.Function):
 
 
 def tied_nll_and_correct(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[float, int]:
-    """Summed NLL (nats) and number of top-1 hits for ``[B, d_e]`` hidden states (no grad)."""
+    """Summed NLL (nats) and number of top-1 hits for ``[B, d_e]`` hidden states (no grad).
+
+    One row maximum serves both the stable log-sum-exp and the argmax.
+    """
     nll, correct = 0.0, 0
     with torch.no_grad():
         for s in range(0, hidden.shape[0], chunk_tokens):
-            logits = hidden[s : s + chunk_tokens] @ embeddings.t()
+            logits = hidden[s : s + chunk_tokens] @ embeddings.t()  # [chunk, V]
             y = targets[s : s + chunk_tokens]
-            nll += float((torch.logsumexp(logits, 1) - logits.gather(1, y[:, None]).squeeze(1)).sum())
-            correct += int((logits.argmax(1) == y).sum())
+            target = logits.gather(1, y[:, None]).squeeze(1)
+            top, argmax = logits.max(dim=1)
+            lse = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log()
+            nll += float((lse - target).sum())
+            correct += int((argmax == y).sum())
     return nll, correct
 
 
@@ -204,7 +210,7 @@ def train_phase2(
     best_state = copy.deepcopy(block.state_dict())
     bad_epochs = 0
     last_finite: float | None = None
-    start, resumed_from = 1, None
+    first_epoch, resumed_from = 1, None
     micro = cfg.batch_size  # tokens per forward/backward; halves on GPU out-of-memory
     loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
     if loaded:
@@ -214,8 +220,8 @@ def train_phase2(
         gen.set_state(tensors["rng"])
         history, best, bad_epochs, last_finite = st["history"], st["best"], st["bad_epochs"], st["last_finite"]
         best_state = {k: v.to(device) for k, v in unprefixed("best", tensors).items()}
-        start = resumed_from = st["epoch"] + 1
-    for epoch in range(start, cfg.max_epochs + 1):
+        first_epoch = resumed_from = st["epoch"] + 1
+    for epoch in range(first_epoch, cfg.max_epochs + 1):
         block.train()
         order = torch.randperm(n_targets, generator=gen).to(device)
         t0 = time.perf_counter()

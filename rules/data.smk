@@ -22,7 +22,7 @@ rule cache_corpus:
         vocab=rules.tokenizer.output.vocab,
         merges=rules.tokenizer.output.merges,
     output:
-        tokens="results/{study}/data/corpus/tokens.npy",
+        tokens=ensure("results/{study}/data/corpus/tokens.npy", non_empty=True),
         offsets="results/{study}/data/corpus/offsets.npy",
         manifest="results/{study}/data/corpus/manifest.json",
     log:
@@ -47,7 +47,7 @@ rule make_validation:
         offsets=rules.cache_corpus.output.offsets,
         manifest=rules.cache_corpus.output.manifest,
     output:
-        validation="results/{study}/data/validation.npy",
+        validation=ensure("results/{study}/data/validation.npy", non_empty=True),
         validation_meta="results/{study}/data/validation.json",
         pool="results/{study}/data/train_pool.npy",
         pool_meta="results/{study}/data/train_pool.json",
@@ -73,7 +73,7 @@ rule make_train_set:
         validation=rules.make_validation.output.validation,
         validation_meta=rules.make_validation.output.validation_meta,
     output:
-        tokens="results/{study}/data/train/samples{samples}.npy",
+        tokens=ensure("results/{study}/data/train/samples{samples}.npy", non_empty=True),
         meta="results/{study}/data/train/samples{samples}.json",
     log:
         "results/{study}/logs/make_train_set/samples{samples}.log",

@@ -38,8 +38,14 @@ rule export_contexts:
         validation_meta=rules.make_validation.output.validation_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
-        train="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/train.npy",
-        validation="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/validation.npy",
+        train=ensure(
+            "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/train.npy",
+            non_empty=True,
+        ),
+        validation=ensure(
+            "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/validation.npy",
+            non_empty=True,
+        ),
         meta="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/cache.json",
     log:
         "results/{study}/logs/export_contexts/{variant}_samples{samples}_ctx{context_dim}.log",

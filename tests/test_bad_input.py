@@ -52,5 +52,5 @@ def test_empty_or_too_small_corpus(repo, tmp_path):
     small = tmp_path / "small.jsonl"
     small.write_text("".join('{"prompt_id": "%d", "messages": [{"role": "user", "content": "hi %d"}]}\n' % (i, i) for i in range(60)))
     cfg["corpus"] = {"name": "small", "source": "local", "path": str(small)}
-    with pytest.raises(ConfigError, match=r"sample_sizes \[25, 50, 100, 200\] exceed the training pool.*leaves 10 samples.*allowed: 1\.\.10"):
+    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160\] exceed the training pool.*leaves 20 samples.*allowed: 1\.\.20"):
         check_config(cfg, schema)

@@ -65,14 +65,14 @@ def test_variant_overrides_are_checked_after_merging(schema, config):
 
 def _filled(config):
     cfg = copy.deepcopy(config)
-    cfg.setdefault("validation", {}).setdefault("num_samples", 50)
+    cfg.setdefault("validation", {}).setdefault("num_samples", 40)
     return cfg
 
 
 def test_sample_size_larger_than_pool(schema, config):
     cfg = _filled(config)
     cfg["sample_sizes"] = [50, 7200]
-    with pytest.raises(ConfigError, match=r"sample_sizes \[7200\] exceed the training pool.*allowed: 1\.\.7118"):
+    with pytest.raises(ConfigError, match=r"sample_sizes \[7200\] exceed the training pool.*allowed: 1\.\.7128"):
         check_config(cfg, schema)
 
 
