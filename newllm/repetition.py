@@ -316,9 +316,11 @@ def verdict(summary: dict[str, Any], collapse: dict[str, Any]) -> str:
     """``COLLAPSED`` beats any convergence: a single global attractor is never a success."""
     if collapse["collapsed"]:
         return "COLLAPSED (one global attractor; convergence is degenerate)"
+    before = summary.get("converged_before_training", 0)
+    note = f"; {before}/{summary['tokens']} already below the threshold before training" if before else ""
     if summary["convergence_rate"] == 1.0:
-        return "CONVERGED (distinct fixed points)"
-    return "PARTIAL" if summary["converged"] else "NOT CONVERGED"
+        return f"CONVERGED (distinct fixed points{note})"
+    return f"PARTIAL ({summary['convergence']}{note})" if summary["converged"] else "NOT CONVERGED"
 
 
 def make_trainer_factory(model_cfg: dict[str, Any], embeddings: Tensor, cfg: RepetitionConfig, seed: int, device: torch.device):

@@ -106,6 +106,10 @@ def test_collapse_flag_on_a_degenerate_model():
     assert check["collapsed"] and check["max"] < 1e-5
     rows = _token_rows(range(10), torch.ones(10), torch.zeros(10), 0.0, 0.01)  # "all converged"
     assert verdict(summarise_protocol(rows), check).startswith("COLLAPSED")
+    distinct = {"collapsed": False}
+    assert verdict(summarise_protocol(rows), distinct) == "CONVERGED (distinct fixed points)"
+    early = _token_rows(range(4), torch.tensor([0.005, 0.5, 0.5, 0.5]), torch.zeros(4), 0.0, 0.01)
+    assert verdict(summarise_protocol(early), distinct) == "CONVERGED (distinct fixed points; 1/4 already below the threshold before training)"
     # a model that reads its input keeps distinct fixed points
     torch.manual_seed(1)
     healthy = ContextBlock(8, 4)
