@@ -213,7 +213,9 @@ def train_phase1(
     Stop rules (``cfg.stop_rule``), never before ``min_iterations``:
     ``convergence_rate`` stops once the train rate reaches ``stop_convergence_rate``;
     ``val_er`` stops when validation ER has not improved for ``er_patience`` iterations
-    and restores the weights of the best iteration.  Both stop at ``max_iterations``.
+    and restores the weights of the best iteration (only iterations from
+    ``min_iterations`` on are candidates: the random start's ER is an artefact, like
+    "100 % converged at iteration 2").  Both stop at ``max_iterations``.
 
     Args:
         stream: ``[n]`` int64 token ids on the training device.
@@ -324,13 +326,14 @@ def train_phase1(
         if on_iteration is not None:
             on_iteration(record)
         stopped_by = None
-        if cfg.stop_rule == "val_er":
-            # the validation contexts of this iteration came from the pre-step weights
+        if cfg.stop_rule == "val_er" and iteration >= cfg.min_iterations:
+            # the validation contexts of this iteration came from the pre-step weights; the
+            # first min_iterations are not candidates: the random start's ER is an artefact
             if record["val_effective_rank"] > best_er:
                 best_er, best_state, best_iteration, stale = record["val_effective_rank"], state_before_step, iteration, 0
             else:
                 stale += 1
-            if iteration >= cfg.min_iterations and stale >= cfg.er_patience:
+            if stale >= cfg.er_patience:
                 stopped_by = "val_er"
         elif iteration >= cfg.min_iterations and record["convergence_rate"] >= cfg.stop_convergence_rate:
             stopped_by = "convergence_rate"

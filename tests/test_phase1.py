@@ -97,7 +97,7 @@ def test_validation_is_tracked_and_val_er_stop_rule_restores_best_weights():
     result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=0)
     h = result.history
     assert all(r["val_tokens"] == 120 and 0 <= r["val_converged"] <= 120 for r in h)
-    best = max(h, key=lambda r: r["val_effective_rank"])
+    best = max(h[cfg.min_iterations - 1 :], key=lambda r: r["val_effective_rank"])
     assert result.summary["best_iteration"] == best["iteration"]
     assert result.summary["val_effective_rank"] == best["val_effective_rank"]
     if result.summary["stopped_by"] == "val_er":
