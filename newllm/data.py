@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -352,7 +352,3 @@ def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray)
         "unseen_types": int(np.unique(val[unseen_mask]).size),
     }
 
-
-def as_id_list(values: Iterable[Any]) -> list[str]:
-    """Sample ids as strings (JSON-friendly)."""
-    return [str(v) for v in values]

@@ -35,6 +35,7 @@ from newllm.checkpoint import (
     save_checkpoint,
     unprefixed,
 )
+from newllm.metrics import perplexity
 from newllm.model import TokenBlock, TokenInput
 from newllm.phase1 import TrainingDivergedError
 
@@ -159,7 +160,7 @@ def evaluate(
             nll += b_nll
             correct += b_correct
     loss = nll / n_targets
-    return {"loss": loss, "ppl": math.exp(loss), "accuracy": correct / n_targets, "tokens": n_targets}
+    return {"loss": loss, "ppl": perplexity(loss), "accuracy": correct / n_targets, "tokens": n_targets}
 
 
 def train_phase2(
@@ -257,7 +258,7 @@ def train_phase2(
         record = {
             "epoch": epoch,
             "train_loss": loss_sum / n_targets,
-            "train_ppl": math.exp(loss_sum / n_targets),
+            "train_ppl": perplexity(loss_sum / n_targets),
             "val_loss": val["loss"],
             "val_ppl": val["ppl"],
             "val_accuracy": val["accuracy"],
@@ -295,7 +296,7 @@ def train_phase2(
         "train_ppl": best["train_ppl"],
         "train_tokens": n_targets,
         "val_tokens": val_stream.shape[0] - 1,
-        "tokens_per_s": sum(r["train_seconds"] * r["tokens_per_s"] for r in history) / sum(r["train_seconds"] for r in history),
+        "tokens_per_s": n_targets * len(history) / sum(r["train_seconds"] for r in history),
         "train_seconds": sum(r["train_seconds"] for r in history),
     }
     return history, summary

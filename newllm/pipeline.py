@@ -41,10 +41,10 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
 
 def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:
     """A checkpoint beside ``output_path`` whose fingerprint covers the run's resolved
-    config and the SHA-256 of every input file, so changed settings or data never resume."""
-    from newllm.io import sha256_file
-
-    inputs = {name: sha256_file(path) for name, path in smk.input.items() if Path(path).suffix in (".npy", ".safetensors")}
+    config and the size and modification time of every input file, so changed settings
+    or rewritten inputs never resume.  (``stat``, not a hash: context caches reach GBs,
+    and token streams are already hash-checked when read.)"""
+    inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in smk.input.items()}
     return CheckpointSpec(Path(output_path).parent / "checkpoint.safetensors", fingerprint(smk.params.run, inputs), every)
 
 

@@ -14,6 +14,8 @@ for p1_path, cache_path, p2_path, diag_path, h1_path, h2_path in zip(
     p1, cache, p2, diag = read_json(p1_path), read_json(cache_path), read_json(p2_path), read_json(diag_path)
     run, model = p1["run"], p1["config"]["model"]
     s1, s2 = p1["summary"], p2["summary"]
+    identity = "PASS" if diag["identity_check"]["passed"] else "FAIL"
+    verdict, band = diag["cvfp_convergence_check"]["verdict"], diag["quality"]["band"]
     rows.append({
         **run,
         **{k: model[k] for k in ("num_input_tokens", "num_layers", "ffn_layers", "activation")},
@@ -49,9 +51,9 @@ for p1_path, cache_path, p2_path, diag_path, h1_path, h2_path in zip(
         "phase2_tokens_per_s": s2["tokens_per_s"],
         "phase1_seconds": s1["seconds"],
         "phase2_seconds": s2["train_seconds"],
-        "identity_check": "PASS" if diag["identity_check"]["passed"] else "FAIL",
-        "cvfp_verdict": diag["cvfp_convergence_check"]["verdict"],
-        "quality_band": diag["quality"]["band"],
+        "identity_check": identity,
+        "cvfp_verdict": verdict,
+        "quality_band": band,
         "device": p2["provenance"]["device"],
     })
     checks = {f"{c['name']}": c["value"] for c in diag["identity_check"]["criteria"]}
@@ -64,12 +66,12 @@ for p1_path, cache_path, p2_path, diag_path, h1_path, h2_path in zip(
         "val_convergence": diag["val_convergence"],
         "final_cvfp_loss": diag["final_cvfp_loss"],
         "iterations": diag["iterations"],
-        "identity_check": "PASS" if diag["identity_check"]["passed"] else "FAIL",
+        "identity_check": identity,
         **checks,
-        "cvfp_verdict": diag["cvfp_convergence_check"]["verdict"],
+        "cvfp_verdict": verdict,
         "cvfp_slope": diag["cvfp_convergence_check"]["slope"],
         "cvfp_std": diag["cvfp_convergence_check"]["std"],
-        "quality_band": diag["quality"]["band"],
+        "quality_band": band,
         "overfitting_suspected": diag["quality"]["overfitting_suspected"],
     })
     for hist_path, bucket in ((h1_path, p1_hist), (h2_path, p2_hist)):
