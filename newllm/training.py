@@ -1,0 +1,98 @@
+"""Pieces every trainer shares: stop rules, the training error, the run result.
+
+A stop rule is a small object with ``update(...) -> stop?`` that keeps the best state it
+has seen (nanoGPT's loop, with the decision named).  Trainers call it once per
+evaluation; what it decided and why is part of every run's summary, so a run that hit a
+budget instead of its criterion is flagged ``undertrained`` (never silently reported as
+converged).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss became NaN/Inf; the message names phase, run, step and the last finite values."""
+
+
+def check_finite(value: float, what: str, last_finite: Any) -> None:
+    """Raise :class:`TrainingDivergedError` naming ``what`` when ``value`` is NaN/Inf."""
+    if not math.isfinite(value):
+        raise TrainingDivergedError(f"{what}: non-finite loss {value}; last finite values: {last_finite}")
+
+
+class EarlyStopping:
+    """Early stopping on a dev loss measured in optimizer steps (SPEC §7, issue 8 §3).
+
+    ``update`` is called after each evaluation.  The rule stops when the loss has not
+    improved (by more than ``min_delta`` nats) for ``patience`` evaluations, but never
+    before ``min_steps``; it always stops at ``max_steps``.  It keeps a copy of the best
+    state (``state_fn()`` is called only on an improvement).
+
+    Args:
+        patience: evaluations without improvement before stopping (≥ 1).
+        min_steps: optimizer steps before which no early stop happens.
+        max_steps: the budget; reaching it stops with ``stopped_by = "max_steps"``.
+        min_delta: improvement (nats) that counts.
+
+    Raises:
+        ValueError: ``patience < 1`` or ``max_steps < min_steps``.
+    """
+
+    def __init__(self, patience: int, min_steps: int, max_steps: int, min_delta: float = 0.0) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if max_steps < min_steps:
+            raise ValueError(f"max_steps ({max_steps}) must be >= min_steps ({min_steps})")
+        self.patience, self.min_steps, self.max_steps, self.min_delta = patience, min_steps, max_steps, min_delta
+        self.best_loss = math.inf
+        self.best_step = 0
+        self.best_state: Any = None
+        self.bad_evaluations = 0
+        self.stopped_by: str | None = None
+
+    def update(self, step: int, loss: float, state_fn: Callable[[], Any] | None = None) -> bool:
+        """Record the dev ``loss`` after ``step`` optimizer steps; return whether to stop."""
+        if loss < self.best_loss - self.min_delta:
+            self.best_loss, self.best_step, self.bad_evaluations = loss, step, 0
+            if state_fn is not None:
+                self.best_state = copy.deepcopy(state_fn())
+        else:
+            self.bad_evaluations += 1
+        if self.bad_evaluations >= self.patience and step >= self.min_steps:
+            self.stopped_by = "early_stopping"
+        elif step >= self.max_steps:
+            self.stopped_by = "max_steps"
+        return self.stopped_by is not None
+
+    def finish(self, step: int) -> str:
+        """The reason training ended at ``step`` (``max_steps`` if the loop ran out first)."""
+        if self.stopped_by is None:
+            self.stopped_by = "max_steps"
+        return self.stopped_by
+
+    @property
+    def undertrained(self) -> bool:
+        """True when the run ended on its budget, not on its criterion."""
+        return self.stopped_by == "max_steps"
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters for a checkpoint (the best state is saved separately as tensors)."""
+        return {k: getattr(self, k) for k in ("best_loss", "best_step", "bad_evaluations", "stopped_by")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainResult:
+    """What every trainer returns: per-evaluation history, a summary and the final state."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
