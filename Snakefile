@@ -24,11 +24,14 @@ wildcard_constraints:
     samples=alternatives(SAMPLE_SIZES),
     context_dim=alternatives(CONTEXT_DIMS),
     variant=alternatives(VARIANTS),
+    model=alternatives(MODELS),
+    seed=alternatives(SEEDS),
 
 
 include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"
+include: "rules/baselines.smk"
 include: "rules/analysis.smk"
 include: "rules/repetition.smk"
 
@@ -42,6 +45,7 @@ rule all:
 
 onstart:
     print(
-        f"New-LLM study {STUDY!r}: {len(VARIANTS)} variant(s) x {len(SAMPLE_SIZES)} "
-        f"sample sizes x {len(CONTEXT_DIMS)} context_dims; results in results/{STUDY}/"
+        f"New-LLM study {STUDY!r}: {len(RUNS)} runs of {len(MODELS)} model(s) x "
+        f"{len(VARIANTS)} variant(s) x {len(SAMPLE_SIZES)} sample sizes x "
+        f"{len(CONTEXT_DIMS)} context_dims x {len(SEEDS)} seed(s); results in results/{STUDY}/"
     )

@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from newllm.io import atomic_path
-
-FAULT_ENV = "NEWLLM_KILL_AT"
-"""Test hook: ``phase1:K`` / ``phase2:K`` SIGKILLs the process right after the checkpoint
-of iteration/epoch K is written (to test resume after a real kill)."""
-
 
 def fingerprint(*parts: Any) -> str:
     """SHA-256 of the JSON of ``parts`` (config dicts, input hashes)."""
@@ -97,17 +90,61 @@ def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch
     return {k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)}
 
 
-def maybe_inject_fault(phase: str, step: int) -> None:
-    """SIGKILL this process if ``NEWLLM_KILL_AT`` names this phase and step (tests only)."""
-    if os.environ.get(FAULT_ENV) == f"{phase}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class CheckpointSpec:
     """Where and how often a trainer checkpoints: ``path`` (``.safetensors``), the run's
-    ``fingerprint``, and ``every`` iterations/epochs."""
+    ``fingerprint``, ``every`` iterations/evaluations, and ``on_save`` (called with the
+    number of records after each save — the kill/resume tests inject their fault here)."""
 
-    def __init__(self, path: str | Path, fingerprint_: str, every: int = 1) -> None:
+    def __init__(self, path: str | Path, fingerprint_: str, every: int = 1,
+                 on_save: "Callable[[int], None] | None" = None) -> None:
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1, got {every}")
-        self.path, self.fingerprint, self.every = Path(path), fingerprint_, every
+        self.path, self.fingerprint, self.every, self.on_save = Path(path), fingerprint_, every, on_save
+
+
+class TrainState:
+    """Everything a trainer needs to resume: model, optimizer, stop rule, history, extras.
+
+    One checkpoint layout for every trainer (Phase 1, Phase 2, the baselines): tensors
+    ``model.*``, ``optimizer.*``, ``best.*`` (the stop rule's best state, if any) and the
+    trainer's extra tensors (RNG states, carried contexts); JSON state ``counters`` (the
+    trainer's own), ``history``, ``stopper`` and the optimizer's non-tensor state.
+
+    Args:
+        model: the module being trained.
+        optimizer: its optimizer.
+        stopper: a stop rule with ``state_dict``/``load_state_dict`` and ``best_state``.
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, stopper: Any) -> None:
+        self.model, self.optimizer, self.stopper = model, optimizer, stopper
+        self.history: list[dict[str, Any]] = []
+        self.extra_tensors: dict[str, torch.Tensor] = {}
+
+    def save(self, spec: "CheckpointSpec", counters: dict[str, Any], extra_tensors: dict[str, torch.Tensor]) -> None:
+        """Write the checkpoint atomically, then call ``spec.on_save(len(history))``."""
+        opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
+        tensors = {**prefixed("model", self.model.state_dict()), **opt_tensors, **extra_tensors}
+        if self.stopper.best_state is not None:
+            tensors.update(prefixed("best", self.stopper.best_state))
+        state = {"counters": counters, "history": self.history, "stopper": self.stopper.state_dict(),
+                 "optimizer": opt_meta, "extra": sorted(extra_tensors)}
+        save_checkpoint(spec.path, tensors, state, spec.fingerprint)
+        if spec.on_save is not None:
+            spec.on_save(len(self.history))
+
+    def load(self, spec: "CheckpointSpec | None") -> dict[str, Any] | None:
+        """Restore from a matching checkpoint; returns its ``counters`` or ``None``."""
+        loaded = load_checkpoint(spec.path, spec.fingerprint) if spec else None
+        if not loaded:
+            return None
+        tensors, state = loaded
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(unprefixed("model", tensors))
+        optimizer_from_tensors(self.optimizer, tensors, state["optimizer"])
+        self.stopper.load_state_dict(state["stopper"])
+        best = unprefixed("best", tensors)
+        self.stopper.best_state = {k: v.to(device) for k, v in best.items()} or None
+        self.history = state["history"]
+        self.extra_tensors = {k: tensors[k] for k in state["extra"]}
+        return state["counters"]

@@ -60,6 +60,11 @@ def resolve_variant(config: dict[str, Any], variant: str, schema: dict[str, Any]
             where = ".".join(str(p) for p in err.absolute_path)
             raise ConfigError(f"variants.{variant}.{section}{'.' + where if where else ''}: {err.message}")
         resolved[section] = merged
+    p2 = resolved["phase2"]
+    if p2["min_steps"] > p2["max_steps"]:
+        raise ConfigError(
+            f"variant {variant!r}: phase2.min_steps={p2['min_steps']} exceeds phase2.max_steps={p2['max_steps']}"
+        )
     p1 = resolved["phase1"]
     if p1.get("min_iterations", 5) > p1.get("max_iterations", 60):
         raise ConfigError(
@@ -88,7 +93,13 @@ def available_training_samples(config: dict[str, Any], corpus_manifest: str | Pa
             return None
         if corpus.get("max_samples"):
             total = min(total, corpus["max_samples"])
-    return total - config["validation"]["num_samples"]
+    return total - heldout_samples(config)
+
+
+def heldout_samples(config: dict[str, Any]) -> int:
+    """Conversations taken out before the training pool: dev + test + embedding slice."""
+    val = config["validation"]
+    return int(val["dev_samples"]) + int(val["test_samples"]) + int(val["embedding_samples"])
 
 
 def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest: str | Path | None = None) -> None:
@@ -109,13 +120,20 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
             raise ConfigError(
                 f"sample_sizes {too_big or config['sample_sizes']} exceed the training pool: corpus "
                 f"{corpus['name']!r} leaves {max(available, 0)} samples after "
-                f"validation.num_samples={config['validation']['num_samples']}; allowed: 1..{max(available, 0)}"
+                f"{heldout_samples(config)} held-out samples (validation.dev_samples + test_samples + "
+                f"embedding_samples); allowed: 1..{max(available, 0)}"
             )
     window = config.get("analysis", {}).get("window_size", 3)
     if window > len(config["sample_sizes"]):
         raise ConfigError(
             f"analysis.window_size={window} exceeds the {len(config['sample_sizes'])} sample_sizes; "
             f"allowed: 2..{len(config['sample_sizes'])}"
+        )
+    trained_embeddings = config.get("embeddings", {}).get("source", "word2vec") not in ("gpt2", "random")
+    if trained_embeddings and config["validation"]["embedding_samples"] < 1:
+        raise ConfigError(
+            f"embeddings.source {config['embeddings']['source']!r} is trained on the embedding slice, but "
+            "validation.embedding_samples is 0; allowed: >= 1 (or embeddings.source gpt2/random)"
         )
     tok = config["tokenizer"]
     if tok != "packaged" and not tok.startswith("hub:") and not Path(tok).is_dir():

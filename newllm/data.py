@@ -260,27 +260,66 @@ def verify_files(folder: str | Path, expected: dict[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------- splits
-def split_samples(num_samples: int, num_validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of sample indices into a validation set and an ordered training pool.
+HELDOUT_SPLITS = ("dev", "test", "embedding")
+"""Held-out splits, in permutation order, before the training pool."""
 
-    One permutation of ``range(num_samples)``: its first ``num_validation`` entries are
-    the validation samples, the rest (in permutation order) the training pool, whose
-    first N entries are the training set of size N (sizes are nested).  The two are
-    disjoint by construction.
+
+def split_samples(num_samples: int, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    """Seeded split of sample indices into held-out sets and an ordered training pool.
+
+    One permutation of ``range(num_samples)`` (seeded by ``validation.seed``, not the
+    training seed): its first ``sizes["dev"]`` entries are the dev set (every selection:
+    early stopping, best epoch, stop rules), the next ``sizes["test"]`` the test set
+    (every reported number), the next ``sizes["embedding"]`` (may be 0) the slice the
+    stand-in embeddings are trained on, and the rest, in permutation order, the training
+    pool whose first N entries are the training set of size N (sizes are nested).  All
+    are pairwise disjoint by construction (issue 8 §2, SPEC §2).
+
+    Args:
+        sizes: ``{"dev": int >= 1, "test": int >= 1, "embedding": int >= 0}``.
 
     Returns:
-        ``(validation_indices, pool_indices)``, int64 arrays.
+        ``{"dev", "test", "embedding", "pool"}`` -> int64 index arrays.
 
     Raises:
-        DataError: fewer samples than ``num_validation + 1``.
+        DataError: a size out of range, or too few samples to leave a training pool.
     """
-    if num_validation < 1 or num_samples <= num_validation:
+    for name in HELDOUT_SPLITS:
+        minimum = 0 if name == "embedding" else 1
+        if int(sizes.get(name, 0)) < minimum:
+            raise DataError(f"{name} split size {sizes.get(name)} must be >= {minimum}")
+    held = sum(int(sizes.get(name, 0)) for name in HELDOUT_SPLITS)
+    if num_samples <= held:
         raise DataError(
-            f"corpus has {num_samples} samples; validation.num_samples={num_validation} "
-            "must be at least 1 and leave samples for training"
+            f"corpus has {num_samples} samples; dev {sizes['dev']} + test {sizes['test']} + embedding "
+            f"{sizes.get('embedding', 0)} = {held} leave none for training"
         )
-    order = np.random.default_rng(seed).permutation(num_samples)
-    return order[:num_validation].astype(np.int64), order[num_validation:].astype(np.int64)
+    order = np.random.default_rng(seed).permutation(num_samples).astype(np.int64)
+    out, start = {}, 0
+    for name in HELDOUT_SPLITS:
+        out[name] = order[start : start + int(sizes.get(name, 0))]
+        start += int(sizes.get(name, 0))
+    out["pool"] = order[start:]
+    return out
+
+
+def sample_ends(tokens_per_sample: Sequence[int]) -> list[int]:
+    """Exclusive end position of each sample in a stream built by :func:`token_stream`.
+
+    Sample k's trailing ``<|endoftext|>`` separator belongs to it, so sample k spans
+    ``[end[k-1], end[k])`` (``end[-1] = 0``) and the last sample has no separator.
+    """
+    counts = np.asarray(tokens_per_sample, dtype=np.int64)
+    return (np.cumsum(counts) + np.arange(counts.size)).tolist()
+
+
+def target_conversations(sample_end: Sequence[int], num_tokens: int) -> np.ndarray:
+    """Conversation index of every next-token target of a stream: ``[num_tokens - 1]`` int64.
+
+    Target ``t`` (predicting ``stream[t + 1]``) belongs to the sample holding position
+    ``t + 1``.  Used to aggregate per-token NLL per conversation for the bootstrap.
+    """
+    return np.searchsorted(np.asarray(sample_end), np.arange(1, num_tokens), side="right")
 
 
 def token_stream(tokens: np.ndarray, offsets: np.ndarray, indices: Sequence[int]) -> np.ndarray:
@@ -323,15 +362,17 @@ def read_stream(path: str | Path) -> np.ndarray:
     return stream
 
 
-def check_disjoint(train_ids: Sequence[str], validation_ids: Sequence[str], what: str = "training set") -> None:
-    """Refuse a training set that shares samples with validation.
+def check_disjoint(train_ids: Sequence[str], heldout_ids: Sequence[str], what: str = "training set",
+                   heldout: str = "the held-out sets") -> None:
+    """Refuse a set that shares samples with a held-out set.
 
     Raises:
         DataError: naming how many and which (up to 5) sample ids overlap.
     """
-    overlap = sorted(set(train_ids) & set(validation_ids))
+    overlap = sorted(set(train_ids) & set(heldout_ids))
     if overlap:
-        raise DataError(f"{what} shares {len(overlap)} samples with validation (e.g. {overlap[:5]}); validation must be in no training set")
+        raise DataError(f"{what} shares {len(overlap)} samples with {heldout} (e.g. {overlap[:5]}); "
+                        "held-out samples must be in no training set")
 
 
 def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class TokenInput(nn.Module):
         if num_input_tokens < 1:
             raise ValueError(f"num_input_tokens must be >= 1, got {num_input_tokens}")
         self.register_buffer("weight", embeddings.detach().float(), persistent=False)
+        # x = LayerNorm(E[token]) is a per-row function: normalise the table once per run
+        # instead of every gathered batch of every sweep (issue 10, Phase 1 target)
+        self.register_buffer("normed", F.layer_norm(self.weight, (self.weight.shape[1],)), persistent=False)
         self.num_input_tokens = num_input_tokens
         self.register_buffer(
             "window_offsets", torch.arange(num_input_tokens - 1, -1, -1), persistent=False
@@ -64,7 +67,7 @@ class TokenInput(nn.Module):
         """
         idx = positions[:, None] - self.window_offsets[None, :]  # [B, N_in], oldest first
         valid = (idx >= 0).unsqueeze(-1)
-        x = F.layer_norm(self.weight[stream[idx.clamp(min=0)]], (self.embed_dim,))  # [B, N_in, d_e]
+        x = self.normed[stream[idx.clamp(min=0)]]  # [B, N_in, d_e]
         return (x * valid).reshape(positions.shape[0], self.output_dim)
 
     def rows(self, sequences: Tensor) -> Tensor:
@@ -188,9 +191,14 @@ class TokenBlock(nn.Module):
         super().__init__()
         _check_positive(context_dim=context_dim, token_input_dim=token_input_dim, embed_dim=embed_dim, num_layers=num_layers)
         dims = [token_input_dim] + [embed_dim] * num_layers
+        self.context_dim = context_dim
         self.layers = nn.ModuleList(
             TokenLayer(context_dim, dims[i], dims[i + 1], ffn_layers, activation) for i in range(num_layers)
         )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
 
     def forward(self, contexts: Tensor, token_input: Tensor) -> Tensor:
         """Args: ``contexts`` ``[B, L, d_c]`` (ContextBlock layer outputs), ``token_input`` ``[B, N_in·d_e]``.

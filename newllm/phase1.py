@@ -18,29 +18,17 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from newllm.checkpoint import (
-    CheckpointSpec,
-    load_checkpoint,
-    maybe_inject_fault,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    prefixed,
-    save_checkpoint,
-    unprefixed,
-)
+from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss became NaN/Inf; the message names phase, run, step and the last finite values."""
+from newllm.training import TrainingDivergedError, TrainResult, check_finite  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -61,6 +49,7 @@ class Phase1Config:
     er_max_rows: int = ER_MAX_ROWS
     stop_rule: str = "convergence_rate"
     er_patience: int = 3
+    er_every: int = 5
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":
@@ -164,26 +153,126 @@ def solve_contexts_sequential(block: ContextBlock, token_input: TokenInput, stre
     return outputs, {"method": "sequential", "sweeps": 1, "converged": True}
 
 
-def context_cache_from_outputs(outputs: Tensor) -> Tensor:
-    """Shift layer outputs so token ``i`` sees the context produced at token ``i-1`` (SPEC §6).
+def equal_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
+    """Positions ``0..n-1`` in ``ceil(n / batch_size)`` consecutive batches of (nearly)
+    equal size (sizes differ by at most one), so no batch is a 1-token remainder: ODCM and
+    WMSE divide by ``B - 1``, and a tiny batch would get an outsized MCDL gradient.
 
-    ``[n, L, d_c]`` -> ``[n, L, d_c]`` with row 0 the zero context.
+    Returns:
+        a list of ``[B_k]`` int64 tensors.
     """
-    cache = torch.zeros_like(outputs)
-    cache[1:] = outputs[:-1]
-    return cache
+    num = max(1, math.ceil(n / batch_size))
+    return list(torch.arange(n, device=device).tensor_split(num))
 
 
-@dataclass
-class Phase1Result:
-    """What :func:`train_phase1` returns: per-iteration history, final contexts, summary."""
+class ConvergenceRateStop:
+    """Stop once the train convergence rate reaches ``target`` (SPEC §4), never before
+    ``min_iterations``.  The trained weights are the last ones."""
 
-    history: list[dict[str, Any]]
-    contexts: Tensor
-    summary: dict[str, Any] = field(default_factory=dict)
+    name = "convergence_rate"
+
+    def __init__(self, target: float, min_iterations: int) -> None:
+        self.target, self.min_iterations = target, min_iterations
+        self.stopped_by: str | None = None
+        self.best_state = None
+        self.best_iteration = 0
+
+    def update(self, record: dict[str, Any], state_fn: Callable[[], dict]) -> bool:
+        self.best_iteration = record["iteration"]
+        if record["iteration"] >= self.min_iterations and record["convergence_rate"] >= self.target:
+            self.stopped_by = self.name
+        return self.stopped_by is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stopped_by": self.stopped_by, "best_iteration": self.best_iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stopped_by, self.best_iteration = state["stopped_by"], state["best_iteration"]
 
 
-STOP_RULES = ("convergence_rate", "val_er")
+class ValERStop:
+    """Early stop on dev Effective Rank (SPEC §4 option): stop when it has not improved for
+    ``patience`` iterations; keep the best iteration's weights.  Iterations before
+    ``min_iterations`` are no candidates (the random start's ER is an artefact, like
+    "100 % converged at iteration 2")."""
+
+    name = "val_er"
+
+    def __init__(self, patience: int, min_iterations: int) -> None:
+        self.patience, self.min_iterations = patience, min_iterations
+        self.best_er, self.best_iteration, self.stale = -math.inf, 0, 0
+        self.best_state = None
+        self.stopped_by: str | None = None
+
+    def update(self, record: dict[str, Any], state_fn: Callable[[], dict]) -> bool:
+        if record["iteration"] < self.min_iterations:
+            return False
+        if record["val_effective_rank"] > self.best_er:
+            self.best_er, self.best_iteration, self.stale = record["val_effective_rank"], record["iteration"], 0
+            self.best_state = copy.deepcopy(state_fn())
+        else:
+            self.stale += 1
+        if self.stale >= self.patience:
+            self.stopped_by = self.name
+        return self.stopped_by is not None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("best_er", "best_iteration", "stale", "stopped_by")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+STOP_RULES = {"convergence_rate": lambda cfg: ConvergenceRateStop(cfg.stop_convergence_rate, cfg.min_iterations),
+              "val_er": lambda cfg: ValERStop(cfg.er_patience, cfg.min_iterations)}
+
+
+def training_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batches: list[Tensor],
+                   cfg: "Phase1Config", gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """One Jacobi sweep with gradients (SPEC §4): per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)``
+    weighted by the batch's share of tokens, gradients accumulated over the sweep.
+
+    Returns:
+        ``(new_contexts [n, d_c] detached, sums [3] = (total, cvfp, diversity) token-weighted
+        means)``; one host sync per sweep, none per batch.
+    """
+    n = stream.shape[0]
+    new_contexts = torch.empty_like(contexts)
+    sums = torch.zeros(3, dtype=torch.float64, device=contexts.device)
+    for pos in batches:
+        prev = previous_contexts(contexts, pos)
+        if cfg.context_noise > 0:
+            prev = prev + cfg.context_noise * torch.randn(prev.shape, generator=gen).to(prev.device)
+        out = block(prev, token_input(stream, pos))[:, -1]  # [B, d_c]
+        total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
+        share = pos.shape[0] / n
+        (total * share).backward()
+        sums += torch.stack([total.detach(), cvfp.detach(), div.detach()]).double() * share
+        new_contexts[pos] = out.detach()
+    return new_contexts, sums
+
+
+def measure_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batches: list[Tensor],
+                  cfg: "Phase1Config", seed: int, prefix: str = "") -> tuple[Tensor, dict[str, Any]]:
+    """One no-grad Jacobi sweep with the current weights: losses, convergence (with
+    counts) and Effective Rank of the new contexts — what a summary reports for the weights
+    that are saved (issue 8 §4)."""
+    n = stream.shape[0]
+    new = torch.empty_like(contexts)
+    sums = torch.zeros(3, dtype=torch.float64, device=contexts.device)
+    with torch.no_grad():
+        for pos in batches:
+            out = block(previous_contexts(contexts, pos), token_input(stream, pos))[:, -1]
+            total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
+            sums += torch.stack([total, cvfp, div]).double() * (pos.shape[0] / n)
+            new[pos] = out
+    conv, tokens = convergence_counts(new, contexts, cfg.convergence_threshold)
+    total, cvfp, div = sums.tolist()
+    return new, {f"{prefix}total_loss": total, f"{prefix}cvfp_loss": cvfp, f"{prefix}diversity_loss": div,
+                 f"{prefix}converged": conv, f"{prefix}tokens": tokens, f"{prefix}convergence_rate": conv / tokens,
+                 f"{prefix}convergence": format_rate(conv, tokens),
+                 f"{prefix}effective_rank": effective_rank(new, cfg.er_max_rows, seed)}
 
 
 def train_phase1(
@@ -197,170 +286,117 @@ def train_phase1(
     run_name: str = "",
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: CheckpointSpec | None = None,
-) -> Phase1Result:
+) -> TrainResult:
     """Train the ContextBlock by CVFP (SPEC §4).
 
-    Each iteration is one Jacobi sweep over the whole stream in batches of
-    ``cfg.batch_size`` tokens.  Per batch: ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)``,
-    weighted by the batch's share of tokens; gradients accumulate over the sweep, are
-    clipped to ``cfg.grad_clip`` and applied by one Adam step.  The contexts carry over
-    between iterations (detached).
+    Loop (one Adam step per iteration): training sweep over the stream in equal batches
+    (gradients accumulated) → finite check → dev sweep (same weights, no gradient) →
+    clip → step → record (Effective Rank every ``er_every`` iterations and whenever a
+    stop rule needs it) → stop rule → checkpoint.  Contexts carry over between
+    iterations (detached).  After the loop, one no-grad sweep with the final weights
+    measures what the summary reports, so the summary describes the saved weights.
 
-    With ``val_stream`` the validation contexts are swept alongside (same weights, no
-    gradient, carried over the same way), giving a validation convergence rate and
-    Effective Rank per iteration.
-
-    Stop rules (``cfg.stop_rule``), never before ``min_iterations``:
-    ``convergence_rate`` stops once the train rate reaches ``stop_convergence_rate``;
-    ``val_er`` stops when validation ER has not improved for ``er_patience`` iterations
-    and restores the weights of the best iteration (only iterations from
-    ``min_iterations`` on are candidates: the random start's ER is an artefact, like
-    "100 % converged at iteration 2").  Both stop at ``max_iterations``.
+    Stop rules (``cfg.stop_rule``, never before ``min_iterations``): ``convergence_rate``
+    (train rate reaches ``stop_convergence_rate``; last weights) or ``val_er`` (dev ER has
+    not improved for ``er_patience`` iterations; best weights).  Both stop at
+    ``max_iterations``, which flags the run ``undertrained``.
 
     Args:
         stream: ``[n]`` int64 token ids on the training device.
-        val_stream: ``[m]`` validation token ids (required by ``stop_rule='val_er'``).
+        val_stream: ``[m]`` dev token ids (required by ``stop_rule='val_er'``).
         seed: seeds ``C^0 = init_std·N(0, I)`` and the context noise.
-        on_iteration: called with each iteration's metrics (for progress logging).
+        on_iteration: called with each iteration's record (progress logging).
         checkpoint: save every ``checkpoint.every`` iterations and resume from a
             matching checkpoint (same final numbers as an uninterrupted run).
 
     Returns:
-        :class:`Phase1Result` with per-iteration ``cvfp_loss``, ``diversity_loss``,
-        ``total_loss``, ``converged``/``tokens``/``convergence_rate``,
-        ``effective_rank`` (and ``val_*`` counterparts), ``tokens_per_s``, ``seconds``.
-        ``contexts`` are the last iteration's train contexts.
+        :class:`TrainResult`; ``extra["contexts"]`` are the final weights' train contexts
+        ``[n, d_c]``.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
         ValueError: unknown stop rule, or ``val_er`` without ``val_stream``.
     """
     if cfg.stop_rule not in STOP_RULES:
-        raise ValueError(f"phase1.stop_rule {cfg.stop_rule!r} is not one of {STOP_RULES}")
+        raise ValueError(f"phase1.stop_rule {cfg.stop_rule!r} is not one of {sorted(STOP_RULES)}")
     if cfg.stop_rule == "val_er" and val_stream is None:
-        raise ValueError("phase1.stop_rule 'val_er' needs the validation stream")
-    device = stream.device
-    n = stream.shape[0]
+        raise ValueError("phase1.stop_rule 'val_er' needs the dev stream")
+    device, n = stream.device, stream.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     contexts = (cfg.init_std * torch.randn(n, block.context_dim, generator=gen)).to(device)
-    val_contexts = None
+    batches = equal_batches(n, cfg.batch_size, device)
+    val_contexts = val_batches = None
     if val_stream is not None:
         val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
         val_contexts = (cfg.init_std * torch.randn(val_stream.shape[0], block.context_dim, generator=val_gen)).to(device)
+        val_batches = equal_batches(val_stream.shape[0], cfg.batch_size, device)
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
-    history: list[dict[str, Any]] = []
-    last_finite: dict[str, Any] = {}
-    best_er, best_state, best_iteration, stale = -math.inf, None, 0, 0
-    first_iteration, resumed_from = 1, None
-    loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
-    if loaded:
-        tensors, st = loaded
-        block.load_state_dict(unprefixed("model", tensors))
-        optimizer_from_tensors(optimizer, tensors, st["optimizer"])
-        contexts = tensors["contexts"].to(device)
+    stopper = STOP_RULES[cfg.stop_rule](cfg)
+    state = TrainState(block, optimizer, stopper)
+    first = 1
+    resumed = state.load(checkpoint)
+    if resumed:
+        contexts = state.extra_tensors["contexts"].to(device)
         if val_contexts is not None:
-            val_contexts = tensors["val_contexts"].to(device)
-        gen.set_state(tensors["rng"])
-        history, last_finite = st["history"], st["last_finite"]
-        best_er, best_iteration, stale = st["best_er"], st["best_iteration"], st["stale"]
-        best_state = unprefixed("best", tensors) or None
-        first_iteration = resumed_from = st["iteration"] + 1
+            val_contexts = state.extra_tensors["val_contexts"].to(device)
+        gen.set_state(state.extra_tensors["rng"])
+        first = resumed["iteration"] + 1
     block.train()
-    stopped_by = None
-    for iteration in range(first_iteration, cfg.max_iterations + 1):
+    for iteration in range(first, cfg.max_iterations + 1):
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        new_contexts = torch.empty_like(contexts)
-        sums = torch.zeros(3, dtype=torch.float64)
-        for start in range(0, n, cfg.batch_size):
-            pos = torch.arange(start, min(start + cfg.batch_size, n), device=device)
-            prev = previous_contexts(contexts, pos)
-            if cfg.context_noise > 0:
-                prev = prev + cfg.context_noise * torch.randn(prev.shape, generator=gen).to(device)
-            out = block(prev, token_input(stream, pos))[:, -1]  # [B, d_c]
-            total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
-            share = pos.shape[0] / n
-            (total * share).backward()
-            sums += torch.tensor([total.item(), cvfp.item(), div.item()], dtype=torch.float64) * share
-            new_contexts[pos] = out.detach()
-        if not torch.isfinite(sums).all():
-            raise TrainingDivergedError(
-                f"Phase 1 {run_name}: non-finite loss at iteration {iteration} "
-                f"(total, cvfp, diversity = {sums.tolist()}); last finite values: {last_finite}"
-            )
-        val_record: dict[str, Any] = {}
+        new_contexts, sums = training_sweep(block, token_input, stream, contexts, batches, cfg, gen)
+        total, cvfp, div = sums.tolist()
+        check_finite(total, f"Phase 1 {run_name}, iteration {iteration}", state.history[-1:] or None)
+        needs_er = cfg.stop_rule == "val_er" or iteration % cfg.er_every == 0 or iteration == cfg.max_iterations
+        record: dict[str, Any] = {"iteration": iteration, "total_loss": total, "cvfp_loss": cvfp, "diversity_loss": div}
         if val_stream is not None:  # same weights as this sweep's train contexts
             new_val = jacobi_sweep(block, token_input, val_stream, val_contexts, cfg.batch_size)
             v_conv, v_total = convergence_counts(new_val, val_contexts, cfg.convergence_threshold)
             val_contexts = new_val
-            val_record = {
-                "val_converged": v_conv,
-                "val_tokens": v_total,
-                "val_convergence_rate": v_conv / v_total,
-                "val_convergence": format_rate(v_conv, v_total),
-                "val_effective_rank": effective_rank(val_contexts, cfg.er_max_rows, seed),
-            }
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
+            record.update(val_converged=v_conv, val_tokens=v_total, val_convergence_rate=v_conv / v_total,
+                          val_convergence=format_rate(v_conv, v_total))
+            if needs_er:
+                record["val_effective_rank"] = effective_rank(val_contexts, cfg.er_max_rows, seed)
         state_before_step = copy.deepcopy(block.state_dict()) if cfg.stop_rule == "val_er" else None
+        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
         optimizer.step()
-        converged, total_tokens = convergence_counts(new_contexts, contexts, cfg.convergence_threshold)
+        converged, tokens = convergence_counts(new_contexts, contexts, cfg.convergence_threshold)
         contexts = new_contexts
-        seconds = time.perf_counter() - t0
-        record = {
-            "iteration": iteration,
-            "total_loss": float(sums[0]),
-            "cvfp_loss": float(sums[1]),
-            "diversity_loss": float(sums[2]),
-            "grad_norm": grad_norm,
-            "converged": converged,
-            "tokens": total_tokens,
-            "convergence_rate": converged / total_tokens,
-            "convergence": format_rate(converged, total_tokens),
-            "effective_rank": effective_rank(contexts, cfg.er_max_rows, seed),
-            **val_record,
-            "seconds": seconds,
-            "tokens_per_s": n / seconds,
-        }
-        history.append(record)
-        last_finite = {k: record[k] for k in ("iteration", "total_loss", "cvfp_loss", "diversity_loss")}
+        record.update(converged=converged, tokens=tokens, convergence_rate=converged / tokens,
+                      convergence=format_rate(converged, tokens))
+        if needs_er:
+            record["effective_rank"] = effective_rank(contexts, cfg.er_max_rows, seed)
+        record["seconds"] = time.perf_counter() - t0
+        record["tokens_per_s"] = n / record["seconds"]
+        state.history.append(record)
         if on_iteration is not None:
             on_iteration(record)
-        stopped_by = None
-        if cfg.stop_rule == "val_er" and iteration >= cfg.min_iterations:
-            # the validation contexts of this iteration came from the pre-step weights; the
-            # first min_iterations are not candidates: the random start's ER is an artefact
-            if record["val_effective_rank"] > best_er:
-                best_er, best_state, best_iteration, stale = record["val_effective_rank"], state_before_step, iteration, 0
-            else:
-                stale += 1
-            if stale >= cfg.er_patience:
-                stopped_by = "val_er"
-        elif iteration >= cfg.min_iterations and record["convergence_rate"] >= cfg.stop_convergence_rate:
-            stopped_by = "convergence_rate"
-        if stopped_by:
+        # the dev contexts of this iteration came from the pre-step weights
+        if stopper.update(record, lambda: state_before_step):
             break
         if checkpoint and iteration % checkpoint.every == 0 and iteration < cfg.max_iterations:
-            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-            tensors = {**prefixed("model", block.state_dict()), **opt_tensors, "contexts": contexts, "rng": gen.get_state()}
+            extra = {"contexts": contexts, "rng": gen.get_state()}
             if val_contexts is not None:
-                tensors["val_contexts"] = val_contexts
-            if best_state is not None:
-                tensors.update(prefixed("best", best_state))
-            save_checkpoint(checkpoint.path, tensors, {
-                "iteration": iteration, "optimizer": opt_meta, "history": history, "last_finite": last_finite,
-                "best_er": best_er, "best_iteration": best_iteration, "stale": stale,
-            }, checkpoint.fingerprint)
-            maybe_inject_fault("phase1", iteration)
-    if cfg.stop_rule == "val_er" and best_state is not None:
-        block.load_state_dict(best_state)
+                extra["val_contexts"] = val_contexts
+            state.save(checkpoint, {"iteration": iteration}, extra)
+    stopped_by = stopper.stopped_by or "max_iterations"
+    if stopper.best_state is not None:
+        block.load_state_dict(stopper.best_state)
     block.eval()
-    final = history[-1] if cfg.stop_rule != "val_er" else history[best_iteration - 1]
+    final_contexts, final = measure_sweep(block, token_input, stream, contexts, batches, cfg, seed)
+    if val_stream is not None:
+        _, val_final = measure_sweep(block, token_input, val_stream, val_contexts, val_batches, cfg, seed, "val_")
+        final.update({k: v for k, v in val_final.items() if "loss" not in k})
+    seconds = sum(r["seconds"] for r in state.history)
     summary = {
-        "iterations": history[-1]["iteration"],
-        "best_iteration": final["iteration"],
+        "iterations": state.history[-1]["iteration"],
+        "best_iteration": stopper.best_iteration if cfg.stop_rule == "val_er" else state.history[-1]["iteration"],
         "stop_rule": cfg.stop_rule,
-        "stopped_by": stopped_by or "max_iterations",
-        "resumed_from_iteration": resumed_from,
+        "stopped_by": stopped_by,
+        "stop_rule_met": stopped_by != "max_iterations",
+        "undertrained": stopped_by == "max_iterations",
+        "resumed_from_iteration": resumed["iteration"] + 1 if resumed else None,
         "final_cvfp_loss": final["cvfp_loss"],
         "final_diversity_loss": final["diversity_loss"],
         "train_convergence_rate": final["convergence_rate"],
@@ -368,7 +404,7 @@ def train_phase1(
         "train_effective_rank": final["effective_rank"],
         "train_effective_rank_pct": 100.0 * final["effective_rank"] / block.context_dim,
         **{k: final[k] for k in ("val_convergence_rate", "val_convergence", "val_effective_rank") if k in final},
-        "seconds": sum(r["seconds"] for r in history),
-        "tokens_per_s": n * len(history) / sum(r["seconds"] for r in history),
+        "seconds": seconds,
+        "tokens_per_s": n * len(state.history) / seconds,
     }
-    return Phase1Result(history=history, contexts=contexts, summary=summary)
+    return TrainResult(history=state.history, summary=summary, extra={"contexts": final_contexts})

@@ -1,8 +1,14 @@
 """Phase 2: next-token prediction with the TokenBlock on cached contexts (SPEC §7).
 
-The ContextBlock and the embeddings are frozen; token ``i`` is predicted from its input
-window ``x̃_i`` and the cached context produced at token ``i-1`` (``cache[i]``), with
-target ``stream[i+1]``.  Batches are independent, so positions are shuffled freely.
+The ContextBlock and the embeddings are frozen; the target ``stream[i+1]`` is predicted
+from the input window ``x̃_i`` and ``cache[i]``, the ContextBlock's output of every layer
+*after processing token i* (SPEC §6: ``cache[i] = F(c_{i-1}, x̃_i)``; nothing in row i
+has seen token i+1).  Batches are independent, so positions are shuffled freely.
+
+Training runs in optimizer steps, not epochs: the dev loss is measured every
+``eval_every`` steps and :class:`newllm.training.EarlyStopping` ends the run when it stops
+improving (never before ``min_steps``, always at ``max_steps``, which flags the run
+``undertrained``).  The best step's weights are kept and scored once on the test split.
 
 Cost is dominated by the tied vocabulary projection ``[B, d_e] @ [d_e, V]`` and the
 softmax over V = 50,257.  :class:`TiedCrossEntropy` fuses projection, log-softmax, loss
@@ -15,8 +21,6 @@ two vocabulary matmuls, 1.1× (128-token batches) to 1.7× (1024) faster than
 
 from __future__ import annotations
 
-import copy
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,19 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from newllm.checkpoint import (
-    CheckpointSpec,
-    load_checkpoint,
-    maybe_inject_fault,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    prefixed,
-    save_checkpoint,
-    unprefixed,
-)
+from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.model import TokenBlock, TokenInput
-from newllm.phase1 import TrainingDivergedError
+from newllm.training import EarlyStopping, TrainResult, check_finite
 
 
 class TiedCrossEntropy(torch.autograd.Function):
@@ -71,21 +66,24 @@ class TiedCrossEntropy(torch.autograd.Function):
         return grad * (grad_output / grad.shape[0]), None, None, None
 
 
-def tied_nll_and_correct(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[float, int]:
-    """Summed NLL (nats) and number of top-1 hits for ``[B, d_e]`` hidden states (no grad).
+def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
+    """Per-target NLL (nats) and top-1 hits for ``[B, d_e]`` hidden states (no grad).
 
-    One row maximum serves both the stable log-sum-exp and the argmax.
+    Log-sum-exp in fp32; one row maximum serves both the stable log-sum-exp and the argmax.
+
+    Returns:
+        ``(nll [B] float32, correct [B] bool)``.
     """
-    nll, correct = 0.0, 0
+    nll = torch.empty(hidden.shape[0], device=hidden.device)
+    correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
     with torch.no_grad():
         for s in range(0, hidden.shape[0], chunk_tokens):
-            logits = hidden[s : s + chunk_tokens] @ embeddings.t()  # [chunk, V]
+            logits = hidden[s : s + chunk_tokens].float() @ embeddings.t()  # [chunk, V]
             y = targets[s : s + chunk_tokens]
             target = logits.gather(1, y[:, None]).squeeze(1)
             top, argmax = logits.max(dim=1)
-            lse = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log()
-            nll += float((lse - target).sum())
-            correct += int((argmax == y).sum())
+            nll[s : s + chunk_tokens] = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log() - target
+            correct[s : s + chunk_tokens] = argmax == y
     return nll, correct
 
 
@@ -93,8 +91,62 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def accumulate_step(block: TokenBlock, token_input: TokenInput, stream: Tensor, cache, positions: Tensor, micro: int,
-                    chunk_tokens: int, device: torch.device) -> float:
+ContextCache = np.ndarray | Tensor | None
+"""``[n, L, d_c]`` contexts (tensor, or a memory map gathered per batch), or ``None`` for
+the no_context control (the TokenBlock reads zeros)."""
+
+
+@dataclass
+class Phase2Config:
+    """Phase 2 hyper-parameters (SPEC §7; defaults equal config/schema.yaml's, tested)."""
+
+    max_steps: int = 20000
+    min_steps: int = 500
+    eval_every: int = 200
+    patience: int = 3
+    learning_rate: float = 1e-3
+    grad_clip: float = 1.0
+    batch_size: int = 1024
+    eval_batch_size: int = 4096
+    chunk_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "Phase2Config":
+        """From a resolved ``phase2`` config section; ``chunk_tokens: null`` becomes the
+        measured best per device (32 rows on CPU, 4096 on CUDA)."""
+        known = set(cls.__dataclass_fields__)
+        out = cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+        if out.chunk_tokens is None:
+            out.chunk_tokens = 4096 if device is not None and device.type == "cuda" else 32
+        return out
+
+
+@dataclass
+class Split:
+    """A token stream and its context cache: ``stream`` ``[n]`` int64, ``cache`` ``[n, L, d_c]``."""
+
+    stream: Tensor
+    cache: ContextCache
+
+    @property
+    def targets(self) -> int:
+        """Next-token targets: ``n - 1``."""
+        return self.stream.shape[0] - 1
+
+    def batch(self, positions: Tensor, token_input: TokenInput, num_layers: int, context_dim: int):
+        """``(contexts [B, L, d_c], x̃ [B, N_in·d_e], targets [B])`` for ``positions`` ``[B]``."""
+        device = self.stream.device
+        if self.cache is None:
+            ctx = torch.zeros(positions.shape[0], num_layers, context_dim, device=device)
+        elif isinstance(self.cache, Tensor):
+            ctx = self.cache[positions]
+        else:
+            ctx = torch.from_numpy(np.asarray(self.cache[positions.cpu().numpy()])).to(device, non_blocking=True)
+        return ctx, token_input(self.stream, positions), self.stream[positions + 1]
+
+
+def accumulate_step(block: TokenBlock, token_input: TokenInput, split: Split, positions: Tensor, micro: int,
+                    chunk_tokens: int) -> float:
     """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
     gradient accumulation: the gradient equals that of the whole batch (each part's
     mean loss weighted by its share).  Returns the batch's mean loss (nats)."""
@@ -102,201 +154,185 @@ def accumulate_step(block: TokenBlock, token_input: TokenInput, stream: Tensor, 
     n = positions.shape[0]
     for start in range(0, n, micro):
         pos = positions[start : start + micro]
-        ctx, x, y = _batch(stream, cache, pos, token_input, device)
+        ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
         loss = TiedCrossEntropy.apply(block(ctx, x), token_input.weight, y, chunk_tokens)
         (loss * (pos.shape[0] / n)).backward()
         total += float(loss.detach()) * pos.shape[0]
     return total / n
 
 
-@dataclass
-class Phase2Config:
-    """Phase 2 hyper-parameters (SPEC §7 defaults)."""
-
-    max_epochs: int = 20
-    patience: int = 1
-    learning_rate: float = 1e-3
-    grad_clip: float = 1.0
-    batch_size: int = 1024
-    eval_batch_size: int = 4096
-    chunk_tokens: int = 32
-
-    @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "Phase2Config":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
-
-
-def _batch(stream: Tensor, cache: np.ndarray | Tensor, positions: Tensor, token_input: TokenInput, device: torch.device):
-    ctx = cache[positions] if isinstance(cache, Tensor) else torch.from_numpy(np.asarray(cache[positions.cpu().numpy()]))
-    return ctx.to(device, non_blocking=True), token_input(stream, positions), stream[positions + 1]
-
-
-def evaluate(
-    block: TokenBlock,
-    token_input: TokenInput,
-    stream: Tensor,
-    cache: np.ndarray | Tensor,
-    cfg: Phase2Config,
-) -> dict[str, float]:
+def evaluate(block: TokenBlock, token_input: TokenInput, split: Split, cfg: Phase2Config,
+             return_token_nll: bool = False) -> dict[str, Any]:
     """Token-weighted mean NLL, perplexity and top-1 accuracy over all ``n - 1`` targets.
 
-    Args:
-        stream: ``[n]`` int64 token ids (device).
-        cache: ``[n, L, d_c]`` contexts (``cache[i]`` = context produced at token ``i-1``).
+    Target ``i`` is ``stream[i+1]``, predicted from ``x̃_i`` and ``cache[i]``.
 
     Returns:
-        ``{"loss" (nats), "ppl", "accuracy", "tokens"}``.
+        ``{"loss" (nats), "ppl", "accuracy", "tokens"}``, plus ``token_nll`` (``[n-1]``
+        float32 numpy, nats) with ``return_token_nll``.
     """
     block.eval()
-    device = stream.device
-    n_targets = stream.shape[0] - 1
-    nll, correct = 0.0, 0
+    device = split.stream.device
+    nll = torch.empty(split.targets, device=device)
+    correct = torch.empty(split.targets, dtype=torch.bool, device=device)
     with torch.no_grad():
-        for start in range(0, n_targets, cfg.eval_batch_size):
-            pos = torch.arange(start, min(start + cfg.eval_batch_size, n_targets), device=device)
-            ctx, x, y = _batch(stream, cache, pos, token_input, device)
-            b_nll, b_correct = tied_nll_and_correct(block(ctx, x), token_input.weight, y, cfg.chunk_tokens)
-            nll += b_nll
-            correct += b_correct
-    loss = nll / n_targets
-    return {"loss": loss, "ppl": perplexity(loss), "accuracy": correct / n_targets, "tokens": n_targets}
+        for start in range(0, split.targets, cfg.eval_batch_size):
+            pos = torch.arange(start, min(start + cfg.eval_batch_size, split.targets), device=device)
+            ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
+            nll[pos], correct[pos] = tied_token_nll(block(ctx, x), token_input.weight, y, cfg.chunk_tokens)
+    loss = float(nll.double().mean())
+    out: dict[str, Any] = {"loss": loss, "ppl": perplexity(loss), "accuracy": float(correct.double().mean()),
+                           "tokens": split.targets}
+    if return_token_nll:
+        out["token_nll"] = nll.cpu().numpy()
+    return out
+
+
+class _Batches:
+    """Seeded shuffled batches of training positions, epoch after epoch, resumable.
+
+    The generator's state is saved at the start of each epoch; ``(epoch_state, offset)``
+    restores the exact position in the stream of batches."""
+
+    def __init__(self, n_targets: int, batch_size: int, seed: int, device: torch.device) -> None:
+        self.n, self.batch_size, self.device = n_targets, batch_size, device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch, self.offset = 0, 0
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.epoch_state = self.gen.get_state()
+        self.order = torch.randperm(self.n, generator=self.gen).to(self.device)
+        self.epoch += 1
+        self.offset = 0
+
+    def next(self) -> Tensor:
+        if self.offset >= self.n:
+            self._new_epoch()
+        pos = self.order[self.offset : self.offset + self.batch_size]
+        self.offset += pos.shape[0]
+        return pos
+
+    def state(self) -> tuple[dict[str, Any], Tensor]:
+        return {"epoch": self.epoch, "offset": self.offset}, self.epoch_state
+
+    def restore(self, state: dict[str, Any], epoch_state: Tensor) -> None:
+        self.gen.set_state(epoch_state)
+        self._new_epoch()
+        self.epoch, self.offset = state["epoch"], state["offset"]
 
 
 def train_phase2(
     block: TokenBlock,
     token_input: TokenInput,
-    train_stream: Tensor,
-    train_cache: np.ndarray | Tensor,
-    val_stream: Tensor,
-    val_cache: np.ndarray | Tensor,
+    train: Split,
+    dev: Split,
     cfg: Phase2Config,
     *,
     seed: int = 0,
     run_name: str = "",
     on_batch: Callable[[int], None] | None = None,
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: CheckpointSpec | None = None,
     on_oom: Callable[[int], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train the TokenBlock with Adam, gradient clipping and early stopping (SPEC §7).
+) -> TrainResult:
+    """Train the TokenBlock with Adam, gradient clipping and early stopping on dev (SPEC §7).
 
-    Each epoch visits every training position once in a seeded random order, then
-    evaluates the whole validation stream.  Training stops when validation loss has not
-    improved for ``cfg.patience`` epochs or after ``cfg.max_epochs``; the block is left
-    with the weights of the best epoch.  The reported validation PPL is the best
-    epoch's, chosen on this same validation set (as the source did).
-
-    With ``checkpoint``, the state after every ``checkpoint.every`` epochs is saved and a
-    matching checkpoint is resumed (same final numbers as an uninterrupted run).
+    Loop (one optimizer step each): next shuffled batch → forward/backward (micro-batched
+    on out-of-memory) → finite check → clip → step → every ``eval_every`` steps: dev
+    evaluation, early-stopping update, checkpoint.  The block ends with the best step's
+    weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold everything the
+    next step reads, so a killed run resumes to identical numbers.
 
     Out of memory (GPU): the failing step is redone in micro-batches of half the size
-    with gradient accumulation (the same optimizer step), halving again until it fits;
-    ``on_oom`` is called with each new micro-batch size, which is kept for later steps.
+    with gradient accumulation (the same optimizer step), halving until it fits;
+    ``on_oom`` is called with each new micro-batch size, which is kept.
 
     Returns:
-        ``(history, summary)``: per epoch ``train_loss``/``train_ppl`` (mean over the
-        epoch's batches), ``val_loss``/``val_ppl``/``val_accuracy``, ``tokens_per_s``;
-        summary ``best_epoch``, ``val_ppl``, ``val_accuracy``, ``train_ppl``, ``epochs``.
+        :class:`TrainResult`: ``history`` per evaluation (``step``, ``epoch``,
+        ``train_loss`` (mean over the steps since the last evaluation), ``dev_loss``,
+        ``dev_ppl``, ``dev_accuracy``, ``tokens_per_s``); ``summary`` with ``steps``,
+        ``best_step``, ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/
+        ``dev_accuracy`` of the best step, ``train_tokens``, ``train_seconds``,
+        ``tokens_per_s`` (training steps only), ``eval_seconds``.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
     """
-    device = train_stream.device
-    gen = torch.Generator().manual_seed(seed)
+    device = train.stream.device
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
-    n_targets = train_stream.shape[0] - 1
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    best_state = copy.deepcopy(block.state_dict())
-    bad_epochs = 0
-    last_finite: float | None = None
-    first_epoch, resumed_from = 1, None
-    micro = cfg.batch_size  # tokens per forward/backward; halves on GPU out-of-memory
-    loaded = load_checkpoint(checkpoint.path, checkpoint.fingerprint) if checkpoint else None
-    if loaded:
-        tensors, st = loaded
-        block.load_state_dict(unprefixed("model", tensors))
-        optimizer_from_tensors(optimizer, tensors, st["optimizer"])
-        gen.set_state(tensors["rng"])
-        history, best, bad_epochs, last_finite = st["history"], st["best"], st["bad_epochs"], st["last_finite"]
-        best_state = {k: v.to(device) for k, v in unprefixed("best", tensors).items()}
-        first_epoch = resumed_from = st["epoch"] + 1
-    for epoch in range(first_epoch, cfg.max_epochs + 1):
-        block.train()
-        order = torch.randperm(n_targets, generator=gen).to(device)
-        t0 = time.perf_counter()
-        loss_sum = 0.0
-        for step, start in enumerate(range(0, n_targets, cfg.batch_size)):
-            pos = order[start : start + cfg.batch_size]
-            while True:
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    value = accumulate_step(block, token_input, train_stream, train_cache, pos, micro, cfg.chunk_tokens, device)
-                    break
-                except (torch.OutOfMemoryError, RuntimeError) as err:
-                    if not _is_oom(err) or micro <= 1:
-                        raise
-                    micro = max(1, micro // 2)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if on_oom is not None:
-                        on_oom(micro)
-            if not math.isfinite(value):
-                raise TrainingDivergedError(
-                    f"Phase 2 {run_name}: non-finite loss at epoch {epoch}, batch {step}; "
-                    f"last finite batch loss {last_finite}"
-                )
-            last_finite = value
-            torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
-            optimizer.step()
-            loss_sum += value * pos.shape[0]
-            if on_batch is not None:
-                on_batch(pos.shape[0])
-        train_seconds = time.perf_counter() - t0
-        val = evaluate(block, token_input, val_stream, val_cache, cfg)
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n_targets,
-            "train_ppl": perplexity(loss_sum / n_targets),
-            "val_loss": val["loss"],
-            "val_ppl": val["ppl"],
-            "val_accuracy": val["accuracy"],
-            "train_seconds": train_seconds,
-            "tokens_per_s": n_targets / train_seconds,
-        }
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if best is None or record["val_loss"] < best["val_loss"]:
-            best, bad_epochs = record, 0
-            best_state = copy.deepcopy(block.state_dict())
-        else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience:
+    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps)
+    batches = _Batches(train.targets, cfg.batch_size, seed, device)
+    state = TrainState(block, optimizer, stopper)
+    step, micro, loss_sum, loss_steps = 0, cfg.batch_size, 0.0, 0
+    train_seconds = eval_seconds = 0.0
+    resumed = state.load(checkpoint)
+    if resumed:
+        step, train_seconds, eval_seconds = resumed["step"], resumed["train_seconds"], resumed["eval_seconds"]
+        batches.restore(resumed["batches"], state.extra_tensors["epoch_rng"])
+    block.train()
+    t0 = time.perf_counter()
+    while stopper.stopped_by is None:
+        pos = batches.next()
+        while True:  # one optimizer step, redone in smaller micro-batches on out-of-memory
+            optimizer.zero_grad(set_to_none=True)
+            try:
+                value = accumulate_step(block, token_input, train, pos, micro, cfg.chunk_tokens)
                 break
-        if checkpoint and epoch % checkpoint.every == 0 and epoch < cfg.max_epochs:
-            opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-            save_checkpoint(checkpoint.path, {
-                **prefixed("model", block.state_dict()), **opt_tensors, **prefixed("best", best_state), "rng": gen.get_state(),
-            }, {"epoch": epoch, "optimizer": opt_meta, "history": history, "best": best, "bad_epochs": bad_epochs,
-                "last_finite": last_finite}, checkpoint.fingerprint)
-            maybe_inject_fault("phase2", epoch)
-    block.load_state_dict(best_state)
-    assert best is not None
+            except (torch.OutOfMemoryError, RuntimeError) as err:
+                if not _is_oom(err) or micro <= 1:
+                    raise
+                micro = max(1, micro // 2)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if on_oom is not None:
+                    on_oom(micro)
+        check_finite(value, f"Phase 2 {run_name}, step {step + 1}", state.history[-1:] or None)
+        torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        loss_sum, loss_steps = loss_sum + value, loss_steps + 1
+        if on_batch is not None:
+            on_batch(pos.shape[0])
+        if step % cfg.eval_every and step < cfg.max_steps:
+            continue
+        train_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        dev_eval = evaluate(block, token_input, dev, cfg)
+        block.train()
+        eval_seconds += time.perf_counter() - t1
+        record = {"step": step, "epoch": batches.epoch, "train_loss": loss_sum / loss_steps,
+                  "train_ppl": perplexity(loss_sum / loss_steps), "dev_loss": dev_eval["loss"],
+                  "dev_ppl": dev_eval["ppl"], "dev_accuracy": dev_eval["accuracy"],
+                  "tokens_per_s": step * cfg.batch_size / train_seconds}
+        loss_sum, loss_steps = 0.0, 0
+        state.history.append(record)
+        if on_eval is not None:
+            on_eval(record)
+        stopper.update(step, dev_eval["loss"], block.state_dict)
+        if checkpoint and stopper.stopped_by is None and len(state.history) % checkpoint.every == 0:
+            batch_state, epoch_rng = batches.state()
+            state.save(checkpoint, {"step": step, "batches": batch_state, "train_seconds": train_seconds,
+                                    "eval_seconds": eval_seconds}, {"epoch_rng": epoch_rng})
+        t0 = time.perf_counter()
+    block.load_state_dict(stopper.best_state)
+    best = next(r for r in state.history if r["step"] == stopper.best_step)
     summary = {
-        "best_epoch": best["epoch"],
-        "epochs": len(history),
-        "stopped_by": "early_stopping" if len(history) < cfg.max_epochs else "max_epochs",
-        "resumed_from_epoch": resumed_from,
+        "steps": step,
+        "epochs": step * cfg.batch_size / train.targets,
+        "best_step": stopper.best_step,
+        "stopped_by": stopper.stopped_by,
+        "undertrained": stopper.undertrained,
+        "resumed_from_step": resumed["step"] if resumed else None,
         "micro_batch_size": micro,
-        "val_loss": best["val_loss"],
-        "val_ppl": best["val_ppl"],
-        "val_accuracy": best["val_accuracy"],
+        "dev_loss": best["dev_loss"],
+        "dev_ppl": best["dev_ppl"],
+        "dev_accuracy": best["dev_accuracy"],
         "train_ppl": best["train_ppl"],
-        "train_tokens": n_targets,
-        "val_tokens": val_stream.shape[0] - 1,
-        "tokens_per_s": n_targets * len(history) / sum(r["train_seconds"] for r in history),
-        "train_seconds": sum(r["train_seconds"] for r in history),
+        "train_tokens": train.targets,
+        "dev_tokens": dev.targets,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "tokens_per_s": step * cfg.batch_size / max(train_seconds, 1e-9),
     }
-    return history, summary
+    return TrainResult(history=state.history, summary=summary)

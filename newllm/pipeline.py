@@ -12,7 +12,7 @@ import torch
 from newllm.checkpoint import CheckpointSpec, fingerprint
 from newllm.data import read_stream
 from newllm.io import write_csv, write_json
-from newllm.model import TokenInput
+from newllm.model import ContextBlock, TokenBlock, TokenInput, build_blocks
 from newllm.runtime import get_logger, load_weights, provenance, resolve_device, seed_everything
 
 CACHE_IN_MEMORY_BYTES = 4 << 30
@@ -31,12 +31,24 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
     """
     params = smk.params.run
     run = params["run"]
-    name = f"{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}"
+    name = f"{run['model']}/{run['variant']}/samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}"
     log = get_logger(smk.log[0])
     seed_everything(params["seed"], smk.threads)
     device = resolve_device(params["device"])
     token_input = load_token_input(smk.input.embeddings, params["model"]["num_input_tokens"], device)
     return params, name, log, device, token_input
+
+
+def build_model(params: dict[str, Any], token_input: TokenInput, device: torch.device,
+                context_weights: str | Path | None = None) -> tuple[ContextBlock, TokenBlock]:
+    """The run's ContextBlock and TokenBlock from its resolved config (one factory for
+    every script): initialised per SPEC §3 from ``torch.manual_seed(params["seed"])``, the
+    ContextBlock loaded from ``context_weights`` when given, both on ``device``."""
+    torch.manual_seed(params["seed"])
+    context_block, token_block = build_blocks(params["model"], token_input.embed_dim)
+    if context_weights is not None:
+        context_block.load_state_dict(load_weights(context_weights))
+    return context_block.to(device), token_block.to(device)
 
 
 def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:

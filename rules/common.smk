@@ -40,11 +40,64 @@ except ConfigError as err:
 SAMPLE_SIZES = sorted(config["sample_sizes"])
 CONTEXT_DIMS = sorted(config["context_dims"])
 VARIANTS = list(config["variants"])
+SEEDS = list(config["seeds"])
+MODELS = list(config["models"])
+BASE_VARIANT = VARIANTS[0]
+"""Every model but cvfp runs for the study's first variant only."""
+CVFP_FAMILY = ("cvfp", "untrained_context", "no_context")
+"""Models trained by Phase 2 (TokenBlock on cached or zero contexts); final folder phase2/."""
+RUN_DIR = "results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}"
 
 
 def alternatives(values):
     """A wildcard constraint matching exactly the given values."""
     return "|".join(str(v) for v in values)
+
+
+def study_runs():
+    """Every run of the study as a dict {model, variant, samples, context_dim, seed, dir, final}.
+
+    cvfp runs for every variant; the other models for the first variant only; ngram
+    depends on neither context_dim nor seed (context_dim 0, seed 0).  ``final`` is the
+    folder holding the run's metrics.json and test_token_nll.npy.
+    """
+    runs = []
+    for model in MODELS:
+        variants = VARIANTS if model == "cvfp" else [BASE_VARIANT]
+        dims = [0] if model == "ngram" else CONTEXT_DIMS
+        seeds = [0] if model == "ngram" else SEEDS
+        for variant in variants:
+            for context_dim in dims:
+                for samples in SAMPLE_SIZES:
+                    for seed in seeds:
+                        run = dict(model=model, variant=variant, samples=samples, context_dim=context_dim, seed=seed)
+                        run["dir"] = RUN_DIR.format(study=STUDY, **run)
+                        run["final"] = "phase2" if model in CVFP_FAMILY else "lm"
+                        runs.append(run)
+    return runs
+
+
+RUNS = study_runs()
+
+
+def lm_outputs(name):
+    """``{dir}/{final}/{name}`` of every run, in RUNS order (metrics.json, test_token_nll.npy, history.csv)."""
+    return [f"{run['dir']}/{run['final']}/{name}" for run in RUNS]
+
+
+def cvfp_outputs(pattern, models=("cvfp",)):
+    """``pattern`` expanded over the runs of the given models (default: cvfp only), in RUNS order."""
+    return [
+        pattern.format(
+            **{k: run[k] for k in ("model", "variant", "samples", "context_dim", "seed")},
+            study=STUDY,
+        )
+        for run in RUNS
+        if run["model"] in models
+    ]
+
+
+run_outputs = cvfp_outputs  # TODO(lead): remove once rules/analysis.smk uses cvfp_outputs
 
 
 def run_params(wildcards):
@@ -55,11 +108,13 @@ def run_params(wildcards):
         "model": {**resolved["model"], "context_dim": int(wildcards.context_dim)},
         "run": {
             "study": STUDY,
+            "model": wildcards.model,
             "variant": wildcards.variant,
             "samples": int(wildcards.samples),
             "context_dim": int(wildcards.context_dim),
+            "seed": int(wildcards.seed),
         },
-        "seed": config["seed"],
+        "seed": int(wildcards.seed),
         "device": config["device"],
     }
 
@@ -72,17 +127,6 @@ gpu=1 for the training rules whatever the device; `auto` then uses it)."""
 def memory_mb(base_mb):
     """``mem_mb`` that doubles with every retry (attempt 1, 2, 3, …)."""
     return lambda wildcards, attempt: base_mb * 2 ** (attempt - 1)
-
-
-def run_outputs(pattern):
-    """``pattern`` expanded over every run of the study (variant × samples × context_dim)."""
-    return expand(
-        pattern,
-        study=STUDY,
-        variant=VARIANTS,
-        samples=SAMPLE_SIZES,
-        context_dim=CONTEXT_DIMS,
-    )
 
 
 def final_outputs():
@@ -103,6 +147,8 @@ def final_outputs():
             "results/{study}/figures/er_vs_ppl.png",
             "results/{study}/figures/effective_rank.png",
             "results/{study}/figures/parameter_efficiency.png",
+            "results/{study}/figures/memory_probe.png",
+            "results/{study}/tables/memory_probe.csv",
         ],
         study=STUDY,
     )

@@ -1,4 +1,4 @@
-# Data: tokenizer files, corpus token cache, validation split, nested training sets,
+# Data: tokenizer files, corpus token cache, dev/test/embedding splits, nested training sets,
 # frozen token embeddings.
 
 
@@ -41,37 +41,47 @@ rule cache_corpus:
         "../workflow_scripts/cache_corpus.py"
 
 
-rule make_validation:
+rule make_heldout:
     input:
         tokens=rules.cache_corpus.output.tokens,
         offsets=rules.cache_corpus.output.offsets,
         manifest=rules.cache_corpus.output.manifest,
     output:
-        validation=ensure("results/{study}/data/validation.npy", non_empty=True),
-        validation_meta="results/{study}/data/validation.json",
+        dev=ensure("results/{study}/data/dev.npy", non_empty=True),
+        dev_meta="results/{study}/data/dev.json",
+        test=ensure("results/{study}/data/test.npy", non_empty=True),
+        test_meta="results/{study}/data/test.json",
+        embedding_pool="results/{study}/data/embedding_pool.npy",
+        embedding_pool_meta="results/{study}/data/embedding_pool.json",
         pool="results/{study}/data/train_pool.npy",
         pool_meta="results/{study}/data/train_pool.json",
     log:
-        "results/{study}/logs/make_validation.log",
+        "results/{study}/logs/make_heldout.log",
     conda:
         "../envs/newllm.yaml"
     resources:
         mem_mb=2000,
         runtime=10,
     params:
-        num_samples=config["validation"]["num_samples"],
+        sizes={
+            "dev": config["validation"]["dev_samples"],
+            "test": config["validation"]["test_samples"],
+            "embedding": config["validation"]["embedding_samples"],
+        },
         max_train_samples=max(SAMPLE_SIZES),
-        seed=config["seed"],
+        seed=config["validation"]["seed"],
     script:
-        "../workflow_scripts/make_validation.py"
+        "../workflow_scripts/make_heldout.py"
 
 
 rule make_train_set:
     input:
-        pool=rules.make_validation.output.pool,
-        pool_meta=rules.make_validation.output.pool_meta,
-        validation=rules.make_validation.output.validation,
-        validation_meta=rules.make_validation.output.validation_meta,
+        pool=rules.make_heldout.output.pool,
+        pool_meta=rules.make_heldout.output.pool_meta,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        test=rules.make_heldout.output.test,
+        test_meta=rules.make_heldout.output.test_meta,
     output:
         tokens=ensure("results/{study}/data/train/samples{samples}.npy", non_empty=True),
         meta="results/{study}/data/train/samples{samples}.json",
@@ -90,8 +100,12 @@ rule make_train_set:
 
 rule token_embeddings:
     input:
-        pool=rules.make_validation.output.pool,
-        pool_meta=rules.make_validation.output.pool_meta,
+        pool=rules.make_heldout.output.embedding_pool,
+        pool_meta=rules.make_heldout.output.embedding_pool_meta,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        test=rules.make_heldout.output.test,
+        test_meta=rules.make_heldout.output.test_meta,
     output:
         weights="results/{study}/embeddings/token_embeddings.safetensors",
         meta="results/{study}/embeddings/token_embeddings.json",
@@ -107,6 +121,6 @@ rule token_embeddings:
         runtime=60,
     params:
         embeddings=config["embeddings"],
-        seed=config["seed"],
+        seed=config["validation"]["seed"],
     script:
         "../workflow_scripts/token_embeddings.py"

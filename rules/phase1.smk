@@ -1,21 +1,25 @@
-# Phase 1 (CVFP training of the ContextBlock) and the context-cache export, per run.
+# Phase 1 (CVFP training of the ContextBlock), the context-cache export and the Phase 1
+# diagnostics, per run.  untrained_context runs the same rules with the ContextBlock at
+# its initialisation (no Phase 1 step): a random recurrent map (reservoir) as control.
 
 
 rule phase1:
     input:
         train=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
-        validation=rules.make_validation.output.validation,
-        validation_meta=rules.make_validation.output.validation_meta,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
-        weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/context_block.safetensors",
-        metrics="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/metrics.json",
-        history="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase1/history.csv",
+        weights=f"{RUN_DIR}/phase1/context_block.safetensors",
+        metrics=f"{RUN_DIR}/phase1/metrics.json",
+        history=f"{RUN_DIR}/phase1/history.csv",
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     log:
-        "results/{study}/logs/phase1/{variant}_samples{samples}_ctx{context_dim}.log",
+        "results/{study}/logs/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
-        "results/{study}/benchmarks/phase1/{variant}_samples{samples}_ctx{context_dim}.tsv"
+        "results/{study}/benchmarks/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -32,25 +36,25 @@ rule phase1:
 rule export_contexts:
     input:
         weights=rules.phase1.output.weights,
+        phase1_metrics=rules.phase1.output.metrics,
         train=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
-        validation=rules.make_validation.output.validation,
-        validation_meta=rules.make_validation.output.validation_meta,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        test=rules.make_heldout.output.test,
+        test_meta=rules.make_heldout.output.test_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
-        train=ensure(
-            "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/train.npy",
-            non_empty=True,
-        ),
-        validation=ensure(
-            "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/validation.npy",
-            non_empty=True,
-        ),
-        meta="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/context_cache/cache.json",
+        train=ensure(f"{RUN_DIR}/context_cache/train.npy", non_empty=True),
+        dev=ensure(f"{RUN_DIR}/context_cache/dev.npy", non_empty=True),
+        test=ensure(f"{RUN_DIR}/context_cache/test.npy", non_empty=True),
+        meta=f"{RUN_DIR}/context_cache/cache.json",
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     log:
-        "results/{study}/logs/export_contexts/{variant}_samples{samples}_ctx{context_dim}.log",
+        "results/{study}/logs/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
-        "results/{study}/benchmarks/export_contexts/{variant}_samples{samples}_ctx{context_dim}.tsv"
+        "results/{study}/benchmarks/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -69,15 +73,17 @@ rule phase1_diagnostics:
     input:
         weights=rules.phase1.output.weights,
         metrics=rules.phase1.output.metrics,
-        validation=rules.make_validation.output.validation,
-        validation_meta=rules.make_validation.output.validation_meta,
-        validation_cache=rules.export_contexts.output.validation,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        dev_cache=rules.export_contexts.output.dev,
         cache_meta=rules.export_contexts.output.meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
-        "results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/diagnostics/phase1_diagnostics.json",
+        f"{RUN_DIR}/diagnostics/phase1_diagnostics.json",
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     log:
-        "results/{study}/logs/phase1_diagnostics/{variant}_samples{samples}_ctx{context_dim}.log",
+        "results/{study}/logs/phase1_diagnostics/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -90,3 +96,29 @@ rule phase1_diagnostics:
         diagnostics=config["diagnostics"],
     script:
         "../workflow_scripts/phase1_diagnostics.py"
+
+
+rule memory_probe_table:
+    input:
+        diagnostics=cvfp_outputs(
+            rules.phase1_diagnostics.output[0], models=("cvfp", "untrained_context")
+        ),
+    output:
+        table=report(
+            "results/{study}/tables/memory_probe.csv",
+            caption="../report/memory_probe.rst",
+            category="Phase 1",
+        ),
+        curves="results/{study}/tables/memory_probe_curves.csv",
+        figure=report(
+            "results/{study}/figures/memory_probe.png",
+            caption="../report/memory_probe.rst",
+            category="Phase 1",
+        ),
+    log:
+        "results/{study}/logs/memory_probe_table.log",
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    script:
+        "../workflow_scripts/memory_probe_table.py"

@@ -1,24 +1,39 @@
 # Phase 2: TokenBlock training on the cached contexts with the tied frozen head, per run.
+# no_context trains the same TokenBlock with the context input fixed to zero (no cache).
+
+
+def phase2_caches(wildcards):
+    """The train/dev/test context caches of a run; none for no_context."""
+    if wildcards.model == "no_context":
+        return {}
+    names = {"train_cache": "train", "dev_cache": "dev", "test_cache": "test", "cache_meta": "meta"}
+    return {
+        key: getattr(rules.export_contexts.output, name).format(**dict(wildcards.items()))
+        for key, name in names.items()
+    }
 
 
 rule phase2:
     input:
-        train=rules.make_train_set.output.tokens,
+        unpack(phase2_caches),
+        train_tokens=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
-        validation=rules.make_validation.output.validation,
-        validation_meta=rules.make_validation.output.validation_meta,
+        dev_tokens=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        test_tokens=rules.make_heldout.output.test,
+        test_meta=rules.make_heldout.output.test_meta,
         embeddings=rules.token_embeddings.output.weights,
-        train_cache=rules.export_contexts.output.train,
-        validation_cache=rules.export_contexts.output.validation,
-        cache_meta=rules.export_contexts.output.meta,
     output:
-        weights="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/token_block.safetensors",
-        metrics="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/metrics.json",
-        history="results/{study}/runs/{variant}/samples{samples}_ctx{context_dim}/phase2/history.csv",
+        weights=f"{RUN_DIR}/phase2/token_block.safetensors",
+        metrics=f"{RUN_DIR}/phase2/metrics.json",
+        history=f"{RUN_DIR}/phase2/history.csv",
+        test_token_nll=f"{RUN_DIR}/phase2/test_token_nll.npy",
+    wildcard_constraints:
+        model="cvfp|untrained_context|no_context",
     log:
-        "results/{study}/logs/phase2/{variant}_samples{samples}_ctx{context_dim}.log",
+        "results/{study}/logs/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
-        "results/{study}/benchmarks/phase2/{variant}_samples{samples}_ctx{context_dim}.tsv"
+        "results/{study}/benchmarks/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
     conda:
         "../envs/newllm.yaml"
     threads: 2

@@ -3,8 +3,8 @@
 
 rule repetition_study:
     input:
-        pool=rules.make_validation.output.pool,
-        pool_meta=rules.make_validation.output.pool_meta,
+        pool=rules.make_heldout.output.pool,
+        pool_meta=rules.make_heldout.output.pool_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
         stages=report(
@@ -33,7 +33,7 @@ rule repetition_study:
     params:
         repetition=config["repetition"],
         model=config["model"],
-        seed=config["seed"],
+        seed=SEEDS[0],
         device=config["device"],
     script:
         "../workflow_scripts/repetition_study.py"

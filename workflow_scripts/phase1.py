@@ -1,39 +1,69 @@
-"""Rule phase1: CVFP training of the ContextBlock for one run (SPEC §4)."""
+"""Rule phase1: CVFP training of the ContextBlock for one run (SPEC §4).
 
+For the ``untrained_context`` control the ContextBlock is saved at its initialisation
+(the same init a cvfp run of the same seed starts from) and only measured.
+"""
+
+import torch
 from tqdm import tqdm
 
-from newllm.model import build_blocks, count_parameters
-from newllm.phase1 import Phase1Config, train_phase1
-from newllm.pipeline import load_stream, run_checkpoint, start_run, write_run_outputs
+from newllm.model import count_parameters
+from newllm.phase1 import Phase1Config, equal_batches, measure_sweep, train_phase1
+from newllm.pipeline import build_model, load_stream, run_checkpoint, start_run, write_run_outputs
 from newllm.runtime import progress_stream, save_weights
 
 CHECKPOINT_EVERY = 5  # iterations; a killed job resumes from the last checkpoint
 
-params, name, log, device, token_input = start_run(snakemake)
-stream = load_stream(snakemake.input.train, device)
-val_stream = load_stream(snakemake.input.validation, device)
-context_block, _ = build_blocks(params["model"], token_input.embed_dim)
-context_block.to(device)
-cfg = Phase1Config.from_dict(params["phase1"])
-checkpoint = run_checkpoint(snakemake, snakemake.output.weights, every=CHECKPOINT_EVERY)
-log.info("Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s", name, device, stream.shape[0], count_parameters(context_block), cfg)
 
-with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
-    def report(r):
-        bar.update(1)
-        log.info(
-            "iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / val %s, ER train %.2f / val %.2f, %.0f tok/s",
-            r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"], r["val_convergence"],
-            r["effective_rank"], r["val_effective_rank"], r["tokens_per_s"],
-        )
+def untrained_summary(block, token_input, stream, dev_stream, cfg, seed):
+    """Phase 1 metrics of the block at its initialisation (one sweep from the seeded C^0)."""
+    summary = {"iterations": 0, "best_iteration": 0, "stop_rule": "none (untrained_context)", "stopped_by": "untrained",
+               "stop_rule_met": True, "undertrained": False, "seconds": 0.0, "tokens_per_s": None}
+    for prefix, s in (("", stream), ("val_", dev_stream)):
+        gen = torch.Generator().manual_seed(seed)
+        start = (cfg.init_std * torch.randn(s.shape[0], block.context_dim, generator=gen)).to(s.device)
+        _, m = measure_sweep(block, token_input, s, start, equal_batches(s.shape[0], cfg.batch_size, s.device), cfg, seed)
+        tag = "train_" if not prefix else "val_"
+        summary.update({f"{tag}convergence_rate": m["convergence_rate"], f"{tag}convergence": m["convergence"],
+                        f"{tag}effective_rank": m["effective_rank"]})
+        if not prefix:
+            summary.update(final_cvfp_loss=m["cvfp_loss"], final_diversity_loss=m["diversity_loss"],
+                           train_effective_rank_pct=100.0 * m["effective_rank"] / block.context_dim)
+    return summary
 
-    if checkpoint.path.is_file():
-        log.info("checkpoint found at %s: resuming if it matches this run's config and inputs", checkpoint.path)
-    result = train_phase1(context_block, token_input, stream, cfg, val_stream=val_stream, seed=params["seed"], run_name=name,
-                          on_iteration=report, checkpoint=checkpoint)
 
-summary = {**result.summary, "train_tokens": int(stream.shape[0]), "context_block_parameters": count_parameters(context_block)}
-save_weights(snakemake.output.weights, context_block.state_dict(), {"run": name})
-write_run_outputs(snakemake.output.metrics, snakemake.output.history, params, summary, result.history, device)
-checkpoint.path.unlink(missing_ok=True)
-log.info("Phase 1 done: %s", summary)
+def main(smk) -> None:
+    params, name, log, device, token_input = start_run(smk)
+    stream = load_stream(smk.input.train, device)
+    dev_stream = load_stream(smk.input.dev, device)
+    context_block, _ = build_model(params, token_input, device)
+    cfg = Phase1Config.from_dict(params["phase1"])
+    log.info("Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s",
+             name, device, stream.shape[0], count_parameters(context_block), cfg)
+    if params["run"]["model"] == "untrained_context":
+        summary, history = untrained_summary(context_block, token_input, stream, dev_stream, cfg, params["seed"]), []
+    else:
+        checkpoint = run_checkpoint(smk, smk.output.weights, every=CHECKPOINT_EVERY)
+        with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log),
+                  mininterval=10) as bar:
+            def report(r):
+                bar.update(1)
+                log.info("iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / dev %s, %.0f tok/s",
+                         r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"],
+                         r.get("val_convergence"), r["tokens_per_s"])
+
+            result = train_phase1(context_block, token_input, stream, cfg, val_stream=dev_stream, seed=params["seed"],
+                                  run_name=name, on_iteration=report, checkpoint=checkpoint)
+        summary, history = result.summary, result.history
+        checkpoint.path.unlink(missing_ok=True)
+        if summary["undertrained"]:
+            log.warning("Phase 1 %s stopped at max_iterations=%d without meeting its stop rule (%s): flagged undertrained",
+                        name, cfg.max_iterations, cfg.stop_rule)
+    summary.update(train_tokens=int(stream.shape[0]), context_block_parameters=count_parameters(context_block))
+    save_weights(smk.output.weights, context_block.state_dict(), {"run": name})
+    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device)
+    log.info("Phase 1 done: %s", summary)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

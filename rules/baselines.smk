@@ -1,0 +1,1 @@
+# Baseline language models (issue 9): n-gram, LSTM, Transformer.

@@ -1,0 +1,43 @@
+"""Rule make_heldout: the fixed dev and test files, the embedding slice and the ordered training pool.
+
+One permutation seeded by ``validation.seed`` (not the training seed) makes four
+pairwise-disjoint parts (newllm.data.split_samples): dev (selection), test (reporting),
+the embedding slice (stand-in embeddings) and the training pool (nested sizes).
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from newllm.data import DataError, check_disjoint, load_corpus_cache, sample_ends, split_samples, token_stream, write_stream
+from newllm.runtime import get_logger
+
+
+def main(smk) -> None:
+    log = get_logger(smk.log[0])
+    tokens, offsets, manifest = load_corpus_cache(Path(smk.input.manifest).parent)
+    ids = np.asarray(manifest["sample_ids"])
+    seed = smk.params.seed
+    parts = split_samples(manifest["num_samples"], smk.params.sizes, seed)
+    if parts["pool"].size < smk.params.max_train_samples:
+        raise DataError(
+            f"training pool has {parts['pool'].size} samples after the held-out sets {smk.params.sizes}, "
+            f"but sample_sizes asks for {smk.params.max_train_samples}; allowed: 1..{parts['pool'].size}"
+        )
+    counts = np.diff(offsets)
+    outputs = {"dev": smk.output.dev, "test": smk.output.test, "embedding": smk.output.embedding_pool, "pool": smk.output.pool}
+    for name, idx in parts.items():
+        stream = token_stream(tokens, offsets, idx)
+        write_stream(outputs[name], stream, {
+            "split": name, "num_samples": int(idx.size), "sample_ids": ids[idx].tolist(),
+            "sample_end": sample_ends(counts[idx]), "seed": seed,
+        })
+        log.info("%s: %d samples, %d tokens", name, idx.size, stream.size)
+    names = list(parts)
+    for i, a in enumerate(names):  # a guard: disjoint by construction
+        for b in names[i + 1 :]:
+            check_disjoint(ids[parts[a]].tolist(), ids[parts[b]].tolist(), f"the {a} set", f"the {b} set")
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
