@@ -1,0 +1,168 @@
+"""Test-set bootstrap over conversations: expected values from the math, not from the code."""
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from newllm.uncertainty import (
+    bootstrap_losses,
+    bootstrap_study,
+    conversation_sums,
+    observed_losses,
+    percentile_interval,
+    resample_counts,
+    seed_mean_points,
+)
+
+
+def test_conversation_sums_by_hand():
+    # 9 tokens in 3 conversations ending at 3, 5, 9: targets t = 0..7 predict positions 1..8;
+    # positions 1, 2 -> conversation 0; 3, 4 -> 1; 5..8 -> 2
+    sums, counts = conversation_sums(np.arange(8, dtype=np.float32), [3, 5, 9])
+    assert counts.tolist() == [2, 2, 4]
+    assert sums.tolist() == [0 + 1, 2 + 3, 4 + 5 + 6 + 7]
+    with pytest.raises(ValueError, match="expected 8"):
+        conversation_sums(np.ones(9), [3, 5, 9])
+    with pytest.raises(ValueError, match="finite"):
+        conversation_sums(np.r_[np.ones(7), np.nan], [3, 5, 9])
+    with pytest.raises(ValueError, match="increasing"):
+        conversation_sums(np.ones(8), [5, 3, 9])
+
+
+def test_resample_counts_are_multinomial_and_deterministic_per_seed():
+    a, b, c = resample_counts(50, 200, seed=3), resample_counts(50, 200, seed=3), resample_counts(50, 200, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (a.sum(axis=1) == 50).all()
+    # each unit is drawn Binomial(50, 1/50) times: mean 1, variance 49/50
+    assert a.mean() == pytest.approx(1.0)
+    assert a.var() == pytest.approx(49 / 50, rel=0.1)
+
+
+def test_one_resample_is_the_ratio_of_weighted_sums():
+    sums = np.array([[1.0, 2.0], [5.0, 4.0], [22.0, 30.0]])  # [K=3, R=2]
+    counts = np.array([2, 2, 4])
+    boot = bootstrap_losses(sums, counts, resamples=7, seed=11)
+    w = resample_counts(3, 7, seed=11)  # the same draw
+    expected = (w @ sums) / (w @ counts)[:, None]
+    np.testing.assert_allclose(boot, expected)
+    np.testing.assert_allclose(observed_losses(sums, counts), [28 / 8, 36 / 8])
+
+
+def test_every_run_sees_the_same_resamples():
+    # run 2 = run 1 + 0.1 nats on every token: its loss exceeds run 1's by exactly 0.1 in
+    # every resample, which only holds if both columns use the same conversations
+    rng = np.random.default_rng(0)
+    ends = np.cumsum(rng.integers(5, 60, size=40))
+    nll = rng.exponential(3.0, ends[-1] - 1)
+    s1, counts = conversation_sums(nll, ends)
+    s2, _ = conversation_sums(nll + 0.1, ends)
+    boot = bootstrap_losses(np.column_stack([s1, s2]), counts, 500, seed=1)
+    np.testing.assert_allclose(boot[:, 1] - boot[:, 0], 0.1, atol=1e-12)
+    assert boot[:, 0].std() > 0.05  # while each run's loss itself varies
+
+
+def _population(num_conversations, rng):
+    lengths = rng.integers(20, 200, size=num_conversations)
+    ends = np.cumsum(lengths)
+    level = rng.normal(3.0, 0.5, size=num_conversations)  # conversations differ in difficulty
+    conv = np.searchsorted(ends, np.arange(1, ends[-1]), side="right")
+    nll = np.abs(level[conv] + rng.normal(0, 1.0, ends[-1] - 1))
+    return conversation_sums(nll, ends)
+
+
+def test_bootstrap_sd_matches_the_delta_method():
+    # ratio estimator L = Σ s_k / Σ c_k under multinomial resampling of K units:
+    # Var*(L*) ≈ Σ_k (s_k − L c_k)² / (Σ_k c_k)²  (linearisation; Σ_k (s_k − L c_k) = 0)
+    sums, counts = _population(400, np.random.default_rng(1))
+    loss = sums.sum() / counts.sum()
+    delta_sd = math.sqrt(((sums - loss * counts) ** 2).sum()) / counts.sum()
+    boot = bootstrap_losses(sums, counts, 4000, seed=2)[:, 0]
+    assert boot.std(ddof=1) == pytest.approx(delta_sd, rel=0.06)
+    assert boot.mean() == pytest.approx(loss, abs=0.2 * delta_sd)
+
+
+def test_intervals_shrink_like_one_over_sqrt_of_the_test_set():
+    rng = np.random.default_rng(2)
+    widths = {}
+    for k in (100, 1600):
+        sums, counts = _population(k, rng)
+        low, high = percentile_interval(bootstrap_losses(sums, counts, 2000, seed=0))
+        widths[k] = float(high[0] - low[0])
+    assert widths[100] / widths[1600] == pytest.approx(4.0, rel=0.2)  # sqrt(1600 / 100)
+
+
+def test_percentile_interval_covers_the_true_loss_about_95_percent_of_the_time():
+    rng = np.random.default_rng(3)
+    level = 3.0
+    covered, trials = 0, 200
+    for trial in range(trials):
+        lengths = rng.integers(20, 80, size=150)
+        ends = np.cumsum(lengths)
+        conv = np.searchsorted(ends, np.arange(1, ends[-1]), side="right")
+        nll = rng.exponential(level, ends[-1] - 1) * rng.lognormal(0, 0.3, 150)[conv] / math.exp(0.045)  # E = level
+        sums, counts = conversation_sums(nll, ends)
+        low, high = percentile_interval(bootstrap_losses(sums, counts, 400, seed=trial))
+        covered += low[0] <= level <= high[0]
+    assert 0.89 <= covered / trials <= 0.99
+
+
+def test_thousand_resamples_of_300_runs_take_seconds():
+    rng = np.random.default_rng(4)
+    sums = rng.exponential(100.0, size=(2000, 300))  # 2,000 conversations, 300 runs
+    counts = rng.integers(20, 200, size=2000)
+    start = time.perf_counter()
+    boot = bootstrap_losses(sums, counts, 1000, seed=0)
+    elapsed = time.perf_counter() - start
+    assert boot.shape == (1000, 300) and np.isfinite(boot).all()
+    assert elapsed < 5.0, f"1,000 resamples took {elapsed:.2f} s"
+
+
+def test_seed_means_are_loss_means_and_seed_resampling_draws_seeds():
+    runs = pd.DataFrame({"model": "m", "variant": "v", "context_dim": 8, "samples": [10, 10, 20], "seed": [0, 1, 0],
+                         "train_tokens": [100, 100, 200], "undertrained": [True, False, False]})
+    observed = np.array([2.0, 4.0, 1.5])
+    # no test noise: every resample repeats the observed losses
+    boot = np.tile(observed, (4000, 1))
+    fixed, fixed_boot = seed_mean_points(runs, boot, observed, resample_seeds=False, mean_columns=["train_tokens"],
+                                         count_columns=["undertrained"])
+    assert fixed["test_loss"].tolist() == [3.0, 1.5]  # mean in loss space
+    assert fixed["test_ppl"].iloc[0] == pytest.approx(math.sqrt(math.exp(2.0) * math.exp(4.0)))  # geometric mean of PPL
+    assert fixed["test_loss_seed_sd"].iloc[0] == pytest.approx(math.sqrt(2.0)) and math.isnan(fixed["test_loss_seed_sd"].iloc[1])
+    assert fixed["undertrained_runs"].tolist() == [1, 0] and fixed["train_tokens"].tolist() == [100, 200]
+    np.testing.assert_allclose(fixed_boot[:, 0], 3.0)
+    _, drawn = seed_mean_points(runs, boot, observed, seed=5, resample_seeds=True)
+    # two seeds drawn with replacement: means 2, 3, 4 with probabilities 1/4, 1/2, 1/4
+    values, freq = np.unique(drawn[:, 0], return_counts=True)
+    assert values.tolist() == [2.0, 3.0, 4.0]
+    np.testing.assert_allclose(freq / freq.sum(), [0.25, 0.5, 0.25], atol=0.03)
+    np.testing.assert_allclose(drawn[:, 1], 1.5)  # one seed: nothing to draw
+
+
+def _write_runs(tmp_path, shifts, ends, rng):
+    nll, rows = {}, []
+    base = rng.exponential(3.0, ends[-1] - 1)
+    for i, (model, shift) in enumerate(shifts.items()):
+        path = tmp_path / f"results/s/runs/{model}/base/samples10_ctx8_seed0/phase2/test_token_nll.npy"
+        values = (base + shift).astype(np.float32)
+        nll[str(path)] = values
+        rows.append({"model": model, "variant": "base", "samples": 10, "context_dim": 8, "seed": 0,
+                     "test_loss": float(values.astype(np.float64).mean()), "train_tokens": 1000, "undertrained": False})
+    return pd.DataFrame(rows), nll
+
+
+def test_bootstrap_study_checks_the_contract(tmp_path):
+    rng = np.random.default_rng(5)
+    ends = np.cumsum(rng.integers(5, 40, size=30))
+    runs, nll = _write_runs(tmp_path, {"cvfp": 0.0, "lstm": 0.2}, ends, rng)
+    points, point_boot, intervals, info = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=0)
+    assert info["conversations"] == 30 and info["targets"] == ends[-1] - 1 and point_boot.shape == (300, 2)
+    assert set(points["model"]) == {"cvfp", "lstm"}
+    assert (intervals["test_ppl_ci_low"] < intervals["test_ppl"]).all() and (intervals["test_ppl"] < intervals["test_ppl_ci_high"]).all()
+    bad = runs.assign(test_loss=runs["test_loss"] + 0.01)
+    with pytest.raises(ValueError, match="test_loss"):
+        bootstrap_study(bad, nll, ends.tolist(), resamples=10)
+    with pytest.raises(ValueError, match="without a test NLL"):
+        bootstrap_study(runs, dict(list(nll.items())[:1]), ends.tolist(), resamples=10)
