@@ -1,8 +1,11 @@
 """Command-line tools.
 
-``newllm-fit TABLE.csv`` fits ``PPL = A · tokens^α`` to any CSV of runs, e.g. published
-numbers, with the same functions the pipeline uses, and prints the fit table (with PPL
-extrapolated to 1M and 10M tokens) and, with ``--window``, the sliding-window fits::
+``newllm-fit TABLE.csv`` fits ``PPL = A · tokens^α`` and the loss form
+``L = E + B·tokens^(−β)`` (with AIC/BIC and the preferred form; >= 4 sizes) to any CSV of
+runs, e.g. published numbers, with the same functions the pipeline uses, and prints the
+fit table (with PPL extrapolated to 1M and 10M tokens and the OLS prediction interval)
+and, with ``--window`` (>= 4 sizes), the sliding-window fits.  Rows of a group are the
+points (no bootstrap: an external table has no per-conversation losses)::
 
     newllm-fit published.csv --group config --tokens tokens --ppl ppl --window 4
 """
@@ -25,7 +28,7 @@ def fit_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", nargs="+", default=["config"], help="column(s) naming a configuration (default: config)")
     parser.add_argument("--tokens", default="tokens", help="column of training tokens (default: tokens)")
     parser.add_argument("--ppl", default="ppl", help="column of validation perplexity (default: ppl)")
-    parser.add_argument("--window", type=int, help="also fit windows of this many consecutive sizes")
+    parser.add_argument("--window", type=int, help="also fit windows of this many consecutive sizes (>= 4)")
     parser.add_argument("--step", type=int, default=1, help="window step (default 1)")
     parser.add_argument("--output", help="also write the fit table to this CSV")
     args = parser.parse_args(argv)

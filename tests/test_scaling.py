@@ -1,8 +1,25 @@
+"""Scaling fits: expected values derived by hand or from the formulas, not from the code."""
+
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import optimize, stats
 
-from newllm.scaling import fit_power_law, fit_table, predict_ppl
+from newllm.scaling import (
+    _nonneg_line,
+    fit_loss_form,
+    fit_loss_form_batch,
+    fit_points,
+    fit_power_law,
+    fit_scaling_group,
+    fit_table,
+    information_criteria,
+    power_law_prediction_interval,
+    predict_ppl,
+    preferred_form,
+)
 
 
 def test_recovers_alpha_and_a_exactly():
@@ -12,31 +29,167 @@ def test_recovers_alpha_and_a_exactly():
     assert fit["alpha"] == pytest.approx(-0.476, abs=1e-12)
     assert fit["A"] == pytest.approx(1.07e5, rel=1e-9)
     assert fit["r2"] == pytest.approx(1.0)
-    assert fit["alpha_stderr"] == pytest.approx(0.0, abs=1e-6)
     assert predict_ppl(fit, 1e6) == pytest.approx(1.07e5 * 1e6**-0.476)
 
 
-def test_confidence_interval_matches_t_distribution():
+def test_three_point_fit_by_hand():
+    # x = ln T = 0, 1, 2; y = ln PPL = 1, 0, 0.5: x̄ = 1, ȳ = 0.5, S_xx = 2, S_xy = -0.5
+    # α = -0.25, ln A = 0.75, fitted 0.75, 0.5, 0.25, residuals 0.25, -0.5, 0.25, RSS = 0.375
+    # SE = sqrt(RSS/(n-2) / S_xx) = sqrt(0.1875); R² = 1 - 0.375/0.5 = 0.25
+    fit = fit_power_law(np.exp([0.0, 1.0, 2.0]), np.exp([1.0, 0.0, 0.5]))
+    assert fit["alpha"] == pytest.approx(-0.25)
+    assert fit["A"] == pytest.approx(math.exp(0.75))
+    assert fit["rss"] == pytest.approx(0.375)
+    assert fit["alpha_stderr"] == pytest.approx(math.sqrt(0.1875))
+    assert fit["r2"] == pytest.approx(0.25)
+    half = 12.706204736 * math.sqrt(0.1875)  # t_{0.975, 1}
+    assert fit["alpha_ci_low"] == pytest.approx(-0.25 - half, rel=1e-8)
+    assert fit["alpha_ci_high"] == pytest.approx(-0.25 + half, rel=1e-8)
+    # prediction interval at x* = 3: centre 0.75 - 0.75 = 0, s = sqrt(0.375),
+    # half = t · s · sqrt(1 + 1/3 + (3 - 1)²/2)
+    lo, hi = power_law_prediction_interval(np.exp([0.0, 1.0, 2.0]), np.exp([1.0, 0.0, 0.5]), math.exp(3.0))
+    half = 12.706204736 * math.sqrt(0.375) * math.sqrt(1 + 1 / 3 + 2)
+    assert math.log(lo) == pytest.approx(-half, rel=1e-8) and math.log(hi) == pytest.approx(half, rel=1e-8)
+
+
+def test_confidence_interval_and_stderr_on_noisy_data():
     rng = np.random.default_rng(0)
     tokens = np.geomspace(1e4, 1e6, 8)
     ppl = 2e5 * tokens**-0.5 * np.exp(rng.normal(0, 0.05, tokens.size))
     fit = fit_power_law(tokens, ppl)
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, 6) * fit["alpha_stderr"]
-    assert fit["alpha_ci_low"] == pytest.approx(fit["alpha"] - half)
-    assert fit["alpha_ci_low"] < -0.5 < fit["alpha_ci_high"]
+    x, y = np.log(tokens), np.log(ppl)
+    sxx = ((x - x.mean()) ** 2).sum()
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / sxx
+    rss = ((y - y.mean() - slope * (x - x.mean())) ** 2).sum()
+    se = math.sqrt(rss / 6 / sxx)
+    assert fit["alpha"] == pytest.approx(slope) and fit["alpha_stderr"] == pytest.approx(se) and se > 0.005
+    half = stats.t.ppf(0.975, 6) * se
+    assert fit["alpha_ci_low"] == pytest.approx(slope - half)
+    assert fit["alpha_ci_high"] == pytest.approx(slope + half)
 
 
 def test_two_points_have_no_interval_and_bad_input_raises():
     fit = fit_power_law([1e3, 1e4], [100.0, 50.0])
-    assert np.isnan(fit["alpha_ci_low"]) and fit["alpha"] == pytest.approx(np.log10(0.5))
+    assert np.isnan(fit["alpha_ci_low"]) and np.isnan(fit["alpha_ci_high"]) and fit["alpha"] == pytest.approx(np.log10(0.5))
     with pytest.raises(ValueError):
         fit_power_law([1e3], [10.0])
     with pytest.raises(ValueError):
         fit_power_law([1e3, 1e4], [10.0, -1.0])
     with pytest.raises(ValueError):
         fit_power_law([1e3, 1e3], [10.0, 9.0])
+
+
+def test_nonnegative_line_picks_the_feasible_kkt_point():
+    x = np.array([1.0, 2.0, 3.0])
+    # increasing data: the unconstrained fit y = 0 + 1·x is feasible
+    e, b, rss = _nonneg_line(x, np.array([1.0, 2.0, 3.0]))
+    assert (float(e), float(b), float(rss)) == pytest.approx((0.0, 1.0, 0.0), abs=1e-12)
+    # decreasing data: the unconstrained slope -1 is infeasible; face B = 0 gives E = 2, RSS = 2;
+    # face E = 0 gives B = x·y/x·x = 10/14, RSS = 14 - 2·(10/14)·10 + (10/14)²·14 = 6.857; B = 0 wins
+    e, b, rss = _nonneg_line(x, np.array([3.0, 2.0, 1.0]))
+    assert (float(e), float(b), float(rss)) == pytest.approx((2.0, 0.0, 2.0))
+    # negative intercept needed: y = -1 + 2x -> face E = 0 (B = x·y/x·x = 22/14, RSS = 35 - 22²/14 = 0.4286)
+    # beats face B = 0 (E = 3, RSS = 8)
+    e, b, rss = _nonneg_line(x, np.array([1.0, 3.0, 5.0]))
+    assert float(e) == 0.0 and float(b) == pytest.approx(22 / 14)
+    assert float(rss) == pytest.approx(35 - 22**2 / 14)
+
+
+def test_loss_form_recovers_its_parameters_and_flags_bounds():
+    tokens = np.geomspace(5e3, 5e5, 6)
+    fit = fit_loss_form(tokens, 2.0 + 50.0 * tokens**-0.3)
+    assert (fit["E"], fit["B"], fit["beta"]) == pytest.approx((2.0, 50.0, 0.3), rel=1e-6)
+    assert not fit["beta_at_bound"] and not fit["E_at_bound"]
+    # no irreducible term: E sits at its bound 0, SEs undefined there
+    fit = fit_loss_form(tokens, 5.0 * tokens**-0.2)
+    assert fit["E_at_bound"] and fit["E"] == pytest.approx(0.0, abs=1e-6)
+    assert (fit["B"], fit["beta"]) == pytest.approx((5.0, 0.2), rel=1e-5)
+    assert math.isnan(fit["E_stderr"])
+    with pytest.raises(ValueError, match=">= 4 points"):
+        fit_loss_form(tokens[:3], np.ones(3))
+
+
+def test_profile_fit_is_never_worse_than_multistart_curve_fit():
+    rng = np.random.default_rng(1)
+    tokens = np.geomspace(5e3, 2e5, 5)
+    true = 2.5 + 40.0 * tokens**-0.35
+    losses = true + rng.normal(0, 0.03, (30, tokens.size))
+    batch = fit_loss_form_batch(tokens, losses)
+
+    def model(t, e, b, beta):
+        return e + b * t ** (-beta)
+
+    for i, y in enumerate(losses):
+        best = math.inf
+        for beta0 in (0.05, 0.2, 0.5, 1.0, 2.0):
+            try:
+                popt, _ = optimize.curve_fit(model, tokens, y, p0=[1.0, 10.0 * 1e4**beta0, beta0],
+                                             bounds=([0, 0, 1e-3], [np.inf, np.inf, 3.0]), maxfev=20000)
+                best = min(best, float(((y - model(tokens, *popt)) ** 2).sum()))
+            except RuntimeError:
+                pass
+        assert batch["rss"][i] <= best * (1 + 1e-5) + 1e-12
+        pred = batch["E"][i] + batch["B"][i] * tokens ** (-batch["beta"][i])
+        assert float(((y - pred) ** 2).sum()) == pytest.approx(batch["rss"][i], rel=1e-9, abs=1e-15)
+
+
+def test_information_criteria_by_hand():
+    aic, bic = information_criteria(rss=0.5, n=5, k=2)
+    assert aic == pytest.approx(5 * math.log(0.1) + 6)
+    assert bic == pytest.approx(5 * math.log(0.1) + 3 * math.log(5))
+    assert preferred_form(-10.0, -11.9) == "neither"  # |Δ| < 2
+    assert preferred_form(-10.0, -12.5) == "loss_form" and preferred_form(-12.5, -10.0) == "power_law"
+
+
+def test_aic_prefers_the_loss_form_on_curved_data_and_not_on_a_line():
+    rng = np.random.default_rng(2)
+    tokens = np.geomspace(2e3, 2e6, 7)
+    curved = fit_scaling_group(tokens, 2.0 + 60.0 * tokens**-0.5 + rng.normal(0, 0.005, 7))
+    assert curved["preferred_form"] == "loss_form" and curved["delta_aic"] < -10
+    assert curved["delta_aic"] == pytest.approx(7 * math.log(curved["rss_loss_form"] / 7) + 8 - (7 * math.log(curved["rss"] / 7) + 6))
+    line = fit_scaling_group(tokens, 9.0 - 0.3 * np.log(tokens) + rng.normal(0, 0.005, 7))
+    assert line["preferred_form"] in ("power_law", "neither") and line["delta_aic"] > -2
+
+
+def test_bootstrap_intervals_are_percentiles_of_the_refits():
+    # every resample is an exact line with a known slope: the bootstrap α interval must be
+    # the percentiles of those slopes, and the 1M extrapolation the percentiles of a + α ln 1e6
+    rng = np.random.default_rng(3)
+    tokens = np.geomspace(1e4, 1.6e5, 5)
+    x = np.log(tokens)
+    slopes, intercepts = rng.normal(-0.4, 0.02, 500), rng.normal(8.0, 0.05, 500)
+    boot = intercepts[:, None] + slopes[:, None] * x[None, :]
+    row = fit_scaling_group(tokens, 8.0 - 0.4 * x, boot)
+    assert row["alpha_boot_ci_low"] == pytest.approx(np.percentile(slopes, 2.5))
+    assert row["alpha_boot_ci_high"] == pytest.approx(np.percentile(slopes, 97.5))
+    assert row["alpha_boot_se"] == pytest.approx(slopes.std(ddof=1))
+    at_1m = np.exp(intercepts + slopes * math.log(1e6))
+    assert row["ppl_at_1M_ci_low"] == pytest.approx(np.percentile(at_1m, 2.5))
+    assert row["ppl_at_1M_ci_high"] == pytest.approx(np.percentile(at_1m, 97.5))
+    assert row["ppl_at_1M"] == pytest.approx(math.exp(8.0 - 0.4 * math.log(1e6)))
+
+
+def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
+    tokens = np.array([1e4, 2e4, 4e4, 8e4])
+    rows = []
+    for model, alpha in (("cvfp", -0.3), ("lstm", -0.4)):
+        for i, t in enumerate(tokens):
+            rows.append({"model": model, "variant": "base", "context_dim": 16, "samples": 10 * 2**i, "train_tokens": t,
+                         "test_loss": 9.0 + alpha * math.log(t), "undertrained_runs": int(model == "lstm" and i >= 2)})
+    rows.append({"model": "ngram", "variant": "base", "context_dim": 0, "samples": 10, "train_tokens": 1e4, "test_loss": 7.0,
+                 "undertrained_runs": 0})  # one size: no fit
+    points = pd.DataFrame(rows)
+    boot = np.tile(points["test_loss"].to_numpy(), (50, 1))
+    fits, extrap, curves = fit_points(points, boot)
+    assert list(fits["model"]) == ["cvfp", "lstm"]
+    lstm = fits.set_index("model").loc["lstm"]
+    assert lstm["alpha"] == pytest.approx(-0.4) and lstm["undertrained_points"] == 2 and lstm["undertrained_runs"] == 2
+    assert fits.set_index("model").loc["cvfp", "undertrained_points"] == 0
+    assert set(extrap["tokens"]) == {1_000_000, 10_000_000} and extrap["extrapolation"].all()
+    assert set(extrap["form"]) == {"power_law", "loss_form"}
+    cvfp = curves[(curves["model"] == "cvfp") & (curves["form"] == "power_law")]
+    assert (cvfp["extrapolation"] == (cvfp["tokens"] > 8e4)).all() and cvfp["tokens"].max() == pytest.approx(1e7)
+    assert np.allclose(np.log(cvfp["ppl"]), 9.0 - 0.3 * np.log(cvfp["tokens"]))
 
 
 def test_fit_table_groups_runs():
@@ -51,6 +204,7 @@ def test_fit_table_groups_runs():
     assert table.loc[64, "alpha"] == pytest.approx(-0.3)
     assert table.loc[128, "A"] == pytest.approx(2e4)
     assert table.loc[128, "ppl_at_1M"] == pytest.approx(2e4 * 1e6**-0.4)
+    assert np.isnan(table.loc[128, "E"])  # 3 sizes: the 3-parameter loss form is not fitted
 
 
 def test_fit_command_on_an_external_table(tmp_path, capsys):
@@ -67,8 +221,10 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
     fit = pd.read_csv(tmp_path / "fits.csv").iloc[0]
     assert fit["alpha"] == pytest.approx(-0.466, abs=0.005)  # the source's reported α
     assert fit["r2"] == pytest.approx(0.992, abs=0.002)
+    assert fit["preferred_form"] in ("power_law", "loss_form", "neither") and np.isfinite(fit["E"])
     assert "1L 768d 2tok (v3)" in capsys.readouterr().out
     assert fit_main([str(table), "--ppl", "perplexity"]) == 2
     assert fit_main([str(table), "--window", "4"]) == 0
     out = capsys.readouterr().out
     assert "sliding windows of 4 sizes" in out and out.count("1L 768d 2tok (v3)") == 3  # fit + 2 windows
+    assert fit_main([str(table), "--window", "3"]) == 2  # < 4 sizes: no degrees of freedom for the SE of Δα
