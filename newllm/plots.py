@@ -1,8 +1,16 @@
-"""Report figures, drawn from the tidy tables alone (so they can be redrawn without training)."""
+"""Report figures, drawn from the tidy tables alone (so they can be redrawn without training).
+
+Every figure is written as PNG (for the report) and as SVG beside it (same name, vector,
+for papers).  Log axes carry readable tick labels ("20k", "1M"; PPL 20, 50, 100).  Models
+keep one colour across figures (:data:`MODEL_COLORS`); a hollow marker is a point with at
+least one undertrained run (stopped by ``max_steps``).  Each plotting function returns the
+legend labels it drew (what a test can check).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -10,175 +18,465 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
+from newllm.analysis import MODEL_ORDER, model_rank  # noqa: E402
 from newllm.io import atomic_path  # noqa: E402
 
-RUN_KEYS = ["variant", "context_dim", "samples"]
+RUN_KEYS = ["model", "variant", "samples", "context_dim", "seed"]
+MODEL_COLORS = dict(zip(MODEL_ORDER, ["#1f77b4", "#17becf", "#7f7f7f", "#8c564b", "#d62728", "#2ca02c"]))
+VARIANT_STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
-def _save(fig, path: str | Path) -> None:
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> list[Path]:
+    """Write ``fig`` to ``path`` (PNG) and to ``path`` with suffix ``.svg``, atomically;
+    close it.  ``tight=False`` skips the extra layout pass of ``bbox_inches="tight"`` (for
+    figures made with a constrained layout).  Returns the two paths."""
+    path = Path(path)
+    written = []
+    extra = {"bbox_inches": "tight"} if tight else {}
+    for target, kwargs in ((path, {"dpi": dpi}), (path.with_suffix(".svg"), {})):
+        with atomic_path(target, target.suffix) as tmp:
+            fig.savefig(tmp, format=target.suffix.lstrip("."), **kwargs, **extra)
+        written.append(target)
     plt.close(fig)
+    return written
 
 
-def _series_label(variant: str, context_dim: int, variants: int) -> str:
-    return f"{context_dim}-d" if variants == 1 else f"{variant} {context_dim}-d"
+def svg_path(path: str | Path) -> str:
+    """The SVG written beside a PNG figure by :func:`save_figure`."""
+    return str(Path(path).with_suffix(".svg"))
 
 
-def plot_scaling(runs: pd.DataFrame, fits: pd.DataFrame, path: str | Path) -> None:
-    """Validation PPL vs training tokens (log-log), one series per (variant, context_dim),
-    each with its fitted line ``PPL = A·tokens^α`` and α ± 95 % CI in the legend."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    n_variants = runs["variant"].nunique()
-    for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
-        group = group.sort_values("train_tokens")
-        fit = fits[(fits["variant"] == variant) & (fits["context_dim"] == dim)]
-        label = _series_label(variant, dim, n_variants)
-        points = ax.plot(group["train_tokens"], group["val_ppl"], "o", label=None)[0]
-        if len(fit):
-            f = fit.iloc[0]
-            x = np.geomspace(group["train_tokens"].min(), group["train_tokens"].max(), 50)
-            ci = "" if np.isnan(f["alpha_ci_low"]) else f" [{f['alpha_ci_low']:.3f}, {f['alpha_ci_high']:.3f}]"
-            label += f": α={f['alpha']:.3f}{ci}, R²={f['r2']:.3f}"
-            ax.plot(x, f["A"] * x ** f["alpha"], "-", color=points.get_color())
-        points.set_label(label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Scaling: PPL = A · tokens^α")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+def format_count(value: float, _pos=None) -> str:
+    """Readable tick label of a count: 500, 2k, 20k, 1.5M, 3G."""
+    if value <= 0 or not np.isfinite(value):
+        return ""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.3g}"
 
 
-def plot_phase1_curves(history: pd.DataFrame, path: str | Path) -> None:
-    """Phase 1 per iteration for every run: CVFP loss, diversity loss, train convergence
-    rate and Effective Rank (% of context_dim)."""
-    panels = [
-        ("cvfp_loss", "CVFP loss (MSE to previous iteration)", True),
-        ("diversity_loss", "diversity loss", False),
-        ("convergence_rate", "train convergence rate", False),
-        ("effective_rank_pct", "Effective Rank (% of context_dim)", False),
-    ]
+def log_axis(ax, which: str = "x", counts: bool = True) -> None:
+    """Log scale with ticks at 1, 2, 5 × 10^k and readable labels (counts: "20k"; else
+    plain numbers "20", "0.5")."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=15))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(1, 10), numticks=15))
+    axis.set_major_formatter(ticker.FuncFormatter(format_count if counts else (lambda v, _p: f"{v:g}")))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def model_color(model: str) -> str:
+    return MODEL_COLORS.get(model, "#9467bd")
+
+
+def _series_label(model: str, variant: str, context_dim: int, variants: int) -> str:
+    label = model if variants == 1 else f"{model} {variant}"
+    return label + (f" {context_dim}-d" if context_dim else "")
+
+
+def _errorbars(centre: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray | None:
+    """``[2, n]`` asymmetric error bars; NaN where the interval is undefined (matplotlib
+    draws no bar there, never a zero-length one)."""
+    low, high = np.asarray(low, float), np.asarray(high, float)
+    if not np.isfinite(low).any():
+        return None
+    return np.vstack([centre - low, high - centre])
+
+
+def _dodge(n: int, spread: float = 0.06) -> np.ndarray:
+    """Multiplicative x offsets for ``n`` series on a log axis (centred on 1)."""
+    return np.exp((np.arange(n) - (n - 1) / 2) * spread) if n > 1 else np.ones(1)
+
+
+def _panels(dims: Sequence[int]):
+    fig, axes = plt.subplots(1, len(dims), figsize=(6.8 * len(dims), 4.8), squeeze=False, sharey=True)
+    return fig, list(axes[0])
+
+
+# ----------------------------------------------------------------------------- scaling
+def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, path: str | Path) -> list[str]:
+    """Test PPL vs training tokens (log-log) for every model, one panel per context_dim.
+
+    Points: seed-mean test PPL with bootstrap 95 % bars (hollow: an undertrained run).
+    Lines: the fitted power law ``PPL = A·T^α`` with its bootstrap 95 % band; solid over
+    the data, dashed beyond (the extrapolation to the tabled 1M/10M tokens).  Models
+    without a context dimension (n-gram, ``context_dim`` 0) appear in every panel.
+
+    Args:
+        points: the baselines table (``model``, ``variant``, ``context_dim``,
+            ``train_tokens``, ``test_ppl``, ``test_ppl_ci_low/high``, ``undertrained_runs``).
+        fits: the scaling fits (``alpha``, ``alpha_boot_ci_low/high`` or ``alpha_ci_*``).
+        curves: the fitted curves table (``form``, ``tokens``, ``ppl``, ``ci_low/high``,
+            ``extrapolation``).
+    """
+    dims = sorted(d for d in points["context_dim"].unique() if d) or [0]
+    n_variants = points["variant"].nunique()
+    fig, axes = _panels(dims)
+    labels = []
+    for ax, dim in zip(axes, dims):
+        sel = points[(points["context_dim"] == dim) | (points["context_dim"] == 0)]
+        series = sorted(sel.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1]))
+        for model, variant, cdim in series:
+            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values("train_tokens")
+            color = model_color(model)
+            v_index = sorted(points["variant"].unique()).index(variant)
+            style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], MARKERS[v_index % len(MARKERS)]
+            fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == cdim)]
+            label = _series_label(model, variant, cdim, n_variants)
+            if len(fit):
+                f = fit.iloc[0]
+                lo, hi = f.get("alpha_boot_ci_low", np.nan), f.get("alpha_boot_ci_high", np.nan)
+                if not np.isfinite(lo):
+                    lo, hi = f.get("alpha_ci_low", np.nan), f.get("alpha_ci_high", np.nan)
+                label += f": α={f['alpha']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
+            under = g.get("undertrained_runs", pd.Series(0, index=g.index)).fillna(0).to_numpy() > 0
+            x, y = g["train_tokens"].to_numpy(float), g["test_ppl"].to_numpy(float)
+            err = _errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan))
+            ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=2)
+            ax.plot(x[~under], y[~under], marker, color=color)
+            if under.any():
+                ax.plot(x[under], y[under], marker, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5)
+            ax.plot([], [], marker=marker, ls=style, color=color, label=label)  # legend: marker and line of the series
+            labels.append(label)
+            c = curves[(curves["model"] == model) & (curves["variant"] == variant) & (curves["context_dim"] == cdim)
+                       & (curves["form"] == "power_law")].sort_values("tokens")
+            if len(c):
+                inside, beyond = c[~c["extrapolation"].astype(bool)], c[c["tokens"] >= c.loc[~c["extrapolation"].astype(bool), "tokens"].max()]
+                ax.plot(inside["tokens"], inside["ppl"], style, color=color, lw=1.3)
+                ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
+                if np.isfinite(c["ci_low"]).any():
+                    ax.fill_between(c["tokens"], c["ci_low"], c["ci_high"], color=color, alpha=0.12, lw=0)
+        if len(axes) > 1 or dim:
+            ax.set_title(f"context_dim {dim}" if dim else "", fontsize=10)
+        log_axis(ax, "x")
+        log_axis(ax, "y", counts=False)
+        ax.set_xlabel("training tokens")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].set_ylabel("test perplexity")
+    has_under = "undertrained_runs" in points and (points["undertrained_runs"].fillna(0) > 0).any()
+    fig.suptitle("Scaling: PPL = A · T^α (band: bootstrap 95 %; dashed: extrapolation"
+                 + ("; hollow: undertrained run" if has_under else "") + ")", fontsize=10)
+    save_figure(fig, path)
+    return labels
+
+
+def plot_ppl_ratio(ratios: pd.DataFrame, path: str | Path) -> list[str]:
+    """Each model's test PPL relative to cvfp at the same size, with bootstrap 95 % bars
+    (log y; below 1 = better than cvfp); one panel per cvfp context_dim."""
+    dims = sorted(ratios["reference_context_dim"].unique()) if len(ratios) else [0]
+    n_variants = ratios["variant"].nunique() if len(ratios) else 1
+    fig, axes = _panels(dims)
+    labels = []
+    for ax, dim in zip(axes, dims):
+        sel = ratios[ratios["reference_context_dim"] == dim]
+        series = sorted(sel.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1]))
+        offsets = _dodge(len(series))
+        for off, (model, variant, cdim) in zip(offsets, series):
+            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values("train_tokens")
+            label = _series_label(model, variant, cdim, n_variants)
+            y = g["ratio"].to_numpy(float)
+            ax.errorbar(g["train_tokens"].to_numpy(float) * off, y, yerr=_errorbars(y, g["ratio_ci_low"], g["ratio_ci_high"]),
+                        fmt="o-", color=model_color(model), capsize=2, lw=1, ms=4, label=label)
+            labels.append(label)
+        ax.axhline(1.0, color="black", lw=0.8)
+        log_axis(ax, "x")
+        log_axis(ax, "y", counts=False)
+        ax.set_xlabel("training tokens")
+        ax.set_title(f"relative to cvfp {dim}-d", fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("test PPL / cvfp test PPL")
+    fig.suptitle("Test perplexity relative to CVFP (bars: bootstrap 95 %; < 1: better than CVFP)", fontsize=10)
+    save_figure(fig, path)
+    return labels
+
+
+def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> list[str]:
+    """α per sliding window against the window's geometric-mean token count, with the
+    bootstrap 95 % interval (±1.96 OLS SE where there is no bootstrap); a window without an
+    interval (n = 2, or no data) gets no bar, never a zero-length one."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    labels = []
+    n_variants = windows["variant"].nunique() if len(windows) else 1
+    groups = sorted(windows.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1], k[2])) if len(windows) else []
+    seen: dict[str, int] = {}
+    for off, (model, variant, dim) in zip(_dodge(len(groups), 0.01), groups):
+        marker = MARKERS[seen.get(model, 0) % len(MARKERS)]
+        seen[model] = seen.get(model, 0) + 1
+        g = windows[(windows["model"] == model) & (windows["variant"] == variant) & (windows["context_dim"] == dim)]
+        centre = np.sqrt(g["tokens_min"] * g["tokens_max"]).to_numpy(float) * off
+        y = g["alpha"].to_numpy(float)
+        lo = g["alpha_ci_low"].to_numpy(float) if "alpha_ci_low" in g else np.full(len(g), np.nan)
+        hi = g["alpha_ci_high"].to_numpy(float) if "alpha_ci_high" in g else np.full(len(g), np.nan)
+        se = g["alpha_stderr"].to_numpy(float)
+        lo = np.where(np.isfinite(lo), lo, y - 1.96 * se)
+        hi = np.where(np.isfinite(hi), hi, y + 1.96 * se)
+        label = _series_label(model, variant, dim, n_variants)
+        ax.errorbar(centre, y, yerr=_errorbars(y, lo, hi), marker=marker, capsize=3, color=model_color(model), label=label, lw=1)
+        labels.append(label)
+    log_axis(ax, "x")
+    ax.set_xlabel("training tokens (window centre, geometric mean)")
+    ax.set_ylabel("α in window (more negative = better scaling)")
+    ax.set_title("Sliding-window scaling exponent (bars: 95 %)", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    if labels:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no window has enough sizes", ha="center", va="center", transform=ax.transAxes)
+    save_figure(fig, path)
+    return labels
+
+
+def plot_er_vs_ppl(runs: pd.DataFrame, linear: dict, path: str | Path, er: str = "dev_er_pct") -> list[str]:
+    """Test PPL against dev Effective Rank (% of context_dim) for every CVFP run, with the
+    fitted line ``PPL ≈ a + b·ER``; marker size grows with training tokens."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    runs = runs[runs[er].notna()] if er in runs else runs.iloc[:0]
+    labels = []
+    if len(runs):
+        lt = np.log(runs["train_tokens"].astype(float))
+        sizes = 20 + 80 * (lt - lt.min()) / max(float(np.ptp(lt)), 1e-9)
+        n_variants = runs["variant"].nunique()
+        for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
+            label = _series_label("cvfp", variant, dim, n_variants)
+            ax.scatter(group[er], group["test_ppl"], s=sizes[group.index], label=label, alpha=0.8)
+            labels.append(label)
+        if linear.get("b") is not None and np.isfinite(linear.get("b", np.nan)):
+            x = np.linspace(runs[er].min(), runs[er].max(), 20)
+            ax.plot(x, linear["a"] + linear["b"] * x, "k--", label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("dev Effective Rank (% of context_dim)")
+    ax.set_ylabel("test perplexity")
+    ax.set_title("Phase 1 Effective Rank vs test perplexity", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    save_figure(fig, path)
+    return labels
+
+
+def plot_effective_rank(runs: pd.DataFrame, path: str | Path) -> list[str]:
+    """Train and dev Effective Rank (absolute and % of context_dim) by context_dim for the
+    runs with contexts (cvfp, untrained_context), mean over sizes and seeds, whiskers
+    min–max; one bar group per (model, variant)."""
+    runs = runs[runs["dev_er"].notna()] if "dev_er" in runs else runs.iloc[:0]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    configs = sorted(runs.groupby(["model", "variant"]).groups, key=lambda k: (model_rank(k[0]), k[1])) if len(runs) else []
+    dims = sorted(runs["context_dim"].unique()) if len(runs) else []
+    width = 0.8 / max(2 * len(configs), 1)
+    labels = []
+    for ax, (suffix, title) in zip(axes, (("", "Effective Rank"), ("_pct", "Effective Rank (% of context_dim)"))):
+        for v, (model, variant) in enumerate(configs):
+            for s, split in enumerate(("train", "dev")):
+                col = f"{split}_er{suffix}"
+                part = runs[(runs["model"] == model) & (runs["variant"] == variant)]
+                agg = part.groupby("context_dim")[col].agg(["mean", "min", "max"]).reindex(dims)
+                x = np.arange(len(dims)) + (2 * v + s - len(configs) + 0.5) * width
+                label = f"{model}{'' if len(set(c[1] for c in configs)) == 1 else ' ' + variant} {split}"
+                variants = sorted({c[1] for c in configs})
+                ax.bar(x, agg["mean"], width, yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]], capsize=2,
+                       color=model_color(model), alpha=0.55 + 0.35 * s, label=label,
+                       hatch="" if variants.index(variant) == 0 else "//")
+                if suffix == "":
+                    labels.append(label)
+        ax.set_xticks(np.arange(len(dims)), [str(d) for d in dims])
+        ax.set_xlabel("context_dim")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    if labels:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("Effective Rank of the contexts by context_dim (lighter: train, darker: dev)", fontsize=10)
+    save_figure(fig, path)
+    return labels
+
+
+def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, path: str | Path) -> list[str]:
+    """What each model costs.  Left: test PPL at the largest size against trainable
+    parameters, one marker per configuration.  Right: test PPL against training FLOPs
+    over all sizes, one line per configuration.  Bars: bootstrap 95 %.  Dotted lines and
+    crosses: the matched parameter count / FLOP budget of comparison.csv and each
+    configuration's PPL there."""
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    labels = []
+    n_variants = comparison["variant"].nunique() if len(comparison) else 1
+    marker_of = {}
+    for _, row in comparison.iterrows():
+        same_model = [k for k in marker_of if k[0] == row["model"]]
+        marker_of[(row["model"], row["variant"], row["context_dim"])] = MARKERS[len(same_model) % len(MARKERS)]
+    for _, row in comparison.iterrows():
+        key = (row["model"], row["variant"], row["context_dim"])
+        color, marker = model_color(row["model"]), marker_of[key]
+        label = _series_label(*key, n_variants)
+        x = float(row.get("parameters", np.nan))
+        if np.isfinite(x) and x > 0:
+            y = float(row["test_ppl_largest"])
+            axes[0].errorbar([x], [y], yerr=_errorbars(np.array([y]), [row.get("test_ppl_largest_ci_low", np.nan)],
+                                                       [row.get("test_ppl_largest_ci_high", np.nan)]),
+                             fmt=marker, color=color, capsize=2, label=label)
+            labels.append(label)
+        g = points[(points["model"] == row["model"]) & (points["variant"] == row["variant"]) & (points["context_dim"] == row["context_dim"])]
+        g = g[g["train_flops"] > 0].sort_values("train_flops") if "train_flops" in g else g.iloc[:0]
+        if len(g):
+            y = g["test_ppl"].to_numpy(float)
+            axes[1].errorbar(g["train_flops"], y, yerr=_errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan)),
+                             fmt=marker + "-", color=color, capsize=2, lw=1, ms=4)
+        for ax, star, value in ((axes[0], "matched_parameters", "ppl_at_matched_parameters"), (axes[1], "matched_flops", "ppl_at_matched_flops")):
+            if np.isfinite(row.get(star, np.nan)) and np.isfinite(row.get(value, np.nan)):
+                ax.plot([row[star]], [row[value]], "x", color=color, ms=7)
+    for ax, star in ((axes[0], "matched_parameters"), (axes[1], "matched_flops")):
+        if star in comparison and comparison[star].notna().any():
+            ax.axvline(float(comparison[star].dropna().iloc[0]), ls=":", color="black", lw=0.8)
+        log_axis(ax, "x")
+        log_axis(ax, "y", counts=False)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_xlabel("trainable parameters")
+    axes[1].set_xlabel("training FLOPs (all sizes)")
+    axes[0].set_ylabel("test perplexity (largest size)")
+    axes[1].set_ylabel("test perplexity")
+    if labels:
+        axes[0].legend(fontsize=7)
+    fig.suptitle("What each model costs: test PPL vs parameters (largest size) and vs training FLOPs (× = matched value)", fontsize=10)
+    save_figure(fig, path)
+    return labels
+
+
+# ----------------------------------------------------------------------------- per-run curves
+def run_figure_name(model: str, variant: str, samples: int, context_dim: int, seed: int) -> str:
+    """Relative path of a run's figure in a per-run figure folder (the report pattern
+    ``{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png``)."""
+    return f"{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
+
+
+PHASE1_PANELS = [
+    ("cvfp_loss", "CVFP loss (MSE to previous iteration)", True),
+    ("diversity_loss", "diversity loss", False),
+    ("convergence_rate", "train convergence rate", False),
+    ("effective_rank_pct", "Effective Rank (% of context_dim)", False),
+]
+
+
+def _phase1_axes(axes, run: pd.DataFrame, label: str | None, style: str = "-") -> None:
+    for ax, (column, title, log) in zip(axes.flat, PHASE1_PANELS):
+        if column in run:
+            ax.plot(run["iteration"], run[column], style, label=label, linewidth=1.2)
+        ax.set_title(title, fontsize=9)
+        if log:
+            ax.set_yscale("log")
+
+
+def plot_phase1_curves(history: pd.DataFrame, path: str | Path, run_dir: str | Path | None = None) -> list[str]:
+    """Phase 1 per iteration (CVFP loss, diversity loss, train convergence rate, ER % of
+    context_dim).  ``path``: an overview of the first variant's first seed, one line per
+    (context_dim, size).  ``run_dir``: one figure per run, named by
+    :func:`run_figure_name` (the report lists them with model/variant/size/seed labels)."""
+    history = history.copy()
+    if "effective_rank_pct" not in history and "effective_rank" in history:
+        history["effective_rank_pct"] = 100.0 * history["effective_rank"] / history["context_dim"]
+    labels = []
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    n_variants = history["variant"].nunique()
-    dims = sorted(history["context_dim"].unique())
-    styles = dict(zip(dims, ["-", "--", ":", "-."] * 4))
-    for (variant, dim, samples), run in history.groupby(RUN_KEYS):
-        label = f"{_series_label(variant, dim, n_variants)}, {samples} samples"
-        for ax, (column, title, log) in zip(axes.flat, panels):
-            ax.plot(run["iteration"], run[column], styles[dim], label=label, linewidth=1.2)
-            ax.set_title(title, fontsize=10)
-            if log:
-                ax.set_yscale("log")
+    if len(history):
+        first = history[(history["variant"] == history["variant"].iloc[0]) & (history["seed"] == history["seed"].min())]
+        dims = sorted(first["context_dim"].unique())
+        styles = dict(zip(dims, ["-", "--", ":", "-."] * 4))
+        for (model, dim, samples), run in first.groupby(["model", "context_dim", "samples"]):
+            label = f"{model} {dim}-d, {samples} samples"
+            _phase1_axes(axes, run, label, styles[dim])
+            labels.append(label)
+        axes[0, 0].legend(fontsize=7, ncol=2)
+        fig.suptitle(f"Phase 1 (variant {first['variant'].iloc[0]}, seed {first['seed'].min()}); every run: report entries", fontsize=10)
     for ax in axes[1]:
         ax.set_xlabel("iteration (Jacobi sweep)")
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.suptitle("Phase 1: CVFP training")
-    _save(fig, path)
+    save_figure(fig, path)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        for key, run in history.groupby(RUN_KEYS):
+            ident = dict(zip(RUN_KEYS, key))
+            fig, axes = plt.subplots(2, 2, figsize=(8, 5.5), sharex=True, layout="constrained")
+            _phase1_axes(axes, run, None)
+            for ax in axes.flat:
+                ax.grid(True, alpha=0.3)
+            fig.suptitle(f"Phase 1: {ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, "
+                         f"seed {ident['seed']}", fontsize=10)
+            save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
+    return labels
 
 
-def plot_phase2_curves(history: pd.DataFrame, path: str | Path) -> None:
-    """Phase 2 learning curves: train and validation PPL per epoch for every run."""
-    n_dims = history["context_dim"].nunique()
-    n_variants = history["variant"].nunique()
-    groups = list(history.groupby(["variant", "context_dim"]))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False, sharey=True)
-    for ax, ((variant, dim), group) in zip(axes[0], groups):
-        for samples, run in group.groupby("samples"):
-            line = ax.plot(run["epoch"], run["val_ppl"], "o-", label=f"{samples} samples (val)")[0]
-            ax.plot(run["epoch"], run["train_ppl"], "--", color=line.get_color(), alpha=0.6)
-        ax.set_title(_series_label(variant, dim, n_variants) + " (dashed: train)", fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("perplexity")
-    fig.suptitle("Phase 2: learning curves" + ("" if n_dims > 1 else ""))
-    _save(fig, path)
+def _curve_columns(history: pd.DataFrame) -> tuple[str, list[tuple[str, str]]]:
+    """x column and ``(column, label)`` PPL series of a training history table."""
+    x = next((c for c in ("step", "epoch", "iteration") if c in history), history.columns[-1])
+    series = []
+    for split in ("train", "dev", "val"):
+        if f"{split}_ppl" in history:
+            series.append((f"{split}_ppl", split))
+        elif f"{split}_loss" in history:
+            series.append((f"{split}_loss", split))
+    return x, series
 
 
-def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> None:
-    """α per sliding window against the window's geometric-mean token count, with ±1 SE
-    bars, one series per (variant, context_dim)."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    n_variants = windows["variant"].nunique()
-    for (variant, dim), group in windows.groupby(["variant", "context_dim"]):
-        centre = np.sqrt(group["tokens_min"] * group["tokens_max"])
-        err = group["alpha_stderr"].fillna(0.0)
-        ax.errorbar(centre, group["alpha"], yerr=err, marker="o", capsize=3, label=_series_label(variant, dim, n_variants))
-    ax.set_xscale("log")
-    ax.set_xlabel("training tokens (window centre, geometric mean)")
-    ax.set_ylabel("α in window (more negative = better scaling)")
-    ax.set_title("Sliding-window scaling exponent")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+def _as_ppl(frame: pd.DataFrame, column: str) -> pd.Series:
+    return np.exp(frame[column]) if column.endswith("_loss") else frame[column]
 
 
-def plot_er_vs_ppl(runs: pd.DataFrame, linear: dict, path: str | Path) -> None:
-    """Validation PPL against validation Effective Rank (% of context_dim) for every run,
-    with the fitted line ``PPL ≈ a + b·ER``; marker size grows with training tokens."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    n_variants = runs["variant"].nunique()
-    sizes = 20 + 80 * (np.log(runs["train_tokens"]) - np.log(runs["train_tokens"]).min()) / max(np.ptp(np.log(runs["train_tokens"])), 1e-9)
-    for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
-        ax.scatter(group["val_er_pct"], group["val_ppl"], s=sizes[group.index], label=_series_label(variant, dim, n_variants), alpha=0.8)
-    if linear.get("b") is not None:
-        x = np.linspace(runs["val_er_pct"].min(), runs["val_er_pct"].max(), 20)
-        ax.plot(x, linear["a"] + linear["b"] * x, "k--", label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})")
-    ax.set_xlabel("validation Effective Rank (% of context_dim)")
-    ax.set_ylabel("validation perplexity")
-    ax.set_title("Phase 1 Effective Rank vs Phase 2 perplexity")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
+def plot_training_curves(history: pd.DataFrame, path: str | Path, run_dir: str | Path | None = None) -> list[str]:
+    """Learning curves of every trained model (dev and train PPL per optimizer step or
+    epoch).  ``path``: an overview, one panel per model (first variant, largest
+    context_dim, first seed), one colour per size, solid dev, dashed train.  ``run_dir``:
+    one figure per run (:func:`run_figure_name`)."""
+    labels = []
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    if not len(history):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.text(0.5, 0.5, "no training history", ha="center", va="center", transform=ax.transAxes)
+        save_figure(fig, path)
+        return labels
+    models = sorted(history["model"].unique(), key=model_rank)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], models):
+        h = history[history["model"] == model]
+        h = h[(h["variant"] == h["variant"].iloc[0]) & (h["context_dim"] == h["context_dim"].max()) & (h["seed"] == h["seed"].min())]
+        x, series = _curve_columns(h.dropna(axis=1, how="all"))
+        for samples, run in h.groupby("samples"):
+            color = None
+            for column, split in series:
+                line = ax.plot(run[x], _as_ppl(run, column), "-" if split != "train" else "--", color=color,
+                               label=f"{samples} samples" if split != "train" else None, lw=1)[0]
+                color = line.get_color()
+        ax.set_title(f"{model} ({h['variant'].iloc[0]}, {h['context_dim'].iloc[0]}-d)", fontsize=9)
+        ax.set_xlabel(x)
+        log_axis(ax, "y", counts=False)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=6)
+        labels.append(model)
+    axes[0, 0].set_ylabel("perplexity (solid dev, dashed train)")
+    fig.suptitle("Learning curves (seed shown: the first; every run: report entries)", fontsize=10)
+    save_figure(fig, path)
+    if run_dir is not None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        for key, run in history.groupby(RUN_KEYS):
+            ident = dict(zip(RUN_KEYS, key))
+            x, series = _curve_columns(run.dropna(axis=1, how="all"))
+            fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+            for column, split in series:
+                ax.plot(run[x], _as_ppl(run, column), "-" if split != "train" else "--", label=split, lw=1.2)
+            log_axis(ax, "y", counts=False)
+            ax.set_xlabel(x)
+            ax.set_ylabel("perplexity")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize=8)
+            ax.set_title(f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, seed {ident['seed']}",
+                         fontsize=9)
+            save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
+    return labels
 
 
-def plot_effective_rank(runs: pd.DataFrame, path: str | Path) -> None:
-    """Train and validation Effective Rank (absolute and % of context_dim) by context_dim,
-    averaged over sample sizes with min–max bars, one group per variant."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    variants = sorted(runs["variant"].unique())
-    dims = sorted(runs["context_dim"].unique())
-    width = 0.8 / (2 * len(variants))
-    for ax, (suffix, label) in zip(axes, (("", "Effective Rank"), ("_pct", "Effective Rank (% of context_dim)"))):
-        for v, variant in enumerate(variants):
-            for s, split in enumerate(("train", "val")):
-                col = f"{split}_er" + suffix
-                stats_ = runs[runs["variant"] == variant].groupby("context_dim")[col].agg(["mean", "min", "max"]).reindex(dims)
-                x = np.arange(len(dims)) + (2 * v + s - len(variants) + 0.5) * width
-                ax.bar(x, stats_["mean"], width, yerr=[stats_["mean"] - stats_["min"], stats_["max"] - stats_["mean"]],
-                       capsize=2, label=f"{variant} {split}" if len(variants) > 1 else split, alpha=0.85)
-        ax.set_xticks(np.arange(len(dims)), [str(d) for d in dims])
-        ax.set_xlabel("context_dim")
-        ax.set_title(label, fontsize=10)
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Effective Rank of the contexts by context_dim")
-    _save(fig, path)
-
-
-def plot_parameter_efficiency(comparison: pd.DataFrame, path: str | Path) -> None:
-    """Best validation PPL against trained parameters (ContextBlock + TokenBlock) per
-    configuration, annotated with PPL per million parameters."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for _, row in comparison.iterrows():
-        ax.scatter(row["parameters"], row["best_val_ppl"], s=50)
-        ax.annotate(f"{row['variant']} {row['context_dim']}-d\n{row['ppl_per_million_parameters']:.0f} PPL/M",
-                    (row["parameters"], row["best_val_ppl"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("trained parameters (ContextBlock + TokenBlock)")
-    ax.set_ylabel("best validation perplexity")
-    ax.set_title("Parameter efficiency")
-    ax.grid(True, which="both", alpha=0.3)
-    _save(fig, path)
-
-
+# ----------------------------------------------------------------------------- repetition study
 def plot_repetition_stages(stages: pd.DataFrame, path: str | Path) -> None:
     """Convergence loss, context change rate and cyclic distance per epoch, one line per stage."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
@@ -192,7 +490,7 @@ def plot_repetition_stages(stages: pd.DataFrame, path: str | Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Repetition study: staged training")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_repetition_topk(tokens: pd.DataFrame, converged_loss: float, path: str | Path) -> None:
@@ -217,7 +515,7 @@ def plot_repetition_topk(tokens: pd.DataFrame, converged_loss: float, path: str 
     axes[0, 0].set_ylabel("final convergence loss")
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("Repetition study: top-K tokens, sequential vs round-robin")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_fixed_point_distances(distances: pd.DataFrame, summary: dict, path: str | Path) -> None:
@@ -235,4 +533,4 @@ def plot_fixed_point_distances(distances: pd.DataFrame, summary: dict, path: str
     ax.set_ylabel("token pairs")
     ax.set_title("Do different tokens reach different fixed points?")
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
