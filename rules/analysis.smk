@@ -1,14 +1,40 @@
-# Analyses after all runs: tidy tables, scaling fits, figures (drawn from tables alone).
+# Analyses after all runs (issue 9): the tidy runs table, the test-set bootstrap, scaling
+# fits, baselines, comparisons, the verdict and the figures (drawn from tables alone).
+# Inputs from rules/common.smk: RUNS (every run, fixed order), lm_outputs(name) (a file of
+# every run's final folder, RUNS order) and cvfp_outputs(pattern, models) (CVFP-family files).
+
+CONTEXT_MODELS = tuple(m for m in ("cvfp", "untrained_context") if m in MODELS)
+"""Models with a ContextBlock: Phase 1 metrics, a context cache and diagnostics."""
+TRAINED_HISTORIES = [
+    f"{r['dir']}/{r['final']}/history.csv" for r in RUNS if r["model"] != "ngram"
+]
+"""history.csv of every trained run (all but the n-gram), in RUNS order."""
+BOOTSTRAP = {
+    "resamples": config["analysis"].get("bootstrap_resamples", 1000),
+    "seed": config["analysis"].get("bootstrap_seed", 0),
+    "resample_seeds": config["analysis"].get("resample_seeds", True),
+}
+RUN_FIGURE = "{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
+"""Per-run figure inside a figure folder (newllm.plots.run_figure_name)."""
+RUN_LABELS = {
+    "model": "{model}",
+    "variant": "{variant}",
+    "samples": "{samples}",
+    "context_dim": "{context_dim}",
+    "seed": "{seed}",
+}
 
 
 rule collect_runs:
     input:
-        phase1=run_outputs(rules.phase1.output.metrics),
-        cache=run_outputs(rules.export_contexts.output.meta),
-        phase2=run_outputs(rules.phase2.output.metrics),
-        diagnostics=run_outputs(rules.phase1_diagnostics.output[0]),
-        phase1_history=run_outputs(rules.phase1.output.history),
-        phase2_history=run_outputs(rules.phase2.output.history),
+        metrics=lm_outputs("metrics.json"),
+        phase1=cvfp_outputs(rules.phase1.output.metrics, models=CONTEXT_MODELS),
+        cache=cvfp_outputs(rules.export_contexts.output.meta, models=CONTEXT_MODELS),
+        diagnostics=cvfp_outputs(
+            rules.phase1_diagnostics.output[0], models=CONTEXT_MODELS
+        ),
+        phase1_history=cvfp_outputs(rules.phase1.output.history),
+        history=TRAINED_HISTORIES,
     output:
         runs=report(
             "results/{study}/tables/runs.csv",
@@ -21,7 +47,7 @@ rule collect_runs:
             category="Diagnostics",
         ),
         phase1_history="results/{study}/tables/phase1_history.csv",
-        phase2_history="results/{study}/tables/phase2_history.csv",
+        training_history="results/{study}/tables/training_history.csv",
     log:
         "results/{study}/logs/collect_runs.log",
     localrule: True
@@ -36,6 +62,7 @@ rule data_coverage:
         train_meta=expand(
             rules.make_train_set.output.meta, study=STUDY, samples=SAMPLE_SIZES
         ),
+        embeddings_meta=expand(rules.token_embeddings.output.meta, study=STUDY),
     output:
         report(
             "results/{study}/tables/data_coverage.csv",
@@ -51,15 +78,48 @@ rule data_coverage:
         "../workflow_scripts/data_coverage.py"
 
 
-rule fit_scaling:
+rule bootstrap_test:
     input:
         runs=rules.collect_runs.output.runs,
+        nll=lm_outputs("test_token_nll.npy"),
+        test_meta=rules.make_heldout.output.test_meta,
     output:
-        report(
+        points="results/{study}/bootstrap/points.csv",
+        point_losses="results/{study}/bootstrap/point_losses.npy",
+        runs="results/{study}/bootstrap/run_intervals.csv",
+        info="results/{study}/bootstrap/bootstrap.json",
+    log:
+        "results/{study}/logs/bootstrap_test.log",
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        **BOOTSTRAP,
+    script:
+        "../workflow_scripts/bootstrap_test.py"
+
+
+rule fit_scaling:
+    input:
+        points=rules.bootstrap_test.output.points,
+        point_losses=rules.bootstrap_test.output.point_losses,
+    output:
+        fits=report(
             "results/{study}/tables/scaling_fits.csv",
             caption="../report/scaling_fits.rst",
             category="Scaling",
         ),
+        model_fits=report(
+            "results/{study}/tables/model_fits.csv",
+            caption="../report/model_fits.rst",
+            category="Overview",
+        ),
+        extrapolations=report(
+            "results/{study}/tables/extrapolations.csv",
+            caption="../report/extrapolations.rst",
+            category="Scaling",
+        ),
+        curves="results/{study}/tables/scaling_curves.csv",
     log:
         "results/{study}/logs/fit_scaling.log",
     localrule: True
@@ -69,16 +129,77 @@ rule fit_scaling:
         "../workflow_scripts/fit_scaling.py"
 
 
-rule plot_scaling:
+rule baselines:
+    input:
+        points=rules.bootstrap_test.output.points,
+        point_losses=rules.bootstrap_test.output.point_losses,
+    output:
+        baselines=report(
+            "results/{study}/tables/baselines.csv",
+            caption="../report/baselines.rst",
+            category="Overview",
+        ),
+        ratios=report(
+            "results/{study}/tables/ppl_ratio.csv",
+            caption="../report/ppl_ratio_table.rst",
+            category="Overview",
+        ),
+    log:
+        "results/{study}/logs/baselines.log",
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        reference_variant=BASE_VARIANT,
+    script:
+        "../workflow_scripts/baselines.py"
+
+
+rule verdict:
     input:
         runs=rules.collect_runs.output.runs,
-        fits=rules.fit_scaling.output[0],
+        points=rules.bootstrap_test.output.points,
+        point_losses=rules.bootstrap_test.output.point_losses,
+        info=rules.bootstrap_test.output.info,
+        fits=rules.fit_scaling.output.fits,
     output:
-        report(
+        html=report(
+            "results/{study}/tables/verdict.html",
+            caption="../report/verdict.rst",
+            category="Overview",
+        ),
+        markdown="results/{study}/tables/verdict.md",
+        json="results/{study}/tables/verdict.json",
+    log:
+        "results/{study}/logs/verdict.log",
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        reference_variant=BASE_VARIANT,
+    script:
+        "../workflow_scripts/verdict.py"
+
+
+rule plot_scaling:
+    input:
+        baselines=rules.baselines.output.baselines,
+        ratios=rules.baselines.output.ratios,
+        fits=rules.fit_scaling.output.fits,
+        curves=rules.fit_scaling.output.curves,
+    output:
+        scaling=report(
             "results/{study}/figures/scaling.png",
             caption="../report/scaling.rst",
             category="Scaling",
         ),
+        scaling_svg="results/{study}/figures/scaling.svg",
+        ratio=report(
+            "results/{study}/figures/ppl_ratio.png",
+            caption="../report/ppl_ratio.rst",
+            category="Overview",
+        ),
+        ratio_svg="results/{study}/figures/ppl_ratio.svg",
     log:
         "results/{study}/logs/plot_scaling.log",
     localrule: True
@@ -92,10 +213,19 @@ rule plot_phase1:
     input:
         history=rules.collect_runs.output.phase1_history,
     output:
-        report(
+        overview=report(
             "results/{study}/figures/phase1_curves.png",
             caption="../report/phase1_curves.rst",
             category="Phase 1",
+        ),
+        overview_svg="results/{study}/figures/phase1_curves.svg",
+        runs=report(
+            directory("results/{study}/figures/phase1_runs"),
+            patterns=[RUN_FIGURE],
+            caption="../report/phase1_run.rst",
+            category="Phase 1",
+            subcategory="Phase 1 per run: {model} {variant}",
+            labels=RUN_LABELS,
         ),
     log:
         "results/{study}/logs/plot_phase1.log",
@@ -108,12 +238,21 @@ rule plot_phase1:
 
 rule plot_phase2:
     input:
-        history=rules.collect_runs.output.phase2_history,
+        history=rules.collect_runs.output.training_history,
     output:
-        report(
+        overview=report(
             "results/{study}/figures/phase2_curves.png",
             caption="../report/phase2_curves.rst",
             category="Phase 2",
+        ),
+        overview_svg="results/{study}/figures/phase2_curves.svg",
+        runs=report(
+            directory("results/{study}/figures/training_runs"),
+            patterns=[RUN_FIGURE],
+            caption="../report/training_run.rst",
+            category="Phase 2",
+            subcategory="Learning curves per run: {model} {variant}",
+            labels=RUN_LABELS,
         ),
     log:
         "results/{study}/logs/plot_phase2.log",
@@ -126,7 +265,8 @@ rule plot_phase2:
 
 rule sliding_alpha:
     input:
-        runs=rules.collect_runs.output.runs,
+        points=rules.bootstrap_test.output.points,
+        point_losses=rules.bootstrap_test.output.point_losses,
     output:
         report(
             "results/{study}/tables/sliding_alpha.csv",
@@ -148,7 +288,9 @@ rule sliding_alpha:
 rule comparisons:
     input:
         runs=rules.collect_runs.output.runs,
-        fits=rules.fit_scaling.output[0],
+        points=rules.bootstrap_test.output.points,
+        point_losses=rules.bootstrap_test.output.point_losses,
+        fits=rules.fit_scaling.output.fits,
     output:
         report(
             "results/{study}/tables/comparison.csv",
@@ -188,6 +330,7 @@ rule plot_analysis:
         runs=rules.collect_runs.output.runs,
         windows=rules.sliding_alpha.output[0],
         comparison=rules.comparisons.output[0],
+        baselines=rules.baselines.output.baselines,
         models=rules.prediction.output.models,
     output:
         sliding=report(
@@ -195,21 +338,25 @@ rule plot_analysis:
             caption="../report/sliding_alpha.rst",
             category="Scaling",
         ),
+        sliding_svg="results/{study}/figures/sliding_alpha.svg",
         er_vs_ppl=report(
             "results/{study}/figures/er_vs_ppl.png",
             caption="../report/er_vs_ppl.rst",
             category="Prediction",
         ),
+        er_vs_ppl_svg="results/{study}/figures/er_vs_ppl.svg",
         er_by_dim=report(
             "results/{study}/figures/effective_rank.png",
             caption="../report/effective_rank.rst",
             category="Phase 1",
         ),
+        er_by_dim_svg="results/{study}/figures/effective_rank.svg",
         efficiency=report(
             "results/{study}/figures/parameter_efficiency.png",
             caption="../report/parameter_efficiency.rst",
-            category="Phase 2",
+            category="Overview",
         ),
+        efficiency_svg="results/{study}/figures/parameter_efficiency.svg",
     log:
         "results/{study}/logs/plot_analysis.log",
     localrule: True
@@ -217,3 +364,33 @@ rule plot_analysis:
         "../envs/newllm.yaml"
     script:
         "../workflow_scripts/plot_analysis.py"
+
+
+rule analysis:
+    """Target: every table and figure of the analysis (`snakemake analysis`)."""
+    input:
+        expand(
+            [
+                "results/{study}/tables/runs.csv",
+                "results/{study}/tables/diagnostics.csv",
+                "results/{study}/tables/data_coverage.csv",
+                "results/{study}/tables/verdict.html",
+                "results/{study}/tables/baselines.csv",
+                "results/{study}/tables/ppl_ratio.csv",
+                "results/{study}/tables/model_fits.csv",
+                "results/{study}/tables/scaling_fits.csv",
+                "results/{study}/tables/extrapolations.csv",
+                "results/{study}/tables/sliding_alpha.csv",
+                "results/{study}/tables/comparison.csv",
+                "results/{study}/tables/prediction_correlations.csv",
+                "results/{study}/figures/scaling.png",
+                "results/{study}/figures/ppl_ratio.png",
+                "results/{study}/figures/phase1_curves.png",
+                "results/{study}/figures/phase2_curves.png",
+                "results/{study}/figures/sliding_alpha.png",
+                "results/{study}/figures/er_vs_ppl.png",
+                "results/{study}/figures/effective_rank.png",
+                "results/{study}/figures/parameter_efficiency.png",
+            ],
+            study=STUDY,
+        ),

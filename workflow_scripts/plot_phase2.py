@@ -1,7 +1,18 @@
-"""Rule plot_phase2: Phase 2 learning curves per run, from the history table alone."""
+"""Rule plot_phase2: learning curves of every trained model (an overview and one figure
+per run), from the history table alone."""
 
 import pandas as pd
 
-from newllm.plots import plot_phase2_curves
+from newllm.plots import RUN_KEYS, plot_training_curves
 
-plot_phase2_curves(pd.read_csv(snakemake.input.history), snakemake.output[0])
+
+def main(smk) -> None:
+    try:
+        history = pd.read_csv(smk.input.history)
+    except pd.errors.EmptyDataError:  # a study without such runs
+        history = pd.DataFrame(columns=RUN_KEYS)
+    plot_training_curves(history, smk.output.overview, smk.output.runs)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821

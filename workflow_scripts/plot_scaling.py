@@ -1,7 +1,15 @@
-"""Rule plot_scaling: PPL vs tokens with fitted lines, from the tables alone."""
+"""Rule plot_scaling: every model's test PPL vs tokens with fits, bands and
+extrapolations, and each model's PPL relative to cvfp, from the tables alone."""
 
 import pandas as pd
 
-from newllm.plots import plot_scaling
+from newllm.plots import plot_ppl_ratio, plot_scaling
 
-plot_scaling(pd.read_csv(snakemake.input.runs), pd.read_csv(snakemake.input.fits), snakemake.output[0])
+
+def main(smk) -> None:
+    plot_scaling(pd.read_csv(smk.input.baselines), pd.read_csv(smk.input.fits), pd.read_csv(smk.input.curves), smk.output.scaling)
+    plot_ppl_ratio(pd.read_csv(smk.input.ratios), smk.output.ratio)
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
