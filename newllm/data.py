@@ -304,10 +304,11 @@ def split_samples(num_samples: int, sizes: dict[str, int], seed: int) -> dict[st
 
 
 def sample_ends(tokens_per_sample: Sequence[int]) -> list[int]:
-    """Exclusive end position of each sample in a stream built by :func:`token_stream`.
+    """Exclusive end of each sample's own tokens in a stream built by :func:`token_stream`.
 
-    Sample k's trailing ``<|endoftext|>`` separator belongs to it, so sample k spans
-    ``[end[k-1], end[k])`` (``end[-1] = 0``) and the last sample has no separator.
+    Sample k's tokens span ``[end[k-1] + 1, end[k])`` (``end[-1] = -1``); position
+    ``end[k]`` holds the ``<|endoftext|>`` separator after it (none after the last), so
+    ``stream[:end[k]]`` is exactly the first k+1 samples (the nested training sets).
     """
     counts = np.asarray(tokens_per_sample, dtype=np.int64)
     return (np.cumsum(counts) + np.arange(counts.size)).tolist()
@@ -317,9 +318,11 @@ def target_conversations(sample_end: Sequence[int], num_tokens: int) -> np.ndarr
     """Conversation index of every next-token target of a stream: ``[num_tokens - 1]`` int64.
 
     Target ``t`` (predicting ``stream[t + 1]``) belongs to the sample holding position
-    ``t + 1``.  Used to aggregate per-token NLL per conversation for the bootstrap.
+    ``t + 1``; the separator after sample k (position ``end[k]``) counts as sample k's
+    (predicting the end of a conversation is part of modelling it).  Used to aggregate
+    per-token NLL per conversation for the test-set bootstrap.
     """
-    return np.searchsorted(np.asarray(sample_end), np.arange(1, num_tokens), side="right")
+    return np.searchsorted(np.asarray(sample_end), np.arange(1, num_tokens), side="left")
 
 
 def token_stream(tokens: np.ndarray, offsets: np.ndarray, indices: Sequence[int]) -> np.ndarray:

@@ -113,6 +113,12 @@ def quality_band(val_er_pct: float, train_er_pct: float) -> dict[str, Any]:
     return {"band": band, "val_er_pct": val_er_pct, "train_val_er_gap_pct": gap, "overfitting_suspected": bool(gap > 5)}
 
 
+def decay_lag(relative: Sequence[float], fraction: float) -> int | None:
+    """The first lag ``k`` (1-based) whose relative effect is below ``fraction``; ``None``
+    when none is within the probed lags."""
+    return next((k + 1 for k, r in enumerate(relative) if r < fraction), None)
+
+
 def memory_probe(block: ContextBlock, token_input: TokenInput, stream: Tensor, max_lag: int = 64,
                  num_positions: int = 128, seed: int = 0) -> dict[str, Any]:
     """How far back a context remembers (issue 8 §6; SPEC §4: after k Jacobi sweeps a
@@ -161,10 +167,6 @@ def memory_probe(block: ContextBlock, token_input: TokenInput, stream: Tensor, m
         final = context.view(num_positions, max_lag + 1, -1)
         effect = (final[:, :-1] - final[:, -1:]).norm(dim=-1).double().mean(0)  # [K]
     relative = (effect / effect[0]).tolist() if float(effect[0]) > 0 else [0.0] * max_lag
-
-    def first_below(frac: float) -> int | None:
-        return next((k + 1 for k, r in enumerate(relative) if r < frac), None)
-
     return {"lags": list(range(1, max_lag + 1)), "effect": effect.tolist(), "relative": relative,
-            "lag_below_10pct": first_below(0.10), "lag_below_1pct": first_below(0.01),
+            "lag_below_10pct": decay_lag(relative, 0.10), "lag_below_1pct": decay_lag(relative, 0.01),
             "positions": num_positions, "max_lag": max_lag}

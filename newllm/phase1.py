@@ -153,6 +153,33 @@ def solve_contexts_sequential(block: ContextBlock, token_input: TokenInput, stre
     return outputs, {"method": "sequential", "sweeps": 1, "converged": True}
 
 
+def solve_cache(block: ContextBlock, token_input: TokenInput, stream: Tensor, method: str = "jacobi",
+                max_sweeps: int = 400, tolerance: float = 1e-5, batch_size: int = 4096) -> tuple[Tensor, dict[str, Any]]:
+    """The context cache of SPEC §6 for one stream: ``[n, L, d_c]`` with
+    ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer (``c_{-1} = 0``), and solver statistics.
+
+    A solve that does not reach ``tolerance`` is never returned as is: the exact
+    sequential recurrence is run instead and ``info["fallback_from"]`` records the failed
+    attempt (issue 8 §4).
+
+    Raises:
+        ValueError: an unknown ``method``.
+    """
+    t0 = time.perf_counter()
+    if method == "jacobi":
+        outputs, info = solve_contexts_jacobi(block, token_input, stream, max_sweeps, tolerance, batch_size)
+    elif method == "sequential":
+        outputs, info = solve_contexts_sequential(block, token_input, stream)
+    else:
+        raise ValueError(f"context_cache.method {method!r} is not one of ['jacobi', 'sequential']")
+    info["seconds"] = time.perf_counter() - t0
+    if not info["converged"]:
+        failed, t0 = info, time.perf_counter()
+        outputs, info = solve_contexts_sequential(block, token_input, stream)
+        info.update(seconds=time.perf_counter() - t0, fallback_from=failed)
+    return outputs, info
+
+
 def equal_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
     """Positions ``0..n-1`` in ``ceil(n / batch_size)`` consecutive batches of (nearly)
     equal size (sizes differ by at most one), so no batch is a 1-token remainder: ODCM and

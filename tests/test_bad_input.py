@@ -13,10 +13,10 @@ from newllm.pipeline import load_context_cache
 from newllm.runtime import resolve_device
 
 
-def test_validation_overlapping_training_is_refused():
+def test_a_held_out_set_overlapping_training_is_refused():
     check_disjoint(["a", "b"], ["c"])
-    with pytest.raises(DataError, match=r"shares 1 samples with validation \(e.g. \['b'\]\)"):
-        check_disjoint(["a", "b"], ["b", "c"], "training set samples2")
+    with pytest.raises(DataError, match=r"training set samples2 shares 1 samples with the test set \(e.g. \['b'\]\)"):
+        check_disjoint(["a", "b"], ["b", "c"], "training set samples2", "the test set")
 
 
 def test_truncated_context_cache_is_named(tmp_path):
@@ -52,5 +52,6 @@ def test_empty_or_too_small_corpus(repo, tmp_path):
     small = tmp_path / "small.jsonl"
     small.write_text("".join('{"prompt_id": "%d", "messages": [{"role": "user", "content": "hi %d"}]}\n' % (i, i) for i in range(60)))
     cfg["corpus"] = {"name": "small", "source": "local", "path": str(small)}
-    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160\] exceed the training pool.*leaves 20 samples.*allowed: 1\.\.20"):
+    cfg["validation"] = {**cfg["validation"], "dev_samples": 10, "test_samples": 20, "embedding_samples": 10}
+    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160, 320\] exceed the training pool.*leaves 20 samples.*after 40 held-out.*allowed: 1\.\.20"):
         check_config(cfg, schema)

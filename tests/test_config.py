@@ -72,7 +72,7 @@ def _filled(config):
 def test_sample_size_larger_than_pool(schema, config):
     cfg = _filled(config)
     cfg["sample_sizes"] = [50, 7200]
-    with pytest.raises(ConfigError, match=r"sample_sizes \[7200\] exceed the training pool.*allowed: 1\.\.7128"):
+    with pytest.raises(ConfigError, match=r"sample_sizes \[7200\] exceed the training pool.*allowed: 1\.\.6048"):
         check_config(cfg, schema)
 
 
@@ -112,3 +112,20 @@ def test_bad_config_fails_at_dag_construction(repo, tmp_path, overrides, message
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()  # no job started
+
+
+@pytest.mark.parametrize("section,cls_path", [("phase1", "newllm.phase1.Phase1Config"), ("phase2", "newllm.phase2.Phase2Config")])
+def test_schema_defaults_and_trainer_dataclasses_agree(schema, section, cls_path):
+    # one source of defaults: a dataclass default that drifts from the schema fails here
+    import dataclasses
+    import importlib
+
+    from newllm.config import section_defaults
+
+    module, name = cls_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    defaults = section_defaults(schema, section)
+    shared = set(fields) & set(defaults)
+    assert shared == set(defaults) - {"stop_rule"} | ({"stop_rule"} & set(fields)), sorted(set(defaults) ^ set(fields))
+    assert {k: fields[k] for k in shared} == {k: defaults[k] for k in shared}

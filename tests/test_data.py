@@ -11,7 +11,9 @@ from newllm.data import (
     load_corpus_cache,
     load_corpus_dataset,
     read_stream,
+    sample_ends,
     split_samples,
+    target_conversations,
     token_stream,
     validation_coverage,
     write_stream,
@@ -77,16 +79,34 @@ def test_chitchat_rows_have_ultrachat_schema():
 
 
 def test_split_is_disjoint_nested_and_seeded():
-    val, pool = split_samples(1000, 50, seed=7)
-    assert set(val).isdisjoint(pool) and len(set(val) | set(pool)) == 1000
-    val2, pool2 = split_samples(1000, 50, seed=7)
-    assert np.array_equal(val, val2) and np.array_equal(pool, pool2)
+    sizes = {"dev": 30, "test": 50, "embedding": 100}
+    parts = split_samples(1000, sizes, seed=7)
+    assert {k: len(v) for k, v in parts.items()} == {"dev": 30, "test": 50, "embedding": 100, "pool": 820}
+    names = list(parts)
+    for i, a in enumerate(names):  # dev, test, embedding slice and pool pairwise disjoint
+        for b in names[i + 1 :]:
+            assert set(parts[a]).isdisjoint(parts[b]), (a, b)
+    assert len(set().union(*map(set, parts.values()))) == 1000
+    again = split_samples(1000, sizes, seed=7)
+    assert all(np.array_equal(parts[k], again[k]) for k in parts)
+    other = split_samples(1000, sizes, seed=8)
+    assert not np.array_equal(parts["test"], other["test"])  # the split seed moves it
+    pool = parts["pool"]
     # nested sizes: the training set of size N is the prefix of the pool, for every N
-    for small, large in [(50, 100), (100, 400), (400, 950)]:
+    for small, large in [(50, 100), (100, 400), (400, 820)]:
         assert set(pool[:small]) <= set(pool[:large])
-        assert set(pool[:large]).isdisjoint(val)
-    with pytest.raises(DataError, match="validation.num_samples=10"):
-        split_samples(10, 10, seed=0)
+    with pytest.raises(DataError, match="leave none for training"):
+        split_samples(180, sizes, seed=0)
+    with pytest.raises(DataError, match="test split size 0 must be >= 1"):
+        split_samples(1000, {**sizes, "test": 0}, seed=0)
+
+
+def test_sample_ends_and_target_conversations():
+    # samples of 2, 1 and 3 tokens joined by EOT: [a a E b E c c c]
+    ends = sample_ends([2, 1, 3])
+    assert ends == [2, 4, 8]  # exclusive ends of each sample's own tokens; EOTs at 2 and 4
+    # targets t = 0..6 predict positions 1..7: positions 1, 2 (the EOT) -> sample 0, 3, 4 -> 1, 5..7 -> 2
+    assert target_conversations(ends, 8).tolist() == [0, 0, 1, 1, 2, 2, 2]
 
 
 def test_token_stream_separates_samples_with_eot(tmp_path):

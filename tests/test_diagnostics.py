@@ -66,3 +66,55 @@ def test_quality_band_thresholds():
     assert quality_band(77.5, 78)["band"] == "fair"
     assert quality_band(70, 70)["band"] == "revisit"
     assert quality_band(70, 76)["overfitting_suspected"] and not quality_band(70, 74)["overfitting_suspected"]
+
+
+def test_memory_probe_matches_the_exact_recurrence_on_the_whole_perturbed_stream():
+    from newllm.diagnostics import memory_probe
+    from newllm.model import ContextBlock, TokenInput, init_weights
+    from newllm.phase1 import solve_contexts_sequential
+
+    torch.manual_seed(0)
+    token_input = TokenInput(torch.randn(30, 5), 1)
+    block = ContextBlock(6, 5)
+    init_weights(block)
+    stream = torch.randint(0, 30, (40,))
+    probe = memory_probe(block, token_input, stream, max_lag=6, num_positions=1, seed=3)
+    # brute force: the same position and replacements, the recurrence run from token 0
+    gen = torch.Generator().manual_seed(3)
+    i = int(torch.randint(7, 40, (1,), generator=gen))
+    replacement = stream[torch.randint(0, 40, (1, 6), generator=gen)][0]
+    clean, _ = solve_contexts_sequential(block, token_input, stream)
+    for k in range(1, 7):
+        token = int(replacement[k - 1])
+        if token == int(stream[i - k]):
+            token = (token + 1) % 30
+        changed = stream.clone()
+        changed[i - k] = token
+        perturbed, _ = solve_contexts_sequential(block, token_input, changed)
+        expected = float((perturbed[i, -1] - clean[i, -1]).norm())
+        assert probe["effect"][k - 1] == pytest.approx(expected, rel=1e-4, abs=1e-6), k
+    assert probe["relative"][0] == 1.0
+    assert probe["lags"] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="more than max_lag"):
+        memory_probe(block, token_input, stream[:7], max_lag=6)
+
+
+def test_decay_lag_is_the_first_lag_below_the_fraction():
+    from newllm.diagnostics import decay_lag
+
+    relative = [1.0, 0.5, 0.09, 0.2, 0.02, 0.005]  # not monotone: the first crossing counts
+    assert decay_lag(relative, 0.10) == 3 and decay_lag(relative, 0.01) == 6
+    assert decay_lag(relative, 0.001) is None
+
+
+def test_collapse_thresholds_scale_with_the_square_root_of_context_dim():
+    # a LayerNorm output has norm sqrt(d_c): 64-d contexts of norm 0.5 are near zero
+    d = 64
+    small = torch.randn(100, d)
+    small = 0.5 * small / small.norm(dim=1, keepdim=True)
+    result = identity_check(small)
+    norm = next(c for c in result["criteria"] if c["name"] == "mean_context_norm")
+    assert norm["value"] == pytest.approx(0.5) and norm["threshold"] == "> 0.8" and norm["passed"] is False
+    assert result["passed"] is False
+    healthy = torch.nn.functional.layer_norm(torch.randn(100, d), (d,))
+    assert identity_check(healthy)["passed"] is True

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from newllm.model import TokenBlock, TokenInput, init_weights, tied_logits
-from newllm.phase2 import Phase2Config, TiedCrossEntropy, evaluate, tied_nll_and_correct, train_phase2
+from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_token_nll, train_phase2
+from newllm.training import EarlyStopping
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
@@ -23,12 +24,12 @@ def test_fused_tied_cross_entropy_matches_autograd(chunk):
     assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
 
 
-def test_nll_and_accuracy_counts():
+def test_per_token_nll_and_accuracy():
     E = torch.eye(3)
     h = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
-    nll, correct = tied_nll_and_correct(h, E, torch.tensor([0, 2]), chunk_tokens=1)
-    expected = -torch.log_softmax(h, 1)[[0, 1], [0, 2]].sum().item()
-    assert nll == pytest.approx(expected) and correct == 1
+    nll, correct = tied_token_nll(h, E, torch.tensor([0, 2]), chunk_tokens=1)
+    expected = -torch.log_softmax(h, 1)[[0, 1], [0, 2]]
+    assert torch.allclose(nll, expected) and correct.tolist() == [True, False]
 
 
 def _phase2_setup(n=300, d_c=4, d_e=32, seed=0):
@@ -41,34 +42,89 @@ def _phase2_setup(n=300, d_c=4, d_e=32, seed=0):
     return block, token_input, stream, cache
 
 
-def test_phase2_learns_a_predictable_stream_and_reports_consistent_metrics():
-    block, token_input, stream, cache = _phase2_setup()
-    cfg = Phase2Config(max_epochs=40, patience=2, batch_size=32, chunk_tokens=16, learning_rate=1e-2)
-    history, summary = train_phase2(block, token_input, stream, cache, stream, cache, cfg, seed=0)
-    assert history[0]["val_ppl"] > summary["val_ppl"]
-    assert summary["val_ppl"] == pytest.approx(math.exp(summary["val_loss"]))
-    assert summary["val_accuracy"] > 0.9  # next token = current + 1: learnable from x̃ alone
-    # the block is left with the best epoch's weights
-    assert evaluate(block, token_input, stream, cache, cfg)["loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
-    best = min(history, key=lambda r: r["val_loss"])
-    assert summary["best_epoch"] == best["epoch"]
+def test_evaluation_in_batches_equals_one_batch_and_matches_the_per_token_nll():
+    block, token_input, stream, cache = _phase2_setup(n=211)
+    split = Split(stream, cache)
+    one = evaluate(block, token_input, split, Phase2Config(eval_batch_size=4096, chunk_tokens=4096), return_token_nll=True)
+    many = evaluate(block, token_input, split, Phase2Config(eval_batch_size=7, chunk_tokens=3), return_token_nll=True)
+    assert one["tokens"] == 210 and one["token_nll"].shape == (210,)
+    assert many["loss"] == pytest.approx(one["loss"], rel=1e-6) and many["accuracy"] == one["accuracy"]
+    assert one["loss"] == pytest.approx(float(one["token_nll"].astype("float64").mean()), rel=1e-6)
+    # target i is stream[i+1], predicted from x̃_i and cache[i]
+    with torch.no_grad():
+        logits = tied_logits(block(cache[:-1], token_input(stream, torch.arange(210))), token_input.weight)
+    reference = torch.nn.functional.cross_entropy(logits, stream[1:], reduction="none")
+    assert torch.allclose(torch.from_numpy(one["token_nll"]), reference, atol=1e-5)
 
 
-def test_early_stopping_stops_after_patience():
+def test_no_context_reads_zero_contexts():
+    block, token_input, stream, cache = _phase2_setup(n=50)
+    cfg = Phase2Config(chunk_tokens=16)
+    zeros = evaluate(block, token_input, Split(stream, torch.zeros_like(cache)), cfg)
+    none = evaluate(block, token_input, Split(stream, None), cfg)
+    assert none["loss"] == zeros["loss"]
+
+
+def test_phase2_learns_a_predictable_stream_and_keeps_the_best_steps_weights():
     block, token_input, stream, cache = _phase2_setup()
-    val_stream = torch.randint(0, 40, (100,))  # unpredictable: validation stops improving quickly
-    cfg = Phase2Config(max_epochs=50, patience=1, batch_size=32, chunk_tokens=16, learning_rate=5e-2)
-    history, summary = train_phase2(block, token_input, stream, cache, val_stream, torch.randn(100, 1, 4), cfg, seed=0)
-    assert summary["stopped_by"] == "early_stopping"
-    assert len(history) == summary["best_epoch"] + 1
+    # dev: the same cycle with every 5th token replaced: learnable, but a model that grows
+    # over-confident on the cycle gets worse on dev, so early stopping fires
+    noisy = stream.clone()
+    noisy[::5] = torch.randint(0, 40, noisy[::5].shape, generator=torch.Generator().manual_seed(1))
+    dev = Split(noisy, cache)
+    cfg = Phase2Config(max_steps=3000, min_steps=20, eval_every=10, patience=3, batch_size=32, chunk_tokens=16,
+                       learning_rate=1e-2)
+    result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0)
+    h, summary = result.history, result.summary
+    assert h[0]["dev_ppl"] > summary["dev_ppl"]
+    assert summary["dev_ppl"] == pytest.approx(math.exp(summary["dev_loss"]))
+    assert summary["dev_accuracy"] > 0.5  # chance is 1/40; a replaced token spoils 2 of every 5 targets
+    assert evaluate(block, token_input, dev, cfg)["loss"] == pytest.approx(summary["dev_loss"], rel=1e-5)
+    best = min(h, key=lambda r: r["dev_loss"])
+    assert summary["best_step"] == best["step"] and summary["stopped_by"] == "early_stopping"
+    assert summary["undertrained"] is False
+    assert [r["step"] for r in h] == list(range(10, summary["steps"] + 1, 10))
+
+
+def test_early_stopping_stops_after_patience_evaluations_but_not_before_min_steps():
+    block, token_input, stream, cache = _phase2_setup()
+    dev = Split(torch.randint(0, 40, (100,)), torch.randn(100, 1, 4))  # unpredictable: dev stops improving
+    cfg = Phase2Config(max_steps=5000, min_steps=120, eval_every=10, patience=2, batch_size=32, chunk_tokens=16,
+                       learning_rate=5e-2)
+    result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0)
+    s = result.summary
+    assert s["stopped_by"] == "early_stopping" and s["steps"] >= 120
+    worse_since_best = [r for r in result.history if r["step"] > s["best_step"]]
+    assert len(worse_since_best) >= 2 and all(r["dev_loss"] >= s["dev_loss"] for r in worse_since_best)
+    if s["steps"] > 120:  # stopped as soon as patience ran out after min_steps
+        assert len(worse_since_best) == 2
+
+
+def test_a_run_that_hits_max_steps_is_flagged_undertrained():
+    block, token_input, stream, cache = _phase2_setup()
+    cfg = Phase2Config(max_steps=25, min_steps=0, eval_every=10, patience=5, batch_size=32, chunk_tokens=16,
+                       learning_rate=1e-2)
+    result = train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0)
+    assert result.summary["stopped_by"] == "max_steps" and result.summary["undertrained"] is True
+    assert result.summary["steps"] == 25 and [r["step"] for r in result.history] == [10, 20, 25]
+
+
+def test_early_stopping_that_fires_at_the_last_allowed_step_is_reported_as_early_stopping():
+    stopper = EarlyStopping(patience=1, min_steps=0, max_steps=30)
+    assert not stopper.update(10, 1.0) and not stopper.update(20, 0.5)
+    assert stopper.update(30, 0.7)  # no improvement at the budget: the criterion fired
+    assert stopper.stopped_by == "early_stopping" and not stopper.undertrained and stopper.best_step == 20
+    budget = EarlyStopping(patience=2, min_steps=0, max_steps=30)
+    budget.update(10, 1.0), budget.update(20, 0.9)
+    assert budget.update(30, 0.8) and budget.stopped_by == "max_steps" and budget.undertrained
 
 
 def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
     """A GPU OOM is simulated on CPU: forward passes over more than 8 tokens fail.
     Accumulated micro-batches give the same training as whole batches."""
     reference_block, token_input, stream, cache = _phase2_setup(n=120)
-    cfg = Phase2Config(max_epochs=2, patience=1, batch_size=32, chunk_tokens=16)
-    _, reference = train_phase2(reference_block, token_input, stream, cache, stream, cache, cfg, seed=0)
+    cfg = Phase2Config(max_steps=8, min_steps=0, eval_every=4, patience=2, batch_size=32, chunk_tokens=16)
+    reference = train_phase2(reference_block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0).summary
 
     block, token_input, stream, cache = _phase2_setup(n=120)
     forward = block.forward
@@ -80,9 +136,10 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
 
     block.forward = limited
     sizes = []
-    _, summary = train_phase2(block, token_input, stream, cache, stream, cache, cfg, seed=0, on_oom=sizes.append)
+    summary = train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0,
+                           on_oom=sizes.append).summary
     assert sizes == [16, 8] and summary["micro_batch_size"] == 8
-    assert summary["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-5)
+    assert summary["dev_loss"] == pytest.approx(reference["dev_loss"], rel=1e-5)
     for a, b in zip(block.state_dict().values(), reference_block.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -95,4 +152,4 @@ def test_other_runtime_errors_are_not_swallowed():
 
     block.forward = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        train_phase2(block, token_input, stream, cache, stream, cache, Phase2Config(max_epochs=1), seed=0)
+        train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), Phase2Config(max_steps=1, min_steps=0), seed=0)

@@ -11,11 +11,11 @@ import pytest
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys, torch
+    import json, os, signal, sys, torch
     from newllm.checkpoint import CheckpointSpec
     from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
     from newllm.phase1 import Phase1Config, train_phase1
-    from newllm.phase2 import Phase2Config, train_phase2
+    from newllm.phase2 import Phase2Config, Split, train_phase2
 
     phase, ckpt, out = sys.argv[1], sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
@@ -23,7 +23,13 @@ SCRIPT = textwrap.dedent(
     token_input = TokenInput(torch.randn(40, 6), 1)
     stream = torch.randint(0, 40, (300,))
     val = torch.randint(0, 40, (120,))
-    spec = CheckpointSpec(ckpt, "fingerprint-1", every=1) if ckpt != "-" else None
+    kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+
+    def fault(records):  # fault injection lives here, in the test: SIGKILL right after a save
+        if records == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    spec = CheckpointSpec(ckpt, "fingerprint-1", every=1, on_save=fault) if ckpt != "-" else None
     if phase == "phase1":
         block = ContextBlock(8, 6)
         init_weights(block)
@@ -36,9 +42,10 @@ SCRIPT = textwrap.dedent(
         block = TokenBlock(4, 6, 6)
         init_weights(block)
         cache, val_cache = torch.randn(300, 1, 4), torch.randn(120, 1, 4)
-        cfg = Phase2Config(max_epochs=6, patience=3, batch_size=32, chunk_tokens=16)
-        history, summary = train_phase2(block, token_input, stream, cache, val, val_cache, cfg, seed=5, checkpoint=spec)
-        numbers = [[r["train_loss"], r["val_loss"], r["val_accuracy"]] for r in history]
+        cfg = Phase2Config(max_steps=60, min_steps=0, eval_every=7, patience=4, batch_size=32, chunk_tokens=16)
+        result = train_phase2(block, token_input, Split(stream, cache), Split(val, val_cache), cfg, seed=5, checkpoint=spec)
+        history, summary = result.history, result.summary
+        numbers = [[r["train_loss"], r["dev_loss"], r["dev_accuracy"]] for r in history]
     weights = {k: v.flatten().tolist() for k, v in block.state_dict().items()}
     json.dump({"numbers": numbers, "weights": weights, "summary": {k: v for k, v in summary.items() if "second" not in k and "per_s" not in k}}, open(out, "w"))
     """
@@ -47,15 +54,15 @@ SCRIPT = textwrap.dedent(
 
 def _run(tmp_path, phase, ckpt, out, kill_at=None):
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    env.pop("NEWLLM_KILL_AT", None)
-    if kill_at:
-        env["NEWLLM_KILL_AT"] = kill_at
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    return subprocess.run([sys.executable, str(script), phase, str(ckpt), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    extra = [str(kill_at)] if kill_at else []
+    return subprocess.run([sys.executable, str(script), phase, str(ckpt), str(out), *extra], env=env, capture_output=True,
+                          text=True, timeout=300)
 
 
-@pytest.mark.parametrize("phase,kill_at", [("phase1", "phase1:5"), ("phase2", "phase2:2")])
+# kill_at: the number of history records (Phase 1 iterations, Phase 2 evaluations) saved
+@pytest.mark.parametrize("phase,kill_at", [("phase1", 5), ("phase2", 3)])
 def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
     reference = _run(tmp_path, phase, "-", tmp_path / "reference.json")
     assert reference.returncode == 0, reference.stderr
@@ -69,8 +76,9 @@ def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
     b = json.loads((tmp_path / "resumed.json").read_text())
     assert a["numbers"] == b["numbers"]  # every iteration/epoch, bit for bit
     assert a["weights"] == b["weights"]
-    key = "resumed_from_iteration" if phase == "phase1" else "resumed_from_epoch"
-    assert a["summary"].pop(key) is None and b["summary"].pop(key) == int(kill_at.split(":")[1]) + 1
+    key = "resumed_from_iteration" if phase == "phase1" else "resumed_from_step"
+    resumed_at = kill_at + 1 if phase == "phase1" else kill_at * 7  # Phase 2: the step of the 3rd evaluation
+    assert a["summary"].pop(key) is None and b["summary"].pop(key) == resumed_at
     assert a["summary"] == b["summary"]
 
 
