@@ -1,0 +1,277 @@
+"""One trainer for the neural baselines (LSTM, Transformer): Adam, clipping, early stopping.
+
+The loop reads as nanoGPT's, with the stop rule as an object
+(:class:`newllm.training.EarlyStopping`): get batch -> forward -> tied cross-entropy ->
+backward -> clip -> step -> every ``eval_every`` steps evaluate the dev stream and ask
+the stop rule.  The best dev weights are restored before the test evaluation.  The dev
+loss at step 0 (the initialisation) is the first evaluation, so a model that never
+improves keeps its initial weights rather than a worse later state.
+
+Batches (deterministic per seed through one ``torch.Generator``):
+
+- LSTM, truncated BPTT: the training stream is cut into ``batch_size`` contiguous lanes;
+  step ``i`` feeds the next ``seq_len`` tokens of every lane and carries the LSTM state
+  from the previous window (detached: gradients stop at window boundaries).  After a
+  full pass the state is reset and the next pass starts at a random offset in
+  ``[0, seq_len)`` so window boundaries move between passes.
+- Transformer: ``batch_size`` windows of ``seq_len`` (= block_size) tokens at uniformly
+  random offsets (nanoGPT's ``get_batch``), no state.
+
+Either way one optimizer step processes ``batch_size × seq_len`` targets, every one of
+them with a loss term.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from newllm.metrics import perplexity
+from newllm.phase2 import TiedCrossEntropy
+from newllm.training import EarlyStopping, check_finite
+
+
+@dataclass
+class NeuralTrainConfig:
+    """Hyper-parameters of one neural baseline run (config ``baselines.<model>`` plus
+    ``baselines.early_stopping``)."""
+
+    learning_rate: float = 3e-3
+    grad_clip: float = 1.0
+    batch_size: int = 16
+    seq_len: int = 64
+    eval_every: int = 25
+    patience: int = 3
+    min_steps: int = 50
+    max_steps: int = 3000
+    chunk_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_every", "max_steps", "chunk_tokens"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.grad_clip <= 0:
+            raise ValueError(f"learning_rate and grad_clip must be > 0, got {self.learning_rate} and {self.grad_clip}")
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> "NeuralTrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+
+
+class BPTTBatches:
+    """Consecutive ``[B, seq_len]`` windows of ``B`` parallel lanes of one stream (truncated BPTT).
+
+    ``next()`` returns ``(inputs, targets, reset)``; ``reset`` is True at the first window
+    of a pass (the caller drops the carried state).
+
+    Raises:
+        ValueError: the stream is too short for one window per lane.
+    """
+
+    def __init__(self, stream: Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> None:
+        lane = (stream.shape[0] - seq_len) // batch_size  # shortest lane, after the largest pass offset
+        if lane < seq_len:
+            raise ValueError(
+                f"training stream of {stream.shape[0]} tokens is too short for batch_size={batch_size} lanes of at least "
+                f"bptt={seq_len} tokens (needs {batch_size * seq_len + seq_len}); lower baselines.lstm.batch_size or bptt"
+            )
+        self.stream, self.batch_size, self.seq_len, self.gen, self.lane = stream, batch_size, seq_len, generator, lane
+        self._start_pass()
+
+    def _start_pass(self) -> None:
+        offset = int(torch.randint(self.seq_len, (1,), generator=self.gen))
+        usable = (self.stream.shape[0] - 1 - offset) // self.batch_size
+        self.lanes = self.stream[offset : offset + usable * self.batch_size + 1]
+        self.usable = usable
+        self.position = 0
+        self.fresh = True
+
+    def next(self) -> tuple[Tensor, Tensor, bool]:
+        if self.position + self.seq_len > self.usable:
+            self._start_pass()
+        idx = torch.arange(self.batch_size, device=self.stream.device)[:, None] * self.usable
+        cols = torch.arange(self.position, self.position + self.seq_len, device=self.stream.device)[None, :]
+        inputs, targets = self.lanes[idx + cols], self.lanes[idx + cols + 1]  # [B, T] each
+        self.position += self.seq_len
+        reset, self.fresh = self.fresh, False
+        return inputs, targets, reset
+
+
+class RandomWindows:
+    """``B`` windows of ``seq_len`` tokens at random offsets (nanoGPT ``get_batch``).
+
+    Raises:
+        ValueError: the stream is shorter than one window plus its target.
+    """
+
+    def __init__(self, stream: Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> None:
+        if stream.shape[0] < seq_len + 1:
+            raise ValueError(f"training stream of {stream.shape[0]} tokens is shorter than block_size+1 = {seq_len + 1}")
+        self.stream, self.batch_size, self.seq_len, self.gen = stream, batch_size, seq_len, generator
+
+    def next(self) -> tuple[Tensor, Tensor, bool]:
+        starts = torch.randint(self.stream.shape[0] - self.seq_len, (self.batch_size,), generator=self.gen).to(self.stream.device)
+        idx = starts[:, None] + torch.arange(self.seq_len, device=self.stream.device)[None, :]
+        return self.stream[idx], self.stream[idx + 1], True
+
+
+def token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
+    """Per-token NLL (nats) and top-1 hits of the tied head, chunked (no grad).
+
+    The per-token twin of :func:`newllm.phase2.tied_nll_and_correct`.
+
+    Args:
+        hidden: ``[M, d_e]``; embeddings ``[V, d_e]``; targets ``[M]`` int64.
+
+    Returns:
+        ``(nll [M] float32, correct [M] bool)``.
+    """
+    nll = torch.empty(hidden.shape[0], device=hidden.device)
+    correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    with torch.no_grad():
+        for s in range(0, hidden.shape[0], chunk_tokens):
+            logits = hidden[s : s + chunk_tokens] @ embeddings.t()  # [chunk, V]
+            y = targets[s : s + chunk_tokens]
+            target = logits.gather(1, y[:, None]).squeeze(1)
+            top, argmax = logits.max(dim=1)
+            lse = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log()
+            nll[s : s + chunk_tokens] = lse - target
+            correct[s : s + chunk_tokens] = argmax == y
+    return nll, correct
+
+
+def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict[str, Any]:
+    """Score every target of ``stream`` (``[n]`` int64) with the model's own stream pass.
+
+    Returns:
+        ``{"loss", "ppl", "accuracy", "tokens", "token_nll"}``: mean NLL (nats per
+        target), ``exp(loss)``, top-1 accuracy, ``n-1``, and the ``[n-1]`` float32 numpy
+        vector of per-target NLL whose mean is ``loss``.
+    """
+    was_training = model.training
+    model.eval()
+    hidden = model.stream_hidden(stream)  # [n-1, d_e]
+    nll, correct = token_nll(hidden, model.embeddings, stream[1:], chunk_tokens)
+    model.train(was_training)
+    vector = nll.double().cpu().numpy()
+    loss = float(vector.mean())
+    return {"loss": loss, "ppl": perplexity(loss), "accuracy": float(correct.float().mean()), "tokens": int(vector.size),
+            "token_nll": vector.astype(np.float32)}
+
+
+def _detach(state):
+    if state is None:
+        return None
+    return tuple(s.detach() for s in state)
+
+
+def train_neural_lm(
+    model: nn.Module,
+    train_stream: Tensor,
+    dev_stream: Tensor,
+    cfg: NeuralTrainConfig,
+    *,
+    seed: int,
+    stateful: bool,
+    run_name: str = "",
+    on_eval: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train ``model`` (LSTM: ``stateful=True``; Transformer: False) to its best dev loss.
+
+    Args:
+        model: :class:`LSTMLM` or :class:`TransformerLM` (its ``embeddings`` buffer is the
+            tied head).
+        train_stream, dev_stream: ``[n]`` int64 token ids on the model's device.
+        cfg: optimisation and stopping settings.
+        seed: seeds the batch order (initialise the model under ``torch.manual_seed``
+            before calling for a fully deterministic run).
+
+    Returns:
+        ``(history, summary)``: one record per evaluation (``step``, ``tokens``,
+        ``train_loss`` = mean over the steps since the last evaluation, ``dev_loss``,
+        ``dev_ppl``, ``dev_accuracy``, ``seconds``); summary ``steps``, ``best_step``,
+        ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the
+        best step, ``tokens_processed``, ``train_seconds`` (loop incl. evaluations),
+        ``eval_seconds``, ``tokens_per_s`` (optimizer steps only).  ``model`` holds the
+        best weights on return.
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf training or dev loss.
+        ValueError: a training stream too short for one batch.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
+    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps)
+    embeddings = model.embeddings
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    history: list[dict[str, Any]] = []
+    snapshot = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
+    t_start = time.perf_counter()
+    eval_seconds, step_seconds = 0.0, 0.0
+
+    def evaluate(step: int, train_loss: float | None) -> bool:
+        nonlocal eval_seconds
+        t0 = time.perf_counter()
+        dev = evaluate_stream(model, dev_stream, cfg.chunk_tokens)
+        eval_seconds += time.perf_counter() - t0
+        check_finite(dev["loss"], f"{run_name} dev loss at step {step}", history[-1]["dev_loss"] if history else None)
+        record = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "dev_loss": dev["loss"],
+                  "dev_ppl": dev["ppl"], "dev_accuracy": dev["accuracy"], "seconds": time.perf_counter() - t_start}
+        history.append(record)
+        if on_eval is not None:
+            on_eval(record)
+        return stopper.update(step, dev["loss"], snapshot)
+
+    model.train()
+    evaluate(0, None)
+    state, window_losses, last_finite, step = None, [], None, 0
+    for step in range(1, cfg.max_steps + 1):
+        t0 = time.perf_counter()
+        inputs, targets, reset = batches.next()  # [B, T] each
+        if reset:
+            state = None
+        hidden, state = model(inputs, _detach(state))  # [B, T, d_e]
+        loss = TiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), embeddings, targets.reshape(-1), cfg.chunk_tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        value = float(loss.detach())
+        check_finite(value, f"{run_name} training loss at step {step}", last_finite)
+        last_finite = value
+        window_losses.append(value)
+        step_seconds += time.perf_counter() - t0
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            stop = evaluate(step, float(np.mean(window_losses)))
+            window_losses = []
+            if stop:
+                break
+    stopped_by = stopper.finish(step)
+    model.load_state_dict(stopper.best_state)
+    best = next(r for r in history if r["step"] == stopper.best_step)
+    tokens_processed = step * tokens_per_step
+    summary = {
+        "steps": step,
+        "best_step": stopper.best_step,
+        "stopped_by": stopped_by,
+        "undertrained": stopped_by == "max_steps",
+        "dev_loss": best["dev_loss"],
+        "dev_ppl": best["dev_ppl"],
+        "dev_accuracy": best["dev_accuracy"],
+        "tokens_processed": tokens_processed,
+        "tokens_per_step": tokens_per_step,
+        "evaluations": len(history),
+        "train_seconds": time.perf_counter() - t_start,
+        "eval_seconds": eval_seconds,
+        "tokens_per_s": tokens_processed / step_seconds if step_seconds > 0 else math.nan,
+    }
+    return history, summary

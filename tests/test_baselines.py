@@ -1,0 +1,281 @@
+"""Baselines of issue 9: Kneser-Ney n-gram, LSTM and Transformer LMs, parameter matching."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from newllm.baselines.models import (
+    LSTMLM,
+    TransformerLM,
+    cvfp_parameter_target,
+    match_lstm,
+    match_transformer,
+    train_flops,
+)
+from newllm.baselines.ngram import KneserNeyLM, modified_kn_discounts
+from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
+from newllm.model import count_parameters
+from newllm.tokenizer import VOCAB_SIZE
+
+# ------------------------------------------------------------------ Kneser-Ney by hand
+
+# Toy corpus over V = 4 ids, one fixed discount D = 0.5 (Chen & Goodman 1998, eq. 16-17):
+#   stream 0 1 0 2 0 1
+#   bigrams (raw counts, top order of the bigram model): (0,1)x2 (1,0)x1 (0,2)x1 (2,0)x1
+#   unigram continuation counts N1+(• w): w=0 after {1, 2} -> 2; w=1 after {0} -> 1;
+#   w=2 after {0} -> 1; w=3 never -> 0.  S = 4 over 3 types: gamma_1 = 3 * 0.5 / 4 = 3/8
+#   p1(0) = (2 - 0.5)/4 + 3/8 * 1/4 = 0.375 + 0.09375 = 0.46875
+#   p1(1) = p1(2) = (1 - 0.5)/4 + 3/32 = 0.21875;   p1(3) = 3/32 = 0.09375   (sum 1)
+TOY = np.array([0, 1, 0, 2, 0, 1])
+P1 = {0: 0.46875, 1: 0.21875, 2: 0.21875, 3: 0.09375}
+
+
+def test_kn_unigram_and_bigram_match_hand_computation():
+    lm = KneserNeyLM(order=2, discount=0.5, vocab_size=4).fit(TOY)
+    np.testing.assert_allclose(lm.unigram, [P1[w] for w in range(4)], rtol=0, atol=1e-12)
+    # history 0: c(0,1)=2, c(0,2)=1 -> S = 3, two types -> gamma(0) = 2 * 0.5 / 3 = 1/3
+    expected_after_0 = {
+        1: (2 - 0.5) / 3 + P1[1] / 3,  # 0.5 + 0.0729166… = 0.5729166…
+        2: (1 - 0.5) / 3 + P1[2] / 3,  # 0.1666… + 0.0729166… = 0.2395833…
+        0: P1[0] / 3,  # 0.15625: unseen after 0, back-off only
+        3: P1[3] / 3,  # 0.03125
+    }
+    got = lm.prob(np.zeros((4, 1), dtype=np.int64), np.array(list(expected_after_0)))
+    np.testing.assert_allclose(got, list(expected_after_0.values()), rtol=0, atol=1e-12)
+    assert sum(expected_after_0.values()) == pytest.approx(1.0, abs=1e-12)
+    # history 3 was never seen: p(w | 3) = p1(w); history 1: c(1,0)=1 -> 0.5 + 0.5 * p1(w)
+    np.testing.assert_allclose(lm.prob(np.full((4, 1), 3), np.arange(4)), [P1[w] for w in range(4)], atol=1e-12)
+    np.testing.assert_allclose(lm.prob(np.ones((1, 1), dtype=np.int64), [0]), [0.5 + 0.5 * P1[0]], atol=1e-12)
+    # scoring the stream itself: target t+1 given token t
+    nll, correct = lm.score_stream(TOY)
+    expected = [expected_after_0[1], 0.5 + 0.5 * P1[0], expected_after_0[2], 0.5 + 0.5 * P1[0], expected_after_0[1]]
+    np.testing.assert_allclose(nll, -np.log(expected), atol=1e-12)
+    assert correct.tolist() == [True, True, False, True, True]  # argmax after 0 is 1, after 1 and 2 it is 0
+
+
+def test_kn_trigram_uses_continuation_counts_at_lower_orders():
+    lm = KneserNeyLM(order=3, discount=0.5, vocab_size=4).fit(TOY)
+    # trigrams (raw): (0,1,0) (1,0,2) (0,2,0) (2,0,1), one each -> every seen history has S = 1, gamma = 0.5
+    # bigram level now holds continuation counts N1+(• v w): (0,1) only after 2 (its first
+    # occurrence starts the stream) -> 1; (1,0), (0,2), (2,0) -> 1 each.
+    #   history 0: (0,1)=1, (0,2)=1 -> S = 2, gamma = 2*0.5/2 = 0.5
+    p2_1_after_0 = (1 - 0.5) / 2 + 0.5 * P1[1]  # 0.25 + 0.109375 = 0.359375
+    p2_2_after_0 = (1 - 0.5) / 2 + 0.5 * P1[2]  # 0.359375
+    p2_0_after_1 = (1 - 0.5) / 1 + 0.5 * P1[0]  # 0.5 + 0.234375 = 0.734375
+    # unigram continuation counts are those of the distinct bigrams' suffixes: unchanged
+    np.testing.assert_allclose(lm.unigram, [P1[w] for w in range(4)], atol=1e-12)
+    cases = [
+        ((0, 1), 0, 0.5 + 0.5 * p2_0_after_1),  # 0.8671875
+        ((2, 0), 1, 0.5 + 0.5 * p2_1_after_0),  # 0.6796875
+        ((3, 0), 2, p2_2_after_0),  # history (3,0) unseen -> the bigram level alone
+        ((-1, 0), 1, p2_1_after_0),  # start of a stream: only one token of history
+        ((-1, -1), 3, P1[3]),  # no history at all: the unigram level
+    ]
+    got = lm.prob(np.array([c for c, _, _ in cases]), np.array([w for _, w, _ in cases]))
+    np.testing.assert_allclose(got, [p for _, _, p in cases], atol=1e-12)
+    assert cases[0][2] == pytest.approx(0.8671875) and cases[1][2] == pytest.approx(0.6796875)
+
+
+def test_modified_discounts_from_counts_of_counts():
+    # n1 = 4, n2 = 2, n3 = 1, n4 = 1: Y = 4/(4+2*2) = 0.5
+    # D1 = 1 - 2*0.5*2/4 = 0.5;  D2 = 2 - 3*0.5*1/2 = 1.25;  D3+ = 3 - 4*0.5*1/1 = 1.0
+    counts = np.array([1, 1, 1, 1, 2, 2, 3, 4, 0, 7])
+    assert modified_kn_discounts(counts) == pytest.approx((0.5, 1.25, 1.0))
+    # no count of 3 or 4: one discount Y = n1/(n1 + 2 n2) = 2/(2+2) = 0.5
+    assert modified_kn_discounts(np.array([1, 1, 2])) == pytest.approx((0.5, 0.5, 0.5))
+
+
+def _zipf_stream(n, seed, vocab=VOCAB_SIZE):
+    rng = np.random.default_rng(seed)
+    return np.minimum(rng.zipf(1.3, size=n), vocab) - 1
+
+
+@pytest.mark.parametrize("order,discount", [(1, "modified"), (2, 0.75), (3, "modified"), (3, 0.75), (4, "modified")])
+def test_kn_distributions_sum_to_one_over_the_full_vocabulary(order, discount):
+    train = _zipf_stream(20_000, 0)
+    lm = KneserNeyLM(order=order, discount=discount).fit(train)
+    unseen_id = int(np.setdiff1d(np.arange(VOCAB_SIZE), train)[0])
+    contexts = np.array([
+        train[100:103],  # seen trigram history
+        [train[5], train[6], unseen_id],  # last token never seen
+        [unseen_id, train[0], train[1]],  # seen bigram, unseen trigram history
+        [-1, -1, train[-1]],  # start of a stream; the last training token (maybe never followed)
+        [-1, -1, -1],  # nothing
+        [VOCAB_SIZE - 1, 0, 1],
+    ])
+    dist = lm.distribution(contexts)
+    assert dist.shape == (len(contexts), VOCAB_SIZE)
+    np.testing.assert_allclose(dist.sum(axis=1), 1.0, rtol=0, atol=1e-9)
+    assert (dist > 0).all()
+    targets = np.array([train[103], 7, unseen_id, 0, 1, 2])
+    np.testing.assert_allclose(lm.prob(contexts, targets), dist[np.arange(len(contexts)), targets], rtol=1e-10)
+    assert (lm.argmax(contexts) == dist.argmax(axis=1)).all()
+
+
+def test_kn_scores_a_stream_fast_and_consistently():
+    train, test = _zipf_stream(100_000, 1), _zipf_stream(20_000, 2)
+    lm = KneserNeyLM(order=3).fit(train)
+    nll, correct = lm.score_stream(test)
+    assert nll.shape == correct.shape == (test.size - 1,)
+    ctx = lm.stream_contexts(test)
+    np.testing.assert_allclose(nll[:50], -np.log(lm.distribution(ctx[:50])[np.arange(50), test[1:51]]), rtol=1e-10)
+    assert 0 < nll.mean() < math.log(VOCAB_SIZE)
+
+
+def test_kn_rejects_bad_input():
+    with pytest.raises(ValueError, match="order"):
+        KneserNeyLM(order=0)
+    with pytest.raises(ValueError, match="discount"):
+        KneserNeyLM(discount=1.5)
+    with pytest.raises(ValueError, match="id 9"):
+        KneserNeyLM(vocab_size=4).fit(np.array([0, 1, 9]))
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        KneserNeyLM().fit(np.array([3]))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        KneserNeyLM().prob(np.zeros((1, 2), dtype=np.int64), [0])
+
+
+# ------------------------------------------------------------------ parameter matching
+
+
+def _model_cfg(context_dim):
+    return {"context_dim": context_dim, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"}
+
+
+@pytest.mark.parametrize("context_dim,embed_dim", [(64, 64), (128, 64), (768, 768)])
+def test_parameter_matching_within_ten_percent(context_dim, embed_dim):
+    target = cvfp_parameter_target(_model_cfg(context_dim), embed_dim)
+    if (context_dim, embed_dim) == (768, 768):
+        assert target == 2 * 1_181_952  # SPEC §3: a 1-layer 768-d ContextBlock has ≈ 1.18M
+    embeddings = torch.zeros(50, embed_dim)
+    lstm = match_lstm(target, embed_dim)
+    assert abs(lstm.relative_gap) <= 0.1
+    assert count_parameters(LSTMLM(embeddings, lstm.size)) == lstm.parameters
+    tf = match_transformer(target, embed_dim, num_layers=2, num_heads=2, block_size=64)
+    assert abs(tf.relative_gap) <= 0.1 and tf.size % 2 == 0
+    assert count_parameters(TransformerLM(embeddings, tf.size, num_layers=2, num_heads=2, block_size=64)) == tf.parameters
+
+
+@pytest.mark.parametrize("width", [16, 24])  # 16 == d_e: no input projection
+def test_transformer_parameter_formula(width):
+    model = TransformerLM(torch.zeros(10, 16), width, num_layers=1, num_heads=4, block_size=8)
+    assert count_parameters(model) == TransformerLM.parameter_count(16, width, 1, 8)
+
+
+def test_parameter_matching_refuses_an_impossible_tolerance():
+    with pytest.raises(ValueError, match="within"):
+        match_transformer(100, 64, num_layers=2, num_heads=2, block_size=64)
+
+
+def test_train_flops_formula():
+    assert train_flops(1000, 10, embed_dim=64) == 6 * 1000 * 10 + 6 * VOCAB_SIZE * 64 * 10
+
+
+# ------------------------------------------------------------------ neural training
+
+V_TOY, D_TOY = 40, 16
+
+
+def _markov_stream(n, seed):
+    """next = 7·prev + {0, 1} (mod V): two equally likely successors, loss floor ln 2."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=np.int64)
+    out[0] = 0
+    steps = rng.integers(0, 2, size=n)
+    for i in range(1, n):
+        out[i] = (7 * out[i - 1] + steps[i]) % V_TOY
+    return torch.from_numpy(out)
+
+
+@pytest.fixture(scope="module")
+def toy_data():
+    embeddings = torch.randn(V_TOY, D_TOY, generator=torch.Generator().manual_seed(0))
+    embeddings = embeddings / embeddings.norm(dim=1, keepdim=True)  # unit rows, as the pipeline's row_norm 1
+    return embeddings, _markov_stream(3000, 1), _markov_stream(600, 2), _markov_stream(600, 3)
+
+
+CFG = NeuralTrainConfig(learning_rate=1e-2, batch_size=4, seq_len=16, eval_every=10, patience=2, min_steps=20,
+                        max_steps=1500, chunk_tokens=64)
+
+
+def _build(kind, embeddings, seed):
+    torch.manual_seed(seed)
+    if kind == "lstm":
+        return LSTMLM(embeddings, 24)
+    return TransformerLM(embeddings, 24, num_layers=1, num_heads=2, block_size=16)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_training_lowers_dev_loss_and_stops_early(kind, toy_data):
+    embeddings, train, dev, test = toy_data
+    model = _build(kind, embeddings, 0)
+    history, summary = train_neural_lm(model, train, dev, CFG, seed=0, stateful=kind == "lstm")
+    assert history[0]["step"] == 0 and history[0]["dev_loss"] > math.log(V_TOY) - 0.5  # about uniform at init
+    assert summary["dev_loss"] < math.log(2) + 0.6  # most of the way from ln 40 = 3.7 to the floor ln 2
+    assert summary["stopped_by"] == "early_stopping" and not summary["undertrained"]
+    assert summary["steps"] < CFG.max_steps
+    assert summary["dev_loss"] == min(r["dev_loss"] for r in history)
+    # the best weights are restored: re-evaluating dev gives the best dev loss
+    assert evaluate_stream(model, dev, CFG.chunk_tokens)["loss"] == pytest.approx(summary["dev_loss"], rel=1e-5)
+    result = evaluate_stream(model, test, CFG.chunk_tokens)
+    assert result["token_nll"].shape == (test.shape[0] - 1,) and result["token_nll"].dtype == np.float32
+    assert float(result["token_nll"].astype(np.float64).mean()) == pytest.approx(result["loss"], rel=1e-6)
+    assert result["ppl"] == pytest.approx(math.exp(result["loss"]))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_training_is_deterministic_per_seed(kind, toy_data):
+    embeddings, train, dev, test = toy_data
+    cfg = NeuralTrainConfig(**{**CFG.__dict__, "max_steps": 40, "min_steps": 40})
+    runs = []
+    for seed in (0, 0, 1):
+        model = _build(kind, embeddings, seed)
+        history, _ = train_neural_lm(model, train, dev, cfg, seed=seed, stateful=kind == "lstm")
+        runs.append(([r["dev_loss"] for r in history], evaluate_stream(model, test, cfg.chunk_tokens)["token_nll"]))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert runs[0][0] != runs[2][0]
+
+
+def test_transformer_is_causal_and_scores_every_target_once(toy_data):
+    embeddings, _, _, test = toy_data
+    model = _build("transformer", embeddings, 0).eval()
+    tokens = test[None, :16].clone()
+    changed = tokens.clone()
+    changed[0, 9:] = (changed[0, 9:] + 5) % V_TOY
+    with torch.no_grad():
+        a, _ = model(tokens)
+        b, _ = model(changed)
+    torch.testing.assert_close(a[0, :9], b[0, :9])
+    assert not torch.allclose(a[0, 9:], b[0, 9:])
+    # sliding window (block 16, stride 8): the first window is scored as is; every later
+    # target sees 8..15 tokens of context, and position 20 is scored by window [8, 24)
+    stream = test[:101]
+    hidden = model.stream_hidden(stream)
+    assert hidden.shape == (100, D_TOY)
+    with torch.no_grad():
+        first, _ = model(stream[None, :16])
+        window, _ = model(stream[None, 8:24])
+    torch.testing.assert_close(hidden[:16], first[0])
+    torch.testing.assert_close(hidden[20], window[0, 12])
+
+
+def test_lstm_stream_pass_equals_carried_windows(toy_data):
+    embeddings, _, _, test = toy_data
+    model = _build("lstm", embeddings, 0).eval()
+    stream = test[:65]
+    full = model.stream_hidden(stream)
+    state, parts = None, []
+    with torch.no_grad():
+        for s in range(0, 64, 16):
+            h, state = model(stream[None, s : s + 16], state)
+            parts.append(h[0])
+    torch.testing.assert_close(full, torch.cat(parts))
+
+
+def test_too_short_training_stream_is_refused(toy_data):
+    embeddings, _, dev, _ = toy_data
+    with pytest.raises(ValueError, match="too short"):
+        train_neural_lm(_build("lstm", embeddings, 0), dev[:50], dev, CFG, seed=0, stateful=True)
