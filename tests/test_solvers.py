@@ -1,0 +1,152 @@
+"""newllm.solvers: every solver reaches the sequential recurrence; cache rows follow SPEC §6."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from newllm.model import ContextBlock, TokenInput, init_weights
+from newllm.solvers import SOLVERS, SolverStats, StreamMap, fixed_point_residual, get_solver
+
+N, VOCAB, D_E, D_C, LAYERS, CHUNK = 150, 50, 6, 8, 2, 16
+
+
+def make_map(num_input_tokens: int = 2, n: int = N, seed: int = 0) -> StreamMap:
+    torch.manual_seed(seed)
+    token_input = TokenInput(torch.randn(VOCAB, D_E), num_input_tokens)
+    block = ContextBlock(D_C, token_input.output_dim, num_layers=LAYERS)
+    init_weights(block)
+    return StreamMap(block.eval(), token_input, torch.randint(0, VOCAB, (n,)), batch_size=32)
+
+
+def reference(smap: StreamMap) -> torch.Tensor:
+    """The recurrence written out token by token, independent of the solvers."""
+    context, rows = torch.zeros(1, D_C), []
+    with torch.no_grad():
+        for i in range(smap.n):
+            y = smap.block(context, smap.token_input(smap.stream, torch.tensor([i])))
+            rows.append(y[0])
+            context = y[:, -1]
+    return torch.stack(rows)
+
+
+EXACT = {  # settings that reach the exact recurrence on a 150-token stream
+    "sequential": {},
+    "jacobi": {"max_iter": N + 1, "tol": 1e-13},  # exact after N sweeps, verified by one more
+    "shooting": {"chunk_size": CHUNK, "burn_in": 4, "tol": 1e-13},
+}
+
+
+@pytest.mark.parametrize("num_input_tokens", [1, 2])
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_solver_equals_the_sequential_recurrence(name, num_input_tokens):
+    smap = make_map(num_input_tokens)
+    out, stats = get_solver(name)(smap, **EXACT[name])
+    assert out.shape == (N, LAYERS, D_C)
+    torch.testing.assert_close(out, reference(smap), atol=1e-5, rtol=0)
+    assert stats.converged and stats.method == name and stats.tokens == N
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_cache_row_i_is_the_block_output_after_token_i(name):
+    """SPEC §6: cache[i] = F(c_{i-1}, x̃_i) for every layer, c_{-1} = 0 (no shift)."""
+    smap = make_map()
+    out, _ = get_solver(name)(smap, **EXACT[name])
+    prev = torch.cat([torch.zeros(1, D_C), out[:-1, -1]])
+    with torch.no_grad():
+        expected = smap.block(prev, smap.token_input(smap.stream, torch.arange(N)))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert fixed_point_residual(smap, out) < 1e-11
+
+
+@pytest.mark.parametrize("i", [40, CHUNK - 1, 2 * CHUNK])
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_row_i_does_not_depend_on_token_i_plus_1(name, i):
+    smap = make_map()
+    out, _ = get_solver(name)(smap, **EXACT[name])
+    stream = smap.stream.clone()
+    stream[i + 1] = (stream[i + 1] + 1) % VOCAB
+    perturbed, _ = get_solver(name)(StreamMap(smap.block, smap.token_input, stream, 32), **EXACT[name])
+    torch.testing.assert_close(perturbed[: i + 1], out[: i + 1], atol=1e-6, rtol=0)
+    assert (perturbed[i + 1] - out[i + 1]).abs().max() > 1e-3  # the perturbation is seen from row i+1 on
+
+
+@pytest.mark.parametrize("k", [1, 5, 17])
+def test_jacobi_after_k_sweeps_is_exact_before_position_k(k):
+    smap = make_map()
+    out, stats = get_solver("jacobi")(smap, max_iter=k, tol=0.0)
+    ref = reference(smap)
+    assert stats.sweeps == k and not stats.converged
+    torch.testing.assert_close(out[:k], ref[:k], atol=1e-6, rtol=0)
+    assert (out[k] - ref[k]).abs().max() > 1e-3
+
+
+def test_a_solver_short_of_tolerance_reports_not_converged():
+    smap = make_map()
+    _, jacobi = get_solver("jacobi")(smap, max_iter=2, tol=1e-12)
+    assert not jacobi.converged and jacobi.residual >= 1e-12 and jacobi.sweeps == 2
+    _, shooting = get_solver("shooting")(smap, max_iter=1, tol=1e-12, chunk_size=CHUNK, burn_in=0, fallback=False)
+    assert not shooting.converged and shooting.residual >= 1e-12 and shooting.sweeps == 1
+
+
+@pytest.mark.parametrize("name", ["jacobi", "shooting"])
+def test_warm_start_from_the_exact_solution_converges_in_one_sweep(name):
+    smap = make_map()
+    ref = reference(smap)
+    for init in (ref, ref[:, -1]):  # [n, L, d_c] or the final-layer contexts [n, d_c]
+        out, stats = get_solver(name)(smap, init=init, tol=1e-10, **({"chunk_size": CHUNK} if name == "shooting" else {}))
+        assert stats.sweeps == 1 and stats.converged and stats.warm_start
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_unknown_solver_name_lists_the_registered_ones():
+    with pytest.raises(ValueError, match="jacobi.*sequential.*shooting"):
+        get_solver("newton")
+
+
+def test_bad_arguments_raise():
+    smap = make_map()
+    with pytest.raises(ValueError, match="init must be"):
+        get_solver("jacobi")(smap, init=torch.zeros(N - 1, D_C))
+    with pytest.raises(ValueError, match="chunk_size"):
+        get_solver("shooting")(smap, chunk_size=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        get_solver("jacobi")(smap, max_iter=0)
+    with pytest.raises(ValueError, match="stream"):
+        StreamMap(smap.block, smap.token_input, torch.zeros(0, dtype=torch.long))
+
+
+def test_stats_are_a_json_ready_record():
+    smap = make_map()
+    _, stats = get_solver("shooting")(smap, chunk_size=CHUNK)
+    assert isinstance(stats, SolverStats)
+    record = json.loads(json.dumps(stats.as_dict()))
+    assert record["method"] == "shooting" and record["chunks"] == -(-N // CHUNK) and record["chunk_size"] == CHUNK
+    assert record["evaluations"] >= N and record["seconds"] >= 0
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, N, 10 * N])
+def test_shooting_chunk_sizes_from_one_token_to_the_whole_stream(chunk_size):
+    smap = make_map(n=60)
+    out, stats = get_solver("shooting")(smap, chunk_size=chunk_size, tol=1e-13)
+    torch.testing.assert_close(out, reference(smap), atol=1e-5, rtol=0)
+    assert stats.chunk_size == min(chunk_size, 60) and stats.converged
+
+
+class RunningSum(nn.Module):
+    """A map that never forgets: ``c_i = c_{i-1} + x_i`` (one layer)."""
+
+    context_dim, num_layers = D_E, 1
+
+    def forward(self, context, token_input):
+        return (context + token_input).unsqueeze(1)
+
+
+def test_shooting_finishes_sequentially_when_the_map_does_not_forget():
+    smap = make_map(num_input_tokens=1)
+    smap = StreamMap(RunningSum(), smap.token_input, smap.stream, 32)
+    out, stats = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=4)
+    expected = torch.cumsum(smap.token_input(smap.stream, torch.arange(N)), dim=0)
+    torch.testing.assert_close(out[:, -1], expected, atol=1e-4, rtol=1e-5)
+    assert stats.converged and 0 < stats.sequential_tokens < N and stats.sweeps < 5
