@@ -13,7 +13,7 @@ def main(smk) -> None:
     log = get_logger(smk.log[0])
     runs = pd.read_csv(smk.input.runs)
     sample_end = read_json(smk.input.test_meta)["sample_end"]
-    nll = {p: np.load(p) for p in smk.input.nll}
+    nll = {p: np.load(p, mmap_mode="r") for p in smk.input.nll}  # reduced to per-conversation sums one run at a time
     points, point_boot, intervals, info = bootstrap_study(runs, nll, sample_end, smk.params.resamples, smk.params.seed,
                                                           smk.params.resample_seeds)
     write_csv(smk.output.points, points)
