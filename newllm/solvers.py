@@ -70,6 +70,9 @@ INPUT_CACHE_MAX_ELEMENTS = 1 << 28
 """Precompute every token's ``x̃`` once per :class:`StreamMap` (``n · N_in·d_e`` floats)
 up to this many elements (1 GiB of float32); above it, windows are embedded per call."""
 
+STEP_INPUT_TOKENS = 1 << 16
+"""Token windows :meth:`StreamMap.run_chunks` gathers at once (bounds its extra memory)."""
+
 DEFAULT_CHUNK_SIZE = 512
 """Tokens per shooting chunk (chosen by ``benchmarks/context_cache.py`` on a 2-core CPU)."""
 
@@ -214,8 +217,8 @@ class StreamMap:
         Chunk ``k`` covers positions ``starts[k] … starts[k] + length - 1`` and starts from
         the context ``first[k]``: ``c = first[k]``, then ``y_t = F(c, x̃_{starts[k]+t})``,
         ``c = y_t[-1]``.  Positions at or past ``n`` (a ragged last chunk) read the last
-        token's window; the caller discards them.  The ``K·T`` windows are gathered once,
-        chunk-major, so each of the ``T`` steps is one batched block call.
+        token's window; the caller discards them.  Windows are gathered chunk-major for
+        up to :data:`STEP_INPUT_TOKENS` tokens at a time, so each step is one block call.
 
         Args:
             starts: ``[K]`` int64 first position of each chunk.
@@ -223,14 +226,18 @@ class StreamMap:
             first: ``[K, d_c]`` context before each chunk's first token.
             out: ``[K, T, L, d_c]`` buffer receiving every step's layer outputs.
         """
-        positions = (starts[:, None] + torch.arange(length, device=self.device)).clamp(max=self.n - 1)
-        inputs = self.inputs(positions.reshape(-1)).view(starts.shape[0], length, -1)  # [K, T, N_in·d_e]
+        K = starts.shape[0]
         context = first
+        segment = max(1, STEP_INPUT_TOKENS // K)  # steps whose windows are gathered at once
         with torch.no_grad():
-            for t in range(length):
-                y = self.block(context, inputs[:, t])  # [K, L, d_c]
-                out[:, t] = y
-                context = y[:, -1]
+            for t0 in range(0, length, segment):
+                steps = torch.arange(t0, min(t0 + segment, length), device=self.device)
+                positions = (starts[:, None] + steps).clamp(max=self.n - 1)  # [K, S]
+                inputs = self.inputs(positions.reshape(-1)).view(K, steps.shape[0], -1)  # [K, S, N_in·d_e]
+                for s in range(steps.shape[0]):
+                    y = self.block(context, inputs[:, s])  # [K, L, d_c]
+                    out[:, t0 + s] = y
+                    context = y[:, -1]
 
 
 def fixed_point_residual(stream_map: StreamMap, outputs: Tensor) -> float:
