@@ -47,9 +47,11 @@ def conversation_sums(token_nll: np.ndarray, sample_end: Sequence[int]) -> tuple
     Args:
         token_nll: ``[n - 1]`` float, entry ``t`` = −ln p(test[t+1] | test[..t]) in nats
             (the run's ``test_token_nll.npy``).
-        sample_end: ``[K]`` exclusive end position of each conversation in the test stream
-            of ``n = sample_end[-1]`` tokens (``test.json``); target ``t`` belongs to the
-            conversation holding position ``t + 1``.
+        sample_end: ``[K]`` end of each conversation's own tokens in the test stream of
+            ``n = sample_end[-1]`` tokens (``test.json``; the separator after conversation
+            k sits at ``sample_end[k]``).  Target ``t`` (predicting position ``t + 1``) is
+            assigned by :func:`newllm.data.target_conversations`: the conversation holding
+            that position, the separator counting as the conversation it ends.
 
     Returns:
         ``(sums [K] float64 nats, counts [K] int64 targets)``.

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from newllm.data import target_conversations
 from newllm.uncertainty import (
     bootstrap_losses,
     bootstrap_study,
@@ -19,11 +20,13 @@ from newllm.uncertainty import (
 
 
 def test_conversation_sums_by_hand():
-    # 9 tokens in 3 conversations ending at 3, 5, 9: targets t = 0..7 predict positions 1..8;
-    # positions 1, 2 -> conversation 0; 3, 4 -> 1; 5..8 -> 2
+    # sample_end = 3, 5, 9: conversation 0 is tokens 0-2 with its separator at 3, conversation 1
+    # token 4 with its separator at 5, conversation 2 tokens 6-8.  Targets t = 0..7 predict
+    # positions 1..8: positions 1, 2, 3 -> conversation 0 (predicting its end is part of it);
+    # 4, 5 -> 1; 6, 7, 8 -> 2
     sums, counts = conversation_sums(np.arange(8, dtype=np.float32), [3, 5, 9])
-    assert counts.tolist() == [2, 2, 4]
-    assert sums.tolist() == [0 + 1, 2 + 3, 4 + 5 + 6 + 7]
+    assert counts.tolist() == [3, 2, 3]
+    assert sums.tolist() == [0 + 1 + 2, 3 + 4, 5 + 6 + 7]
     with pytest.raises(ValueError, match="expected 8"):
         conversation_sums(np.ones(9), [3, 5, 9])
     with pytest.raises(ValueError, match="finite"):
@@ -68,7 +71,7 @@ def _population(num_conversations, rng):
     lengths = rng.integers(20, 200, size=num_conversations)
     ends = np.cumsum(lengths)
     level = rng.normal(3.0, 0.5, size=num_conversations)  # conversations differ in difficulty
-    conv = np.searchsorted(ends, np.arange(1, ends[-1]), side="right")
+    conv = target_conversations(ends, ends[-1])
     nll = np.abs(level[conv] + rng.normal(0, 1.0, ends[-1] - 1))
     return conversation_sums(nll, ends)
 
@@ -101,7 +104,7 @@ def test_percentile_interval_covers_the_true_loss_about_95_percent_of_the_time()
     for trial in range(trials):
         lengths = rng.integers(20, 80, size=150)
         ends = np.cumsum(lengths)
-        conv = np.searchsorted(ends, np.arange(1, ends[-1]), side="right")
+        conv = target_conversations(ends, ends[-1])
         nll = rng.exponential(level, ends[-1] - 1) * rng.lognormal(0, 0.3, 150)[conv] / math.exp(0.045)  # E = level
         sums, counts = conversation_sums(nll, ends)
         low, high = percentile_interval(bootstrap_losses(sums, counts, 400, seed=trial))
