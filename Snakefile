@@ -39,6 +39,7 @@ include: "rules/repetition.smk"
 rule all:
     default_target: True
     input:
+        rules.analysis.input,
         final_outputs(),
         rules.repetition.input,
 

@@ -5,13 +5,20 @@ entry points around it.  Modules:
 
 - :mod:`newllm.tokenizer`  GPT-2 BPE from local files or the hub (SPEC §2)
 - :mod:`newllm.data`       corpus loading via ``datasets``, token caches, splits (SPEC §2)
-- :mod:`newllm.embeddings` frozen token embeddings: gpt2 / word2vec / random (SPEC §2)
+- :mod:`newllm.embeddings` frozen token embeddings: bigram / word2vec / gpt2 / random (SPEC §2)
 - :mod:`newllm.model`      ContextBlock, TokenBlock, tied head (SPEC §3)
 - :mod:`newllm.losses`     CVFP and diversity losses (SPEC §4)
 - :mod:`newllm.metrics`    Effective Rank, convergence rate, perplexity (SPEC §4-5, §7)
-- :mod:`newllm.phase1`     Jacobi-sweep CVFP training and context solvers (SPEC §4, §6)
-- :mod:`newllm.phase2`     TokenBlock training on cached contexts (SPEC §7)
-- :mod:`newllm.scaling`    power-law fits (SPEC §8)
+- :mod:`newllm.solvers`    fixed-point solvers of the context recurrence, a registry (SPEC §4, §6)
+- :mod:`newllm.training`   stop rules (early stopping in steps), the shared result and error types
+- :mod:`newllm.checkpoint` one TrainState checkpoint (safetensors) for every trainer
+- :mod:`newllm.phase1`     CVFP training of the ContextBlock, the context cache (SPEC §4, §6)
+- :mod:`newllm.phase2`     TokenBlock training on cached contexts, selected on dev (SPEC §7)
+- :mod:`newllm.baselines`  Kneser-Ney n-gram, LSTM and Transformer baselines (issue 9)
+- :mod:`newllm.diagnostics` collapse check, CVFP convergence check, memory probe (SPEC §5)
+- :mod:`newllm.uncertainty` test-set bootstrap over conversations
+- :mod:`newllm.scaling`    power-law and loss-form fits, AIC/BIC, intervals (SPEC §8)
+- :mod:`newllm.analysis`   tidy run tables, comparisons, prediction, the generated verdict
 - :mod:`newllm.plots`      report figures, drawn from tables alone
 - :mod:`newllm.config`     config checks beyond the JSON schema (DAG-construction time)
 - :mod:`newllm.pipeline`, :mod:`newllm.runtime`, :mod:`newllm.io`  I/O at the edges:

@@ -97,9 +97,6 @@ def cvfp_outputs(pattern, models=("cvfp",)):
     ]
 
 
-run_outputs = cvfp_outputs  # TODO(lead): remove once rules/analysis.smk uses cvfp_outputs
-
-
 def run_params(wildcards):
     """Resolved model/phase1/phase2 sections of one run, plus the run's identity."""
     resolved = RUN_CONFIG[wildcards.variant]
@@ -119,34 +116,18 @@ def run_params(wildcards):
     }
 
 
-GPUS = 1 if config["device"].startswith("cuda") else 0
-"""GPUs a training job asks for when config.device names CUDA (the SLURM profile sets
-gpu=1 for the training rules whatever the device; `auto` then uses it)."""
-
-
-def memory_mb(base_mb):
-    """``mem_mb`` that doubles with every retry (attempt 1, 2, 3, …)."""
-    return lambda wildcards, attempt: base_mb * 2 ** (attempt - 1)
+GPUS = 0 if config["device"] == "cpu" else config["gpus_per_job"]
+"""GPUs each training job asks for (resource ``gpu``): config ``gpus_per_job``, none when
+the study computes on the CPU.  Locally ``--resources gpu=1`` then runs one training job
+at a time on the GPU; on SLURM it becomes ``--gpus``.  profiles/slurm sets 0 (CPU
+partition), profiles/slurm-gpu 1.  Memory and wall time per rule: profiles/default/."""
 
 
 def final_outputs():
-    """Everything the default target builds: tables and figures of the study."""
+    """Everything the default target builds besides the analysis target (rule ``analysis``
+    in rules/analysis.smk lists every table and figure of the study): the memory probe."""
     return expand(
         [
-            "results/{study}/tables/runs.csv",
-            "results/{study}/tables/scaling_fits.csv",
-            "results/{study}/tables/data_coverage.csv",
-            "results/{study}/figures/scaling.png",
-            "results/{study}/figures/phase1_curves.png",
-            "results/{study}/figures/phase2_curves.png",
-            "results/{study}/tables/diagnostics.csv",
-            "results/{study}/tables/sliding_alpha.csv",
-            "results/{study}/tables/comparison.csv",
-            "results/{study}/tables/prediction_correlations.csv",
-            "results/{study}/figures/sliding_alpha.png",
-            "results/{study}/figures/er_vs_ppl.png",
-            "results/{study}/figures/effective_rank.png",
-            "results/{study}/figures/parameter_efficiency.png",
             "results/{study}/figures/memory_probe.png",
             "results/{study}/tables/memory_probe.csv",
         ],

@@ -24,8 +24,6 @@ rule phase1:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=memory_mb(8000),
-        runtime=120,
         gpu=GPUS,
     params:
         run=run_params,
@@ -59,8 +57,6 @@ rule export_contexts:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=memory_mb(8000),
-        runtime=60,
         gpu=GPUS,
     params:
         run=run_params,
@@ -88,8 +84,6 @@ rule phase1_diagnostics:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=memory_mb(4000),
-        runtime=30,
         gpu=GPUS,
     params:
         run=run_params,
@@ -115,6 +109,7 @@ rule memory_probe_table:
             caption="../report/memory_probe.rst",
             category="Phase 1",
         ),
+        figure_svg="results/{study}/figures/memory_probe.svg",
     log:
         "results/{study}/logs/memory_probe_table.log",
     localrule: True

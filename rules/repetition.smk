@@ -27,8 +27,6 @@ rule repetition_study:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=memory_mb(4000),
-        runtime=60,
         gpu=GPUS,
     params:
         repetition=config["repetition"],
@@ -60,6 +58,12 @@ rule plot_repetition:
             "results/{study}/figures/repetition_fixed_points.png",
             caption="../report/repetition_fixed_points.rst",
             category="Repetition",
+        ),
+        svgs=multiext(
+            "results/{study}/figures/repetition_",
+            "stages.svg",
+            "topk.svg",
+            "fixed_points.svg",
         ),
     log:
         "results/{study}/logs/plot_repetition.log",
