@@ -1,1 +1,86 @@
-# Baseline language models (issue 9): n-gram, LSTM, Transformer.
+# Baseline language models (issue 9): interpolated Kneser-Ney n-gram, LSTM and
+# Transformer, on the same training, dev and test tokens as cvfp.  The neural ones use
+# the frozen embeddings and tied head and are parameter-matched to the cvfp run.
+# Memory (MB) and wall time (min) double with every attempt, as in profiles/default/
+# (whose set-resources, where it names these rules, win over the values here).
+from types import SimpleNamespace
+
+
+def per_attempt(base):
+    """A resource that doubles with every retry (attempt 1, 2, 3, ...)."""
+    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+def ngram_run_params(wildcards):
+    """``run_params`` of an ngram run: it has no context_dim and no seed (0 in its path)."""
+    return run_params(
+        SimpleNamespace(
+            model="ngram",
+            variant=wildcards.variant,
+            samples=wildcards.samples,
+            context_dim=0,
+            seed=0,
+        )
+    )
+
+
+rule ngram:
+    input:
+        train="results/{study}/data/train/samples{samples}.npy",
+        train_meta="results/{study}/data/train/samples{samples}.json",
+        dev="results/{study}/data/dev.npy",
+        dev_meta="results/{study}/data/dev.json",
+        test="results/{study}/data/test.npy",
+        test_meta="results/{study}/data/test.json",
+    output:
+        metrics="results/{study}/runs/ngram/{variant}/samples{samples}_ctx0_seed0/lm/metrics.json",
+        test_nll="results/{study}/runs/ngram/{variant}/samples{samples}_ctx0_seed0/lm/test_token_nll.npy",
+        history="results/{study}/runs/ngram/{variant}/samples{samples}_ctx0_seed0/lm/history.csv",
+    log:
+        "results/{study}/logs/ngram/ngram_{variant}_samples{samples}_ctx0_seed0.log",
+    benchmark:
+        "results/{study}/benchmarks/ngram/ngram_{variant}_samples{samples}_ctx0_seed0.tsv"
+    conda:
+        "../envs/newllm.yaml"
+    threads: 1  # numpy/scipy.sparse counting runs on one core
+    resources:
+        mem_mb=per_attempt(2000),
+        runtime=per_attempt(15),
+    params:
+        run=ngram_run_params,
+        baselines=config["baselines"],
+    script:
+        "../workflow_scripts/ngram.py"
+
+
+rule baseline_lm:
+    input:
+        train="results/{study}/data/train/samples{samples}.npy",
+        train_meta="results/{study}/data/train/samples{samples}.json",
+        dev="results/{study}/data/dev.npy",
+        dev_meta="results/{study}/data/dev.json",
+        test="results/{study}/data/test.npy",
+        test_meta="results/{study}/data/test.json",
+        embeddings="results/{study}/embeddings/token_embeddings.safetensors",
+    output:
+        metrics="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/metrics.json",
+        test_nll="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/test_token_nll.npy",
+        history="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/history.csv",
+    log:
+        "results/{study}/logs/baseline_lm/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+    benchmark:
+        "results/{study}/benchmarks/baseline_lm/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+    wildcard_constraints:
+        model="lstm|transformer",
+    conda:
+        "../envs/newllm.yaml"
+    threads: 2
+    resources:
+        mem_mb=per_attempt(4000),
+        runtime=per_attempt(60),
+        gpu=GPUS,
+    params:
+        run=run_params,
+        baselines=config["baselines"],
+    script:
+        "../workflow_scripts/train_baseline.py"

@@ -15,7 +15,7 @@ from newllm.baselines.models import (
     train_flops,
 )
 from newllm.baselines.ngram import KneserNeyLM, modified_kn_discounts
-from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
+from newllm.baselines.training import BPTTBatches, NeuralTrainConfig, evaluate_stream, train_neural_lm
 from newllm.model import count_parameters
 from newllm.tokenizer import VOCAB_SIZE
 
@@ -275,7 +275,90 @@ def test_lstm_stream_pass_equals_carried_windows(toy_data):
     torch.testing.assert_close(full, torch.cat(parts))
 
 
-def test_too_short_training_stream_is_refused(toy_data):
+def test_bptt_lanes_shrink_for_short_streams_and_windows_continue(toy_data):
     embeddings, _, dev, _ = toy_data
     with pytest.raises(ValueError, match="too short"):
-        train_neural_lm(_build("lstm", embeddings, 0), dev[:50], dev, CFG, seed=0, stateful=True)
+        train_neural_lm(_build("lstm", embeddings, 0), dev[:20], dev, CFG, seed=0, stateful=True)
+    stream = torch.arange(1000)
+    batches = BPTTBatches(stream[:50], batch_size=4, seq_len=16, generator=torch.Generator().manual_seed(0))
+    assert batches.batch_size == 2  # (50 - 16) // 16 lanes of >= 16 tokens
+    batches = BPTTBatches(stream, batch_size=4, seq_len=16, generator=torch.Generator().manual_seed(0))
+    x1, y1, reset1 = batches.next()
+    x2, _, reset2 = batches.next()
+    assert reset1 and not reset2 and x1.shape == (4, 16)
+    assert torch.equal(y1, x1 + 1) and torch.equal(x2[:, 0], x1[:, -1] + 1)  # each lane continues where it stopped
+
+
+# ------------------------------------------------------------------ the rule scripts
+
+SUMMARY_KEYS = {"train_tokens", "dev_loss", "dev_ppl", "dev_accuracy", "test_loss", "test_ppl", "test_accuracy", "test_tokens",
+                "parameters", "train_flops", "train_seconds", "steps", "best_step", "stopped_by", "undertrained"}
+
+
+def _schema_defaults(node):
+    return {key: _schema_defaults(spec) if "properties" in spec else spec.get("default")
+            for key, spec in node["properties"].items()}
+
+
+@pytest.fixture
+def rule_inputs(tmp_path):
+    from newllm.data import write_stream
+    from newllm.runtime import save_weights
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 900), ("dev", 200), ("test", 150)):
+        stream = (rng.zipf(1.5, size=n) % VOCAB_SIZE).astype(np.uint16)
+        paths[split] = tmp_path / f"{split}.npy"
+        write_stream(paths[split], stream, {"sample_ids": ["a", "b"], "sample_end": [n // 2, n]})
+    embeddings = torch.randn(VOCAB_SIZE, 16, generator=torch.Generator().manual_seed(0))
+    paths["embeddings"] = tmp_path / "emb.safetensors"
+    save_weights(paths["embeddings"], {"embeddings": embeddings / embeddings.norm(dim=1, keepdim=True)})
+    return paths
+
+
+def _run_script(repo, tmp_path, paths, model, baselines):
+    import json
+    import runpy
+    from types import SimpleNamespace
+
+    out = tmp_path / model / "lm"
+    smk = SimpleNamespace(
+        input=SimpleNamespace(**{k: str(v) for k, v in paths.items()}),
+        output=SimpleNamespace(metrics=str(out / "metrics.json"), test_nll=str(out / "test_token_nll.npy"),
+                               history=str(out / "history.csv")),
+        params=SimpleNamespace(run={
+            "model": {"context_dim": 16, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
+            "phase1": {}, "phase2": {},
+            "run": {"study": "t", "model": model, "variant": "base", "samples": 2, "context_dim": 16, "seed": 0},
+            "seed": 0, "device": "cpu"}, baselines=baselines),
+        log=[str(tmp_path / f"{model}.log")], threads=1,
+    )
+    script = "ngram.py" if model == "ngram" else "train_baseline.py"
+    runpy.run_path(str(repo / "workflow_scripts" / script), init_globals={"snakemake": smk})
+    return json.loads((out / "metrics.json").read_text()), np.load(out / "test_token_nll.npy"), out
+
+
+@pytest.mark.parametrize("model", ["ngram", "lstm", "transformer"])
+def test_rule_scripts_write_the_run_contract(repo, tmp_path, rule_inputs, model):
+    import yaml
+
+    schema = yaml.safe_load((repo / "config" / "schema.yaml").read_text())
+    baselines = _schema_defaults(schema["properties"]["baselines"])  # every key the scripts read has a default
+    baselines["transformer"]["num_layers"] = 1  # 2 layers cannot match a 16-d cvfp run within 10 %
+    baselines["early_stopping"] = {"eval_every": 5, "patience": 2, "min_steps": 5, "max_steps": 40}
+    metrics, nll, out = _run_script(repo, tmp_path, rule_inputs, model, baselines)
+    summary = metrics["summary"]
+    assert SUMMARY_KEYS <= set(summary)
+    assert metrics["run"]["model"] == model and (out / "history.csv").is_file()
+    assert nll.dtype == np.float32 and nll.shape == (149,) and summary["test_tokens"] == 149
+    assert summary["test_loss"] == pytest.approx(float(nll.astype(np.float64).mean()), rel=1e-5)
+    assert summary["test_ppl"] == pytest.approx(math.exp(summary["test_loss"]), rel=1e-9)
+    assert summary["train_tokens"] == 899
+    if model == "ngram":
+        assert summary["train_flops"] == 0 and summary["parameters"] > 0 and summary["stopped_by"] == "closed_form"
+    else:
+        assert abs(summary["parameters"] / 1120 - 1) <= 0.1  # cvfp ContextBlock + TokenBlock at d_c = d_e = 16
+        assert summary["train_flops"] == train_flops(summary["parameters"], summary["tokens_processed"], 16)
+        assert summary["stopped_by"] in {"early_stopping", "max_steps"}
+        assert summary["undertrained"] == (summary["stopped_by"] == "max_steps")

@@ -301,8 +301,14 @@ class KneserNeyLM:
         return nll, correct
 
     def num_ngrams(self) -> list[int]:
-        """Number of distinct k-grams (k = 1..n) with a positive count, the model's size."""
+        """Number of stored k-gram probabilities (``alpha > 0``) per order k = 1..n."""
         return [int(np.count_nonzero(level.alpha > 0)) for level in self.levels]
+
+    def effective_parameters(self) -> int:
+        """The model's size: stored k-gram probabilities plus one back-off weight per
+        history that has continuations (nothing is trained; reported as ``parameters``)."""
+        histories = sum(int(np.count_nonzero(level.gamma[:-1] != 1.0)) for level in self.levels)
+        return sum(self.num_ngrams()) + histories
 
 
 def modified_kn_discounts(counts: np.ndarray) -> tuple[float, float, float]:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from newllm.metrics import perplexity
-from newllm.phase2 import TiedCrossEntropy
+from newllm.phase2 import TiedCrossEntropy, tied_token_nll
 from newllm.training import EarlyStopping, check_finite
 
 
@@ -68,21 +68,23 @@ class NeuralTrainConfig:
 class BPTTBatches:
     """Consecutive ``[B, seq_len]`` windows of ``B`` parallel lanes of one stream (truncated BPTT).
 
-    ``next()`` returns ``(inputs, targets, reset)``; ``reset`` is True at the first window
-    of a pass (the caller drops the carried state).
+    ``B`` is ``batch_size``, or fewer when the stream is too short for that many lanes of
+    at least ``seq_len`` tokens (``self.batch_size`` holds the number used).  ``next()``
+    returns ``(inputs, targets, reset)``; ``reset`` is True at the first window of a
+    pass (the caller drops the carried state).
 
     Raises:
-        ValueError: the stream is too short for one window per lane.
+        ValueError: the stream is too short for even one lane of ``seq_len`` tokens.
     """
 
     def __init__(self, stream: Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> None:
-        lane = (stream.shape[0] - seq_len) // batch_size  # shortest lane, after the largest pass offset
-        if lane < seq_len:
+        lanes = min(batch_size, (stream.shape[0] - seq_len) // seq_len)  # every lane >= seq_len after any pass offset
+        if lanes < 1:
             raise ValueError(
-                f"training stream of {stream.shape[0]} tokens is too short for batch_size={batch_size} lanes of at least "
-                f"bptt={seq_len} tokens (needs {batch_size * seq_len + seq_len}); lower baselines.lstm.batch_size or bptt"
+                f"training stream of {stream.shape[0]} tokens is too short for one truncated-BPTT lane of bptt={seq_len} "
+                f"tokens (needs {2 * seq_len}); lower baselines.lstm.bptt"
             )
-        self.stream, self.batch_size, self.seq_len, self.gen, self.lane = stream, batch_size, seq_len, generator, lane
+        self.stream, self.batch_size, self.seq_len, self.gen = stream, lanes, seq_len, generator
         self._start_pass()
 
     def _start_pass(self) -> None:
@@ -122,31 +124,6 @@ class RandomWindows:
         return self.stream[idx], self.stream[idx + 1], True
 
 
-def token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
-    """Per-token NLL (nats) and top-1 hits of the tied head, chunked (no grad).
-
-    The per-token twin of :func:`newllm.phase2.tied_nll_and_correct`.
-
-    Args:
-        hidden: ``[M, d_e]``; embeddings ``[V, d_e]``; targets ``[M]`` int64.
-
-    Returns:
-        ``(nll [M] float32, correct [M] bool)``.
-    """
-    nll = torch.empty(hidden.shape[0], device=hidden.device)
-    correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-    with torch.no_grad():
-        for s in range(0, hidden.shape[0], chunk_tokens):
-            logits = hidden[s : s + chunk_tokens] @ embeddings.t()  # [chunk, V]
-            y = targets[s : s + chunk_tokens]
-            target = logits.gather(1, y[:, None]).squeeze(1)
-            top, argmax = logits.max(dim=1)
-            lse = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log()
-            nll[s : s + chunk_tokens] = lse - target
-            correct[s : s + chunk_tokens] = argmax == y
-    return nll, correct
-
-
 def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict[str, Any]:
     """Score every target of ``stream`` (``[n]`` int64) with the model's own stream pass.
 
@@ -158,7 +135,7 @@ def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict
     was_training = model.training
     model.eval()
     hidden = model.stream_hidden(stream)  # [n-1, d_e]
-    nll, correct = token_nll(hidden, model.embeddings, stream[1:], chunk_tokens)
+    nll, correct = tied_token_nll(hidden, model.embeddings, stream[1:], chunk_tokens)
     model.train(was_training)
     vector = nll.double().cpu().numpy()
     loss = float(vector.mean())
@@ -212,7 +189,7 @@ def train_neural_lm(
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps)
     embeddings = model.embeddings
-    tokens_per_step = cfg.batch_size * cfg.seq_len
+    tokens_per_step = batches.batch_size * cfg.seq_len
     history: list[dict[str, Any]] = []
     snapshot = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
     t_start = time.perf_counter()
@@ -269,6 +246,7 @@ def train_neural_lm(
         "dev_accuracy": best["dev_accuracy"],
         "tokens_processed": tokens_processed,
         "tokens_per_step": tokens_per_step,
+        "batch_size": batches.batch_size,
         "evaluations": len(history),
         "train_seconds": time.perf_counter() - t_start,
         "eval_seconds": eval_seconds,

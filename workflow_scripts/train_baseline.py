@@ -1,0 +1,103 @@
+"""Rule baseline_lm: an LSTM or Transformer LM, parameter-matched to the cvfp run (issue 9).
+
+Same training tokens, dev stream (early stopping) and test stream (reporting) as every
+other model, CVFP's frozen embeddings and tied head.  Writes ``lm/metrics.json``,
+``lm/test_token_nll.npy`` (float32 ``[n_test - 1]``, nats) and ``lm/history.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from newllm.baselines.models import (
+    LSTMLM,
+    TransformerLM,
+    cvfp_parameter_target,
+    match_lstm,
+    match_transformer,
+    train_flops,
+)
+from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
+from newllm.io import write_npy
+from newllm.model import count_parameters
+from newllm.pipeline import load_stream, write_run_outputs
+from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
+
+SEQ_LEN_KEY = {"lstm": "bptt", "transformer": "block_size"}
+
+
+def build_model(name: str, embeddings: torch.Tensor, settings: dict, target: int, tolerance: float):
+    """The baseline ``name`` sized to ``target`` trainable parameters (initialised with
+    torch's global RNG: seed it first).  Returns ``(model, SizeMatch)``."""
+    d_e = embeddings.shape[1]
+    if name == "lstm":
+        size = match_lstm(target, d_e, tolerance)
+        return LSTMLM(embeddings, size.size, settings["dropout"]), size
+    size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
+    model = TransformerLM(embeddings, size.size, settings["num_layers"], settings["num_heads"], settings["block_size"],
+                          settings["dropout"], settings["eval_stride"])
+    return model, size
+
+
+def main(smk) -> None:
+    params, baselines = smk.params.run, smk.params.baselines
+    run = params["run"]
+    name = run["model"]
+    if name not in SEQ_LEN_KEY:
+        raise ValueError(f"rule baseline_lm trains lstm or transformer, got model {name!r}")
+    label = f"{name}/{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}/seed{run['seed']}"
+    log = get_logger(smk.log[0])
+    seed_everything(params["seed"], smk.threads)
+    device = resolve_device(params["device"])
+    settings = baselines[name]
+
+    embeddings = load_weights(smk.input.embeddings)["embeddings"].float().to(device)
+    train, dev, test = (load_stream(path, device) for path in (smk.input.train, smk.input.dev, smk.input.test))
+    target = cvfp_parameter_target(params["model"], embeddings.shape[1])
+    torch.manual_seed(params["seed"])
+    model, size = build_model(name, embeddings, settings, target, baselines["parameter_tolerance"])
+    model.to(device)
+    chunk = baselines["chunk_tokens"] or (4096 if device.type == "cuda" else 32)
+    cfg = NeuralTrainConfig.from_dict({**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]],
+                                       "chunk_tokens": chunk})
+    log.info("%s on %s: %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
+             label, device, train.shape[0], dev.shape[0], test.shape[0], size.size, count_parameters(model), target,
+             100 * size.relative_gap, cfg)
+
+    history, summary = train_neural_lm(
+        model, train, dev, cfg, seed=params["seed"], stateful=name == "lstm", run_name=label,
+        on_eval=lambda r: log.info("step %d (%d tokens): train loss %s, dev PPL %.2f, dev acc %.2f %%, %.0f s", r["step"],
+                                   r["tokens"], "-" if r["train_loss"] is None else f"{r['train_loss']:.3f}", r["dev_ppl"],
+                                   100 * r["dev_accuracy"], r["seconds"]),
+    )
+    t0 = time.perf_counter()
+    result = evaluate_stream(model, test, chunk)
+    parameters = count_parameters(model)
+    summary.update(
+        train_tokens=train.shape[0] - 1,
+        test_loss=result["loss"],
+        test_ppl=result["ppl"],
+        test_accuracy=result["accuracy"],
+        test_tokens=result["tokens"],
+        test_seconds=time.perf_counter() - t0,
+        parameters=parameters,
+        parameter_target=target,
+        parameter_gap=parameters / target - 1.0,
+        size_name="hidden_size" if name == "lstm" else "width",
+        size=size.size,
+        train_flops=train_flops(parameters, summary["tokens_processed"], embeddings.shape[1]),
+        train_flops_formula="6 * parameters * tokens_processed + 6 * V * d_e * tokens_processed",
+    )
+    write_npy(smk.output.test_nll, result["token_nll"])
+    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device,
+                      baseline={"model": name, "settings": settings, "early_stopping": baselines["early_stopping"],
+                                "chunk_tokens": chunk})
+    log.info("%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s", label,
+             summary["stopped_by"], summary["steps"], summary["best_step"], summary["dev_ppl"], summary["test_ppl"],
+             100 * summary["test_accuracy"], summary["train_seconds"])
+
+
+if "snakemake" in globals():
+    main(snakemake)  # noqa: F821
