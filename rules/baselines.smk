@@ -1,14 +1,8 @@
 # Baseline language models (issue 9): interpolated Kneser-Ney n-gram, LSTM and
 # Transformer, on the same training, dev and test tokens as cvfp.  The neural ones use
 # the frozen embeddings and tied head and are parameter-matched to the cvfp run.
-# Memory (MB) and wall time (min) double with every attempt, as in profiles/default/
-# (whose set-resources, where it names these rules, win over the values here).
+# Memory (MB) and wall time (min) per attempt: profiles/default/.
 from types import SimpleNamespace
-
-
-def per_attempt(base):
-    """A resource that doubles with every retry (attempt 1, 2, 3, ...)."""
-    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
 
 
 def ngram_run_params(wildcards):
@@ -43,9 +37,6 @@ rule ngram:
     conda:
         "../envs/newllm.yaml"
     threads: 1  # numpy/scipy.sparse counting runs on one core
-    resources:
-        mem_mb=per_attempt(2000),
-        runtime=per_attempt(15),
     params:
         run=ngram_run_params,
         baselines=config["baselines"],
@@ -76,8 +67,6 @@ rule baseline_lm:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=per_attempt(4000),
-        runtime=per_attempt(60),
         gpu=GPUS,
     params:
         run=run_params,

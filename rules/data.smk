@@ -32,9 +32,6 @@ rule cache_corpus:
     conda:
         "../envs/newllm.yaml"
     threads: 2
-    resources:
-        mem_mb=4000,
-        runtime=60,
     params:
         corpus=config["corpus"],
     script:
@@ -59,9 +56,6 @@ rule make_heldout:
         "results/{study}/logs/make_heldout.log",
     conda:
         "../envs/newllm.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     params:
         sizes={
             "dev": config["validation"]["dev_samples"],
@@ -89,9 +83,6 @@ rule make_train_set:
         "results/{study}/logs/make_train_set/samples{samples}.log",
     conda:
         "../envs/newllm.yaml"
-    resources:
-        mem_mb=2000,
-        runtime=10,
     params:
         require_full_coverage=config["validation"]["require_full_coverage"],
     script:
@@ -116,9 +107,6 @@ rule token_embeddings:
     conda:
         "../envs/newllm.yaml"
     threads: 1
-    resources:
-        mem_mb=6000,
-        runtime=60,
     params:
         embeddings=config["embeddings"],
         seed=config["validation"]["seed"],

@@ -38,8 +38,6 @@ rule phase2:
         "../envs/newllm.yaml"
     threads: 2
     resources:
-        mem_mb=memory_mb(8000),
-        runtime=240,
         gpu=GPUS,
     params:
         run=run_params,
