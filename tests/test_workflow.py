@@ -115,12 +115,7 @@ def test_snakefmt(repo):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def e2e(repo, tmp_path_factory):
-    """Run the whole DAG on config/test.yaml once (real chat data, tiny sizes)."""
-    workdir = tmp_path_factory.mktemp("e2e")
-    _run(["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(workdir)], cwd=repo)
-    return workdir, workdir / "results" / "test"
+# e2e (the tiny study run once per session) is a fixture in conftest.py
 
 
 @pytest.mark.slow
