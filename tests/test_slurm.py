@@ -19,8 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slurm
-
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 STUDY = "results/test"
 # a reduced target of the tiny study, to keep the test short: every data job (the data
@@ -47,7 +45,8 @@ def _cluster_problem():
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"SLURM does not answer: {err}"
     if "UP" not in ping.stdout:
-        return f"the SLURM controller does not answer: {(ping.stdout + ping.stderr).strip()}"
+        first_line = ((ping.stdout + ping.stderr).strip() or "no output").splitlines()[0]
+        return f"the SLURM controller does not answer ({first_line})"
     if not set(states.stdout.split()) & {"idle", "mixed", "allocated", "completing"}:
         return f"no SLURM node takes jobs (sinfo: {states.stdout.split() or states.stderr.strip()})"
     memory = subprocess.run(["sinfo", "--noheader", "--format", "%m"], capture_output=True, text=True, timeout=20).stdout.split()
@@ -56,11 +55,8 @@ def _cluster_problem():
     return None
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster():
-    problem = _cluster_problem()
-    if problem:
-        pytest.skip(problem)
+_PROBLEM = _cluster_problem()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_PROBLEM is not None, reason=f"no SLURM cluster: {_PROBLEM}")]
 
 
 def _squeue(run_uuid):
@@ -113,7 +109,7 @@ def _summary(path):
 
 
 @pytest.mark.slow
-def test_tiny_study_on_slurm(repo, e2e, slurm_cluster, tmp_path):
+def test_tiny_study_on_slurm(repo, e2e, tmp_path):
     """Submit through profiles/slurm, scancel a running training job, compare with the local run."""
     _, local = e2e
     log_path = tmp_path / "snakemake.log"
