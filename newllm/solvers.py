@@ -86,7 +86,8 @@ not re-run."""
 
 STALL_FACTOR = 0.5
 """A shooting round must shrink the largest boundary move below this fraction of the
-previous one; otherwise the map is not forgetting and the rest is solved sequentially."""
+previous one (the burn-in's move away from the zero context counts as round 0);
+otherwise the map is not forgetting and the rest is solved sequentially."""
 
 
 @dataclass
@@ -384,7 +385,7 @@ def solve_shooting(
         raise ValueError(f"need chunk_size >= 1, burn_in >= 0, skip_below >= 0; got {chunk_size}, {burn_in}, {skip_below}")
     t0 = time.perf_counter()
     chunks = _Chunks(stream_map, min(chunk_size, stream_map.n), _check_init(stream_map, init), burn_in)
-    residual, converged, largest_move = math.inf, False, math.inf
+    residual, converged = math.inf, False
     rounds = 0
     for rounds in range(1, max_iter + 1):
         residual = chunks.run_round()
@@ -395,11 +396,11 @@ def solve_shooting(
         if chunks.active.numel() == 0:  # another round would re-run nothing
             residual, converged = chunks.kept_move, True
             break
-        if float(move.max()) > STALL_FACTOR * largest_move or rounds == max_iter:
+        if float(move.max()) > STALL_FACTOR * chunks.largest_move or rounds == max_iter:
             if fallback:
                 residual, converged = chunks.finish_sequentially(move, skip_below), True
             break
-        largest_move = float(move.max())
+        chunks.largest_move = float(move.max())
     stats = SolverStats(
         "shooting", rounds, residual, converged, time.perf_counter() - t0, stream_map.n, tol,
         warm_start=init is not None, chunks=chunks.K, chunk_size=chunks.T,
@@ -422,6 +423,7 @@ class _Chunks:
         self.first = torch.zeros(self.K, d_c, device=device)
         self.active = torch.arange(self.K, device=device)
         self.kept_move, self.evaluations, self.sequential_tokens = 0.0, 0, 0
+        self.largest_move = math.inf  # largest boundary move so far (the burn-in's move away from 0)
         if warm is not None:  # ... or C^0 = init
             self.out.view(self.K * T, L, d_c)[:n, -1] = warm
             self.first[1:] = warm[self.starts[1:] - 1]
@@ -431,6 +433,7 @@ class _Chunks:
             stream_map.run_chunks(self.starts[1:] - W, W, self.first[1:], tail)
             self.first[1:] = tail[:, -1, -1]
             self.evaluations += (self.K - 1) * W
+            self.largest_move = float(self.first.pow(2).mean(dim=-1).max())
 
     def run_round(self) -> float:
         """Re-run the active chunks; returns the round's residual."""
