@@ -103,7 +103,7 @@ class SolverStats:
         seconds: wall time of the solve.
         tokens: stream length ``n``.
         tol: the tolerance the solve ran with.
-        warm_start: whether ``init`` was given.
+        warm_start: whether the solve started from ``init`` (``sequential`` ignores it).
         chunks: shooting chunks ``K`` advanced in lockstep (1 for sequential, ``n`` for
             Jacobi, where every token is its own chunk of one).
         chunk_size: tokens per chunk ``T`` (``ceil(n / K)``).
@@ -338,7 +338,7 @@ def solve_sequential(
     stream_map.run_chunks(torch.zeros(1, dtype=torch.long, device=stream_map.device), n, first, out.unsqueeze(0))
     stats = SolverStats(
         "sequential", 1, 0.0, True, time.perf_counter() - t0, n, tol,
-        warm_start=init is not None, chunks=1, chunk_size=n, evaluations=n,
+        warm_start=False, chunks=1, chunk_size=n, evaluations=n,
     )  # fmt: skip
     return out, stats
 
