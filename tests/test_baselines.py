@@ -345,8 +345,9 @@ def test_rule_scripts_write_the_run_contract(repo, tmp_path, rule_inputs, model)
 
     schema = yaml.safe_load((repo / "config" / "schema.yaml").read_text())
     baselines = _schema_defaults(schema["properties"]["baselines"])  # every key the scripts read has a default
-    baselines["transformer"]["num_layers"] = 1  # 2 layers cannot match a 16-d cvfp run within 10 %
-    baselines["early_stopping"] = {"eval_every": 5, "patience": 2, "min_steps": 5, "max_steps": 40}
+    baselines["transformer"].update(num_layers=1, batch_size=2)  # 2 layers cannot match a 16-d cvfp run within 10 %
+    baselines["lstm"].update(batch_size=4, bptt=16)
+    baselines["early_stopping"] = {"eval_every": 5, "patience": 2, "min_steps": 5, "max_steps": 20}
     metrics, nll, out = _run_script(repo, tmp_path, rule_inputs, model, baselines)
     summary = metrics["summary"]
     assert SUMMARY_KEYS <= set(summary)

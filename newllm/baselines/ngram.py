@@ -297,8 +297,10 @@ class KneserNeyLM:
         self._check_ids(s, "scored stream")
         ctx, y = self.stream_contexts(s), s[1:]
         nll = -np.log(self.prob(ctx, y))
-        correct = np.concatenate([self.argmax(ctx[i : i + chunk]) == y[i : i + chunk] for i in range(0, y.size, chunk)])
-        return nll, correct
+        # one argmax per distinct history: frequent histories have the largest sparse rows
+        unique, inverse = np.unique(ctx, axis=0, return_inverse=True)
+        best = np.concatenate([self.argmax(unique[i : i + chunk]) for i in range(0, unique.shape[0], chunk)])
+        return nll, best[inverse.reshape(-1)] == y
 
     def num_ngrams(self) -> list[int]:
         """Number of stored k-gram probabilities (``alpha > 0``) per order k = 1..n."""
