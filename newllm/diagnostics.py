@@ -142,13 +142,13 @@ def memory_probe(block: ContextBlock, token_input: TokenInput, stream: Tensor, m
     n = stream.shape[0]
     if n <= max_lag + 1:
         raise ValueError(f"memory probe needs more than max_lag + 1 = {max_lag + 1} tokens, got {n}")
-    from newllm.phase1 import solve_contexts_sequential
+    from newllm.solvers import StreamMap, solve_sequential
 
     gen = torch.Generator().manual_seed(seed)
     device = stream.device
     positions = torch.randint(max_lag + 1, n, (num_positions,), generator=gen).to(device)  # [P]
     with torch.no_grad():
-        exact, _ = solve_contexts_sequential(block, token_input, stream[: int(positions.max()) + 1])
+        exact, _ = solve_sequential(StreamMap(block, token_input, stream[: int(positions.max()) + 1]))
         window = positions[:, None] + torch.arange(-max_lag, 1, device=device)[None, :]  # [P, K+1], oldest first
         clean = stream[window]  # [P, K+1]
         # K perturbed copies + 1 clean copy of every window: [P, K+1 (copy), K+1 (time)]

@@ -1,7 +1,9 @@
 """Phase 1: CVFP fixed-point training of the ContextBlock, and context solvers (SPEC §4, §6).
 
-The ContextBlock is the map ``F``; the solver iterates it over the token stream
-(torchdeq's split of map and solver).  A *Jacobi sweep* computes, for all positions
+The ContextBlock is the map ``F``; the solvers of :mod:`newllm.solvers` iterate it over
+the token stream (torchdeq's split of map and solver).  Training sweeps carry gradients
+and so run here, batch by batch; every no-grad solve (dev sweeps, the cache, the
+diagnostics) goes through the solver registry.  A *Jacobi sweep* computes, for all positions
 ``i`` at once (in batches),
 
     C^k_i = F(C^{k-1}_{i-1}, x̃_i),   C^{k-1}_{-1} = 0,
@@ -28,6 +30,7 @@ from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
+from newllm.solvers import StreamMap, get_solver, solve_sequential
 from newllm.training import TrainingDivergedError, TrainResult, check_finite  # noqa: F401 (re-exported)
 
 
@@ -66,117 +69,36 @@ def previous_contexts(contexts: Tensor, positions: Tensor) -> Tensor:
     return prev * (positions > 0).unsqueeze(-1).to(prev.dtype)
 
 
-def jacobi_sweep(
-    block: ContextBlock,
-    token_input: TokenInput,
-    stream: Tensor,
-    contexts: Tensor,
-    batch_size: int,
-    all_layers: bool = False,
-) -> Tensor:
-    """One Jacobi sweep without gradients: ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)`` for all ``i``.
-
-    Args:
-        stream: ``[n]`` int64 token ids.
-        contexts: ``[n, d_c]`` previous iterate ``C^{k-1}``.
-        all_layers: return every layer's output instead of the final context.
-
-    Returns:
-        ``[n, d_c]`` (or ``[n, L, d_c]`` with ``all_layers``).
-    """
-    n = stream.shape[0]
-    shape = (n, block.num_layers, block.context_dim) if all_layers else (n, block.context_dim)
-    out = torch.empty(shape, device=contexts.device)
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            pos = torch.arange(start, min(start + batch_size, n), device=stream.device)
-            y = block(previous_contexts(contexts, pos), token_input(stream, pos))
-            out[start : start + pos.shape[0]] = y if all_layers else y[:, -1]
-    return out
+def jacobi_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batch_size: int) -> Tensor:
+    """One no-grad Jacobi sweep ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)``: ``[n, d_c]`` -> ``[n, d_c]``
+    (the final layer of :meth:`newllm.solvers.StreamMap.sweep`)."""
+    return StreamMap(block, token_input, stream, batch_size).sweep(contexts)[:, -1]
 
 
-def solve_contexts_jacobi(
-    block: ContextBlock,
-    token_input: TokenInput,
-    stream: Tensor,
-    max_sweeps: int = 200,
-    tolerance: float = 1e-5,
-    batch_size: int = 4096,
-) -> tuple[Tensor, dict[str, Any]]:
-    """Solve the recurrence by Jacobi sweeps from ``C^0 = 0`` until the residual is small.
-
-    Stops when ``max_i mean_d (C^k_i - C^{k-1}_i)² < tolerance`` or after ``max_sweeps``.
-
-    Returns:
-        ``(outputs [n, L, d_c], info)`` where ``outputs[i]`` are token ``i``'s layer
-        outputs and ``info`` has ``method``, ``sweeps``, ``max_residual``,
-        ``mean_residual`` (mean squared change per element in the last sweep) and
-        ``converged`` (bool).
-    """
-    n = stream.shape[0]
-    contexts = torch.zeros(n, block.context_dim, device=stream.device)
-    max_res = mean_res = math.inf
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
-        new = jacobi_sweep(block, token_input, stream, contexts, batch_size)
-        per_token = (new - contexts).pow(2).mean(dim=-1)
-        max_res, mean_res = float(per_token.max()), float(per_token.mean())
-        contexts = new
-        if max_res < tolerance:
-            break
-    outputs = jacobi_sweep(block, token_input, stream, contexts, batch_size, all_layers=True)
-    info = {
-        "method": "jacobi",
-        "sweeps": sweeps,
-        "tolerance": tolerance,
-        "max_residual": max_res,
-        "mean_residual": mean_res,
-        "converged": bool(max_res < tolerance),
-    }
-    return outputs, info
-
-
-def solve_contexts_sequential(block: ContextBlock, token_input: TokenInput, stream: Tensor) -> tuple[Tensor, dict[str, Any]]:
-    """The exact sequential recurrence ``c_i = F(c_{i-1}, x̃_i)``, ``c_{-1} = 0`` (one token at a time).
-
-    Returns:
-        ``(outputs [n, L, d_c], {"method": "sequential"})``.
-    """
-    n = stream.shape[0]
-    outputs = torch.empty(n, block.num_layers, block.context_dim, device=stream.device)
-    context = torch.zeros(1, block.context_dim, device=stream.device)
-    with torch.no_grad():
-        for i in range(n):
-            y = block(context, token_input(stream, torch.tensor([i], device=stream.device)))
-            outputs[i] = y[0]
-            context = y[:, -1]
-    return outputs, {"method": "sequential", "sweeps": 1, "converged": True}
-
-
-def solve_cache(block: ContextBlock, token_input: TokenInput, stream: Tensor, method: str = "jacobi",
-                max_sweeps: int = 400, tolerance: float = 1e-5, batch_size: int = 4096) -> tuple[Tensor, dict[str, Any]]:
+def solve_cache(block: ContextBlock, token_input: TokenInput, stream: Tensor, method: str = "shooting",
+                max_sweeps: int = 400, tolerance: float = 1e-5, batch_size: int = 4096,
+                init: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
     """The context cache of SPEC §6 for one stream: ``[n, L, d_c]`` with
     ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer (``c_{-1} = 0``), and solver statistics.
 
-    A solve that does not reach ``tolerance`` is never returned as is: the exact
-    sequential recurrence is run instead and ``info["fallback_from"]`` records the failed
-    attempt (issue 8 §4).
+    Any solver of :data:`newllm.solvers.SOLVERS` (``shooting``, ``jacobi``,
+    ``sequential``), optionally warm-started from ``init`` (e.g. Phase 1's final
+    contexts).  A solve that does not reach ``tolerance`` is never returned as is: the
+    exact sequential recurrence is run instead and ``info["fallback_from"]`` records the
+    failed attempt (issue 8 §4).
+
+    Returns:
+        ``(cache [n, L, d_c], info)``, ``info`` = :class:`newllm.solvers.SolverStats` as a dict.
 
     Raises:
-        ValueError: an unknown ``method``.
+        ValueError: an unknown ``method`` (naming the registered ones).
     """
-    t0 = time.perf_counter()
-    if method == "jacobi":
-        outputs, info = solve_contexts_jacobi(block, token_input, stream, max_sweeps, tolerance, batch_size)
-    elif method == "sequential":
-        outputs, info = solve_contexts_sequential(block, token_input, stream)
-    else:
-        raise ValueError(f"context_cache.method {method!r} is not one of ['jacobi', 'sequential']")
-    info["seconds"] = time.perf_counter() - t0
-    if not info["converged"]:
-        failed, t0 = info, time.perf_counter()
-        outputs, info = solve_contexts_sequential(block, token_input, stream)
-        info.update(seconds=time.perf_counter() - t0, fallback_from=failed)
+    stream_map = StreamMap(block, token_input, stream, batch_size)
+    outputs, stats = get_solver(method)(stream_map, init=init, max_iter=max_sweeps, tol=tolerance)
+    info = stats.as_dict()
+    if not stats.converged:
+        outputs, exact = solve_sequential(stream_map)
+        info = {**exact.as_dict(), "fallback_from": info}
     return outputs, info
 
 
@@ -357,6 +279,7 @@ def train_phase1(
         val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
         val_contexts = (cfg.init_std * torch.randn(val_stream.shape[0], block.context_dim, generator=val_gen)).to(device)
         val_batches = equal_batches(val_stream.shape[0], cfg.batch_size, device)
+        val_map = StreamMap(block, token_input, val_stream, cfg.batch_size)
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
     stopper = STOP_RULES[cfg.stop_rule](cfg)
     state = TrainState(block, optimizer, stopper)
@@ -378,7 +301,7 @@ def train_phase1(
         needs_er = cfg.stop_rule == "val_er" or iteration % cfg.er_every == 0 or iteration == cfg.max_iterations
         record: dict[str, Any] = {"iteration": iteration, "total_loss": total, "cvfp_loss": cvfp, "diversity_loss": div}
         if val_stream is not None:  # same weights as this sweep's train contexts
-            new_val = jacobi_sweep(block, token_input, val_stream, val_contexts, cfg.batch_size)
+            new_val = val_map.sweep(val_contexts)[:, -1]
             v_conv, v_total = convergence_counts(new_val, val_contexts, cfg.convergence_threshold)
             val_contexts = new_val
             record.update(val_converged=v_conv, val_tokens=v_total, val_convergence_rate=v_conv / v_total,

@@ -53,6 +53,8 @@ rule collect_runs:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("collect_runs"),
     script:
         "../workflow_scripts/collect_runs.py"
 
@@ -62,7 +64,7 @@ rule data_coverage:
         train_meta=expand(
             rules.make_train_set.output.meta, study=STUDY, samples=SAMPLE_SIZES
         ),
-        embeddings_meta=expand(rules.token_embeddings.output.meta, study=STUDY),
+        embeddings_meta=rules.token_embeddings.output.meta,
     output:
         report(
             "results/{study}/tables/data_coverage.csv",
@@ -74,6 +76,8 @@ rule data_coverage:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("data_coverage"),
     script:
         "../workflow_scripts/data_coverage.py"
 
@@ -95,6 +99,7 @@ rule bootstrap_test:
         "../envs/newllm.yaml"
     params:
         **BOOTSTRAP,
+        code=code_hash("bootstrap_test"),
     script:
         "../workflow_scripts/bootstrap_test.py"
 
@@ -125,6 +130,8 @@ rule fit_scaling:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("fit_scaling"),
     script:
         "../workflow_scripts/fit_scaling.py"
 
@@ -151,6 +158,7 @@ rule baselines:
         "../envs/newllm.yaml"
     params:
         reference_variant=BASE_VARIANT,
+        code=code_hash("baselines"),
     script:
         "../workflow_scripts/baselines.py"
 
@@ -177,6 +185,7 @@ rule verdict:
         "../envs/newllm.yaml"
     params:
         reference_variant=BASE_VARIANT,
+        code=code_hash("verdict"),
     script:
         "../workflow_scripts/verdict.py"
 
@@ -205,6 +214,8 @@ rule plot_scaling:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_scaling"),
     script:
         "../workflow_scripts/plot_scaling.py"
 
@@ -232,6 +243,8 @@ rule plot_phase1:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_phase1"),
     script:
         "../workflow_scripts/plot_phase1.py"
 
@@ -259,6 +272,8 @@ rule plot_phase2:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_phase2"),
     script:
         "../workflow_scripts/plot_phase2.py"
 
@@ -281,6 +296,7 @@ rule sliding_alpha:
     params:
         window=config["analysis"]["window_size"],
         step=config["analysis"]["window_step"],
+        code=code_hash("sliding_alpha"),
     script:
         "../workflow_scripts/sliding_alpha.py"
 
@@ -302,6 +318,8 @@ rule comparisons:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("comparisons"),
     script:
         "../workflow_scripts/comparisons.py"
 
@@ -321,6 +339,8 @@ rule prediction:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("prediction"),
     script:
         "../workflow_scripts/prediction.py"
 
@@ -362,6 +382,8 @@ rule plot_analysis:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_analysis"),
     script:
         "../workflow_scripts/plot_analysis.py"
 

@@ -71,7 +71,7 @@ def test_quality_band_thresholds():
 def test_memory_probe_matches_the_exact_recurrence_on_the_whole_perturbed_stream():
     from newllm.diagnostics import memory_probe
     from newllm.model import ContextBlock, TokenInput, init_weights
-    from newllm.phase1 import solve_contexts_sequential
+    from newllm.phase1 import solve_cache
 
     torch.manual_seed(0)
     token_input = TokenInput(torch.randn(30, 5), 1)
@@ -83,14 +83,14 @@ def test_memory_probe_matches_the_exact_recurrence_on_the_whole_perturbed_stream
     gen = torch.Generator().manual_seed(3)
     i = int(torch.randint(7, 40, (1,), generator=gen))
     replacement = stream[torch.randint(0, 40, (1, 6), generator=gen)][0]
-    clean, _ = solve_contexts_sequential(block, token_input, stream)
+    clean, _ = solve_cache(block, token_input, stream, "sequential")
     for k in range(1, 7):
         token = int(replacement[k - 1])
         if token == int(stream[i - k]):
             token = (token + 1) % 30
         changed = stream.clone()
         changed[i - k] = token
-        perturbed, _ = solve_contexts_sequential(block, token_input, changed)
+        perturbed, _ = solve_cache(block, token_input, changed, "sequential")
         expected = float((perturbed[i, -1] - clean[i, -1]).norm())
         assert probe["effect"][k - 1] == pytest.approx(expected, rel=1e-4, abs=1e-6), k
     assert probe["relative"][0] == 1.0
