@@ -198,7 +198,7 @@ def test_dev_test_and_embedding_slice_are_disjoint_from_each_other_and_every_tra
     _, results = e2e
     heldout = {name: set(json.loads((results / "data" / f"{name}.json").read_text())["sample_ids"])
                for name in ("dev", "test", "embedding_pool")}
-    assert [len(v) for v in heldout.values()] == [8, 10, 40]
+    assert [len(v) for v in heldout.values()] == [4, 6, 40]
     assert heldout["dev"].isdisjoint(heldout["test"]) and heldout["embedding_pool"].isdisjoint(heldout["dev"] | heldout["test"])
     for size in (6, 12, 24, 48):
         train = json.loads((results / "data" / "train" / f"samples{size}.json").read_text())
