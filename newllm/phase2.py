@@ -106,6 +106,7 @@ class Phase2Config:
     min_steps: int = 500
     eval_every: int = 200
     patience: int = 3
+    min_delta: float = 0.002
     learning_rate: float = 1e-3
     grad_clip: float = 1.0
     batch_size: int = 1024
@@ -240,6 +241,9 @@ def train_phase2(
 ) -> TrainResult:
     """Train the TokenBlock with Adam, gradient clipping and early stopping on dev (SPEC §7).
 
+    Converged means: dev loss has not improved by more than ``min_delta`` nats for
+    ``patience`` evaluations.
+
     Loop (one optimizer step each): next shuffled batch → forward/backward (micro-batched
     on out-of-memory) → finite check → clip → step → every ``eval_every`` steps: dev
     evaluation, early-stopping update, checkpoint.  The block ends with the best step's
@@ -263,7 +267,7 @@ def train_phase2(
     """
     device = train.stream.device
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
-    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps)
+    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     batches = _Batches(train.targets, cfg.batch_size, seed, device)
     state = TrainState(block, optimizer, stopper)
     step, micro, loss_sum, loss_steps = 0, cfg.batch_size, 0.0, 0
