@@ -19,6 +19,7 @@ import torch
 
 from newllm.io import atomic_path
 
+
 def fingerprint(*parts: Any) -> str:
     """SHA-256 of the JSON of ``parts`` (config dicts, input hashes)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -7,6 +7,7 @@ import pandas as pd
 from newllm.analysis import baselines_table, ratio_table
 from newllm.io import write_csv
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -20,5 +21,5 @@ def main(smk) -> None:
         log.info("\n%s\n\n%s", table.to_string(index=False), ratios.to_string(index=False))
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -6,6 +6,7 @@ import pandas as pd
 
 from newllm.io import read_json, write_csv, write_json, write_npy
 from newllm.runtime import get_logger
+from newllm.script import run_script
 from newllm.uncertainty import bootstrap_study
 
 
@@ -24,5 +25,5 @@ def main(smk) -> None:
              info["resamples"], info["conversations"], info["targets"], info["runs"], info["points"], info["seconds"])
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -20,7 +20,7 @@ tokenizer_dir = Path(snakemake.input.vocab).parent
 tokenizer = load_tokenizer(tokenizer_dir)
 staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
 try:
-    dataset = load_corpus_dataset(corpus, staging)
+    dataset = load_corpus_dataset(corpus, staging, hub_rows=snakemake.input.get("hub_rows"))
     log.info("corpus %s (%s): %d rows", corpus["name"], corpus["source"], len(dataset))
     total = len(dataset) if not corpus.get("max_samples") else min(len(dataset), corpus["max_samples"])
     with tqdm(total=total, desc="tokenize", unit="samples", file=progress_stream(log), mininterval=5) as bar:

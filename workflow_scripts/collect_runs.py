@@ -6,6 +6,7 @@ import pandas as pd
 from newllm.analysis import run_rows, tag_history
 from newllm.io import read_json, write_csv
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -30,5 +31,5 @@ def main(smk) -> None:
     log.info("collected %d runs (%s)", len(runs), runs["model"].value_counts().to_dict())
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -12,6 +12,7 @@ from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
 from newllm.phase1 import solve_cache
 from newllm.pipeline import build_model, load_stream, start_run
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -40,5 +41,5 @@ def main(smk) -> None:
     write_json(smk.output.meta, meta)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -11,6 +11,7 @@ import numpy as np
 
 from newllm.data import DataError, check_disjoint, load_corpus_cache, sample_ends, split_samples, token_stream, write_stream
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -39,5 +40,5 @@ def main(smk) -> None:
             check_disjoint(ids[parts[a]].tolist(), ids[parts[b]].tolist(), f"the {a} set", f"the {b} set")
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

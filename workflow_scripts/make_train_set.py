@@ -5,6 +5,7 @@ import numpy as np
 from newllm.data import DataError, check_disjoint, read_stream, validation_coverage, write_stream
 from newllm.io import read_json
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -32,5 +33,5 @@ def main(smk) -> None:
     write_stream(smk.output.tokens, train, meta)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -4,6 +4,7 @@ import pandas as pd
 
 from newllm.io import atomic_path, read_json, write_csv
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -44,5 +45,5 @@ def main(smk) -> None:
     log.info("\n%s", table.to_string(index=False))
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -5,7 +5,6 @@ scored for the same table columns as the other models.  Writes ``lm/metrics.json
 ``lm/test_token_nll.npy`` (float32 ``[n_test - 1]``, nats) and ``lm/history.csv``.
 """
 
-from __future__ import annotations
 
 import time
 
@@ -18,6 +17,7 @@ from newllm.io import write_npy
 from newllm.metrics import perplexity
 from newllm.pipeline import write_run_outputs
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -73,5 +73,5 @@ def main(smk) -> None:
              100 * summary["test_accuracy"], ngrams)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

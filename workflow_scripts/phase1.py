@@ -11,6 +11,7 @@ from newllm.model import count_parameters
 from newllm.phase1 import Phase1Config, equal_batches, measure_sweep, train_phase1
 from newllm.pipeline import build_model, load_stream, run_checkpoint, start_run, write_run_outputs
 from newllm.runtime import progress_stream, save_weights
+from newllm.script import run_script
 
 CHECKPOINT_EVERY = 5  # iterations; a killed job resumes from the last checkpoint
 
@@ -65,5 +66,5 @@ def main(smk) -> None:
     log.info("Phase 1 done: %s", summary)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

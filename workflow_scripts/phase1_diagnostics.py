@@ -7,6 +7,7 @@ import torch
 from newllm.diagnostics import convergence_passes, convergence_verdict, identity_check, memory_probe, quality_band
 from newllm.io import read_json, write_json
 from newllm.pipeline import build_model, load_stream, start_run
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -50,5 +51,5 @@ def main(smk) -> None:
              "; train-dev ER gap > 5 points: over-fitting suspected" if band["overfitting_suspected"] else "")
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -11,6 +11,7 @@ from newllm.model import count_parameters
 from newllm.phase2 import Phase2Config, Split, evaluate, train_phase2
 from newllm.pipeline import build_model, load_context_cache, load_stream, run_checkpoint, start_run, write_run_outputs
 from newllm.runtime import progress_stream, save_weights
+from newllm.script import run_script
 
 CHECKPOINT_EVERY = 1  # evaluations; a killed job resumes from the last checkpoint
 
@@ -74,5 +75,5 @@ def main(smk) -> None:
              summary["best_step"], summary["stopped_by"], summary["test_ppl"], 100 * summary["test_accuracy"])
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

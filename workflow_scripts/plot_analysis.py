@@ -5,6 +5,7 @@ import pandas as pd
 
 from newllm.io import read_json
 from newllm.plots import plot_effective_rank, plot_er_vs_ppl, plot_parameter_efficiency, plot_sliding_alpha
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -15,5 +16,5 @@ def main(smk) -> None:
     plot_parameter_efficiency(pd.read_csv(smk.input.comparison), pd.read_csv(smk.input.baselines), smk.output.efficiency)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

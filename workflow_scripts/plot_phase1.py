@@ -3,6 +3,7 @@
 import pandas as pd
 
 from newllm.plots import RUN_KEYS, plot_phase1_curves
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -13,5 +14,5 @@ def main(smk) -> None:
     plot_phase1_curves(history, smk.output.overview, smk.output.runs)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -4,6 +4,7 @@ per run), from the history table alone."""
 import pandas as pd
 
 from newllm.plots import RUN_KEYS, plot_training_curves
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -14,5 +15,5 @@ def main(smk) -> None:
     plot_training_curves(history, smk.output.overview, smk.output.runs)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -4,6 +4,7 @@ extrapolations, and each model's PPL relative to cvfp, from the tables alone."""
 import pandas as pd
 
 from newllm.plots import plot_ppl_ratio, plot_scaling
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -11,5 +12,5 @@ def main(smk) -> None:
     plot_ppl_ratio(pd.read_csv(smk.input.ratios), smk.output.ratio)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

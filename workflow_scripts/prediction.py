@@ -8,6 +8,7 @@ import pandas as pd
 from newllm.analysis import prediction_analysis
 from newllm.io import write_csv, write_json
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def _json_safe(obj):
@@ -29,5 +30,5 @@ def main(smk) -> None:
     log.info("%s", result)
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

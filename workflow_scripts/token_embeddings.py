@@ -26,6 +26,7 @@ from newllm.embeddings import (
 )
 from newllm.io import write_json
 from newllm.runtime import get_logger, save_weights
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -65,5 +66,5 @@ def main(smk) -> None:
     log.info("token embeddings: %s", {k: v for k, v in info.items() if k != "history"})
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

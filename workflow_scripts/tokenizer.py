@@ -1,9 +1,17 @@
-"""Rule tokenizer: materialise and check the GPT-2 BPE files."""
+"""Rule tokenizer (local): materialise and check the GPT-2 BPE files.
+
+``hub:<repo>`` downloads on the submit host, unless the user started Snakemake offline
+(newllm.hub); every other job runs with HF_HUB_OFFLINE=1.
+"""
 
 from pathlib import Path
 
-from newllm.runtime import get_logger
-from newllm.tokenizer import install_tokenizer_files, load_tokenizer
+from newllm.hub import restore_hub_access
+
+restore_hub_access()  # before huggingface_hub is imported
+
+from newllm.runtime import get_logger  # noqa: E402
+from newllm.tokenizer import install_tokenizer_files, load_tokenizer  # noqa: E402
 
 log = get_logger(snakemake.log[0])
 folder = Path(snakemake.output.vocab).parent

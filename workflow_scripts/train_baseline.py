@@ -5,7 +5,6 @@ other model, CVFP's frozen embeddings and tied head.  Writes ``lm/metrics.json``
 ``lm/test_token_nll.npy`` (float32 ``[n_test - 1]``, nats) and ``lm/history.csv``.
 """
 
-from __future__ import annotations
 
 import time
 
@@ -24,6 +23,7 @@ from newllm.io import write_npy
 from newllm.model import count_parameters
 from newllm.pipeline import load_stream, write_run_outputs
 from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
+from newllm.script import run_script
 
 SEQ_LEN_KEY = {"lstm": "bptt", "transformer": "block_size"}
 
@@ -99,5 +99,5 @@ def main(smk) -> None:
              100 * summary["test_accuracy"], summary["train_seconds"])
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())

@@ -8,6 +8,7 @@ import pandas as pd
 from newllm.analysis import verdict, verdict_html, verdict_markdown
 from newllm.io import atomic_path, read_json, write_json
 from newllm.runtime import get_logger
+from newllm.script import run_script
 
 
 def main(smk) -> None:
@@ -34,5 +35,5 @@ def _finite(obj):
     return obj
 
 
-if "snakemake" in globals():
-    main(snakemake)  # noqa: F821
+if __name__ == "__main__":
+    run_script(main, globals())
