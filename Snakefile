@@ -28,6 +28,8 @@ wildcard_constraints:
     seed=alternatives(SEEDS),
 
 
+include: "rules/provenance.smk"
+include: "rules/retrieve.smk"
 include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"
@@ -42,6 +44,8 @@ rule all:
         rules.analysis.input,
         final_outputs(),
         rules.repetition.input,
+        expand(rules.data_provenance.output, study=STUDY),
+        expand(rules.checkpoint_store.output, study=STUDY),
 
 
 onstart:

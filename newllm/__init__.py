@@ -21,13 +21,17 @@ entry points around it.  Modules:
 - :mod:`newllm.analysis`   tidy run tables, comparisons, prediction, the generated verdict
 - :mod:`newllm.plots`      report figures, drawn from tables alone
 - :mod:`newllm.config`     config checks beyond the JSON schema (DAG-construction time)
+- :mod:`newllm.provenance` code hashes per rule, each study's data provenance (DAG time)
+- :mod:`newllm.hub`        hub downloads by local rules; every other job runs offline
 - :mod:`newllm.pipeline`, :mod:`newllm.runtime`, :mod:`newllm.io`  I/O at the edges:
   loading, device, seeding, provenance, atomic writes
 - :mod:`newllm.cli`        ``newllm-fit``: the scaling fit on any external CSV
 
-Only :mod:`newllm.config`, :mod:`newllm.tokenizer`, :mod:`newllm.data`,
-:mod:`newllm.io` and :mod:`newllm.scaling` are imported at DAG-construction time; none
-of them imports torch.
+Only :mod:`newllm.config`, :mod:`newllm.provenance`, :mod:`newllm.hub`,
+:mod:`newllm.tokenizer`, :mod:`newllm.data`, :mod:`newllm.io` and :mod:`newllm.scaling`
+are imported at DAG-construction time; none of them imports torch.  Every rule passes
+the content hash of the modules its script imports as ``params: code`` (an edit reruns
+exactly the jobs that use the module; this file is imported by all of them).
 """
 
 __version__ = "0.1.0"

@@ -1,11 +1,12 @@
 """Corpus loading, token caches, the validation split and training sets (SPEC §2).
 
 A corpus is a list of *samples* (one conversation each).  Every source goes through one
-code path, :func:`load_corpus_dataset`, which calls ``datasets.load_dataset``: the hub
-dataset ``HuggingFaceH4/ultrachat_200k`` directly, local files through the ``json`` /
-``parquet`` / ``csv`` builders, and the embedded ``chitchat-dataset`` after converting
-its single JSON object into UltraChat-schema rows (``prompt_id``,
-``messages: [{role, content}]``).  A sample's text is its message contents joined with
+code path, :func:`load_corpus_dataset`, which returns a ``datasets.Dataset``: a hub
+dataset such as ``HuggingFaceH4/ultrachat_200k`` from the parquet file of the rows the
+``retrieve_corpus`` rule fetched (newllm.hub), local files through the ``json`` /
+``parquet`` / ``csv`` builders, and the embedded ``chitchat-dataset`` as
+``Dataset.from_list`` of its single JSON object converted into UltraChat-schema rows
+(``prompt_id``, ``messages: [{role, content}]``).  A sample's text is its message contents joined with
 ``"\\n"`` (no role tags).
 
 Token files are uint16 ``.npy`` (GPT-2 ids < 65,536) so training can memory-map them;
@@ -78,16 +79,21 @@ def chitchat_to_rows(json_path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path):
-    """Load a corpus as a ``datasets.Dataset`` through ``datasets.load_dataset``.
+def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path, hub_rows: str | Path | None = None):
+    """Load a corpus as a ``datasets.Dataset``.
 
     Args:
         corpus: the ``corpus`` config section: ``source`` is ``chitchat_dataset``,
             ``hub`` (``path`` = repo id, ``split``) or ``local`` (``path`` = file or
             list of files, ``data_format`` = json/parquet/csv, ``split``).
-        staging_dir: scratch folder for the chitchat JSONL conversion and the
-            ``datasets`` cache of local files (the hub source uses the user's HF cache,
-            so a pre-filled cache serves offline runs).
+        staging_dir: scratch folder for the ``datasets`` cache of local files.
+        hub_rows: for ``source: hub``, the parquet file the ``retrieve_corpus`` rule wrote
+            (newllm.hub), read offline; without it the split is loaded from the hub or
+            the Hugging Face cache.
+
+    Returns:
+        The rows in source order.  chitchat becomes ``Dataset.from_list`` of
+        :func:`chitchat_to_rows` (no staging file).
 
     Raises:
         DataError: unknown source, or a local path that does not exist.
@@ -99,11 +105,7 @@ def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path):
     cache_dir = str(staging_dir / "hf_datasets_cache")
     source = corpus["source"]
     if source == "chitchat_dataset":
-        jsonl = staging_dir / "chitchat_rows.jsonl"
-        with open(jsonl, "w") as handle:
-            for row in chitchat_to_rows(chitchat_json_path()):
-                handle.write(json.dumps(row) + "\n")
-        return datasets.load_dataset("json", data_files=str(jsonl), split="train", cache_dir=cache_dir)
+        return datasets.Dataset.from_list(chitchat_to_rows(chitchat_json_path()))
     if source == "local":
         files = corpus["path"] if isinstance(corpus["path"], list) else [corpus["path"]]
         for f in files:
@@ -114,6 +116,8 @@ def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path):
             cache_dir=cache_dir,
         )
     if source == "hub":
+        if hub_rows is not None:
+            return datasets.load_dataset("parquet", data_files=str(hub_rows), split="train", cache_dir=cache_dir)
         return datasets.load_dataset(corpus["path"], split=corpus["split"])
     raise DataError(f"corpus.source {source!r} is not one of chitchat_dataset, hub, local")
 
@@ -126,7 +130,9 @@ def sample_text(row: dict[str, Any], messages_field: str = "messages", text_fiel
 
 
 def count_source_samples(corpus: dict[str, Any]) -> int | None:
-    """Cheap count of samples in a local source (for DAG-time checks); ``None`` for hub.
+    """Cheap count of samples in a local source (for DAG-time checks), before
+    deduplication and ``max_samples``: JSON-lines lines, parquet rows from the file
+    metadata; ``None`` when unknown (hub, csv).
 
     Raises:
         DataError: a local path does not exist.
@@ -135,14 +141,20 @@ def count_source_samples(corpus: dict[str, Any]) -> int | None:
         return len(json.loads(chitchat_json_path().read_text()))
     if corpus["source"] == "local":
         files = corpus["path"] if isinstance(corpus["path"], list) else [corpus["path"]]
+        data_format = corpus.get("data_format", "json")
         total = 0
         for f in files:
             if not Path(f).exists():
                 raise DataError(f"corpus.path {f!r} does not exist (corpus.source: local)")
-            if corpus.get("data_format", "json") != "json":
+            if data_format == "parquet":
+                import pyarrow.parquet as pq
+
+                total += pq.ParquetFile(f).metadata.num_rows
+            elif data_format == "json":
+                with open(f) as handle:
+                    total += sum(1 for line in handle if line.strip())
+            else:
                 return None
-            with open(f) as handle:
-                total += sum(1 for line in handle if line.strip())
         return total
     return None
 
@@ -167,10 +179,13 @@ def build_corpus_cache(
     (counted in the manifest), so validation can never hold a copy of a training sample.
 
     Args:
-        dataset: rows with ``id_field`` and ``messages_field`` (or ``text_field``).
+        dataset: a ``datasets.Dataset`` or ``IterableDataset`` (a streamed one is read
+            once, never downloaded whole) of rows with ``id_field`` and
+            ``messages_field`` (or ``text_field``); read with ``iter(batch_size=...)``.
         tokenizer: a GPT-2 ``PreTrainedTokenizerFast``; no truncation.
         out_dir: destination folder.
-        max_samples: read at most this many rows of the source (in source order).
+        max_samples: read at most this many rows of the source (in source order, ``take``).
+        batch_size: rows tokenized per call.
         progress: optional ``tqdm`` instance advanced per batch.
         extra_manifest: more entries for the manifest (e.g. corpus config, tokenizer hashes).
 
@@ -179,15 +194,19 @@ def build_corpus_cache(
         ``dropped_empty``, ``dropped_duplicates``, file SHA-256s.
     """
     out_dir = Path(out_dir)
-    n_rows = len(dataset) if max_samples is None else min(len(dataset), int(max_samples))
+    if max_samples is not None:
+        limit = int(max_samples) if not hasattr(dataset, "__len__") else min(int(max_samples), len(dataset))
+        dataset = dataset.take(limit)  # the first rows in source order
     ids: list[str] = []
     pieces: list[np.ndarray] = []
     seen: set[str] = set()
     dropped_empty = dropped_dup = 0
-    for start in range(0, n_rows, batch_size):
-        batch = dataset.select(range(start, min(start + batch_size, n_rows)))
+    n_rows = 0
+    for batch in dataset.iter(batch_size=batch_size):
+        columns = list(batch)
+        rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
         texts, batch_ids = [], []
-        for i, row in enumerate(batch):
+        for i, row in enumerate(rows):
             text = sample_text(row, messages_field, text_field)
             if not text.strip():
                 dropped_empty += 1
@@ -197,13 +216,14 @@ def build_corpus_cache(
                 continue
             seen.add(text)
             texts.append(text)
-            batch_ids.append(str(row[id_field]) if id_field in row else str(start + i))
+            batch_ids.append(str(row[id_field]) if id_field in row else str(n_rows + i))
         if texts:
             for token_ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
                 pieces.append(np.asarray(token_ids, dtype=TOKEN_DTYPE))
             ids.extend(batch_ids)
+        n_rows += len(rows)
         if progress is not None:
-            progress.update(len(batch))
+            progress.update(len(rows))
     counts = np.array([len(p) for p in pieces], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=TOKEN_DTYPE)

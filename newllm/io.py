@@ -65,13 +65,10 @@ def write_csv(path: str | os.PathLike, frame: Any) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file, read in ``chunk_bytes`` chunks."""
-    digest = hashlib.sha256()
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file (``hashlib.file_digest``, read in chunks)."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _json_default(obj: Any) -> Any:

@@ -52,12 +52,31 @@ def build_model(params: dict[str, Any], token_input: TokenInput, device: torch.d
 
 
 def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:
-    """A checkpoint beside ``output_path`` whose fingerprint covers the run's resolved
-    config and the size and modification time of every input file, so changed settings
-    or rewritten inputs never resume.  (``stat``, not a hash: context caches reach GBs,
-    and token streams are already hash-checked when read.)"""
+    """The resumable checkpoint of a training job.
+
+    Its fingerprint covers the run's resolved config, the rule's code hash
+    (``params.code``: the ``newllm`` modules the job runs, newllm.provenance) and the size
+    and modification time of every input file, so changed settings, changed code or
+    rewritten inputs never resume.  (``stat``, not a hash: context caches reach GBs, and
+    token streams are already hash-checked when read.)
+
+    Where: with ``params.checkpoints`` (the study's checkpoint folder, an output of the
+    ``checkpoint_store`` rule, so ``snakemake --delete-all-output`` removes it) at
+    ``{checkpoints}/{run}/{phase}/checkpoint.safetensors``, where ``{run}/{phase}`` is the
+    output folder's path below ``results/{study}/runs/``; otherwise beside ``output_path``.
+    """
     inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in smk.input.items()}
-    return CheckpointSpec(Path(output_path).parent / "checkpoint.safetensors", fingerprint(smk.params.run, inputs), every)
+    params = dict(smk.params.items()) if hasattr(smk.params, "items") else dict(vars(smk.params))
+    parts = [params["run"], inputs] if params.get("code") is None else [params["run"], inputs, params["code"]]
+    folder = Path(output_path).parent
+    store = params.get("checkpoints")
+    if store is not None:
+        try:
+            folder = Path(store) / folder.relative_to(Path(store).parent / "runs")
+        except ValueError:
+            run = params["run"]
+            folder = Path(store) / run["model"] / run["variant"] / f"samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}" / folder.name
+    return CheckpointSpec(folder / "checkpoint.safetensors", fingerprint(*parts), every)
 
 
 def load_token_input(embeddings_path: str | Path, num_input_tokens: int, device: torch.device) -> TokenInput:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -14,54 +15,111 @@ import torch
 
 from newllm.io import atomic_path
 
+ACCELERATORS = ("cuda", "mps")
+"""Accelerator types ``device: auto`` uses (via ``torch.accelerator``); others are untested."""
+CUBLAS_WORKSPACE = ":4096:8"
+"""``CUBLAS_WORKSPACE_CONFIG`` that makes cuBLAS matrix products deterministic (CUDA docs)."""
+CODE_PATHS = ("Snakefile", "rules/", "workflow_scripts/", "newllm/", "config/", "envs/")
+"""Project paths whose untracked files make a checkout count as dirty."""
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cpu``; ``cuda`` / ``cuda:N``.
+    """The compute device of a job.
+
+    ``auto`` -> the current ``torch.accelerator`` when it is CUDA or Apple ``mps``, else
+    the CPU; ``cpu``; ``cuda`` / ``cuda:N``; ``mps``.  On ``mps``, operations that torch
+    has no MPS kernel for fail unless ``PYTORCH_ENABLE_MPS_FALLBACK=1`` runs them on the CPU.
 
     Raises:
-        RuntimeError: CUDA requested but not available on this machine.
+        RuntimeError: CUDA or MPS requested but not available on this machine.
         ValueError: a name that is none of those.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.accelerator.is_available():
+            accelerator = torch.accelerator.current_accelerator()
+            if accelerator is not None and accelerator.type in ACCELERATORS:
+                return torch.device(accelerator.type)
+        return torch.device("cpu")
     if name == "cpu":
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {name!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
         return torch.device(name)
-    raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("device 'mps' requested but Apple MPS is not available here; use 'auto' or 'cpu'")
+        return torch.device("mps")
+    raise ValueError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
 
 def seed_everything(seed: int, threads: int | None = None) -> None:
-    """Seed torch's global RNG and fix the thread count (same machine ⇒ same numbers)."""
+    """Seed torch's RNGs (CPU and every accelerator), fix the thread count and ask for
+    deterministic kernels.
+
+    On the CPU the same config, seed, thread count and machine give bit-identical
+    results.  On CUDA, cuBLAS gets a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``, set
+    here before the first CUDA matrix product unless the user set it), cuDNN autotuning
+    is off, and torch uses deterministic algorithms where it has them; an operation
+    without one warns rather than stopping the run (``warn_only``), so GPU reruns are
+    usually but not guaranteed bit-identical (README, "Reproducibility").
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(int(threads))
+    torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def git_state(root: str | Path | None = None) -> dict[str, Any]:
+    """Git revision of the project checkout that holds this ``newllm`` package.
+
+    ``git -C <root>`` runs in the project folder, not in the job's working directory, so
+    a run under ``snakemake --directory`` still records the project's revision.
+
+    Args:
+        root: project folder; default the parent of the ``newllm`` package.
+
+    Returns:
+        ``{"revision": sha or None, "dirty": bool or None}``: ``None`` when git is
+        missing or the package is not tracked in a checkout there (an installed copy).
+        ``dirty`` is true when a tracked file differs from the revision or an untracked
+        file lies in the workflow's code (:data:`CODE_PATHS`).
+    """
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True).stdout
+
+    try:
+        git("ls-files", "--error-unmatch", "newllm/__init__.py")
+        revision = git("rev-parse", "HEAD").strip()
+        status = git("status", "--porcelain=v1", "--untracked-files=all").splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+    dirty = any(not line.startswith("??") or line[3:].startswith(CODE_PATHS) for line in status if line.strip())
+    return {"revision": revision, "dirty": dirty}
+
+
 def provenance(device: torch.device) -> dict[str, Any]:
-    """Package versions, device, Python and git revision, stored next to each run's metrics."""
+    """Package versions, device, Python and the project's git revision (:func:`git_state`),
+    stored next to each run's metrics."""
     versions = {}
     for pkg in ("newllm", "torch", "transformers", "datasets", "numpy", "scipy", "gensim", "snakemake"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = None
+    git = git_state()
     info = {
         "versions": versions,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "git_revision": rev,
+        "git_revision": git["revision"],
+        "git_dirty": git["dirty"],
     }
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)

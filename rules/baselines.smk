@@ -40,6 +40,7 @@ rule ngram:
     params:
         run=ngram_run_params,
         baselines=config["baselines"],
+        code=code_hash("ngram"),
     script:
         "../workflow_scripts/ngram.py"
 
@@ -71,5 +72,6 @@ rule baseline_lm:
     params:
         run=run_params,
         baselines=config["baselines"],
+        code=code_hash("train_baseline"),
     script:
         "../workflow_scripts/train_baseline.py"

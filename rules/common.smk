@@ -27,6 +27,13 @@ SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 validate(config, schema=str(SCHEMA_PATH))  # fills schema defaults into config
 SCHEMA = load_schema(SCHEMA_PATH)
 STUDY = config["study"]
+# never rebuild an existing study from other data by accident (issue 12; newllm.provenance)
+from newllm.provenance import ProvenanceError, check_data_provenance  # noqa: E402
+
+try:
+    DATA_PROVENANCE = check_data_provenance(config, Path("results", STUDY))
+except ProvenanceError as err:
+    raise WorkflowError(str(err)) from None
 try:
     check_config(
         config,
@@ -133,3 +140,33 @@ def final_outputs():
         ],
         study=STUDY,
     )
+
+
+# --------------------------------------------------------------- reruns, hub, caches (issue 12)
+from newllm.hub import record_hub_access  # noqa: E402
+from newllm.provenance import code_hash as script_code_hash  # noqa: E402
+
+# every job runs offline; only the local retrieve rules may download (newllm.hub)
+record_hub_access(os.environ)
+CHECKPOINT_STORE = "results/{study}/checkpoints"
+"""Resumable training checkpoints: the output of rule checkpoint_store (rules/provenance.smk)."""
+
+
+def code_hash(script):
+    """``params: code=code_hash("phase2")``: content hash of the ``newllm`` modules that
+    workflow_scripts/<script>.py imports, so editing one reruns exactly the jobs using it.
+    """
+    return script_code_hash(Path(workflow.basedir, "workflow_scripts", f"{script}.py"))
+
+
+CONTEXT_CACHE_SETTINGS = {
+    k: v for k, v in config["context_cache"].items() if k != "temp"
+}
+"""``context_cache`` without the ``temp`` switch: the export settings (params of export_contexts)."""
+
+
+def cache_output(path):
+    """A context-cache output; ``temp()`` when config ``context_cache.temp`` is true, so
+    Snakemake deletes it once Phase 2 and the diagnostics have read it.
+    """
+    return temp(path) if config["context_cache"]["temp"] else path

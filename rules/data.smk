@@ -13,12 +13,14 @@ rule tokenizer:
         "../envs/newllm.yaml"
     params:
         source=config["tokenizer"],
+        code=code_hash("tokenizer"),
     script:
         "../workflow_scripts/tokenizer.py"
 
 
 rule cache_corpus:
     input:
+        **HUB_CORPUS_INPUT,
         vocab=rules.tokenizer.output.vocab,
         merges=rules.tokenizer.output.merges,
     output:
@@ -34,6 +36,7 @@ rule cache_corpus:
     threads: 2
     params:
         corpus=config["corpus"],
+        code=code_hash("cache_corpus"),
     script:
         "../workflow_scripts/cache_corpus.py"
 
@@ -64,6 +67,7 @@ rule make_heldout:
         },
         max_train_samples=max(SAMPLE_SIZES),
         seed=config["validation"]["seed"],
+        code=code_hash("make_heldout"),
     script:
         "../workflow_scripts/make_heldout.py"
 
@@ -85,12 +89,14 @@ rule make_train_set:
         "../envs/newllm.yaml"
     params:
         require_full_coverage=config["validation"]["require_full_coverage"],
+        code=code_hash("make_train_set"),
     script:
         "../workflow_scripts/make_train_set.py"
 
 
 rule token_embeddings:
     input:
+        **GPT2_CHECKPOINT_INPUT,
         pool=rules.make_heldout.output.embedding_pool,
         pool_meta=rules.make_heldout.output.embedding_pool_meta,
         dev=rules.make_heldout.output.dev,
@@ -110,5 +116,6 @@ rule token_embeddings:
     params:
         embeddings=config["embeddings"],
         seed=config["validation"]["seed"],
+        code=code_hash("token_embeddings"),
     script:
         "../workflow_scripts/token_embeddings.py"

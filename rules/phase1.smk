@@ -27,6 +27,8 @@ rule phase1:
         gpu=GPUS,
     params:
         run=run_params,
+        checkpoints=CHECKPOINT_STORE,
+        code=code_hash("phase1"),
     script:
         "../workflow_scripts/phase1.py"
 
@@ -43,9 +45,9 @@ rule export_contexts:
         test_meta=rules.make_heldout.output.test_meta,
         embeddings=rules.token_embeddings.output.weights,
     output:
-        train=ensure(f"{RUN_DIR}/context_cache/train.npy", non_empty=True),
-        dev=ensure(f"{RUN_DIR}/context_cache/dev.npy", non_empty=True),
-        test=ensure(f"{RUN_DIR}/context_cache/test.npy", non_empty=True),
+        train=cache_output(ensure(f"{RUN_DIR}/context_cache/train.npy", non_empty=True)),
+        dev=cache_output(ensure(f"{RUN_DIR}/context_cache/dev.npy", non_empty=True)),
+        test=cache_output(ensure(f"{RUN_DIR}/context_cache/test.npy", non_empty=True)),
         meta=f"{RUN_DIR}/context_cache/cache.json",
     wildcard_constraints:
         model="cvfp|untrained_context",
@@ -60,7 +62,8 @@ rule export_contexts:
         gpu=GPUS,
     params:
         run=run_params,
-        cache=config["context_cache"],
+        cache=CONTEXT_CACHE_SETTINGS,
+        code=code_hash("export_contexts"),
     script:
         "../workflow_scripts/export_contexts.py"
 
@@ -88,6 +91,7 @@ rule phase1_diagnostics:
     params:
         run=run_params,
         diagnostics=config["diagnostics"],
+        code=code_hash("phase1_diagnostics"),
     script:
         "../workflow_scripts/phase1_diagnostics.py"
 
@@ -115,5 +119,7 @@ rule memory_probe_table:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("memory_probe_table"),
     script:
         "../workflow_scripts/memory_probe_table.py"

@@ -41,5 +41,7 @@ rule phase2:
         gpu=GPUS,
     params:
         run=run_params,
+        checkpoints=CHECKPOINT_STORE,
+        code=code_hash("phase2"),
     script:
         "../workflow_scripts/phase2.py"

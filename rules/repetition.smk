@@ -33,6 +33,7 @@ rule repetition_study:
         model=config["model"],
         seed=SEEDS[0],
         device=config["device"],
+        code=code_hash("repetition_study"),
     script:
         "../workflow_scripts/repetition_study.py"
 
@@ -70,6 +71,8 @@ rule plot_repetition:
     localrule: True
     conda:
         "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_repetition"),
     script:
         "../workflow_scripts/plot_repetition.py"
 

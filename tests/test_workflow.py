@@ -244,7 +244,7 @@ def test_killed_and_resumed_phase2_job_matches_the_uninterrupted_one(repo, e2e, 
     run = "runs/cvfp/base/samples48_ctx16_seed0"
     target = f"results/test/{run}/phase2/metrics.json"
     args = ["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(tmp_path), target]
-    checkpoint = tmp_path / "results/test" / run / "phase2/checkpoint.safetensors"
+    checkpoint = tmp_path / "results/test/checkpoints" / run.removeprefix("runs/") / "phase2/checkpoint.safetensors"
     proc = subprocess.Popen(SNAKEMAKE + args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 600

@@ -1,0 +1,177 @@
+"""Reruns and provenance on a finished study (issue 12): what Snakemake plans after an
+edit to the package, a config that changes a study's data, the git revision under
+``--directory``, temp() context caches and ``--delete-all-output``.
+
+One finished study is made cheaply, once: a git checkout of the workflow in a temp
+folder, the real ``data_provenance`` job of config/test.yaml, every other output of its
+DAG written as a placeholder and recorded with ``snakemake --touch`` (so Snakemake holds
+each job's params, code hashes included).  Every test then runs a dry run or a job that
+is refused before it starts, and puts back what it changed.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+COPIED = ["Snakefile", "rules", "config", "workflow_scripts", "newllm", "envs", "report", ".gitignore"]
+DATA_RULES = {"tokenizer", "data_provenance", "cache_corpus", "make_heldout", "make_train_set", "token_embeddings"}
+PLOT_RULES = {"plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis", "plot_repetition"}
+
+
+def _git(root, *args):
+    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _snakemake(project, work, *args, configs=(), check=True):
+    """Snakemake on config/test.yaml (plus ``configs``) in ``work``: (exit code, output)."""
+    result = subprocess.run([*SNAKEMAKE, *args, "--configfile", "config/test.yaml", *map(str, configs), "--directory", str(work)],
+                            cwd=project, capture_output=True, text=True, timeout=600)
+    out = result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}"
+    return result.returncode, out
+
+
+def _planned(out):
+    """{rule: jobs} of a dry run's job table ({} when nothing is to be done)."""
+    table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)^total", out, re.M | re.S)
+    return {} if table is None else {line.split()[0]: int(line.split()[1]) for line in table.group(1).splitlines() if line.strip()}
+
+
+def _snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def study(repo, tmp_path_factory):
+    """(project checkout, working directory, job table of the whole study)."""
+    root = tmp_path_factory.mktemp("reruns")
+    project, work = root / "project", root / "work"
+    for name in COPIED:
+        src = repo / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            project.mkdir(exist_ok=True)
+            shutil.copy2(src, project / name)
+    _git(project, "init", "-q")
+    _git(project, "add", "-A")
+    _git(project, "commit", "-qm", "workflow")
+    work.mkdir()
+    _git(work, "init", "-q")  # another repository: the one the jobs run in
+    _git(work, "commit", "-q", "--allow-empty", "-m", "not the project")
+    _snakemake(project, work, "--cores", "1", "results/test/provenance.json")
+    _, plan = _snakemake(project, work, "-n")
+    outputs = {f.strip() for line in plan.splitlines() if line.startswith("    output: ") for f in line[12:].split(",")}
+    for name in outputs:
+        path = work / name
+        if path.exists():
+            continue
+        if path.suffix == "":  # directory() outputs: the checkpoint folder, per-run figure folders
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text('{"num_samples": 300}' if path.name == "manifest.json" else "0")
+    _snakemake(project, work, "--cores", "1", "--touch")  # records every job's params
+    return project, work, _planned(plan)
+
+
+def _edit(path, text):
+    original = path.read_bytes()
+    path.write_bytes(original + text.encode())
+    return original
+
+
+def test_editing_a_plot_module_plans_only_the_plots(study):
+    project, work, _ = study
+    module = project / "newllm" / "plots.py"
+    original = _edit(module, "\n# an edit\n")
+    try:
+        _, out = _snakemake(project, work, "-n")
+    finally:
+        module.write_bytes(original)
+    assert set(_planned(out)) == PLOT_RULES | {"all"}, out[-3000:]
+
+
+def test_editing_phase2_plans_phase2_and_everything_downstream(study):
+    project, work, everything = study
+    module = project / "newllm" / "phase2.py"
+    original = _edit(module, "\n# an edit\n")
+    try:
+        _, out = _snakemake(project, work, "-n")
+    finally:
+        module.write_bytes(original)
+    planned = _planned(out)
+    assert planned["phase2"] == everything["phase2"]
+    assert planned["baseline_lm"] == everything["baseline_lm"]  # newllm/baselines/training.py imports newllm.phase2
+    assert {"collect_runs", "bootstrap_test", "fit_scaling", "verdict", "plot_scaling", "plot_phase2"} <= set(planned)
+    upstream = DATA_RULES | {"phase1", "export_contexts", "phase1_diagnostics", "memory_probe_table", "ngram",
+                             "repetition_study", "plot_repetition", "checkpoint_store", "data_coverage"}
+    assert not upstream & set(planned), planned
+
+
+def test_a_checkout_that_only_touches_files_reruns_nothing(study):
+    """Also checks the finished study: nothing to do before any edit."""
+    project, work, _ = study
+    for path in (project / "newllm").rglob("*.py"):
+        os.utime(path)  # newer than every output, same content
+    _, out = _snakemake(project, work, "-n")
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_git_revision_is_the_projects_under_directory(study):
+    project, work, _ = study
+    recorded = json.loads((work / "results/test/provenance.json").read_text())["git"]
+    assert recorded == {"revision": _git(project, "rev-parse", "HEAD"), "dirty": False}
+    assert recorded["revision"] != _git(work, "rev-parse", "HEAD")
+
+
+def test_other_data_for_an_existing_study_is_refused_and_nothing_deleted(study, tmp_path):
+    project, work, _ = study
+    changed = tmp_path / "changed.yaml"
+    changed.write_text("corpus: {max_samples: 250}\nvalidation: {seed: 7}\n")
+    before = _snapshot(work / "results")
+    code, out = _snakemake(project, work, "--cores", "1", configs=[changed], check=False)
+    assert code != 0
+    for text in ("study 'test'", "corpus.max_samples: 300 -> 250", "validation.seed: 0 -> 7",
+                 "--config study=NEW_NAME", "--config rebuild_data=True", "Nothing was run or deleted"):
+        assert text in out, (text, out[-3000:])
+    assert _snapshot(work / "results") == before
+    # the explicit way out plans the rebuild
+    _, out = _snakemake(project, work, "-n", "--config", "rebuild_data=True", configs=[changed])
+    assert {"data_provenance", "cache_corpus", "make_heldout", "phase1", "phase2"} <= set(_planned(out))
+
+
+def test_a_missing_local_corpus_is_a_dag_error_even_with_a_cache(study, tmp_path):
+    project, work, _ = study
+    changed = tmp_path / "local.yaml"
+    changed.write_text(f"corpus: {{name: mine, source: local, path: {tmp_path / 'gone.jsonl'}}}\n")
+    before = _snapshot(work / "results")
+    code, out = _snakemake(project, work, "--cores", "1", configs=[changed], check=False)
+    assert code != 0 and "gone.jsonl' does not exist" in out, out[-3000:]
+    assert _snapshot(work / "results") == before
+
+
+def test_context_caches_are_temp_only_when_asked(study, tmp_path):
+    project, work, everything = study
+    _, out = _snakemake(project, work, "--delete-temp-output", "-n")
+    assert "context_cache" not in out
+    switch = tmp_path / "temp.yaml"
+    switch.write_text("context_cache: {temp: true}\n")
+    _, out = _snakemake(project, work, "--delete-temp-output", "-n", configs=[switch])
+    caches = re.findall(r"Would delete (\S+/context_cache/(?:train|dev|test)\.npy)", out)
+    assert len(caches) == 3 * everything["export_contexts"], out[-3000:]
+
+
+def test_delete_all_output_removes_the_checkpoints(study):
+    project, work, _ = study
+    _, out = _snakemake(project, work, "--delete-all-output", "-n")
+    assert "Would delete results/test/checkpoints" in out

@@ -1,0 +1,23 @@
+"""Rule data_provenance: record what the study's data is built from (newllm.provenance).
+
+Writes ``results/{study}/provenance.json``: the corpus, tokenizer, embeddings and split
+settings (compared at DAG time by rules/common.smk), when they were recorded, and the
+project's git revision.
+"""
+
+import time
+
+from newllm.io import write_json
+from newllm.runtime import get_logger, git_state
+from newllm.script import run_script
+
+
+def main(smk) -> None:
+    log = get_logger(smk.log[0])
+    record = {**smk.params.provenance, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_state()}
+    write_json(smk.output[0], record)
+    log.info("data provenance of study %s: %s", smk.wildcards.study, record)
+
+
+if __name__ == "__main__":
+    run_script(main, globals())
