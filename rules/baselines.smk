@@ -2,20 +2,6 @@
 # Transformer, on the same training, dev and test tokens as cvfp.  The neural ones use
 # the frozen embeddings and tied head and are parameter-matched to the cvfp run.
 # Memory (MB) and wall time (min) per attempt: profiles/default/.
-from types import SimpleNamespace
-
-
-def ngram_run_params(wildcards):
-    """``run_params`` of an ngram run: it has no context_dim and no seed (0 in its path)."""
-    return run_params(
-        SimpleNamespace(
-            model="ngram",
-            variant=wildcards.variant,
-            samples=wildcards.samples,
-            context_dim=0,
-            seed=0,
-        )
-    )
 
 
 rule ngram:

@@ -2,6 +2,7 @@
 # dry run parses this file.
 import os
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -77,7 +78,13 @@ def study_runs():
             for context_dim in dims:
                 for samples in SAMPLE_SIZES:
                     for seed in seeds:
-                        run = dict(model=model, variant=variant, samples=samples, context_dim=context_dim, seed=seed)
+                        run = dict(
+                            model=model,
+                            variant=variant,
+                            samples=samples,
+                            context_dim=context_dim,
+                            seed=seed,
+                        )
                         run["dir"] = RUN_DIR.format(study=STUDY, **run)
                         run["final"] = "phase2" if model in CVFP_FAMILY else "lm"
                         runs.append(run)
@@ -96,12 +103,46 @@ def cvfp_outputs(pattern, models=("cvfp",)):
     """``pattern`` expanded over the runs of the given models (default: cvfp only), in RUNS order."""
     return [
         pattern.format(
-            **{k: run[k] for k in ("model", "variant", "samples", "context_dim", "seed")},
+            **{
+                k: run[k]
+                for k in ("model", "variant", "samples", "context_dim", "seed")
+            },
             study=STUDY,
         )
         for run in RUNS
         if run["model"] in models
     ]
+
+
+def phase2_caches(wildcards):
+    """The train/dev/test context caches of a run; none for no_context."""
+    if wildcards.model == "no_context":
+        return {}
+    names = {
+        "train_cache": "train",
+        "dev_cache": "dev",
+        "test_cache": "test",
+        "cache_meta": "meta",
+    }
+    return {
+        key: getattr(rules.export_contexts.output, name).format(
+            **dict(wildcards.items())
+        )
+        for key, name in names.items()
+    }
+
+
+def ngram_run_params(wildcards):
+    """``run_params`` of an ngram run: it has no context_dim and no seed (0 in its path)."""
+    return run_params(
+        SimpleNamespace(
+            model="ngram",
+            variant=wildcards.variant,
+            samples=wildcards.samples,
+            context_dim=0,
+            seed=0,
+        )
+    )
 
 
 def run_params(wildcards):
@@ -132,7 +173,8 @@ partition), profiles/slurm-gpu 1.  Memory and wall time per rule: profiles/defau
 
 def final_outputs():
     """Everything the default target builds besides the analysis target (rule ``analysis``
-    in rules/analysis.smk lists every table and figure of the study): the memory probe."""
+    in rules/analysis.smk lists every table and figure of the study): the memory probe.
+    """
     return expand(
         [
             "results/{study}/figures/memory_probe.png",

@@ -65,7 +65,6 @@ rule make_heldout:
             "test": config["validation"]["test_samples"],
             "embedding": config["validation"]["embedding_samples"],
         },
-        max_train_samples=max(SAMPLE_SIZES),
         seed=config["validation"]["seed"],
         code=code_hash("make_heldout"),
     script:

@@ -14,12 +14,12 @@ rule phase1:
         weights=f"{RUN_DIR}/phase1/context_block.safetensors",
         metrics=f"{RUN_DIR}/phase1/metrics.json",
         history=f"{RUN_DIR}/phase1/history.csv",
-    wildcard_constraints:
-        model="cvfp|untrained_context",
     log:
         "results/{study}/logs/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
         "results/{study}/benchmarks/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -49,12 +49,12 @@ rule export_contexts:
         dev=cache_output(ensure(f"{RUN_DIR}/context_cache/dev.npy", non_empty=True)),
         test=cache_output(ensure(f"{RUN_DIR}/context_cache/test.npy", non_empty=True)),
         meta=f"{RUN_DIR}/context_cache/cache.json",
-    wildcard_constraints:
-        model="cvfp|untrained_context",
     log:
         "results/{study}/logs/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
         "results/{study}/benchmarks/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -79,10 +79,10 @@ rule phase1_diagnostics:
         embeddings=rules.token_embeddings.output.weights,
     output:
         f"{RUN_DIR}/diagnostics/phase1_diagnostics.json",
-    wildcard_constraints:
-        model="cvfp|untrained_context",
     log:
         "results/{study}/logs/phase1_diagnostics/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+    wildcard_constraints:
+        model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
     threads: 2

@@ -2,17 +2,6 @@
 # no_context trains the same TokenBlock with the context input fixed to zero (no cache).
 
 
-def phase2_caches(wildcards):
-    """The train/dev/test context caches of a run; none for no_context."""
-    if wildcards.model == "no_context":
-        return {}
-    names = {"train_cache": "train", "dev_cache": "dev", "test_cache": "test", "cache_meta": "meta"}
-    return {
-        key: getattr(rules.export_contexts.output, name).format(**dict(wildcards.items()))
-        for key, name in names.items()
-    }
-
-
 rule phase2:
     input:
         unpack(phase2_caches),
@@ -28,12 +17,12 @@ rule phase2:
         metrics=f"{RUN_DIR}/phase2/metrics.json",
         history=f"{RUN_DIR}/phase2/history.csv",
         test_token_nll=f"{RUN_DIR}/phase2/test_token_nll.npy",
-    wildcard_constraints:
-        model="cvfp|untrained_context|no_context",
     log:
         "results/{study}/logs/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
     benchmark:
         "results/{study}/benchmarks/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+    wildcard_constraints:
+        model="cvfp|untrained_context|no_context",
     conda:
         "../envs/newllm.yaml"
     threads: 2
