@@ -217,6 +217,12 @@ def test_training_lowers_dev_loss_and_stops_early(kind, toy_data):
     assert summary["stopped_by"] == "early_stopping" and not summary["undertrained"]
     assert summary["steps"] < CFG.max_steps
     assert summary["dev_loss"] == min(r["dev_loss"] for r in history)
+    # annealing on plateau: an evaluation without improvement halves the learning rate
+    best = math.inf
+    for before, after in zip(history, history[1:]):
+        improved = before["dev_loss"] < best
+        best = min(best, before["dev_loss"])
+        assert after["learning_rate"] == pytest.approx(before["learning_rate"] * (1.0 if improved else CFG.lr_decay))
     # the best weights are restored: re-evaluating dev gives the best dev loss
     assert evaluate_stream(model, dev, CFG.chunk_tokens)["loss"] == pytest.approx(summary["dev_loss"], rel=1e-5)
     result = evaluate_stream(model, test, CFG.chunk_tokens)
@@ -335,7 +341,7 @@ def _run_script(repo, tmp_path, paths, model, baselines):
         log=[str(tmp_path / f"{model}.log")], threads=1,
     )
     script = "ngram.py" if model == "ngram" else "train_baseline.py"
-    runpy.run_path(str(repo / "workflow_scripts" / script), init_globals={"snakemake": smk})
+    runpy.run_path(str(repo / "workflow_scripts" / script), init_globals={"snakemake": smk}, run_name="__main__")
     return json.loads((out / "metrics.json").read_text()), np.load(out / "test_token_nll.npy"), out
 
 

@@ -3,7 +3,11 @@
 The loop reads as nanoGPT's, with the stop rule as an object
 (:class:`newllm.training.EarlyStopping`): get batch -> forward -> tied cross-entropy ->
 backward -> clip -> step -> every ``eval_every`` steps evaluate the dev stream and ask
-the stop rule.  The best dev weights are restored before the test evaluation.  The dev
+the stop rule.  Every evaluation that does not improve the dev loss also multiplies the
+learning rate by ``lr_decay`` (annealing on plateau, so the ``patience`` evaluations
+before a stop are spent at ever smaller steps instead of bouncing around the optimum;
+``lr_decay = 1`` keeps it constant).  The best dev weights are restored before the test
+evaluation.  The dev
 loss at step 0 (the initialisation) is the first evaluation, so a model that never
 improves keeps its initial weights rather than a worse later state.
 
@@ -40,16 +44,17 @@ from newllm.training import EarlyStopping, check_finite
 @dataclass
 class NeuralTrainConfig:
     """Hyper-parameters of one neural baseline run (config ``baselines.<model>`` plus
-    ``baselines.early_stopping``)."""
+    ``baselines.early_stopping``; the defaults here are the schema's LSTM defaults)."""
 
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
+    lr_decay: float = 0.5
     grad_clip: float = 1.0
     batch_size: int = 16
-    seq_len: int = 64
-    eval_every: int = 25
+    seq_len: int = 32
+    eval_every: int = 60
     patience: int = 3
-    min_steps: int = 50
-    max_steps: int = 3000
+    min_steps: int = 60
+    max_steps: int = 4000
     chunk_tokens: int = 32
 
     def __post_init__(self) -> None:
@@ -58,6 +63,8 @@ class NeuralTrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError(f"learning_rate and grad_clip must be > 0, got {self.learning_rate} and {self.grad_clip}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1] (1 = constant learning rate), got {self.lr_decay}")
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "NeuralTrainConfig":
@@ -201,12 +208,18 @@ def train_neural_lm(
         dev = evaluate_stream(model, dev_stream, cfg.chunk_tokens)
         eval_seconds += time.perf_counter() - t0
         check_finite(dev["loss"], f"{run_name} dev loss at step {step}", history[-1]["dev_loss"] if history else None)
+        lr = optimizer.param_groups[0]["lr"]
         record = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "dev_loss": dev["loss"],
-                  "dev_ppl": dev["ppl"], "dev_accuracy": dev["accuracy"], "seconds": time.perf_counter() - t_start}
+                  "dev_ppl": dev["ppl"], "dev_accuracy": dev["accuracy"], "learning_rate": lr,
+                  "seconds": time.perf_counter() - t_start}
         history.append(record)
         if on_eval is not None:
             on_eval(record)
-        return stopper.update(step, dev["loss"], snapshot)
+        stop = stopper.update(step, dev["loss"], snapshot)
+        if stopper.best_step != step:  # no improvement: anneal
+            for group in optimizer.param_groups:
+                group["lr"] = lr * cfg.lr_decay
+        return stop
 
     model.train()
     evaluate(0, None)
