@@ -196,7 +196,7 @@ def toy_data():
     return embeddings, _markov_stream(3000, 1), _markov_stream(600, 2), _markov_stream(600, 3)
 
 
-CFG = NeuralTrainConfig(learning_rate=1e-2, batch_size=4, seq_len=16, eval_every=10, patience=2, min_steps=20,
+CFG = NeuralTrainConfig(learning_rate=1e-2, batch_size=4, seq_len=16, eval_every=10, patience=2, min_delta=0.0, min_steps=20,
                         max_steps=1500, chunk_tokens=64)
 
 

@@ -3,13 +3,13 @@
 The loop reads as nanoGPT's, with the stop rule as an object
 (:class:`newllm.training.EarlyStopping`): get batch -> forward -> tied cross-entropy ->
 backward -> clip -> step -> every ``eval_every`` steps evaluate the dev stream and ask
-the stop rule.  Every evaluation that does not improve the dev loss also multiplies the
+the stop rule (an improvement counts when the dev loss drops by more than ``min_delta``
+nats).  Every evaluation that does not improve the dev loss also multiplies the
 learning rate by ``lr_decay`` (annealing on plateau, so the ``patience`` evaluations
 before a stop are spent at ever smaller steps instead of bouncing around the optimum;
 ``lr_decay = 1`` keeps it constant).  The best dev weights are restored before the test
-evaluation.  The dev
-loss at step 0 (the initialisation) is the first evaluation, so a model that never
-improves keeps its initial weights rather than a worse later state.
+evaluation.  The dev loss at step 0 (the initialisation) is the first evaluation, so a
+model that never improves keeps its initial weights rather than a worse later state.
 
 Batches (deterministic per seed through one ``torch.Generator``):
 
@@ -55,6 +55,7 @@ class NeuralTrainConfig:
     seq_len: int = 32
     eval_every: int = 60
     patience: int = 3
+    min_delta: float = 0.002
     min_steps: int = 60
     max_steps: int = 4000
     chunk_tokens: int = 32
@@ -63,6 +64,8 @@ class NeuralTrainConfig:
         for name in ("batch_size", "seq_len", "eval_every", "max_steps", "chunk_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_delta < 0:
+            raise ValueError(f"min_delta must be >= 0 nats, got {self.min_delta}")
         if self.learning_rate <= 0 or self.grad_clip <= 0:
             raise ValueError(f"learning_rate and grad_clip must be > 0, got {self.learning_rate} and {self.grad_clip}")
         if not 0 < self.lr_decay <= 1:
@@ -196,7 +199,7 @@ def train_neural_lm(
     batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps)
+    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     embeddings = model.embeddings
     tokens_per_step = batches.batch_size * cfg.seq_len
     # at least one evaluation per epoch: small training sets overfit within eval_every steps
