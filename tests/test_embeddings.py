@@ -24,7 +24,7 @@ from newllm.embeddings import (
 )
 from newllm.tokenizer import EOT_ID, VOCAB_SIZE
 
-FAST = BigramConfig(lr=0.05, batch_tokens=512, eval_every=10, patience=3, min_steps=60, max_steps=800, chunk=64)
+FAST = BigramConfig(lr=0.05, batch_tokens=512, eval_every=10, patience=3, min_steps=60, max_steps=800, weight_decay=0.0, chunk=64)
 
 
 def successor_stream(num_conversations: int, seed: int) -> np.ndarray:
@@ -161,7 +161,7 @@ def test_unknown_ids_share_a_low_row_and_the_full_vocab_head_agrees(toy_model):
         h = torch.nn.functional.layer_norm(z, (8,), model.norm.weight / gain, model.norm.bias / gain)
         logits = h @ e.T  # [n, V], exactly newllm.model.tied_logits
     full = torch.logsumexp(logits, 1) - logits.gather(1, torch.from_numpy(stream[1:201])[:, None]).squeeze(1)
-    assert np.allclose(full.numpy(), token_nll(model, class_of, stream[:201]), atol=1e-4)
+    assert np.allclose(full.numpy(), token_nll(model, class_of, stream[:201]), rtol=1e-3, atol=1e-3)
     # Unseen ids' logits sit below every plausible successor's.
     seen_best = logits.max(dim=1).values
     assert bool((logits[:, unseen[0]] < seen_best - 5).all())
@@ -183,7 +183,7 @@ def test_bigram_embeddings_are_deterministic_per_seed():
 
 def test_head_fit_on_frozen_embeddings_scores_word2vec_style_matrices():
     stream = successor_stream(300, seed=0)
-    cfg = BigramConfig(lr=0.05, batch_tokens=256, eval_every=10, patience=2, min_steps=20, max_steps=200, chunk=64)
+    cfg = BigramConfig(lr=0.05, batch_tokens=256, eval_every=10, patience=2, min_steps=20, max_steps=200, weight_decay=0.0, chunk=64)
     random_head = fit_bigram_head(rescale_rows(random_embeddings(8, 0), 1.0), stream, 0, cfg, {"test": successor_stream(50, 1)})
     assert random_head["test_tokens"] == 148 and math.isfinite(random_head["test_ppl"])
     assert random_head["heldout_loss"] < random_head["history"][0]["heldout_loss"]  # f alone still learns
@@ -226,7 +226,7 @@ def test_rule_script_writes_matrix_and_quality_meta(tmp_path, repo, source):
         log=[str(tmp_path / "log.txt")],
         threads=1,
     )
-    runpy.run_path(str(repo / "workflow_scripts/token_embeddings.py"), init_globals={"snakemake": smk})
+    runpy.run_path(str(repo / "workflow_scripts/token_embeddings.py"), init_globals={"snakemake": smk}, run_name="__main__")
     matrix = load_weights(smk.output.weights)["embeddings"]
     meta = read_json(smk.output.meta)
     assert tuple(matrix.shape) == (VOCAB_SIZE, 4) and matrix.dtype == torch.float32
