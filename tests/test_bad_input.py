@@ -53,5 +53,5 @@ def test_empty_or_too_small_corpus(repo, tmp_path):
     small.write_text("".join('{"prompt_id": "%d", "messages": [{"role": "user", "content": "hi %d"}]}\n' % (i, i) for i in range(60)))
     cfg["corpus"] = {"name": "small", "source": "local", "path": str(small)}
     cfg["validation"] = {**cfg["validation"], "dev_samples": 10, "test_samples": 20, "embedding_samples": 10}
-    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160, 320\] exceed the training pool.*leaves 20 samples.*after 40 held-out.*allowed: 1\.\.20"):
+    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160\] exceed the training pool.*leaves 20 samples.*after 40 held-out.*allowed: 1\.\.20"):
         check_config(cfg, schema)
