@@ -31,7 +31,7 @@ from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
 from newllm.solvers import StreamMap, get_solver, solve_sequential
-from newllm.training import TrainingDivergedError, TrainResult, check_finite  # noqa: F401 (re-exported)
+from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
 @dataclass
@@ -56,8 +56,8 @@ class Phase1Config:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        """From a resolved ``phase1`` config section (unknown keys ignored, ``None`` = default)."""
+        return config_from_dict(cls, cfg)
 
 
 def previous_contexts(contexts: Tensor, positions: Tensor) -> Tensor:
@@ -202,6 +202,14 @@ def training_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor,
     return new_contexts, sums
 
 
+def convergence_record(new: Tensor, old: Tensor, threshold: float, prefix: str = "") -> dict[str, Any]:
+    """``converged``/``tokens``/``convergence_rate``/``convergence`` (rate with counts) of
+    ``[n, d_c]`` contexts against the previous iterate (SPEC §4), keys prefixed."""
+    conv, tokens = convergence_counts(new, old, threshold)
+    return {f"{prefix}converged": conv, f"{prefix}tokens": tokens, f"{prefix}convergence_rate": conv / tokens,
+            f"{prefix}convergence": format_rate(conv, tokens)}
+
+
 def measure_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batches: list[Tensor],
                   cfg: "Phase1Config", seed: int, prefix: str = "") -> tuple[Tensor, dict[str, Any]]:
     """One no-grad Jacobi sweep with the current weights: losses, convergence (with
@@ -216,11 +224,9 @@ def measure_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, 
             total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
             sums += torch.stack([total, cvfp, div]).double() * (pos.shape[0] / n)
             new[pos] = out
-    conv, tokens = convergence_counts(new, contexts, cfg.convergence_threshold)
     total, cvfp, div = sums.tolist()
     return new, {f"{prefix}total_loss": total, f"{prefix}cvfp_loss": cvfp, f"{prefix}diversity_loss": div,
-                 f"{prefix}converged": conv, f"{prefix}tokens": tokens, f"{prefix}convergence_rate": conv / tokens,
-                 f"{prefix}convergence": format_rate(conv, tokens),
+                 **convergence_record(new, contexts, cfg.convergence_threshold, prefix),
                  f"{prefix}effective_rank": effective_rank(new, cfg.er_max_rows, seed)}
 
 
@@ -302,19 +308,15 @@ def train_phase1(
         record: dict[str, Any] = {"iteration": iteration, "total_loss": total, "cvfp_loss": cvfp, "diversity_loss": div}
         if val_stream is not None:  # same weights as this sweep's train contexts
             new_val = val_map.sweep(val_contexts)[:, -1]
-            v_conv, v_total = convergence_counts(new_val, val_contexts, cfg.convergence_threshold)
+            record.update(convergence_record(new_val, val_contexts, cfg.convergence_threshold, "val_"))
             val_contexts = new_val
-            record.update(val_converged=v_conv, val_tokens=v_total, val_convergence_rate=v_conv / v_total,
-                          val_convergence=format_rate(v_conv, v_total))
             if needs_er:
                 record["val_effective_rank"] = effective_rank(val_contexts, cfg.er_max_rows, seed)
         state_before_step = copy.deepcopy(block.state_dict()) if cfg.stop_rule == "val_er" else None
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
         optimizer.step()
-        converged, tokens = convergence_counts(new_contexts, contexts, cfg.convergence_threshold)
+        record.update(convergence_record(new_contexts, contexts, cfg.convergence_threshold))
         contexts = new_contexts
-        record.update(converged=converged, tokens=tokens, convergence_rate=converged / tokens,
-                      convergence=format_rate(converged, tokens))
         if needs_er:
             record["effective_rank"] = effective_rank(contexts, cfg.er_max_rows, seed)
         record["seconds"] = time.perf_counter() - t0

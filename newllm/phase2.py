@@ -32,7 +32,7 @@ from torch import Tensor
 from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.model import TokenBlock, TokenInput
-from newllm.training import EarlyStopping, TrainResult, check_finite
+from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
 
 
 class TiedCrossEntropy(torch.autograd.Function):
@@ -117,8 +117,7 @@ class Phase2Config:
     def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "Phase2Config":
         """From a resolved ``phase2`` config section; ``chunk_tokens: null`` becomes the
         measured best per device (64 rows on CPU, 4096 on CUDA; benchmarks/throughput.py)."""
-        known = set(cls.__dataclass_fields__)
-        out = cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+        out = config_from_dict(cls, cfg)
         if out.chunk_tokens is None:
             out.chunk_tokens = 4096 if device is not None and device.type == "cuda" else 64
         return out

@@ -25,6 +25,13 @@ def check_finite(value: float, what: str, last_finite: Any) -> None:
         raise TrainingDivergedError(f"{what}: non-finite loss {value}; last finite values: {last_finite}")
 
 
+def config_from_dict(cls: type, cfg: dict[str, Any]) -> Any:
+    """A trainer config dataclass from a resolved config section: keys the dataclass does
+    not know are ignored, ``None`` means the dataclass default (one rule for every phase)."""
+    known = set(cls.__dataclass_fields__)
+    return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+
+
 class EarlyStopping:
     """Early stopping on a dev loss measured in optimizer steps (SPEC §7, issue 8 §3).
 
