@@ -53,11 +53,11 @@ class NeuralTrainConfig:
     grad_clip: float = 1.0
     batch_size: int = 16
     seq_len: int = 32
-    eval_every: int = 60
+    eval_every: int = 50
     patience: int = 3
     min_delta: float = 0.002
-    min_steps: int = 60
-    max_steps: int = 4000
+    min_steps: int = 100
+    max_steps: int = 2000
     chunk_tokens: int = 32
 
     def __post_init__(self) -> None:
