@@ -369,3 +369,14 @@ def test_rule_scripts_write_the_run_contract(repo, tmp_path, rule_inputs, model)
         assert summary["train_flops"] == train_flops(summary["parameters"], summary["tokens_processed"], 16)
         assert summary["stopped_by"] in {"early_stopping", "max_steps"}
         assert summary["undertrained"] == (summary["stopped_by"] == "max_steps")
+
+
+def test_a_diverging_run_names_the_step(toy_data):
+    from newllm.training import TrainingDivergedError
+
+    embeddings, train, dev, _ = toy_data
+    model = _build("lstm", embeddings, 0)
+    with torch.no_grad():
+        model.readout[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="dev loss at step 0"):
+        train_neural_lm(model, train, dev, CFG, seed=0, stateful=True, run_name="lstm/test")

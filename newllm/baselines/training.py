@@ -238,13 +238,13 @@ def train_neural_lm(
             state = None
         hidden, state = model(inputs, _detach(state))  # [B, T, d_e]
         loss = TiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), embeddings, targets.reshape(-1), cfg.chunk_tokens)
+        value = float(loss.detach())
+        check_finite(value, f"{run_name} training loss at step {step}", last_finite)  # before it reaches the weights
+        last_finite = value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
-        value = float(loss.detach())
-        check_finite(value, f"{run_name} training loss at step {step}", last_finite)
-        last_finite = value
         window_losses.append(value)
         step_seconds += time.perf_counter() - t0
         if step % eval_every == 0 or step == cfg.max_steps:
