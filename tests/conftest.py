@@ -25,7 +25,7 @@ def e2e(repo, tmp_path_factory):
     tests/test_workflow.py checks its outputs, tests/test_slurm.py compares a SLURM run with it."""
     workdir = tmp_path_factory.mktemp("e2e")
     args = ["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(workdir)]
-    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=repo, capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=repo, capture_output=True, text=True, timeout=2400)
     assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return workdir, workdir / "results" / "test"
 

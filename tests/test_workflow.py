@@ -13,7 +13,7 @@ import pytest
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _run(args, cwd, timeout=900):
+def _run(args, cwd, timeout=1800):
     result = subprocess.run(SNAKEMAKE + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
