@@ -380,11 +380,11 @@ class BigramConfig:
     """Training settings for :func:`train_bigram_model` / :func:`fit_bigram_head`.
 
     Defaults measured on the chitchat slice of 1,000 conversations (455k training tokens,
-    d_e = 64, one CPU thread): about 110 steps, 50 s; ``lr 0.01, weight_decay 3`` reaches
+    d_e = 64, one CPU thread): about 110 steps, 50 s of CPU; ``lr 0.01, weight_decay 3`` reaches
     a 2 % lower test PPL in 40 % more time, ``weight_decay 0`` a 12 % higher one.
 
     Attributes:
-        lr: Adam learning rate.
+        lr: AdamW learning rate.
         batch_tokens: next-token targets drawn per optimizer step (with replacement,
             each context scored against its full observed successor distribution).
         eval_every: optimizer steps between held-out evaluations.
