@@ -29,7 +29,9 @@ def sweep_config(sizes: int, dims: int, variants: int) -> dict:
     cfg["study"] = "dag_scale"
     cfg["sample_sizes"] = [25 * (k + 1) for k in range(sizes)]
     cfg["context_dims"] = [16 * (k + 1) for k in range(dims)]
-    cfg["variants"] = {f"w{k}": {"phase1": {"dist_reg_weight": round(0.5 + 0.4 * k / max(variants - 1, 1), 3)}} for k in range(variants)}
+    cfg["variants"] = {
+        f"w{k}": {"phase1": {"dist_reg_weight": round(0.5 + 0.4 * k / max(variants - 1, 1), 3)}} for k in range(variants)
+    }
     return cfg
 
 

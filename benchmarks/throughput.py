@@ -93,30 +93,42 @@ def main() -> None:
     stream = torch.randint(0, V, (args.tokens,), device=device)
     dev = torch.randint(0, V, (args.dev_tokens,), device=device)
     cfg2 = Phase2Config.from_dict({"chunk_tokens": args.chunk, "batch_size": B}, device)
-    print(f"device {device}, threads {torch.get_num_threads()}, d_e {d_e}, d_c {d_c}, V {V}, Phase 2 batch {B}, "
-          f"chunk {cfg2.chunk_tokens}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, d_e {d_e}, d_c {d_c}, V {V}, Phase 2 batch {B}, "
+        f"chunk {cfg2.chunk_tokens}"
+    )
 
     # --- the two vocabulary matmuls of a training step, alone
     h = torch.randn(B, d_e, device=device)
     g = torch.randn(B, V, device=device)
     two = _timeit(lambda: (h @ E.t(), g @ E), device, args.repeats)
     limit = B / two
-    print(f"two-matmul limit [{B}x{d_e}]@[{d_e}x{V}] + [{B}x{V}]@[{V}x{d_e}]: {limit:,.0f} tok/s "
-          f"({4 * B * d_e * V / two / 1e9:.1f} GFLOP/s)")
+    print(
+        f"two-matmul limit [{B}x{d_e}]@[{d_e}x{V}] + [{B}x{V}]@[{V}x{d_e}]: {limit:,.0f} tok/s "
+        f"({4 * B * d_e * V / two / 1e9:.1f} GFLOP/s)"
+    )
 
     # --- 1. Phase 2 in the trainer, gathering from a cache, with and without dev evaluation
     block = TokenBlock(d_c, d_e, d_e).to(device)
     init_weights(block)
     cache, dev_cache = torch.randn(args.tokens, 1, d_c, device=device), torch.randn(args.dev_tokens, 1, d_c, device=device)
-    cfg = Phase2Config(max_steps=args.steps, min_steps=args.steps, eval_every=args.eval_every, patience=10 ** 6,
-                       batch_size=B, chunk_tokens=cfg2.chunk_tokens)
+    cfg = Phase2Config(
+        max_steps=args.steps,
+        min_steps=args.steps,
+        eval_every=args.eval_every,
+        patience=10**6,
+        batch_size=B,
+        chunk_tokens=cfg2.chunk_tokens,
+    )
     t0 = time.perf_counter()
     result = train_phase2(block, token_input, Split(stream, cache), Split(dev, dev_cache), cfg)
     wall = time.perf_counter() - t0
     train_rate, overall = result.summary["tokens_per_s"], args.steps * B / wall
-    print(f"[target 1] Phase 2 in train_phase2: {train_rate:,.0f} tok/s training steps = {train_rate / limit:.2f} of the "
-          f"two-matmul limit (target >= 0.8); with dev evaluation every {args.eval_every} steps on {args.dev_tokens} "
-          f"tokens: {overall:,.0f} tok/s = {overall / limit:.2f}")
+    print(
+        f"[target 1] Phase 2 in train_phase2: {train_rate:,.0f} tok/s training steps = {train_rate / limit:.2f} of the "
+        f"two-matmul limit (target >= 0.8); with dev evaluation every {args.eval_every} steps on {args.dev_tokens} "
+        f"tokens: {overall:,.0f} tok/s = {overall / limit:.2f}"
+    )
 
     pos = torch.randint(0, args.tokens - 1, (B,), device=device)
     y = stream[pos + 1]
@@ -135,8 +147,10 @@ def main() -> None:
         opt.step()
 
     ref, fused = _timeit(reference_step, device, args.repeats), _timeit(fused_step, device, args.repeats)
-    print(f"reference step (F.cross_entropy on full logits): {B / ref:,.0f} tok/s; fused step alone {B / fused:,.0f} tok/s "
-          f"({ref / fused:.2f}x)")
+    print(
+        f"reference step (F.cross_entropy on full logits): {B / ref:,.0f} tok/s; fused step alone {B / fused:,.0f} tok/s "
+        f"({ref / fused:.2f}x)"
+    )
 
     # --- 2. Phase 1 iteration: train_phase1 vs the c602e35 implementation, same shapes
     cfg1 = Phase1Config(max_iterations=args.iterations, min_iterations=args.iterations, stop_convergence_rate=1.1)
@@ -162,8 +176,10 @@ def main() -> None:
             effective_rank(dev_contexts, cfg1.er_max_rows, 0)
         times.append(time.perf_counter() - t0)
     old_rate = args.tokens / sorted(times[1:])[len(times[1:]) // 2]
-    print(f"[target 2] Phase 1 iteration ({args.tokens} tokens + {args.dev_tokens} dev, batch {cfg1.batch_size}): "
-          f"{new_rate:,.0f} tok/s vs {old_rate:,.0f} tok/s at c602e35 = {new_rate / old_rate:.2f}x (target >= 1.5)")
+    print(
+        f"[target 2] Phase 1 iteration ({args.tokens} tokens + {args.dev_tokens} dev, batch {cfg1.batch_size}): "
+        f"{new_rate:,.0f} tok/s vs {old_rate:,.0f} tok/s at c602e35 = {new_rate / old_rate:.2f}x (target >= 1.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,23 @@ BASELINES = ("ngram", "lstm", "transformer")
 RUN_KEYS = ["model", "variant", "samples", "context_dim", "seed"]
 CONFIG_KEYS = ["model", "variant", "context_dim"]
 POINT_KEYS = ["model", "variant", "context_dim", "samples"]
-SUMMARY_COLUMNS = ("train_tokens", "dev_loss", "dev_ppl", "dev_accuracy", "test_loss", "test_ppl", "test_accuracy", "test_tokens",
-                   "parameters", "train_flops", "train_seconds", "steps", "best_step", "stopped_by", "undertrained")
+SUMMARY_COLUMNS = (
+    "train_tokens",
+    "dev_loss",
+    "dev_ppl",
+    "dev_accuracy",
+    "test_loss",
+    "test_ppl",
+    "test_accuracy",
+    "test_tokens",
+    "parameters",
+    "train_flops",
+    "train_seconds",
+    "steps",
+    "best_step",
+    "stopped_by",
+    "undertrained",
+)
 """Summary keys every run's final ``metrics.json`` carries (team contract)."""
 PREDICTORS = ("dev_er_pct", "train_er_pct", "train_dev_er_gap_pct", "phase1_iterations")
 """Phase 1 metrics related to test PPL in :func:`prediction_analysis`."""
@@ -47,7 +62,9 @@ MIN_WINDOW_POINTS = 4
 PARAMETER_TOLERANCE = 0.10
 """A single configuration counts as parameter- (or FLOP-) matched within 10 %."""
 
-_RUN_DIR = re.compile(r"runs/(?P<model>[^/]+)/(?P<variant>[^/]+)/samples(?P<samples>\d+)_ctx(?P<context_dim>\d+)_seed(?P<seed>\d+)(?:/|$)")
+_RUN_DIR = re.compile(
+    r"runs/(?P<model>[^/]+)/(?P<variant>[^/]+)/samples(?P<samples>\d+)_ctx(?P<context_dim>\d+)_seed(?P<seed>\d+)(?:/|$)"
+)
 
 
 def model_rank(model: str) -> int:
@@ -58,7 +75,12 @@ def model_rank(model: str) -> int:
 def sort_models(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """``frame`` sorted by model (study order), then by the other ``keys``."""
     rank = frame["model"].map(model_rank)
-    return frame.assign(_rank=rank).sort_values(["_rank", *[k for k in keys if k != "model"]]).drop(columns="_rank").reset_index(drop=True)
+    return (
+        frame.assign(_rank=rank)
+        .sort_values(["_rank", *[k for k in keys if k != "model"]])
+        .drop(columns="_rank")
+        .reset_index(drop=True)
+    )
 
 
 # ----------------------------------------------------------------------------- runs table
@@ -85,8 +107,12 @@ def _first(mapping: Mapping[str, Any] | None, *names: str, default: Any = None) 
     return default
 
 
-def run_rows(metrics: Mapping[str, dict], phase1: Mapping[str, dict] | None = None, caches: Mapping[str, dict] | None = None,
-             diagnostics: Mapping[str, dict] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def run_rows(
+    metrics: Mapping[str, dict],
+    phase1: Mapping[str, dict] | None = None,
+    caches: Mapping[str, dict] | None = None,
+    diagnostics: Mapping[str, dict] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The tidy runs table and the Phase 1 diagnostics table.
 
     Args:
@@ -125,7 +151,9 @@ def run_rows(metrics: Mapping[str, dict], phase1: Mapping[str, dict] | None = No
         summary = data.get("summary", {})
         missing = [c for c in SUMMARY_COLUMNS if c not in summary]
         if missing:
-            raise ValueError(f"{path}: summary lacks {missing} (team contract: every run's metrics.json carries {list(SUMMARY_COLUMNS)})")
+            raise ValueError(
+                f"{path}: summary lacks {missing} (team contract: every run's metrics.json carries {list(SUMMARY_COLUMNS)})"
+            )
         row = key | {c: summary[c] for c in SUMMARY_COLUMNS}
         row["undertrained"] = bool(row["undertrained"])
         for c in ("context_block_parameters", "token_block_parameters"):
@@ -267,13 +295,29 @@ def window_fits(x: np.ndarray, y: np.ndarray, window: int, step: int = 1) -> dic
         diff_norm = np.linalg.norm(weights[1:] - weights[:-1], axis=1)  # ‖c_w − c_{w−1}‖
         sigma2 = (rss[..., 1:] + rss[..., :-1]) / (2 * dof)
         delta_se[..., 1:] = np.sqrt(sigma2) * diff_norm
-    return {"start": starts, "weights": weights, "alpha": alpha, "intercept": intercept, "rss": rss, "alpha_stderr": alpha_se,
-            "delta_alpha": delta, "delta_alpha_stderr": delta_se}
+    return {
+        "start": starts,
+        "weights": weights,
+        "alpha": alpha,
+        "intercept": intercept,
+        "rss": rss,
+        "alpha_stderr": alpha_se,
+        "delta_alpha": delta,
+        "delta_alpha_stderr": delta_se,
+    }
 
 
-def sliding_window_fits(points: pd.DataFrame, group_by: Sequence[str], window: int, step: int = 1, tokens: str = "train_tokens",
-                        ppl: str = "test_ppl", boot: np.ndarray | None = None, min_points: int = MIN_WINDOW_POINTS,
-                        confidence: float = 0.95) -> pd.DataFrame:
+def sliding_window_fits(
+    points: pd.DataFrame,
+    group_by: Sequence[str],
+    window: int,
+    step: int = 1,
+    tokens: str = "train_tokens",
+    ppl: str = "test_ppl",
+    boot: np.ndarray | None = None,
+    min_points: int = MIN_WINDOW_POINTS,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Fit ``PPL = A·tokens^α`` in windows of ``window`` consecutive sizes per group.
 
     Args:
@@ -295,9 +339,25 @@ def sliding_window_fits(points: pd.DataFrame, group_by: Sequence[str], window: i
     """
     if window < min_points or step < 1:
         raise ValueError(f"window must be >= {min_points} sizes (df >= 2) and step >= 1, got window={window}, step={step}")
-    columns = [*group_by, "window", "n_points", "shared_points", "tokens_min", "tokens_max", "alpha", "A", "r2", "alpha_stderr",
-               "alpha_ci_low", "alpha_ci_high", "delta_alpha", "delta_alpha_stderr", "delta_alpha_boot_se", "delta_alpha_ci_low",
-               "delta_alpha_ci_high"]
+    columns = [
+        *group_by,
+        "window",
+        "n_points",
+        "shared_points",
+        "tokens_min",
+        "tokens_max",
+        "alpha",
+        "A",
+        "r2",
+        "alpha_stderr",
+        "alpha_ci_low",
+        "alpha_ci_high",
+        "delta_alpha",
+        "delta_alpha_stderr",
+        "delta_alpha_boot_se",
+        "delta_alpha_ci_low",
+        "delta_alpha_ci_high",
+    ]
     rows = []
     points = points.reset_index(drop=True)
     for key, idx in points.groupby(list(group_by), sort=True).indices.items():
@@ -314,10 +374,17 @@ def sliding_window_fits(points: pd.DataFrame, group_by: Sequence[str], window: i
             part = slice(s, s + window)
             single = fit_power_law(t[part], np.exp(y[part]))
             row = keys | {
-                "window": w, "n_points": window, "shared_points": max(window - step, 0) if w else 0,
-                "tokens_min": t[part].min(), "tokens_max": t[part].max(), "alpha": fit["alpha"][w], "A": single["A"],
-                "r2": single["r2"], "alpha_stderr": fit["alpha_stderr"][w],
-                "delta_alpha": fit["delta_alpha"][w], "delta_alpha_stderr": fit["delta_alpha_stderr"][w],
+                "window": w,
+                "n_points": window,
+                "shared_points": max(window - step, 0) if w else 0,
+                "tokens_min": t[part].min(),
+                "tokens_max": t[part].max(),
+                "alpha": fit["alpha"][w],
+                "A": single["A"],
+                "r2": single["r2"],
+                "alpha_stderr": fit["alpha_stderr"][w],
+                "delta_alpha": fit["delta_alpha"][w],
+                "delta_alpha_stderr": fit["delta_alpha_stderr"][w],
             }
             if bfit is not None:
                 lo, hi = percentile_interval(bfit["alpha"][:, w], confidence)
@@ -325,15 +392,35 @@ def sliding_window_fits(points: pd.DataFrame, group_by: Sequence[str], window: i
                 if w:
                     d = bfit["alpha"][:, w] - bfit["alpha"][:, w - 1]
                     lo, hi = percentile_interval(d, confidence)
-                    row.update(delta_alpha_boot_se=float(np.nanstd(d, ddof=1)), delta_alpha_ci_low=float(lo), delta_alpha_ci_high=float(hi))
+                    row.update(
+                        delta_alpha_boot_se=float(np.nanstd(d, ddof=1)),
+                        delta_alpha_ci_low=float(lo),
+                        delta_alpha_ci_high=float(hi),
+                    )
             rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
 
 # ----------------------------------------------------------------------------- points tables
-BASELINE_COLUMNS = ["model", "variant", "context_dim", "samples", "train_tokens", "n_seeds", "test_ppl", "test_ppl_ci_low",
-                    "test_ppl_ci_high", "test_loss", "test_loss_seed_sd", "test_accuracy", "dev_ppl", "parameters", "train_flops",
-                    "train_seconds", "undertrained_runs"]
+BASELINE_COLUMNS = [
+    "model",
+    "variant",
+    "context_dim",
+    "samples",
+    "train_tokens",
+    "n_seeds",
+    "test_ppl",
+    "test_ppl_ci_low",
+    "test_ppl_ci_high",
+    "test_loss",
+    "test_loss_seed_sd",
+    "test_accuracy",
+    "dev_ppl",
+    "parameters",
+    "train_flops",
+    "train_seconds",
+    "undertrained_runs",
+]
 
 
 def baselines_table(points: pd.DataFrame) -> pd.DataFrame:
@@ -353,8 +440,13 @@ def _point_index(points: pd.DataFrame) -> dict[tuple, int]:
     return {tuple(r): i for i, r in enumerate(points[POINT_KEYS].itertuples(index=False, name=None))}
 
 
-def ratio_table(points: pd.DataFrame, point_boot: np.ndarray, reference_variant: str, reference: str = REFERENCE_MODEL,
-                confidence: float = 0.95) -> pd.DataFrame:
+def ratio_table(
+    points: pd.DataFrame,
+    point_boot: np.ndarray,
+    reference_variant: str,
+    reference: str = REFERENCE_MODEL,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
     """Each model's test PPL relative to ``reference`` (cvfp) at the same size.
 
     The reference point is ``(reference, reference_variant, same context_dim, same
@@ -369,7 +461,9 @@ def ratio_table(points: pd.DataFrame, point_boot: np.ndarray, reference_variant:
         ``percent_difference`` = 100·(ratio − 1) and its ``_ci_low/high``.
     """
     index = _point_index(points)
-    ref_dims = sorted(points.loc[(points["model"] == reference) & (points["variant"] == reference_variant), "context_dim"].unique())
+    ref_dims = sorted(
+        points.loc[(points["model"] == reference) & (points["variant"] == reference_variant), "context_dim"].unique()
+    )
     rows = []
     for i, p in points.iterrows():
         if p["model"] == reference and p["variant"] == reference_variant:
@@ -382,19 +476,42 @@ def ratio_table(points: pd.DataFrame, point_boot: np.ndarray, reference_variant:
             log_ratio = point_boot[:, i] - point_boot[:, j]
             lo, hi = percentile_interval(log_ratio, confidence)
             ratio = math.exp(p["test_loss"] - points.loc[j, "test_loss"])
-            rows.append({**{k: p[k] for k in POINT_KEYS}, "reference_context_dim": dim, "train_tokens": p.get("train_tokens"),
-                         "ppl": math.exp(p["test_loss"]), "reference_ppl": math.exp(points.loc[j, "test_loss"]), "ratio": ratio,
-                         "ratio_ci_low": math.exp(lo), "ratio_ci_high": math.exp(hi), "percent_difference": 100 * (ratio - 1),
-                         "percent_difference_ci_low": 100 * (math.exp(lo) - 1), "percent_difference_ci_high": 100 * (math.exp(hi) - 1)})
-    columns = [*POINT_KEYS, "reference_context_dim", "train_tokens", "ppl", "reference_ppl", "ratio", "ratio_ci_low", "ratio_ci_high",
-               "percent_difference", "percent_difference_ci_low", "percent_difference_ci_high"]
+            rows.append(
+                {
+                    **{k: p[k] for k in POINT_KEYS},
+                    "reference_context_dim": dim,
+                    "train_tokens": p.get("train_tokens"),
+                    "ppl": math.exp(p["test_loss"]),
+                    "reference_ppl": math.exp(points.loc[j, "test_loss"]),
+                    "ratio": ratio,
+                    "ratio_ci_low": math.exp(lo),
+                    "ratio_ci_high": math.exp(hi),
+                    "percent_difference": 100 * (ratio - 1),
+                    "percent_difference_ci_low": 100 * (math.exp(lo) - 1),
+                    "percent_difference_ci_high": 100 * (math.exp(hi) - 1),
+                }
+            )
+    columns = [
+        *POINT_KEYS,
+        "reference_context_dim",
+        "train_tokens",
+        "ppl",
+        "reference_ppl",
+        "ratio",
+        "ratio_ci_low",
+        "ratio_ci_high",
+        "percent_difference",
+        "percent_difference_ci_low",
+        "percent_difference_ci_high",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     return sort_models(table, [*POINT_KEYS, "reference_context_dim"]) if len(table) else table
 
 
 # ----------------------------------------------------------------------------- matched comparisons
-def matched_values(curves: Mapping[Any, tuple[np.ndarray, np.ndarray, np.ndarray | None]], tolerance: float = PARAMETER_TOLERANCE
-                   ) -> tuple[float, dict[Any, dict[str, Any]]]:
+def matched_values(
+    curves: Mapping[Any, tuple[np.ndarray, np.ndarray, np.ndarray | None]], tolerance: float = PARAMETER_TOLERANCE
+) -> tuple[float, dict[Any, dict[str, Any]]]:
     """Loss of several curves at one common abscissa (parameters or training FLOPs).
 
     Each curve is ``(x [n] > 0, loss [n], boot [B, n] or None)``.  A curve *covers* a value
@@ -414,7 +531,11 @@ def matched_values(curves: Mapping[Any, tuple[np.ndarray, np.ndarray, np.ndarray
         x = np.asarray(x, dtype=float)
         ok = np.isfinite(x) & (x > 0)
         if ok.any():
-            usable[key] = (x[ok], np.asarray(loss, dtype=float)[ok], None if boot is None else np.asarray(boot, dtype=float)[:, ok])
+            usable[key] = (
+                x[ok],
+                np.asarray(loss, dtype=float)[ok],
+                None if boot is None else np.asarray(boot, dtype=float)[:, ok],
+            )
     if not usable:
         return math.nan, {key: {"loss": math.nan, "boot": None, "how": "not covered"} for key in curves}
 
@@ -452,8 +573,9 @@ def matched_values(curves: Mapping[Any, tuple[np.ndarray, np.ndarray, np.ndarray
     return x_star, out
 
 
-def comparison_table(runs: pd.DataFrame, points: pd.DataFrame, point_boot: np.ndarray | None, fits: pd.DataFrame,
-                     confidence: float = 0.95) -> pd.DataFrame:
+def comparison_table(
+    runs: pd.DataFrame, points: pd.DataFrame, point_boot: np.ndarray | None, fits: pd.DataFrame, confidence: float = 0.95
+) -> pd.DataFrame:
     """One row per configuration (model × variant × context_dim): settings, scaling fit and
     the numbers at the largest size, and PPL at matched parameters and FLOPs.
 
@@ -481,15 +603,21 @@ def comparison_table(runs: pd.DataFrame, points: pd.DataFrame, point_boot: np.nd
     for key, idx in points.groupby(CONFIG_KEYS, sort=True).indices.items():
         g = points.iloc[idx]
         if "train_flops" in g:
-            flop_curves[key] = (g["train_flops"].to_numpy(dtype=float), g["test_loss"].to_numpy(dtype=float),
-                                None if point_boot is None else point_boot[:, idx])
+            flop_curves[key] = (
+                g["train_flops"].to_numpy(dtype=float),
+                g["test_loss"].to_numpy(dtype=float),
+                None if point_boot is None else point_boot[:, idx],
+            )
     top = points[points["samples"] == largest]
     for key, idx in top.groupby(["model", "variant"], sort=True).indices.items():
         g = top.iloc[idx]
         cols = top.index[idx]
         if "parameters" in g:
-            param_curves[key] = (g["parameters"].to_numpy(dtype=float), g["test_loss"].to_numpy(dtype=float),
-                                 None if point_boot is None else point_boot[:, cols])
+            param_curves[key] = (
+                g["parameters"].to_numpy(dtype=float),
+                g["test_loss"].to_numpy(dtype=float),
+                None if point_boot is None else point_boot[:, cols],
+            )
     f_star, at_flops = matched_values(flop_curves)
     p_star, at_params = matched_values(param_curves)
     rows = []
@@ -503,19 +631,43 @@ def comparison_table(runs: pd.DataFrame, points: pd.DataFrame, point_boot: np.nd
         fit = fit.iloc[0] if len(fit) else pd.Series(dtype=object)
         row = {"model": model, "variant": variant, "context_dim": dim}
         row.update({s: config_runs[s].iloc[0] for s in settings if s in config_runs and config_runs[s].notna().any()})
-        row.update({c: fit.get(c, math.nan) for c in ("alpha", "alpha_stderr", "alpha_ci_low", "alpha_ci_high", "alpha_boot_ci_low",
-                                                      "alpha_boot_ci_high", "A", "r2", "E", "beta", "preferred_form")})
         row.update(
-            n_seeds=int(g["n_seeds"].max()), samples_largest=int(big["samples"]), train_tokens_largest=big.get("train_tokens"),
-            test_ppl_largest=big["test_ppl"], test_ppl_largest_ci_low=big.get("test_ppl_ci_low"),
-            test_ppl_largest_ci_high=big.get("test_ppl_ci_high"), test_accuracy_largest=big.get("test_accuracy"),
+            {
+                c: fit.get(c, math.nan)
+                for c in (
+                    "alpha",
+                    "alpha_stderr",
+                    "alpha_ci_low",
+                    "alpha_ci_high",
+                    "alpha_boot_ci_low",
+                    "alpha_boot_ci_high",
+                    "A",
+                    "r2",
+                    "E",
+                    "beta",
+                    "preferred_form",
+                )
+            }
+        )
+        row.update(
+            n_seeds=int(g["n_seeds"].max()),
+            samples_largest=int(big["samples"]),
+            train_tokens_largest=big.get("train_tokens"),
+            test_ppl_largest=big["test_ppl"],
+            test_ppl_largest_ci_low=big.get("test_ppl_ci_low"),
+            test_ppl_largest_ci_high=big.get("test_ppl_ci_high"),
+            test_accuracy_largest=big.get("test_accuracy"),
             dev_ppl_largest=math.exp(big["dev_loss"]) if "dev_loss" in big else math.nan,
-            parameters=big.get("parameters"), train_flops_largest=big.get("train_flops"),
+            parameters=big.get("parameters"),
+            train_flops_largest=big.get("train_flops"),
         )
         for c in ("dev_er_pct", "train_er_pct"):
             row[c] = big_runs[c].mean() if c in big_runs and big_runs[c].notna().any() else math.nan
         row["phase1_iterations"] = config_runs["phase1_iterations"].mean() if "phase1_iterations" in config_runs else math.nan
-        for prefix, star, table, curve_key in (("parameters", p_star, at_params, (model, variant)), ("flops", f_star, at_flops, key)):
+        for prefix, star, table, curve_key in (
+            ("parameters", p_star, at_params, (model, variant)),
+            ("flops", f_star, at_flops, key),
+        ):
             value = table.get(curve_key, {"loss": math.nan, "boot": None, "how": "not covered"})
             lo, hi = percentile_interval(value["boot"], confidence) if value["boot"] is not None else (math.nan, math.nan)
             row[f"matched_{prefix}"] = star
@@ -588,12 +740,19 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(stats.spearmanr(x, y)[0])
 
 
-NO_P_VALUES = ("no p-values: runs share configurations, training data and the test set, so they are not independent; "
-               "intervals use the effective n (Kish design effect, intraclass correlations within configurations)")
+NO_P_VALUES = (
+    "no p-values: runs share configurations, training data and the test set, so they are not independent; "
+    "intervals use the effective n (Kish design effect, intraclass correlations within configurations)"
+)
 
 
-def prediction_analysis(runs: pd.DataFrame, predictors: Sequence[str] = PREDICTORS, er: str = "dev_er_pct",
-                        cluster_by: Sequence[str] = ("variant", "context_dim"), confidence: float = 0.95) -> dict[str, Any]:
+def prediction_analysis(
+    runs: pd.DataFrame,
+    predictors: Sequence[str] = PREDICTORS,
+    er: str = "dev_er_pct",
+    cluster_by: Sequence[str] = ("variant", "context_dim"),
+    confidence: float = 0.95,
+) -> dict[str, Any]:
     """Relate Phase 1 metrics to test perplexity (SPEC §8, issue 9).
 
     ``y = ln test PPL = test_loss``.  Per predictor:
@@ -632,8 +791,15 @@ def prediction_analysis(runs: pd.DataFrame, predictors: Sequence[str] = PREDICTO
             n_eff = effective_n(xr, yr, co) if np.isfinite(partial) else math.nan
         lo, hi = fisher_interval(partial, n_eff, controlled=1, confidence=confidence)
         frame = pd.DataFrame({"c": co, "x": xo, "y": y_res[ok]}).groupby("c").mean()
-        row.update(partial_r=partial, partial_r_ci_low=lo, partial_r_ci_high=hi, n_eff=n_eff,
-                   config_r=_pearson(frame["x"].to_numpy(), frame["y"].to_numpy()), n_configurations=int(len(frame)), note=NO_P_VALUES)
+        row.update(
+            partial_r=partial,
+            partial_r_ci_low=lo,
+            partial_r_ci_high=hi,
+            n_eff=n_eff,
+            config_r=_pearson(frame["x"].to_numpy(), frame["y"].to_numpy()),
+            n_configurations=int(len(frame)),
+            note=NO_P_VALUES,
+        )
         correlations.append(row)
     er_values = runs[er].to_numpy(dtype=float) if er in runs else np.full(len(runs), np.nan)
     ppl = np.exp(y)
@@ -642,8 +808,21 @@ def prediction_analysis(runs: pd.DataFrame, predictors: Sequence[str] = PREDICTO
         res = stats.linregress(er_values, ppl)
         linear.update(a=float(res.intercept), b=float(res.slope), r2=float(res.rvalue**2))
     design = np.column_stack([lt, er_values, np.ones_like(y)])
-    log_linear: dict[str, Any] = {k: math.nan for k in ("alpha", "beta", "gamma", "alpha_stderr", "beta_stderr", "gamma_stderr",
-                                                       "alpha_cluster_stderr", "beta_cluster_stderr", "gamma_cluster_stderr", "r2")}
+    log_linear: dict[str, Any] = {
+        k: math.nan
+        for k in (
+            "alpha",
+            "beta",
+            "gamma",
+            "alpha_stderr",
+            "beta_stderr",
+            "gamma_stderr",
+            "alpha_cluster_stderr",
+            "beta_cluster_stderr",
+            "gamma_cluster_stderr",
+            "r2",
+        )
+    }
     log_linear.update(n=int(len(runs)), n_clusters=int(np.unique(clusters).size))
     if len(runs) > 3 and np.isfinite(design).all() and np.linalg.matrix_rank(design) == 3:
         coef, *_ = np.linalg.lstsq(design, y, rcond=None)
@@ -651,14 +830,18 @@ def prediction_analysis(runs: pd.DataFrame, predictors: Sequence[str] = PREDICTO
         n, k = design.shape
         bread = np.linalg.inv(design.T @ design)
         ols_se = np.sqrt(np.diag(float(resid @ resid) / (n - k) * bread))
-        meat = sum(np.outer(design[clusters == c].T @ resid[clusters == c], design[clusters == c].T @ resid[clusters == c])
-                   for c in np.unique(clusters))
+        meat = sum(
+            np.outer(design[clusters == c].T @ resid[clusters == c], design[clusters == c].T @ resid[clusters == c])
+            for c in np.unique(clusters)
+        )
         g = np.unique(clusters).size
         scale = g / (g - 1) * (n - 1) / (n - k) if g > 1 else math.nan
         cluster_se = np.sqrt(np.diag(scale * bread @ meat @ bread)) if g > 1 else np.full(3, np.nan)
         ss_tot = float(((y - y.mean()) ** 2).sum())
         for i, name in enumerate(("alpha", "beta", "gamma")):
-            log_linear.update({name: float(coef[i]), f"{name}_stderr": float(ols_se[i]), f"{name}_cluster_stderr": float(cluster_se[i])})
+            log_linear.update(
+                {name: float(coef[i]), f"{name}_stderr": float(ols_se[i]), f"{name}_cluster_stderr": float(cluster_se[i])}
+            )
         log_linear["r2"] = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else math.nan
     return {"correlations": correlations, "linear": linear, "log_linear": log_linear, "er_column": er, "note": NO_P_VALUES}
 
@@ -677,9 +860,17 @@ def _dev_choice(points: pd.DataFrame, mask: pd.Series, prefer_dim: int | None = 
     return int(cand.index[0])
 
 
-def verdict(points: pd.DataFrame, point_boot: np.ndarray, fits: pd.DataFrame, runs: pd.DataFrame, reference_variant: str,
-            reference: str = REFERENCE_MODEL, confidence: float = 0.95, test_set: Mapping[str, Any] | None = None,
-            resamples: int | None = None) -> dict[str, Any]:
+def verdict(
+    points: pd.DataFrame,
+    point_boot: np.ndarray,
+    fits: pd.DataFrame,
+    runs: pd.DataFrame,
+    reference_variant: str,
+    reference: str = REFERENCE_MODEL,
+    confidence: float = 0.95,
+    test_set: Mapping[str, Any] | None = None,
+    resamples: int | None = None,
+) -> dict[str, Any]:
     """The numbers behind the report's opening lines.
 
     At the study's largest size: the reference configuration is ``reference`` with
@@ -697,17 +888,28 @@ def verdict(points: pd.DataFrame, point_boot: np.ndarray, fits: pd.DataFrame, ru
     """
     points = points.reset_index(drop=True)
     largest = int(points.loc[points["model"] == reference, "samples"].max()) if (points["model"] == reference).any() else None
-    out: dict[str, Any] = {"reference_model": reference, "reference_variant": reference_variant, "confidence": confidence,
-                           "test_set": dict(test_set or {}), "resamples": resamples,
-                           "seeds": int(points["n_seeds"].max()) if "n_seeds" in points and len(points) else None}
+    out: dict[str, Any] = {
+        "reference_model": reference,
+        "reference_variant": reference_variant,
+        "confidence": confidence,
+        "test_set": dict(test_set or {}),
+        "resamples": resamples,
+        "seeds": int(points["n_seeds"].max()) if "n_seeds" in points and len(points) else None,
+    }
     if largest is None:
         out.update(available=False, reason=f"no {reference} runs in this study")
         return out
     at = points["samples"] == largest
     ref_i = _dev_choice(points, at & (points["model"] == reference) & (points["variant"] == reference_variant))
     ref = points.loc[ref_i]
-    out.update(available=True, samples=largest, train_tokens=_num(ref.get("train_tokens")), reference_context_dim=int(ref["context_dim"]),
-               reference_ppl=_num(ref["test_ppl"]), reference_ppl_ci=[_num(ref.get("test_ppl_ci_low")), _num(ref.get("test_ppl_ci_high"))])
+    out.update(
+        available=True,
+        samples=largest,
+        train_tokens=_num(ref.get("train_tokens")),
+        reference_context_dim=int(ref["context_dim"]),
+        reference_ppl=_num(ref["test_ppl"]),
+        reference_ppl_ci=[_num(ref.get("test_ppl_ci_low")), _num(ref.get("test_ppl_ci_high"))],
+    )
     comparisons = []
     others = [m for m in sorted(points["model"].unique(), key=model_rank) if m != reference]
     for model in others:
@@ -718,32 +920,70 @@ def verdict(points: pd.DataFrame, point_boot: np.ndarray, fits: pd.DataFrame, ru
         d = point_boot[:, ref_i] - point_boot[:, i]  # ln(PPL_ref / PPL_model) per resample
         lo, hi = percentile_interval(d, confidence)
         pct = 100 * (math.exp(ref["test_loss"] - p["test_loss"]) - 1)
-        comparisons.append({"model": model, "variant": p["variant"], "context_dim": int(p["context_dim"]), "ppl": _num(p["test_ppl"]),
-                            "ppl_ci": [_num(p.get("test_ppl_ci_low")), _num(p.get("test_ppl_ci_high"))],
-                            "percent": pct, "percent_ci": [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)],
-                            "dev_loss": _num(p.get("dev_loss"))})
+        comparisons.append(
+            {
+                "model": model,
+                "variant": p["variant"],
+                "context_dim": int(p["context_dim"]),
+                "ppl": _num(p["test_ppl"]),
+                "ppl_ci": [_num(p.get("test_ppl_ci_low")), _num(p.get("test_ppl_ci_high"))],
+                "percent": pct,
+                "percent_ci": [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)],
+                "dev_loss": _num(p.get("dev_loss")),
+            }
+        )
     out["comparisons"] = comparisons
     baselines = [c for c in comparisons if c["model"] in BASELINES]
     if baselines:
-        best = min(baselines, key=lambda c: (c["dev_loss"] if c["dev_loss"] is not None else math.inf))
+        best = min(baselines, key=lambda c: c["dev_loss"] if c["dev_loss"] is not None else math.inf)
         lo, hi = best["percent_ci"]
         outcome = "beats" if hi < 0 else "loses" if lo > 0 else "inconclusive"
-        out["best_baseline"] = {"model": best["model"], "context_dim": best["context_dim"], "chosen_on": "dev loss", "outcome": outcome,
-                                "percent": best["percent"], "percent_ci": best["percent_ci"]}
+        out["best_baseline"] = {
+            "model": best["model"],
+            "context_dim": best["context_dim"],
+            "chosen_on": "dev loss",
+            "outcome": outcome,
+            "percent": best["percent"],
+            "percent_ci": best["percent_ci"],
+        }
     else:
         out["best_baseline"] = None
     alphas = []
     for model in [reference, *others]:
-        dim = int(ref["context_dim"]) if model == reference else next((c["context_dim"] for c in comparisons if c["model"] == model), None)
-        variant = reference_variant if model == reference else next((c["variant"] for c in comparisons if c["model"] == model), None)
-        f = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)] if dim is not None else fits.iloc[:0]
+        dim = (
+            int(ref["context_dim"])
+            if model == reference
+            else next((c["context_dim"] for c in comparisons if c["model"] == model), None)
+        )
+        variant = (
+            reference_variant if model == reference else next((c["variant"] for c in comparisons if c["model"] == model), None)
+        )
+        f = (
+            fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
+            if dim is not None
+            else fits.iloc[:0]
+        )
         if not len(f):
             continue
         f = f.iloc[0]
         boot_ci = [_num(f.get("alpha_boot_ci_low")), _num(f.get("alpha_boot_ci_high"))]
-        ci, kind = (boot_ci, "bootstrap") if None not in boot_ci else ([_num(f.get("alpha_ci_low")), _num(f.get("alpha_ci_high"))], "ols_t")
-        alphas.append({"model": model, "variant": variant, "context_dim": dim, "alpha": _num(f["alpha"]), "alpha_ci": ci,
-                       "interval": kind, "preferred_form": f.get("preferred_form"), "n_points": int(f["n_points"])})
+        ci, kind = (
+            (boot_ci, "bootstrap")
+            if None not in boot_ci
+            else ([_num(f.get("alpha_ci_low")), _num(f.get("alpha_ci_high"))], "ols_t")
+        )
+        alphas.append(
+            {
+                "model": model,
+                "variant": variant,
+                "context_dim": dim,
+                "alpha": _num(f["alpha"]),
+                "alpha_ci": ci,
+                "interval": kind,
+                "preferred_form": f.get("preferred_form"),
+                "n_points": int(f["n_points"]),
+            }
+        )
     out["alphas"] = alphas
     under = []
     for model in sorted(runs["model"].unique(), key=model_rank):
@@ -762,7 +1002,7 @@ def _num(value: Any) -> float | None:
 
 
 def _pct_phrase(pct: float, ci: Sequence[float | None], other: str) -> str:
-    """"12.0 % [8.1, 16.2] below X" / "… above X" / "within [−2.0 %, +3.1 %] of X (no clear
+    """ "12.0 % [8.1, 16.2] below X" / "… above X" / "within [−2.0 %, +3.1 %] of X (no clear
     difference)" when the interval contains 0."""
     lo, hi = ci
     if lo is None or hi is None:
@@ -787,38 +1027,60 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
     conf = f"{v['confidence']:.0%}".replace("%", " %")
     tokens = f"{v['train_tokens']:,.0f}" if v.get("train_tokens") is not None else "?"
     lines = ["# Verdict", ""]
-    lines.append(f"At {tokens} training tokens ({v['samples']} conversations), {name} ({v['reference_variant']}, "
-                 f"{v['reference_context_dim']}-d, chosen on dev) has test PPL {v['reference_ppl']:.1f} {_fmt_ci(v['reference_ppl_ci'], 1)}.")
+    lines.append(
+        f"At {tokens} training tokens ({v['samples']} conversations), {name} ({v['reference_variant']}, "
+        f"{v['reference_context_dim']}-d, chosen on dev) has test PPL {v['reference_ppl']:.1f} "
+        f"{_fmt_ci(v['reference_ppl_ci'], 1)}."
+    )
     if v["comparisons"]:
-        parts = [_pct_phrase(c["percent"], c["percent_ci"], f"{c['model']}" + (f" ({c['context_dim']}-d)" if c["context_dim"] else ""))
-                 for c in v["comparisons"]]
+        parts = [
+            _pct_phrase(c["percent"], c["percent_ci"], f"{c['model']}" + (f" ({c['context_dim']}-d)" if c["context_dim"] else ""))
+            for c in v["comparisons"]
+        ]
         lines.append("Its test PPL is " + "; ".join(parts) + ".")
     best = v.get("best_baseline")
     if best:
         text = {"beats": "beats", "loses": "does not beat", "inconclusive": "cannot be told apart from"}[best["outcome"]]
-        lines.append(f"{name} {text} the best baseline, {best['model']} (chosen on dev loss): "
-                     f"{_pct_phrase(best['percent'], best['percent_ci'], best['model'])}.")
+        lines.append(
+            f"{name} {text} the best baseline, {best['model']} (chosen on dev loss): "
+            f"{_pct_phrase(best['percent'], best['percent_ci'], best['model'])}."
+        )
     if v.get("alphas"):
-        lines.append("Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): " + "; ".join(
-            f"{a['model']} {a['alpha']:.3f} {_fmt_ci(a['alpha_ci'])}" + ("" if a["interval"] == "bootstrap" else " (OLS t)")
-            for a in v["alphas"]) + ".")
+        lines.append(
+            "Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): "
+            + "; ".join(
+                f"{a['model']} {a['alpha']:.3f} {_fmt_ci(a['alpha_ci'])}" + ("" if a["interval"] == "bootstrap" else " (OLS t)")
+                for a in v["alphas"]
+            )
+            + "."
+        )
         curved = [a["model"] for a in v["alphas"] if a.get("preferred_form") == "loss_form"]
         if curved:
-            lines.append(f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
-                         "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv).")
+            lines.append(
+                f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
+                "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
+            )
     under = [u for u in v.get("undertrained", []) if u["undertrained"]]
     if under:
-        lines.append("Undertrained (stopped by max_steps, not by early stopping): " + ", ".join(
-            f"{u['model']} {u['undertrained']}/{u['runs']} runs" for u in under) + "; their PPL is an upper bound.")
+        lines.append(
+            "Undertrained (stopped by max_steps, not by early stopping): "
+            + ", ".join(f"{u['model']} {u['undertrained']}/{u['runs']} runs" for u in under)
+            + "; their PPL is an upper bound."
+        )
     else:
         lines.append("No run was undertrained: every trained model stopped by early stopping on dev loss.")
     ts = v.get("test_set") or {}
     seeds = v.get("seeds")
     lines.append("")
-    lines.append(f"Intervals: {conf} percentile bootstrap over the {ts.get('conversations', '?')} test conversations "
-                 f"({ts.get('targets', '?')} target tokens, {v.get('resamples') or '?'} resamples, the same resamples for every model)"
-                 + (f" and over the {seeds} training seeds per point." if seeds and seeds > 1 else
-                    "; one training seed, so seed-to-seed variation is not included."))
+    lines.append(
+        f"Intervals: {conf} percentile bootstrap over the {ts.get('conversations', '?')} test conversations "
+        f"({ts.get('targets', '?')} target tokens, {v.get('resamples') or '?'} resamples, the same resamples for every model)"
+        + (
+            f" and over the {seeds} training seeds per point."
+            if seeds and seeds > 1
+            else "; one training seed, so seed-to-seed variation is not included."
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -833,6 +1095,9 @@ def verdict_html(markdown: str) -> str:
             body.append(f"<h2>{html.escape(line[2:])}</h2>")
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Verdict</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;line-height:1.45}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Verdict</title>'
+        "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;line-height:1.45}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

@@ -25,7 +25,9 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optimizer") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def optimizer_to_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str = "optimizer"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Split ``optimizer.state_dict()`` into named tensors and a JSON-able remainder."""
     sd = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -41,7 +43,9 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optimi
     return tensors, {"param_groups": sd["param_groups"], "state": state}
 
 
-def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str = "optimizer") -> None:
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any], prefix: str = "optimizer"
+) -> None:
     """Inverse of :func:`optimizer_to_tensors`: load the state into ``optimizer``."""
     state = {
         int(idx): {k: tensors[f"{prefix}.{idx}.{k}"] if v == "__tensor__" else v for k, v in entries.items()}
@@ -62,7 +66,9 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], state: d
         )
 
 
-def load_checkpoint(path: str | Path, fingerprint_: str, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+def load_checkpoint(
+    path: str | Path, fingerprint_: str, device: torch.device | str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The checkpoint at ``path`` if it exists and matches ``fingerprint_``, else ``None``."""
     from safetensors import safe_open
 
@@ -96,8 +102,9 @@ class CheckpointSpec:
     ``fingerprint``, ``every`` iterations/evaluations, and ``on_save`` (called with the
     number of records after each save — the kill/resume tests inject their fault here)."""
 
-    def __init__(self, path: str | Path, fingerprint_: str, every: int = 1,
-                 on_save: "Callable[[int], None] | None" = None) -> None:
+    def __init__(
+        self, path: str | Path, fingerprint_: str, every: int = 1, on_save: "Callable[[int], None] | None" = None
+    ) -> None:
         if every < 1:
             raise ValueError(f"checkpoint interval must be >= 1, got {every}")
         self.path, self.fingerprint, self.every, self.on_save = Path(path), fingerprint_, every, on_save
@@ -128,8 +135,13 @@ class TrainState:
         tensors = {**prefixed("model", self.model.state_dict()), **opt_tensors, **extra_tensors}
         if self.stopper.best_state is not None:
             tensors.update(prefixed("best", self.stopper.best_state))
-        state = {"counters": counters, "history": self.history, "stopper": self.stopper.state_dict(),
-                 "optimizer": opt_meta, "extra": sorted(extra_tensors)}
+        state = {
+            "counters": counters,
+            "history": self.history,
+            "stopper": self.stopper.state_dict(),
+            "optimizer": opt_meta,
+            "extra": sorted(extra_tensors),
+        }
         save_checkpoint(spec.path, tensors, state, spec.fingerprint)
         if spec.on_save is not None:
             spec.on_save(len(self.history))

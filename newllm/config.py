@@ -62,9 +62,7 @@ def resolve_variant(config: dict[str, Any], variant: str, schema: dict[str, Any]
         resolved[section] = merged
     p2 = resolved["phase2"]
     if p2["min_steps"] > p2["max_steps"]:
-        raise ConfigError(
-            f"variant {variant!r}: phase2.min_steps={p2['min_steps']} exceeds phase2.max_steps={p2['max_steps']}"
-        )
+        raise ConfigError(f"variant {variant!r}: phase2.min_steps={p2['min_steps']} exceeds phase2.max_steps={p2['max_steps']}")
     p1 = resolved["phase1"]
     if p1.get("min_iterations", 5) > p1.get("max_iterations", 60):
         raise ConfigError(
@@ -137,6 +135,4 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
         )
     tok = config["tokenizer"]
     if tok != "packaged" and not tok.startswith("hub:") and not Path(tok).is_dir():
-        raise ConfigError(
-            f"tokenizer {tok!r} is not 'packaged', 'hub:<repo id>' or an existing directory"
-        )
+        raise ConfigError(f"tokenizer {tok!r} is not 'packaged', 'hub:<repo id>' or an existing directory")

@@ -112,7 +112,9 @@ def load_corpus_dataset(corpus: dict[str, Any], staging_dir: str | Path, hub_row
             if not Path(f).exists():
                 raise DataError(f"corpus.path {f!r} does not exist (corpus.source: local)")
         return datasets.load_dataset(
-            corpus.get("data_format", "json"), data_files=files, split=corpus.get("split", "train"),
+            corpus.get("data_format", "json"),
+            data_files=files,
+            split=corpus.get("split", "train"),
             cache_dir=cache_dir,
         )
     if source == "hub":
@@ -385,8 +387,9 @@ def read_stream(path: str | Path) -> np.ndarray:
     return stream
 
 
-def check_disjoint(train_ids: Sequence[str], heldout_ids: Sequence[str], what: str = "training set",
-                   heldout: str = "the held-out sets") -> None:
+def check_disjoint(
+    train_ids: Sequence[str], heldout_ids: Sequence[str], what: str = "training set", heldout: str = "the held-out sets"
+) -> None:
     """Refuse a set that shares samples with a held-out set.
 
     Raises:
@@ -394,8 +397,10 @@ def check_disjoint(train_ids: Sequence[str], heldout_ids: Sequence[str], what: s
     """
     overlap = sorted(set(train_ids) & set(heldout_ids))
     if overlap:
-        raise DataError(f"{what} shares {len(overlap)} samples with {heldout} (e.g. {overlap[:5]}); "
-                        "held-out samples must be in no training set")
+        raise DataError(
+            f"{what} shares {len(overlap)} samples with {heldout} (e.g. {overlap[:5]}); "
+            "held-out samples must be in no training set"
+        )
 
 
 def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray) -> dict[str, Any]:
@@ -415,4 +420,3 @@ def validation_coverage(train_stream: np.ndarray, validation_stream: np.ndarray)
         "unseen_fraction": float(unseen_mask.mean()) if val.size else 0.0,
         "unseen_types": int(np.unique(val[unseen_mask]).size),
     }
-

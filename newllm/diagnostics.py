@@ -47,8 +47,11 @@ def identity_check(contexts: Tensor, token_inputs: Tensor | None = None) -> dict
     norm_min, spread_min = MIN_CONTEXT_NORM * scale, MIN_DISTANCE_FROM_MEAN * scale
     criteria = [
         {"name": "mean_context_norm", "value": float(contexts.norm(dim=1).mean()), "threshold": f"> {norm_min:.4g}"},
-        {"name": "mean_distance_from_mean_context", "value": float((contexts - contexts.mean(0)).norm(dim=1).mean()),
-         "threshold": f"> {spread_min:.4g}"},
+        {
+            "name": "mean_distance_from_mean_context",
+            "value": float((contexts - contexts.mean(0)).norm(dim=1).mean()),
+            "threshold": f"> {spread_min:.4g}",
+        },
     ]
     criteria[0]["passed"] = criteria[0]["value"] > norm_min
     criteria[1]["passed"] = criteria[1]["value"] > spread_min
@@ -91,7 +94,9 @@ def convergence_verdict(mse_series: Sequence[float]) -> dict[str, Any]:
     return {"mse": y.tolist(), "slope": slope, "std": std, "verdict": verdict}
 
 
-def convergence_passes(block: ContextBlock, token_input: TokenInput, stream: Tensor, passes: int, batch_size: int = 4096) -> list[float]:
+def convergence_passes(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, passes: int, batch_size: int = 4096
+) -> list[float]:
     """Repeated passes over ``stream`` carrying the context over (Jacobi sweeps from the
     zero context); returns ``MSE(C^p, C^{p-1})`` for ``p = 2 … passes`` (the first pass
     is measured against the arbitrary zero start, so it is left out)."""
@@ -119,8 +124,9 @@ def decay_lag(relative: Sequence[float], fraction: float) -> int | None:
     return next((k + 1 for k, r in enumerate(relative) if r < fraction), None)
 
 
-def memory_probe(block: ContextBlock, token_input: TokenInput, stream: Tensor, max_lag: int = 64,
-                 num_positions: int = 128, seed: int = 0) -> dict[str, Any]:
+def memory_probe(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, max_lag: int = 64, num_positions: int = 128, seed: int = 0
+) -> dict[str, Any]:
     """How far back a context remembers (issue 8 §6; SPEC §4: after k Jacobi sweeps a
     context depends only on about the last k tokens).
 
@@ -167,6 +173,12 @@ def memory_probe(block: ContextBlock, token_input: TokenInput, stream: Tensor, m
         final = context.view(num_positions, max_lag + 1, -1)
         effect = (final[:, :-1] - final[:, -1:]).norm(dim=-1).double().mean(0)  # [K]
     relative = (effect / effect[0]).tolist() if float(effect[0]) > 0 else [0.0] * max_lag
-    return {"lags": list(range(1, max_lag + 1)), "effect": effect.tolist(), "relative": relative,
-            "lag_below_10pct": decay_lag(relative, 0.10), "lag_below_1pct": decay_lag(relative, 0.01),
-            "positions": num_positions, "max_lag": max_lag}
+    return {
+        "lags": list(range(1, max_lag + 1)),
+        "effect": effect.tolist(),
+        "relative": relative,
+        "lag_below_10pct": decay_lag(relative, 0.10),
+        "lag_below_1pct": decay_lag(relative, 0.01),
+        "positions": num_positions,
+        "max_lag": max_lag,
+    }

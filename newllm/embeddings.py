@@ -328,7 +328,9 @@ class BigramLM(nn.Module):
         x = F.layer_norm(self.rows[contexts], (self.rows.shape[1],))  # the downstream input x_t
         return self.norm(self.proj(x))
 
-    def nll(self, contexts: Tensor, weights: Tensor, tgt_rows: Tensor, tgt_cols: Tensor, tgt_counts: Tensor, chunk: int) -> Tensor:
+    def nll(
+        self, contexts: Tensor, weights: Tensor, tgt_rows: Tensor, tgt_cols: Tensor, tgt_counts: Tensor, chunk: int
+    ) -> Tensor:
         """Summed NLL in nats: ``Σ_a w_a lse_a − Σ c_ab (E_b · h_a)`` (targets as COO).
 
         Shapes: ``contexts``/``weights`` ``[U]``; ``tgt_*`` ``[nnz]`` (``tgt_rows`` index
@@ -421,9 +423,7 @@ class BigramConfig:
         return cls(**cfg)
 
 
-def _train(
-    model: BigramLM, train: BigramCounts, heldout: BigramCounts, cfg: BigramConfig, seed: int
-) -> dict[str, Any]:
+def _train(model: BigramLM, train: BigramCounts, heldout: BigramCounts, cfg: BigramConfig, seed: int) -> dict[str, Any]:
     """AdamW on sampled contexts with early stopping on held-out NLL; loads the best weights.
 
     Each step draws ``batch_tokens`` targets uniformly from the training part, i.e.
@@ -634,7 +634,9 @@ def fit_bigram_head(
     class_of = np.arange(VOCAB_SIZE, dtype=np.int64)
     torch.manual_seed(seed)
     model = BigramLM(torch.from_numpy(np.ascontiguousarray(matrix)), None, trainable_rows=False)
-    info = _train(model, BigramCounts.from_stream(train_ids, class_of), BigramCounts.from_stream(heldout_ids, class_of), cfg, seed)
+    info = _train(
+        model, BigramCounts.from_stream(train_ids, class_of), BigramCounts.from_stream(heldout_ids, class_of), cfg, seed
+    )
     info.update(_score(model, class_of, eval_streams or {}, cfg.chunk))
     info.update(
         model="bigram head f trained on frozen E",

@@ -106,8 +106,9 @@ def retrieve_corpus_rows(corpus: dict[str, Any], dest: str | Path, online: bool)
                 rows = rows.select(range(min(len(rows), int(limit))))
     except Exception as err:  # network, authentication, or a cache miss offline
         hint = (
-            "" if online else
-            " (offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE was set when Snakemake started, so only the "
+            ""
+            if online
+            else " (offline: HF_HUB_OFFLINE or HF_DATASETS_OFFLINE was set when Snakemake started, so only the "
             "Hugging Face cache under HF_HOME is read; run once with hub access, or fill that cache)"
         )
         raise HubError(f"could not read {repo!r} split {split!r} from the hub{hint}: {err}") from err
@@ -134,7 +135,9 @@ def retrieve_checkpoint(repo_id: str, online: bool) -> dict[str, Any]:
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=not online))
     except Exception as err:
-        raise HubError(f"could not get checkpoint {repo_id!r} {'from the hub' if online else 'from the Hugging Face cache (offline)'}: {err}") from err
+        raise HubError(
+            f"could not get checkpoint {repo_id!r} {'from the hub' if online else 'from the Hugging Face cache (offline)'}: {err}"
+        ) from err
     files = sorted(p.name for p in folder.iterdir())
     if not any(name.endswith(".safetensors") for name in files):
         raise HubError(f"checkpoint {repo_id!r} has no safetensors weights (files: {files})")

@@ -75,7 +75,9 @@ DIVERSITY_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
 """Diversity losses by config name (``phase1.diversity``)."""
 
 
-def phase1_loss(contexts: Tensor, previous: Tensor, dist_reg_weight: float, diversity: str = "mcdl") -> tuple[Tensor, Tensor, Tensor]:
+def phase1_loss(
+    contexts: Tensor, previous: Tensor, dist_reg_weight: float, diversity: str = "mcdl"
+) -> tuple[Tensor, Tensor, Tensor]:
     """``L = (1 - w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` (SPEC §4).
 
     Returns:

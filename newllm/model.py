@@ -42,9 +42,7 @@ class TokenInput(nn.Module):
         # instead of every gathered batch of every sweep (issue 10, Phase 1 target)
         self.register_buffer("normed", F.layer_norm(self.weight, (self.weight.shape[1],)), persistent=False)
         self.num_input_tokens = num_input_tokens
-        self.register_buffer(
-            "window_offsets", torch.arange(num_input_tokens - 1, -1, -1), persistent=False
-        )
+        self.register_buffer("window_offsets", torch.arange(num_input_tokens - 1, -1, -1), persistent=False)
 
     @property
     def embed_dim(self) -> int:
@@ -139,9 +137,7 @@ class ContextBlock(nn.Module):
         super().__init__()
         _check_positive(context_dim=context_dim, token_input_dim=token_input_dim, num_layers=num_layers)
         self.context_dim = context_dim
-        self.layers = nn.ModuleList(
-            ContextLayer(context_dim, token_input_dim, ffn_layers, activation) for _ in range(num_layers)
-        )
+        self.layers = nn.ModuleList(ContextLayer(context_dim, token_input_dim, ffn_layers, activation) for _ in range(num_layers))
 
     @property
     def num_layers(self) -> int:

@@ -75,9 +75,16 @@ def jacobi_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, c
     return StreamMap(block, token_input, stream, batch_size).sweep(contexts)[:, -1]
 
 
-def solve_cache(block: ContextBlock, token_input: TokenInput, stream: Tensor, method: str = "shooting",
-                max_sweeps: int = 400, tolerance: float = 1e-5, batch_size: int = 4096,
-                init: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+def solve_cache(
+    block: ContextBlock,
+    token_input: TokenInput,
+    stream: Tensor,
+    method: str = "shooting",
+    max_sweeps: int = 400,
+    tolerance: float = 1e-5,
+    batch_size: int = 4096,
+    init: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Any]]:
     """The context cache of SPEC §6 for one stream: ``[n, L, d_c]`` with
     ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer (``c_{-1} = 0``), and solver statistics.
 
@@ -173,12 +180,21 @@ class ValERStop:
             setattr(self, key, value)
 
 
-STOP_RULES = {"convergence_rate": lambda cfg: ConvergenceRateStop(cfg.stop_convergence_rate, cfg.min_iterations),
-              "val_er": lambda cfg: ValERStop(cfg.er_patience, cfg.min_iterations)}
+STOP_RULES = {
+    "convergence_rate": lambda cfg: ConvergenceRateStop(cfg.stop_convergence_rate, cfg.min_iterations),
+    "val_er": lambda cfg: ValERStop(cfg.er_patience, cfg.min_iterations),
+}
 
 
-def training_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batches: list[Tensor],
-                   cfg: "Phase1Config", gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def training_sweep(
+    block: ContextBlock,
+    token_input: TokenInput,
+    stream: Tensor,
+    contexts: Tensor,
+    batches: list[Tensor],
+    cfg: "Phase1Config",
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """One Jacobi sweep with gradients (SPEC §4): per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)``
     weighted by the batch's share of tokens, gradients accumulated over the sweep.
 
@@ -206,12 +222,24 @@ def convergence_record(new: Tensor, old: Tensor, threshold: float, prefix: str =
     """``converged``/``tokens``/``convergence_rate``/``convergence`` (rate with counts) of
     ``[n, d_c]`` contexts against the previous iterate (SPEC §4), keys prefixed."""
     conv, tokens = convergence_counts(new, old, threshold)
-    return {f"{prefix}converged": conv, f"{prefix}tokens": tokens, f"{prefix}convergence_rate": conv / tokens,
-            f"{prefix}convergence": format_rate(conv, tokens)}
+    return {
+        f"{prefix}converged": conv,
+        f"{prefix}tokens": tokens,
+        f"{prefix}convergence_rate": conv / tokens,
+        f"{prefix}convergence": format_rate(conv, tokens),
+    }
 
 
-def measure_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, contexts: Tensor, batches: list[Tensor],
-                  cfg: "Phase1Config", seed: int, prefix: str = "") -> tuple[Tensor, dict[str, Any]]:
+def measure_sweep(
+    block: ContextBlock,
+    token_input: TokenInput,
+    stream: Tensor,
+    contexts: Tensor,
+    batches: list[Tensor],
+    cfg: "Phase1Config",
+    seed: int,
+    prefix: str = "",
+) -> tuple[Tensor, dict[str, Any]]:
     """One no-grad Jacobi sweep with the current weights: losses, convergence (with
     counts) and Effective Rank of the new contexts — what a summary reports for the weights
     that are saved (issue 8 §4)."""
@@ -225,9 +253,13 @@ def measure_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, 
             sums += torch.stack([total, cvfp, div]).double() * (pos.shape[0] / n)
             new[pos] = out
     total, cvfp, div = sums.tolist()
-    return new, {f"{prefix}total_loss": total, f"{prefix}cvfp_loss": cvfp, f"{prefix}diversity_loss": div,
-                 **convergence_record(new, contexts, cfg.convergence_threshold, prefix),
-                 f"{prefix}effective_rank": effective_rank(new, cfg.er_max_rows, seed)}
+    return new, {
+        f"{prefix}total_loss": total,
+        f"{prefix}cvfp_loss": cvfp,
+        f"{prefix}diversity_loss": div,
+        **convergence_record(new, contexts, cfg.convergence_threshold, prefix),
+        f"{prefix}effective_rank": effective_rank(new, cfg.er_max_rows, seed),
+    }
 
 
 def train_phase1(

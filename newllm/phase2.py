@@ -147,8 +147,9 @@ class Split:
         return ctx, token_input(self.stream, positions), self.stream[positions + 1]
 
 
-def accumulate_step(block: TokenBlock, token_input: TokenInput, split: Split, positions: Tensor, micro: int,
-                    chunk_tokens: int) -> float:
+def accumulate_step(
+    block: TokenBlock, token_input: TokenInput, split: Split, positions: Tensor, micro: int, chunk_tokens: int
+) -> float:
     """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
     gradient accumulation: the gradient equals that of the whole batch (each part's
     mean loss weighted by its share).  Returns the batch's mean loss (nats)."""
@@ -163,8 +164,9 @@ def accumulate_step(block: TokenBlock, token_input: TokenInput, split: Split, po
     return total / n
 
 
-def evaluate(block: TokenBlock, token_input: TokenInput, split: Split, cfg: Phase2Config,
-             return_token_nll: bool = False) -> dict[str, Any]:
+def evaluate(
+    block: TokenBlock, token_input: TokenInput, split: Split, cfg: Phase2Config, return_token_nll: bool = False
+) -> dict[str, Any]:
     """Token-weighted mean NLL, perplexity and top-1 accuracy over all ``n - 1`` targets.
 
     Target ``i`` is ``stream[i+1]``, predicted from ``x̃_i`` and ``cache[i]``.
@@ -183,8 +185,12 @@ def evaluate(block: TokenBlock, token_input: TokenInput, split: Split, cfg: Phas
             ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
             nll[pos], correct[pos] = tied_token_nll(block(ctx, x), token_input.weight, y, cfg.chunk_tokens)
     loss = float(nll.double().mean())
-    out: dict[str, Any] = {"loss": loss, "ppl": perplexity(loss), "accuracy": float(correct.double().mean()),
-                           "tokens": split.targets}
+    out: dict[str, Any] = {
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "accuracy": float(correct.double().mean()),
+        "tokens": split.targets,
+    }
     if return_token_nll:
         out["token_nll"] = nll.cpu().numpy()
     return out
@@ -306,10 +312,16 @@ def train_phase2(
         dev_eval = evaluate(block, token_input, dev, cfg)
         block.train()
         eval_seconds += time.perf_counter() - t1
-        record = {"step": step, "epoch": batches.epoch, "train_loss": loss_sum / loss_steps,
-                  "train_ppl": perplexity(loss_sum / loss_steps), "dev_loss": dev_eval["loss"],
-                  "dev_ppl": dev_eval["ppl"], "dev_accuracy": dev_eval["accuracy"],
-                  "tokens_per_s": step * cfg.batch_size / train_seconds}
+        record = {
+            "step": step,
+            "epoch": batches.epoch,
+            "train_loss": loss_sum / loss_steps,
+            "train_ppl": perplexity(loss_sum / loss_steps),
+            "dev_loss": dev_eval["loss"],
+            "dev_ppl": dev_eval["ppl"],
+            "dev_accuracy": dev_eval["accuracy"],
+            "tokens_per_s": step * cfg.batch_size / train_seconds,
+        }
         loss_sum, loss_steps = 0.0, 0
         state.history.append(record)
         if on_eval is not None:
@@ -317,8 +329,11 @@ def train_phase2(
         stopper.update(step, dev_eval["loss"], block.state_dict)
         if checkpoint and stopper.stopped_by is None and len(state.history) % checkpoint.every == 0:
             batch_state, epoch_rng = batches.state()
-            state.save(checkpoint, {"step": step, "batches": batch_state, "train_seconds": train_seconds,
-                                    "eval_seconds": eval_seconds}, {"epoch_rng": epoch_rng})
+            state.save(
+                checkpoint,
+                {"step": step, "batches": batch_state, "train_seconds": train_seconds, "eval_seconds": eval_seconds},
+                {"epoch_rng": epoch_rng},
+            )
         t0 = time.perf_counter()
     block.load_state_dict(stopper.best_state)
     best = next(r for r in state.history if r["step"] == stopper.best_step)

@@ -39,8 +39,9 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
     return params, name, log, device, token_input
 
 
-def build_model(params: dict[str, Any], token_input: TokenInput, device: torch.device,
-                context_weights: str | Path | None = None) -> tuple[ContextBlock, TokenBlock]:
+def build_model(
+    params: dict[str, Any], token_input: TokenInput, device: torch.device, context_weights: str | Path | None = None
+) -> tuple[ContextBlock, TokenBlock]:
     """The run's ContextBlock and TokenBlock from its resolved config (one factory for
     every script): initialised per SPEC §3 from ``torch.manual_seed(params["seed"])``, the
     ContextBlock loaded from ``context_weights`` when given, both on ``device``."""
@@ -75,7 +76,13 @@ def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointS
             folder = Path(store) / folder.relative_to(Path(store).parent / "runs")
         except ValueError:
             run = params["run"]
-            folder = Path(store) / run["model"] / run["variant"] / f"samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}" / folder.name
+            folder = (
+                Path(store)
+                / run["model"]
+                / run["variant"]
+                / f"samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}"
+                / folder.name
+            )
     return CheckpointSpec(folder / "checkpoint.safetensors", fingerprint(*parts), every)
 
 
@@ -109,9 +116,25 @@ def load_context_cache(path: str | Path, device: torch.device) -> np.ndarray | t
     return mapped
 
 
-def write_run_outputs(metrics_path: str | Path, history_path: str | Path, params: dict[str, Any], summary: dict[str, Any],
-                      history: list[dict[str, Any]], device: torch.device, **extra: Any) -> None:
+def write_run_outputs(
+    metrics_path: str | Path,
+    history_path: str | Path,
+    params: dict[str, Any],
+    summary: dict[str, Any],
+    history: list[dict[str, Any]],
+    device: torch.device,
+    **extra: Any,
+) -> None:
     """Write a run's metrics JSON (resolved config, summary, provenance) and history CSV."""
     write_csv(history_path, pd.DataFrame(history))
-    write_json(metrics_path, {"run": params["run"], "config": params, **extra, "summary": summary,
-                              "provenance": provenance(device), "history": history})
+    write_json(
+        metrics_path,
+        {
+            "run": params["run"],
+            "config": params,
+            **extra,
+            "summary": summary,
+            "provenance": provenance(device),
+            "history": history,
+        },
+    )

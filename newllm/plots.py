@@ -122,7 +122,9 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
         sel = points[(points["context_dim"] == dim) | (points["context_dim"] == 0)]
         series = sorted(sel.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1]))
         for model, variant, cdim in series:
-            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values("train_tokens")
+            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values(
+                "train_tokens"
+            )
             color = model_color(model)
             v_index = sorted(points["variant"].unique()).index(variant)
             style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], MARKERS[v_index % len(MARKERS)]
@@ -143,10 +145,17 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
                 ax.plot(x[under], y[under], marker, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5)
             ax.plot([], [], marker=marker, ls=style, color=color, label=label)  # legend: marker and line of the series
             labels.append(label)
-            c = curves[(curves["model"] == model) & (curves["variant"] == variant) & (curves["context_dim"] == cdim)
-                       & (curves["form"] == "power_law")].sort_values("tokens")
+            c = curves[
+                (curves["model"] == model)
+                & (curves["variant"] == variant)
+                & (curves["context_dim"] == cdim)
+                & (curves["form"] == "power_law")
+            ].sort_values("tokens")
             if len(c):
-                inside, beyond = c[~c["extrapolation"].astype(bool)], c[c["tokens"] >= c.loc[~c["extrapolation"].astype(bool), "tokens"].max()]
+                inside, beyond = (
+                    c[~c["extrapolation"].astype(bool)],
+                    c[c["tokens"] >= c.loc[~c["extrapolation"].astype(bool), "tokens"].max()],
+                )
                 ax.plot(inside["tokens"], inside["ppl"], style, color=color, lw=1.3)
                 ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
                 if np.isfinite(c["ci_low"]).any():
@@ -160,8 +169,12 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
         ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("test perplexity")
     has_under = "undertrained_runs" in points and (points["undertrained_runs"].fillna(0) > 0).any()
-    fig.suptitle("Scaling: PPL = A · T^α (band: bootstrap 95 %; dashed: extrapolation"
-                 + ("; hollow: undertrained run" if has_under else "") + ")", fontsize=10)
+    fig.suptitle(
+        "Scaling: PPL = A · T^α (band: bootstrap 95 %; dashed: extrapolation"
+        + ("; hollow: undertrained run" if has_under else "")
+        + ")",
+        fontsize=10,
+    )
     save_figure(fig, path)
     return labels
 
@@ -178,11 +191,22 @@ def plot_ppl_ratio(ratios: pd.DataFrame, path: str | Path) -> list[str]:
         series = sorted(sel.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1]))
         offsets = _dodge(len(series))
         for off, (model, variant, cdim) in zip(offsets, series):
-            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values("train_tokens")
+            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values(
+                "train_tokens"
+            )
             label = _series_label(model, variant, cdim, n_variants)
             y = g["ratio"].to_numpy(float)
-            ax.errorbar(g["train_tokens"].to_numpy(float) * off, y, yerr=_errorbars(y, g["ratio_ci_low"], g["ratio_ci_high"]),
-                        fmt="o-", color=model_color(model), capsize=2, lw=1, ms=4, label=label)
+            ax.errorbar(
+                g["train_tokens"].to_numpy(float) * off,
+                y,
+                yerr=_errorbars(y, g["ratio_ci_low"], g["ratio_ci_high"]),
+                fmt="o-",
+                color=model_color(model),
+                capsize=2,
+                lw=1,
+                ms=4,
+                label=label,
+            )
             labels.append(label)
         ax.axhline(1.0, color="black", lw=0.8)
         log_axis(ax, "x")
@@ -204,7 +228,11 @@ def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     labels = []
     n_variants = windows["variant"].nunique() if len(windows) else 1
-    groups = sorted(windows.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1], k[2])) if len(windows) else []
+    groups = (
+        sorted(windows.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1], k[2]))
+        if len(windows)
+        else []
+    )
     seen: dict[str, int] = {}
     for off, (model, variant, dim) in zip(_dodge(len(groups), 0.01), groups):
         marker = MARKERS[seen.get(model, 0) % len(MARKERS)]
@@ -249,7 +277,12 @@ def plot_er_vs_ppl(runs: pd.DataFrame, linear: dict, path: str | Path, er: str =
             labels.append(label)
         if linear.get("b") is not None and np.isfinite(linear.get("b", np.nan)):
             x = np.linspace(runs[er].min(), runs[er].max(), 20)
-            ax.plot(x, linear["a"] + linear["b"] * x, "k--", label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})")
+            ax.plot(
+                x,
+                linear["a"] + linear["b"] * x,
+                "k--",
+                label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})",
+            )
         ax.legend(fontsize=8)
     ax.set_xlabel("dev Effective Rank (% of context_dim)")
     ax.set_ylabel("test perplexity")
@@ -278,9 +311,17 @@ def plot_effective_rank(runs: pd.DataFrame, path: str | Path) -> list[str]:
                 x = np.arange(len(dims)) + (2 * v + s - len(configs) + 0.5) * width
                 label = f"{model}{'' if len(set(c[1] for c in configs)) == 1 else ' ' + variant} {split}"
                 variants = sorted({c[1] for c in configs})
-                ax.bar(x, agg["mean"], width, yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]], capsize=2,
-                       color=model_color(model), alpha=0.55 + 0.35 * s, label=label,
-                       hatch="" if variants.index(variant) == 0 else "//")
+                ax.bar(
+                    x,
+                    agg["mean"],
+                    width,
+                    yerr=[agg["mean"] - agg["min"], agg["max"] - agg["mean"]],
+                    capsize=2,
+                    color=model_color(model),
+                    alpha=0.55 + 0.35 * s,
+                    label=label,
+                    hatch="" if variants.index(variant) == 0 else "//",
+                )
                 if suffix == "":
                     labels.append(label)
         ax.set_xticks(np.arange(len(dims)), [str(d) for d in dims])
@@ -314,17 +355,40 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, pa
         x = float(row.get("parameters", np.nan))
         if np.isfinite(x) and x > 0:
             y = float(row["test_ppl_largest"])
-            axes[0].errorbar([x], [y], yerr=_errorbars(np.array([y]), [row.get("test_ppl_largest_ci_low", np.nan)],
-                                                       [row.get("test_ppl_largest_ci_high", np.nan)]),
-                             fmt=marker, color=color, capsize=2, label=label)
+            axes[0].errorbar(
+                [x],
+                [y],
+                yerr=_errorbars(
+                    np.array([y]), [row.get("test_ppl_largest_ci_low", np.nan)], [row.get("test_ppl_largest_ci_high", np.nan)]
+                ),
+                fmt=marker,
+                color=color,
+                capsize=2,
+                label=label,
+            )
             labels.append(label)
-        g = points[(points["model"] == row["model"]) & (points["variant"] == row["variant"]) & (points["context_dim"] == row["context_dim"])]
+        g = points[
+            (points["model"] == row["model"])
+            & (points["variant"] == row["variant"])
+            & (points["context_dim"] == row["context_dim"])
+        ]
         g = g[g["train_flops"] > 0].sort_values("train_flops") if "train_flops" in g else g.iloc[:0]
         if len(g):
             y = g["test_ppl"].to_numpy(float)
-            axes[1].errorbar(g["train_flops"], y, yerr=_errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan)),
-                             fmt=marker + "-", color=color, capsize=2, lw=1, ms=4)
-        for ax, star, value in ((axes[0], "matched_parameters", "ppl_at_matched_parameters"), (axes[1], "matched_flops", "ppl_at_matched_flops")):
+            axes[1].errorbar(
+                g["train_flops"],
+                y,
+                yerr=_errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan)),
+                fmt=marker + "-",
+                color=color,
+                capsize=2,
+                lw=1,
+                ms=4,
+            )
+        for ax, star, value in (
+            (axes[0], "matched_parameters", "ppl_at_matched_parameters"),
+            (axes[1], "matched_flops", "ppl_at_matched_flops"),
+        ):
             if np.isfinite(row.get(star, np.nan)) and np.isfinite(row.get(value, np.nan)):
                 ax.plot([row[star]], [row[value]], "x", color=color, ms=7)
     for ax, star in ((axes[0], "matched_parameters"), (axes[1], "matched_flops")):
@@ -339,7 +403,9 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, pa
     axes[1].set_ylabel("test perplexity")
     if labels:
         axes[0].legend(fontsize=7)
-    fig.suptitle("What each model costs: test PPL vs parameters (largest size) and vs training FLOPs (× = matched value)", fontsize=10)
+    fig.suptitle(
+        "What each model costs: test PPL vs parameters (largest size) and vs training FLOPs (× = matched value)", fontsize=10
+    )
     save_figure(fig, path)
     return labels
 
@@ -387,7 +453,9 @@ def plot_phase1_curves(history: pd.DataFrame, path: str | Path, run_dir: str | P
             _phase1_axes(axes, run, label, styles[dim])
             labels.append(label)
         axes[0, 0].legend(fontsize=7, ncol=2)
-        fig.suptitle(f"Phase 1 (variant {first['variant'].iloc[0]}, seed {first['seed'].min()}); every run: report entries", fontsize=10)
+        fig.suptitle(
+            f"Phase 1 (variant {first['variant'].iloc[0]}, seed {first['seed'].min()}); every run: report entries", fontsize=10
+        )
     for ax in axes[1]:
         ax.set_xlabel("iteration (Jacobi sweep)")
     for ax in axes.flat:
@@ -401,8 +469,11 @@ def plot_phase1_curves(history: pd.DataFrame, path: str | Path, run_dir: str | P
             _phase1_axes(axes, run, None)
             for ax in axes.flat:
                 ax.grid(True, alpha=0.3)
-            fig.suptitle(f"Phase 1: {ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, "
-                         f"seed {ident['seed']}", fontsize=10)
+            fig.suptitle(
+                f"Phase 1: {ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, "
+                f"seed {ident['seed']}",
+                fontsize=10,
+            )
             save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
     return labels
 
@@ -440,13 +511,21 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, run_dir: str |
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.8), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models):
         h = history[history["model"] == model]
-        h = h[(h["variant"] == h["variant"].iloc[0]) & (h["context_dim"] == h["context_dim"].max()) & (h["seed"] == h["seed"].min())]
+        h = h[
+            (h["variant"] == h["variant"].iloc[0]) & (h["context_dim"] == h["context_dim"].max()) & (h["seed"] == h["seed"].min())
+        ]
         x, series = _curve_columns(h.dropna(axis=1, how="all"))
         for samples, run in h.groupby("samples"):
             color = None
             for column, split in series:
-                line = ax.plot(run[x], _as_ppl(run, column), "-" if split != "train" else "--", color=color,
-                               label=f"{samples} samples" if split != "train" else None, lw=1)[0]
+                line = ax.plot(
+                    run[x],
+                    _as_ppl(run, column),
+                    "-" if split != "train" else "--",
+                    color=color,
+                    label=f"{samples} samples" if split != "train" else None,
+                    lw=1,
+                )[0]
                 color = line.get_color()
         ax.set_title(f"{model} ({h['variant'].iloc[0]}, {h['context_dim'].iloc[0]}-d)", fontsize=9)
         ax.set_xlabel(x)
@@ -470,8 +549,11 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, run_dir: str |
             ax.set_ylabel("perplexity")
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize=8)
-            ax.set_title(f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, seed {ident['seed']}",
-                         fontsize=9)
+            ax.set_title(
+                f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, "
+                f"{ident['samples']} samples, seed {ident['seed']}",
+                fontsize=9,
+            )
             save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
     return labels
 
@@ -483,7 +565,14 @@ def plot_repetition_stages(stages: pd.DataFrame, path: str | Path) -> None:
     for stage, group in stages.groupby("stage"):
         for ax, col in zip(axes, ("convergence_loss", "change_rate", "cyclic_distance")):
             ax.plot(group["epoch"], group[col], "o-", label=f"stage {stage} ({stage}-token phrases)")
-    for ax, title in zip(axes, ("convergence loss MSE(c_t, c_{t-L})", "context change rate mean ‖c_t − c_{t−1}‖", "cyclic distance mean ‖c_t − c_{t−L}‖")):
+    for ax, title in zip(
+        axes,
+        (
+            "convergence loss MSE(c_t, c_{t-L})",
+            "context change rate mean ‖c_t − c_{t−1}‖",
+            "cyclic distance mean ‖c_t − c_{t−L}‖",
+        ),
+    ):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_yscale("log")
@@ -525,8 +614,12 @@ def plot_fixed_point_distances(distances: pd.DataFrame, summary: dict, path: str
     for protocol, group in distances.groupby("protocol"):
         d = np.clip(group["distance"].to_numpy(), 1e-12, None)
         check = summary[protocol]["fixed_point_distances"]
-        ax.hist(d, bins=np.geomspace(d.min(), d.max() * 1.01 + 1e-12, 30), alpha=0.6,
-                label=f"{protocol}: median {check['median']:.2e}{' COLLAPSED' if check['collapsed'] else ''}")
+        ax.hist(
+            d,
+            bins=np.geomspace(d.min(), d.max() * 1.01 + 1e-12, 30),
+            alpha=0.6,
+            label=f"{protocol}: median {check['median']:.2e}{' COLLAPSED' if check['collapsed'] else ''}",
+        )
         ax.axvline(check["threshold"] * check["mean_norm"], ls="--", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("pairwise distance between fixed points (dashed: collapse threshold)")

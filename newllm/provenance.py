@@ -147,12 +147,14 @@ def data_provenance(config: dict[str, Any]) -> dict[str, Any]:
     ``tokenizer``, ``embeddings`` and the split keys of ``validation``
     (:data:`VALIDATION_KEYS`).  Changing any of them changes the token cache, the
     dev/test files or the frozen embeddings, and so every run of the study."""
-    return copy.deepcopy({
-        "corpus": config["corpus"],
-        "tokenizer": config["tokenizer"],
-        "embeddings": config["embeddings"],
-        "validation": {key: config["validation"][key] for key in VALIDATION_KEYS if key in config["validation"]},
-    })
+    return copy.deepcopy(
+        {
+            "corpus": config["corpus"],
+            "tokenizer": config["tokenizer"],
+            "embeddings": config["embeddings"],
+            "validation": {key: config["validation"][key] for key in VALIDATION_KEYS if key in config["validation"]},
+        }
+    )
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -186,7 +188,11 @@ def recorded_provenance(study_dir: str | Path) -> dict[str, Any] | None:
     study_dir = Path(study_dir)
     path = study_dir / PROVENANCE_FILE
     if path.is_file():
-        return {key: value for key, value in json.loads(path.read_text()).items() if key in ("corpus", "tokenizer", "embeddings", "validation")}
+        return {
+            key: value
+            for key, value in json.loads(path.read_text()).items()
+            if key in ("corpus", "tokenizer", "embeddings", "validation")
+        }
     manifest = study_dir / "data" / "corpus" / "manifest.json"
     if manifest.is_file():
         corpus = json.loads(manifest.read_text()).get("corpus")

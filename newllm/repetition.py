@@ -141,9 +141,13 @@ def per_sequence_loss(contexts: Tensor, cycle_length: int) -> Tensor:
 class RepetitionTrainer:
     """One ContextBlock (and, with ``ce_weight > 0``, a TokenBlock) trained on repeated phrases."""
 
-    def __init__(self, block: ContextBlock, token_input: TokenInput, cfg: RepetitionConfig, token_block: TokenBlock | None = None) -> None:
+    def __init__(
+        self, block: ContextBlock, token_input: TokenInput, cfg: RepetitionConfig, token_block: TokenBlock | None = None
+    ) -> None:
         self.block, self.token_input, self.cfg, self.token_block = block, token_input, cfg, token_block
-        params = list(block.parameters()) + (list(token_block.parameters()) if token_block is not None and cfg.ce_weight > 0 else [])
+        params = list(block.parameters()) + (
+            list(token_block.parameters()) if token_block is not None and cfg.ce_weight > 0 else []
+        )
         self.optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
 
     def step(self, sequences: Tensor, cycle_length: int) -> dict[str, float]:
@@ -200,8 +204,14 @@ def train_stages(
                 batch = sequences[start : start + batch_size]
                 for key, value in trainer.step(batch, stage).items():
                     sums[key] = sums.get(key, 0.0) + value * len(batch)
-            row = {"stage": stage, "cycle_length": stage, "epoch": epoch, "phrases": len(sequences),
-                   **{k: v / len(sequences) for k, v in sums.items()}, "seconds": time.perf_counter() - t0}
+            row = {
+                "stage": stage,
+                "cycle_length": stage,
+                "epoch": epoch,
+                "phrases": len(sequences),
+                **{k: v / len(sequences) for k, v in sums.items()},
+                "seconds": time.perf_counter() - t0,
+            }
             rows.append(row)
             if on_epoch is not None:
                 on_epoch(row)
@@ -219,8 +229,16 @@ def _token_rows(tokens, initial, final, seconds_per_token, converged_loss):
     rows = []
     for token, a, b in zip(tokens, initial.tolist(), final.tolist()):
         improvement = (a - b) / a if a > 0 else 0.0
-        rows.append({"token": int(token), "initial_loss": a, "final_loss": b, "improvement": improvement,
-                     "converged": bool(b < converged_loss), "seconds": seconds_per_token})
+        rows.append(
+            {
+                "token": int(token),
+                "initial_loss": a,
+                "final_loss": b,
+                "improvement": improvement,
+                "converged": bool(b < converged_loss),
+                "seconds": seconds_per_token,
+            }
+        )
     return rows
 
 
@@ -306,9 +324,14 @@ def collapse_check(fixed_points: Tensor, threshold: float) -> dict[str, Any]:
     median = float(dist.median())
     relative = median / mean_norm if mean_norm > 0 else 0.0
     return {
-        "min": float(dist.min()), "median": median, "max": float(dist.max()),
-        "mean_norm": mean_norm, "relative_median": relative, "threshold": threshold,
-        "collapsed": bool(relative < threshold), "distances": dist.tolist(),
+        "min": float(dist.min()),
+        "median": median,
+        "max": float(dist.max()),
+        "mean_norm": mean_norm,
+        "relative_median": relative,
+        "threshold": threshold,
+        "collapsed": bool(relative < threshold),
+        "distances": dist.tolist(),
     }
 
 
@@ -330,7 +353,9 @@ def make_trainer_factory(model_cfg: dict[str, Any], embeddings: Tensor, cfg: Rep
 
     def factory(k: int) -> RepetitionTrainer:
         torch.manual_seed(seed + k)
-        kwargs = dict(num_layers=int(model_cfg["num_layers"]), ffn_layers=int(model_cfg["ffn_layers"]), activation=model_cfg["activation"])
+        kwargs = dict(
+            num_layers=int(model_cfg["num_layers"]), ffn_layers=int(model_cfg["ffn_layers"]), activation=model_cfg["activation"]
+        )
         block = ContextBlock(int(model_cfg["context_dim"]), token_input.output_dim, **kwargs)
         token_block = TokenBlock(int(model_cfg["context_dim"]), token_input.output_dim, token_input.embed_dim, **kwargs)
         init_weights(block)

@@ -121,8 +121,9 @@ def ols_lines(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y.mean(axis=-1) - slope * x.mean(), slope
 
 
-def power_law_prediction_interval(tokens: Sequence[float], ppl: Sequence[float], target: float,
-                                  confidence: float = 0.95) -> tuple[float, float]:
+def power_law_prediction_interval(
+    tokens: Sequence[float], ppl: Sequence[float], target: float, confidence: float = 0.95
+) -> tuple[float, float]:
     """OLS prediction interval of the PPL of a new point at ``target`` tokens:
     ``exp(ŷ* ± t_{n−2} s sqrt(1 + 1/n + (x* − x̄)²/S_xx))`` with ``x = ln T``,
     ``y = ln PPL`` (NaN for ``n < 3``)."""
@@ -133,7 +134,9 @@ def power_law_prediction_interval(tokens: Sequence[float], ppl: Sequence[float],
     a, b = ols_lines(x, y)
     s = math.sqrt(float(((y - a - b * x) ** 2).sum()) / (n - 2))
     xs = math.log(target)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 2) * s * math.sqrt(1 + 1 / n + (xs - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    half = (
+        stats.t.ppf(0.5 + confidence / 2, n - 2) * s * math.sqrt(1 + 1 / n + (xs - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    )
     centre = a + b * xs
     return math.exp(centre - half), math.exp(centre + half)
 
@@ -169,8 +172,9 @@ def _nonneg_line(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return e, b, np.maximum(rss, 0.0)
 
 
-def fit_loss_form_batch(tokens: Sequence[float], losses: np.ndarray, bounds: tuple[float, float] = BETA_BOUNDS,
-                        grid: int = 241, iterations: int = 48) -> dict[str, np.ndarray]:
+def fit_loss_form_batch(
+    tokens: Sequence[float], losses: np.ndarray, bounds: tuple[float, float] = BETA_BOUNDS, grid: int = 241, iterations: int = 48
+) -> dict[str, np.ndarray]:
     """Fit ``L = E + B·T^(−β)`` (``E, B ≥ 0``, β in ``bounds``) to many loss vectors at once.
 
     Args:
@@ -215,7 +219,9 @@ def fit_loss_form_batch(tokens: Sequence[float], losses: np.ndarray, bounds: tup
     return {"E": e, "B": b_ref * t_ref**beta, "beta": beta, "rss": rss_final}
 
 
-def fit_loss_form(tokens: Sequence[float], losses: Sequence[float], bounds: tuple[float, float] = BETA_BOUNDS) -> dict[str, float]:
+def fit_loss_form(
+    tokens: Sequence[float], losses: Sequence[float], bounds: tuple[float, float] = BETA_BOUNDS
+) -> dict[str, float]:
     """Fit ``L(T) = E + B·T^(−β)`` to one set of points (nats), bounded.
 
     The profile fit of :func:`fit_loss_form_batch` is polished with bounded
@@ -262,8 +268,13 @@ def fit_loss_form(tokens: Sequence[float], losses: Sequence[float], bounds: tupl
     at_e_bound = bool(best["E"] <= 1e-6 * float(np.abs(y).mean()))  # E = 0 up to the solver's precision
     if at_beta_bound or at_e_bound:
         e_se = beta_se = math.nan  # asymptotic SEs mean nothing at a bound
-    return best | {"E_stderr": e_se, "beta_stderr": beta_se, "beta_at_bound": at_beta_bound, "E_at_bound": at_e_bound,
-                   "n_points": int(t.size)}
+    return best | {
+        "E_stderr": e_se,
+        "beta_stderr": beta_se,
+        "beta_at_bound": at_beta_bound,
+        "E_at_bound": at_e_bound,
+        "n_points": int(t.size),
+    }
 
 
 def loss_form_predict(fit: dict, tokens: float | np.ndarray) -> np.ndarray | float:
@@ -291,8 +302,13 @@ def preferred_form(power_ic: float, loss_ic: float, tie: float = AIC_TIE) -> str
 
 
 # ----------------------------------------------------------------------------- one group
-def fit_scaling_group(tokens: Sequence[float], losses: Sequence[float], boot: np.ndarray | None = None,
-                      confidence: float = 0.95, extrapolate: Sequence[float] = EXTRAPOLATE_TOKENS) -> dict:
+def fit_scaling_group(
+    tokens: Sequence[float],
+    losses: Sequence[float],
+    boot: np.ndarray | None = None,
+    confidence: float = 0.95,
+    extrapolate: Sequence[float] = EXTRAPOLATE_TOKENS,
+) -> dict:
     """Both forms on one configuration's points, with bootstrap intervals.
 
     Args:
@@ -327,8 +343,16 @@ def fit_scaling_group(tokens: Sequence[float], losses: Sequence[float], boot: np
     else:
         row.update(alpha_boot_se=math.nan, alpha_boot_ci_low=math.nan, alpha_boot_ci_high=math.nan)
     aic_p, bic_p = information_criteria(row["rss"], n, 2) if n >= 3 else (math.nan, math.nan)
-    lf = {"E": math.nan, "B": math.nan, "beta": math.nan, "rss": math.nan, "E_stderr": math.nan, "beta_stderr": math.nan,
-          "beta_at_bound": False, "E_at_bound": False}
+    lf = {
+        "E": math.nan,
+        "B": math.nan,
+        "beta": math.nan,
+        "rss": math.nan,
+        "E_stderr": math.nan,
+        "beta_stderr": math.nan,
+        "beta_at_bound": False,
+        "E_at_bound": False,
+    }
     lf_boot = None
     if n >= MIN_POINTS_LOSS_FORM:
         lf = fit_loss_form(t, y)
@@ -340,8 +364,15 @@ def fit_scaling_group(tokens: Sequence[float], losses: Sequence[float], boot: np
     for name in ("E", "beta"):
         lo, hi = percentile_interval(lf_boot[name], confidence) if lf_boot is not None else nan_ci
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = float(lo), float(hi)
-    row.update(aic_power_law=aic_p, aic_loss_form=aic_l, bic_power_law=bic_p, bic_loss_form=bic_l,
-               delta_aic=aic_l - aic_p, preferred_form=preferred_form(aic_p, aic_l), preferred_form_bic=preferred_form(bic_p, bic_l))
+    row.update(
+        aic_power_law=aic_p,
+        aic_loss_form=aic_l,
+        bic_power_law=bic_p,
+        bic_loss_form=bic_l,
+        delta_aic=aic_l - aic_p,
+        preferred_form=preferred_form(aic_p, aic_l),
+        preferred_form_bic=preferred_form(bic_p, bic_l),
+    )
     for target in extrapolate:
         tag = _token_tag(target)
         row[f"ppl_at_{tag}"] = predict_ppl(row, target)
@@ -350,7 +381,9 @@ def fit_scaling_group(tokens: Sequence[float], losses: Sequence[float], boot: np
         else:
             lo, hi = nan_ci
         row[f"ppl_at_{tag}_ci_low"], row[f"ppl_at_{tag}_ci_high"] = float(lo), float(hi)
-        row[f"ppl_at_{tag}_pi_low"], row[f"ppl_at_{tag}_pi_high"] = power_law_prediction_interval(t, np.exp(y), target, confidence)
+        row[f"ppl_at_{tag}_pi_low"], row[f"ppl_at_{tag}_pi_high"] = power_law_prediction_interval(
+            t, np.exp(y), target, confidence
+        )
         row[f"ppl_at_{tag}_loss_form"] = float(math.exp(loss_form_predict(lf, target))) if n >= MIN_POINTS_LOSS_FORM else math.nan
         if lf_boot is not None:
             lo, hi = percentile_interval(np.exp(loss_form_predict(lf_boot, np.array([target]))[:, 0]), confidence)
@@ -373,9 +406,16 @@ def _token_tag(tokens: float) -> str:
 FIT_KEYS = ["model", "variant", "context_dim"]
 
 
-def fit_points(points, point_boot: np.ndarray | None, group_by: Sequence[str] = FIT_KEYS, tokens: str = "train_tokens",
-               loss: str = "test_loss", confidence: float = 0.95, extrapolate: Sequence[float] = EXTRAPOLATE_TOKENS,
-               curve_points: int = 60):
+def fit_points(
+    points,
+    point_boot: np.ndarray | None,
+    group_by: Sequence[str] = FIT_KEYS,
+    tokens: str = "train_tokens",
+    loss: str = "test_loss",
+    confidence: float = 0.95,
+    extrapolate: Sequence[float] = EXTRAPOLATE_TOKENS,
+    curve_points: int = 60,
+):
     """Fit both forms per group of scaling points, with bootstrap intervals.
 
     Args:
@@ -414,13 +454,32 @@ def fit_points(points, point_boot: np.ndarray | None, group_by: Sequence[str] = 
         t_max = row["tokens_max"]
         for target in extrapolate:
             tag = _token_tag(target)
-            extrap.append(keys | {"form": "power_law", "tokens": target, "ppl": row[f"ppl_at_{tag}"],
-                                  "ci_low": row[f"ppl_at_{tag}_ci_low"], "ci_high": row[f"ppl_at_{tag}_ci_high"],
-                                  "pi_low": row[f"ppl_at_{tag}_pi_low"], "pi_high": row[f"ppl_at_{tag}_pi_high"],
-                                  "extrapolation": bool(target > t_max)})
-            extrap.append(keys | {"form": "loss_form", "tokens": target, "ppl": row[f"ppl_at_{tag}_loss_form"],
-                                  "ci_low": row[f"ppl_at_{tag}_loss_form_ci_low"], "ci_high": row[f"ppl_at_{tag}_loss_form_ci_high"],
-                                  "pi_low": math.nan, "pi_high": math.nan, "extrapolation": bool(target > t_max)})
+            extrap.append(
+                keys
+                | {
+                    "form": "power_law",
+                    "tokens": target,
+                    "ppl": row[f"ppl_at_{tag}"],
+                    "ci_low": row[f"ppl_at_{tag}_ci_low"],
+                    "ci_high": row[f"ppl_at_{tag}_ci_high"],
+                    "pi_low": row[f"ppl_at_{tag}_pi_low"],
+                    "pi_high": row[f"ppl_at_{tag}_pi_high"],
+                    "extrapolation": bool(target > t_max),
+                }
+            )
+            extrap.append(
+                keys
+                | {
+                    "form": "loss_form",
+                    "tokens": target,
+                    "ppl": row[f"ppl_at_{tag}_loss_form"],
+                    "ci_low": row[f"ppl_at_{tag}_loss_form_ci_low"],
+                    "ci_high": row[f"ppl_at_{tag}_loss_form_ci_high"],
+                    "pi_low": math.nan,
+                    "pi_high": math.nan,
+                    "extrapolation": bool(target > t_max),
+                }
+            )
         grid = np.geomspace(row["tokens_min"], max([t_max, *extrapolate]), curve_points)
         grid = np.unique(np.r_[grid, t_max])
         lx = np.log(grid)
@@ -430,8 +489,17 @@ def fit_points(points, point_boot: np.ndarray | None, group_by: Sequence[str] = 
         else:
             lo = hi = np.full(grid.size, np.nan)
         for g, c, lo_, hi_ in zip(grid, centre, lo, hi):
-            curves.append(keys | {"form": "power_law", "tokens": g, "ppl": math.exp(c), "ci_low": math.exp(lo_),
-                                  "ci_high": math.exp(hi_), "extrapolation": bool(g > t_max)})
+            curves.append(
+                keys
+                | {
+                    "form": "power_law",
+                    "tokens": g,
+                    "ppl": math.exp(c),
+                    "ci_low": math.exp(lo_),
+                    "ci_high": math.exp(hi_),
+                    "extrapolation": bool(g > t_max),
+                }
+            )
         if np.isfinite(row["E"]):
             lf_centre = loss_form_predict({k: row[k] for k in ("E", "B", "beta")}, grid)
             if b is not None and b["loss_form"] is not None:
@@ -439,14 +507,38 @@ def fit_points(points, point_boot: np.ndarray | None, group_by: Sequence[str] = 
             else:
                 lo = hi = np.full(grid.size, np.nan)
             for g, c, lo_, hi_ in zip(grid, lf_centre, lo, hi):
-                curves.append(keys | {"form": "loss_form", "tokens": g, "ppl": math.exp(c), "ci_low": math.exp(lo_),
-                                      "ci_high": math.exp(hi_), "extrapolation": bool(g > t_max)})
+                curves.append(
+                    keys
+                    | {
+                        "form": "loss_form",
+                        "tokens": g,
+                        "ppl": math.exp(c),
+                        "ci_low": math.exp(lo_),
+                        "ci_high": math.exp(hi_),
+                        "extrapolation": bool(g > t_max),
+                    }
+                )
     return pd.DataFrame(fits), pd.DataFrame(extrap), pd.DataFrame(curves)
 
 
-MODEL_FIT_COLUMNS = ["alpha", "alpha_boot_ci_low", "alpha_boot_ci_high", "alpha_stderr", "r2", "E", "E_ci_low", "E_ci_high",
-                     "beta", "beta_ci_low", "beta_ci_high", "delta_aic", "preferred_form", "preferred_form_bic", "n_points",
-                     "undertrained_points"]
+MODEL_FIT_COLUMNS = [
+    "alpha",
+    "alpha_boot_ci_low",
+    "alpha_boot_ci_high",
+    "alpha_stderr",
+    "r2",
+    "E",
+    "E_ci_low",
+    "E_ci_high",
+    "beta",
+    "beta_ci_low",
+    "beta_ci_high",
+    "delta_aic",
+    "preferred_form",
+    "preferred_form_bic",
+    "n_points",
+    "undertrained_points",
+]
 
 
 def model_fit_table(fits):

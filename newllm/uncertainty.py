@@ -84,8 +84,9 @@ def resample_counts(num_units: int, resamples: int, seed: int) -> np.ndarray:
     return rng.multinomial(num_units, np.full(num_units, 1.0 / num_units), size=resamples)
 
 
-def bootstrap_losses(sums: np.ndarray, counts: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                     chunk: int = 256) -> np.ndarray:
+def bootstrap_losses(
+    sums: np.ndarray, counts: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, chunk: int = 256
+) -> np.ndarray:
     """Test loss of every run on every bootstrap resample of the conversations.
 
     Args:
@@ -141,9 +142,16 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95, axis: int
     return low, high
 
 
-def seed_mean_points(runs: pd.DataFrame, boot: np.ndarray, observed: np.ndarray, seed: int = 0, resample_seeds: bool = True,
-                     keys: Sequence[str] = POINT_KEYS, mean_columns: Sequence[str] = (),
-                     count_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, np.ndarray]:
+def seed_mean_points(
+    runs: pd.DataFrame,
+    boot: np.ndarray,
+    observed: np.ndarray,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    keys: Sequence[str] = POINT_KEYS,
+    mean_columns: Sequence[str] = (),
+    count_columns: Sequence[str] = (),
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Average the seeds of each point in loss space, on the data and on every resample.
 
     Args:
@@ -179,13 +187,16 @@ def seed_mean_points(runs: pd.DataFrame, boot: np.ndarray, observed: np.ndarray,
             columns.append(boot[:, idx].mean(axis=1))
         values = observed[idx]
         part = runs.iloc[idx]
-        rows.append(dict(zip(keys, key if isinstance(key, tuple) else (key,))) | {
-            "n_seeds": int(n),
-            "test_loss": float(values.mean()),
-            "test_loss_seed_sd": float(values.std(ddof=1)) if n > 1 else float("nan"),
-            **{c: float(part[c].astype(float).mean()) for c in mean_columns},
-            **{f"{c}_runs": int(part[c].astype(bool).sum()) for c in count_columns},
-        })
+        rows.append(
+            dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+            | {
+                "n_seeds": int(n),
+                "test_loss": float(values.mean()),
+                "test_loss_seed_sd": float(values.std(ddof=1)) if n > 1 else float("nan"),
+                **{c: float(part[c].astype(float).mean()) for c in mean_columns},
+                **{f"{c}_runs": int(part[c].astype(bool).sum()) for c in count_columns},
+            }
+        )
     point_boot = np.column_stack(columns) if columns else np.empty((boot.shape[0], 0))
     points = pd.DataFrame(rows)
     low, high = percentile_interval(point_boot)
@@ -199,9 +210,15 @@ POINT_MEANS = ("train_tokens", "dev_loss", "dev_accuracy", "test_accuracy", "par
 """runs.csv columns averaged over seeds into the points table (when present)."""
 
 
-def bootstrap_study(runs: pd.DataFrame, token_nll: dict[str, np.ndarray], sample_end: Sequence[int],
-                    resamples: int = DEFAULT_RESAMPLES, seed: int = 0, resample_seeds: bool = True,
-                    tolerance: float = 1e-3) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
+def bootstrap_study(
+    runs: pd.DataFrame,
+    token_nll: dict[str, np.ndarray],
+    sample_end: Sequence[int],
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    resample_seeds: bool = True,
+    tolerance: float = 1e-3,
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
     """The study's test-set bootstrap: per-run intervals and the seed-mean scaling points.
 
     Args:
@@ -249,16 +266,31 @@ def bootstrap_study(runs: pd.DataFrame, token_nll: dict[str, np.ndarray], sample
     gap = np.abs(observed - table["test_loss"].to_numpy(dtype=float))
     if (gap > tolerance).any():
         i = int(gap.argmax())
-        raise ValueError(f"run {keys[i]}: mean test token NLL {observed[i]:.6f} != metrics test_loss {table['test_loss'].iloc[i]:.6f}")
+        raise ValueError(
+            f"run {keys[i]}: mean test token NLL {observed[i]:.6f} != metrics test_loss {table['test_loss'].iloc[i]:.6f}"
+        )
     boot = bootstrap_losses(sums, counts, resamples, seed)
     low, high = percentile_interval(boot)
     intervals = table[RUN_KEYS].copy()
     intervals["test_ppl"] = np.exp(observed)
     intervals["test_ppl_ci_low"], intervals["test_ppl_ci_high"] = np.exp(low), np.exp(high)
-    points, point_boot = seed_mean_points(table, boot, observed, seed=seed + 1, resample_seeds=resample_seeds,
-                                          mean_columns=[c for c in POINT_MEANS if c in table],
-                                          count_columns=["undertrained"] if "undertrained" in table else [])
-    info = {"resamples": int(resamples), "seed": int(seed), "resample_seeds": bool(resample_seeds),
-            "conversations": int(counts.size), "targets": int(counts.sum()), "runs": int(len(table)), "points": int(len(points)),
-            "seconds": time.perf_counter() - t0}
+    points, point_boot = seed_mean_points(
+        table,
+        boot,
+        observed,
+        seed=seed + 1,
+        resample_seeds=resample_seeds,
+        mean_columns=[c for c in POINT_MEANS if c in table],
+        count_columns=["undertrained"] if "undertrained" in table else [],
+    )
+    info = {
+        "resamples": int(resamples),
+        "seed": int(seed),
+        "resample_seeds": bool(resample_seeds),
+        "conversations": int(counts.size),
+        "targets": int(counts.sum()),
+        "runs": int(len(table)),
+        "points": int(len(points)),
+        "seconds": time.perf_counter() - t0,
+    }
     return points, point_boot, intervals, info

@@ -27,9 +27,23 @@ from newllm.analysis import (
 from newllm.scaling import fit_points
 
 # ----------------------------------------------------------------------------- runs table
-SUMMARY = dict(train_tokens=1000, dev_loss=5.0, dev_ppl=math.exp(5.0), dev_accuracy=0.1, test_loss=5.1, test_ppl=math.exp(5.1),
-               test_accuracy=0.11, test_tokens=99, parameters=1234, train_flops=6e9, train_seconds=2.5, steps=300, best_step=200,
-               stopped_by="max_steps", undertrained=True)
+SUMMARY = dict(
+    train_tokens=1000,
+    dev_loss=5.0,
+    dev_ppl=math.exp(5.0),
+    dev_accuracy=0.1,
+    test_loss=5.1,
+    test_ppl=math.exp(5.1),
+    test_accuracy=0.11,
+    test_tokens=99,
+    parameters=1234,
+    train_flops=6e9,
+    train_seconds=2.5,
+    steps=300,
+    best_step=200,
+    stopped_by="max_steps",
+    undertrained=True,
+)
 
 
 def _metrics(model, **run):
@@ -38,7 +52,12 @@ def _metrics(model, **run):
 
 def test_run_key_parses_the_contract_directory():
     assert run_key("results/s/runs/untrained_context/tok2/samples40_ctx64_seed2/phase2/metrics.json") == {
-        "model": "untrained_context", "variant": "tok2", "samples": 40, "context_dim": 64, "seed": 2}
+        "model": "untrained_context",
+        "variant": "tok2",
+        "samples": 40,
+        "context_dim": 64,
+        "seed": 2,
+    }
     with pytest.raises(ValueError, match="not inside a run directory"):
         run_key("results/s/tables/runs.csv")
 
@@ -46,14 +65,26 @@ def test_run_key_parses_the_contract_directory():
 def test_run_rows_maps_every_model_and_merges_cvfp_files():
     d = "results/s/runs"
     cvfp = f"{d}/cvfp/base/samples20_ctx16_seed1"
-    metrics = {f"{cvfp}/phase2/metrics.json": _metrics("cvfp", seed=1),
-               f"{d}/ngram/base/samples20_ctx0_seed0/lm/metrics.json": _metrics("ngram")}
-    phase1 = {f"{cvfp}/phase1/metrics.json": {"config": {"model": {"num_input_tokens": 2, "num_layers": 1, "ffn_layers": 1,
-                                                                   "activation": "gelu"},
-                                                         "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"}},
-                                              "summary": {"iterations": 17, "stopped_by": "val_er"}}}
-    caches = {f"{cvfp}/context_cache/cache.json": {"method": "jacobi", "train": {"effective_rank": 12.0, "effective_rank_pct": 75.0},
-                                                   "dev": {"effective_rank": 11.0, "effective_rank_pct": 68.75}}}
+    metrics = {
+        f"{cvfp}/phase2/metrics.json": _metrics("cvfp", seed=1),
+        f"{d}/ngram/base/samples20_ctx0_seed0/lm/metrics.json": _metrics("ngram"),
+    }
+    phase1 = {
+        f"{cvfp}/phase1/metrics.json": {
+            "config": {
+                "model": {"num_input_tokens": 2, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
+                "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"},
+            },
+            "summary": {"iterations": 17, "stopped_by": "val_er"},
+        }
+    }
+    caches = {
+        f"{cvfp}/context_cache/cache.json": {
+            "method": "jacobi",
+            "train": {"effective_rank": 12.0, "effective_rank_pct": 75.0},
+            "dev": {"effective_rank": 11.0, "effective_rank_pct": 68.75},
+        }
+    }
     runs, diagnostics = run_rows(metrics, phase1, caches)
     assert list(runs["model"]) == ["cvfp", "ngram"]  # study order
     row = runs.iloc[0]
@@ -135,8 +166,16 @@ def test_delta_alpha_standard_error_matches_monte_carlo_and_beats_the_independen
 # ----------------------------------------------------------------------------- points tables
 def _points(losses, models=None, dims=None, samples=None, **extra):
     n = len(losses)
-    frame = pd.DataFrame({"model": models or ["cvfp"] * n, "variant": "base", "context_dim": dims or [16] * n,
-                          "samples": samples or [10] * n, "test_loss": losses, **extra})
+    frame = pd.DataFrame(
+        {
+            "model": models or ["cvfp"] * n,
+            "variant": "base",
+            "context_dim": dims or [16] * n,
+            "samples": samples or [10] * n,
+            "test_loss": losses,
+            **extra,
+        }
+    )
     frame["test_ppl"] = np.exp(frame["test_loss"])
     frame["n_seeds"] = 1
     return frame
@@ -160,8 +199,12 @@ def test_ratio_table_uses_the_shared_resamples():
 
 
 def test_baselines_table_lists_every_model_in_study_order():
-    points = _points([3.0, 3.1, 3.2, 3.3], models=["transformer", "cvfp", "ngram", "no_context"], dims=[16, 16, 0, 16],
-                     dev_loss=[3.0, 3.1, 3.2, 3.3])
+    points = _points(
+        [3.0, 3.1, 3.2, 3.3],
+        models=["transformer", "cvfp", "ngram", "no_context"],
+        dims=[16, 16, 0, 16],
+        dev_loss=[3.0, 3.1, 3.2, 3.3],
+    )
     table = baselines_table(points)
     assert list(table["model"]) == ["cvfp", "no_context", "ngram", "transformer"]
     assert table["dev_ppl"].tolist() == pytest.approx(np.exp([3.1, 3.3, 3.2, 3.0]).tolist())
@@ -169,16 +212,19 @@ def test_baselines_table_lists_every_model_in_study_order():
 
 def test_matched_values_by_hand():
     # A covers 1..9 GFLOP, B 2..18: values covered by both are 2, 3, 6, 9 -> the largest, 9
-    curves = {"A": (np.array([1.0, 3.0, 9.0]), np.array([3.0, 2.6, 2.2]), None),
-              "B": (np.array([2.0, 6.0, 18.0]), np.array([3.1, 2.7, 2.3]), None)}
+    curves = {
+        "A": (np.array([1.0, 3.0, 9.0]), np.array([3.0, 2.6, 2.2]), None),
+        "B": (np.array([2.0, 6.0, 18.0]), np.array([3.1, 2.7, 2.3]), None),
+    }
     x_star, values = matched_values(curves)
     assert x_star == 9.0
     assert values["A"]["loss"] == pytest.approx(2.2) and values["A"]["how"] == "interpolated"
     w = math.log(9 / 6) / math.log(18 / 6)  # linear in ln x between 6 and 18
     assert values["B"]["loss"] == pytest.approx(2.7 + w * (2.3 - 2.7))
     # single configurations: within 10 % counts as matched, 60 % away does not
-    x_star, values = matched_values({"cvfp": ([50_000.0], [3.0], None), "lstm": ([52_000.0], [2.9], None),
-                                     "ngram": ([80_000.0], [3.5], None)})
+    x_star, values = matched_values(
+        {"cvfp": ([50_000.0], [3.0], None), "lstm": ([52_000.0], [2.9], None), "ngram": ([80_000.0], [3.5], None)}
+    )
     assert x_star == 52_000.0 and values["cvfp"]["how"] == "within 10 %" and values["ngram"]["how"] == "not covered"
     assert math.isnan(values["ngram"]["loss"])
 
@@ -187,9 +233,21 @@ def test_comparison_table_carries_alpha_uncertainty_and_matched_ppl():
     rows, tokens = [], np.array([1e4, 2e4, 4e4, 8e4])
     for model, alpha, params, flop_factor in (("cvfp", -0.3, 5000, 1.0), ("lstm", -0.35, 5200, 3.0)):
         for i, t in enumerate(tokens):
-            rows.append({"model": model, "variant": "base", "context_dim": 16, "samples": 10 * 2**i, "train_tokens": t,
-                         "test_loss": 9.0 + alpha * math.log(t), "dev_loss": 9.0 + alpha * math.log(t), "n_seeds": 1,
-                         "parameters": params, "train_flops": 6 * params * t * flop_factor, "test_accuracy": 0.1})
+            rows.append(
+                {
+                    "model": model,
+                    "variant": "base",
+                    "context_dim": 16,
+                    "samples": 10 * 2**i,
+                    "train_tokens": t,
+                    "test_loss": 9.0 + alpha * math.log(t),
+                    "dev_loss": 9.0 + alpha * math.log(t),
+                    "n_seeds": 1,
+                    "parameters": params,
+                    "train_flops": 6 * params * t * flop_factor,
+                    "test_accuracy": 0.1,
+                }
+            )
     points = pd.DataFrame(rows)
     points["test_ppl"] = np.exp(points["test_loss"])
     boot = points["test_loss"].to_numpy() + np.random.default_rng(2).normal(0, 0.01, (200, len(points)))
@@ -241,14 +299,22 @@ def _runs():
             for k, tokens in enumerate([1e4, 2e4, 4e4, 8e4]):
                 for seed in (0, 1):
                     er = 60 + er_shift + dim / 64 + rng.normal(0, 2)
-                    rows.append({
-                        "model": "cvfp", "variant": variant, "context_dim": dim, "samples": 25 * 2**k, "seed": seed,
-                        "train_tokens": tokens,
-                        # known relation: ln PPL = -0.4 ln tokens - 0.02 ER + 11
-                        "test_loss": -0.4 * math.log(tokens) - 0.02 * er + 11,
-                        "dev_er_pct": er, "train_er_pct": er + 1, "train_dev_er_gap_pct": 1.0,
-                        "phase1_iterations": 60,
-                    })
+                    rows.append(
+                        {
+                            "model": "cvfp",
+                            "variant": variant,
+                            "context_dim": dim,
+                            "samples": 25 * 2**k,
+                            "seed": seed,
+                            "train_tokens": tokens,
+                            # known relation: ln PPL = -0.4 ln tokens - 0.02 ER + 11
+                            "test_loss": -0.4 * math.log(tokens) - 0.02 * er + 11,
+                            "dev_er_pct": er,
+                            "train_er_pct": er + 1,
+                            "train_dev_er_gap_pct": 1.0,
+                            "phase1_iterations": 60,
+                        }
+                    )
     frame = pd.DataFrame(rows)
     frame["test_ppl"] = np.exp(frame["test_loss"])
     return frame
@@ -291,21 +357,51 @@ def _verdict_inputs():
     # at the largest size: cvfp 16-d (dev-best) PPL 100; cvfp 32-d has the better test PPL but a
     # worse dev loss, so it must not be chosen.  lstm is dev-best of the baselines although the
     # transformer is better on test.
-    entries = [("cvfp", 16, 100.0, 4.0), ("cvfp", 32, 90.0, 4.5), ("no_context", 16, 125.0, 5.0),
-               ("lstm", 16, 80.0, 3.0), ("transformer", 16, 70.0, 3.5), ("ngram", 0, 160.0, 6.0)]
+    entries = [
+        ("cvfp", 16, 100.0, 4.0),
+        ("cvfp", 32, 90.0, 4.5),
+        ("no_context", 16, 125.0, 5.0),
+        ("lstm", 16, 80.0, 3.0),
+        ("transformer", 16, 70.0, 3.5),
+        ("ngram", 0, 160.0, 6.0),
+    ]
     rows = []
     for model, dim, ppl, dev in entries:
         for samples, shrink in ((10, 2.0), (20, 1.0)):
-            rows.append({"model": model, "variant": "base", "context_dim": dim, "samples": samples, "train_tokens": samples * 1000,
-                         "test_loss": math.log(ppl * shrink), "dev_loss": dev + math.log(shrink), "n_seeds": 1})
+            rows.append(
+                {
+                    "model": model,
+                    "variant": "base",
+                    "context_dim": dim,
+                    "samples": samples,
+                    "train_tokens": samples * 1000,
+                    "test_loss": math.log(ppl * shrink),
+                    "dev_loss": dev + math.log(shrink),
+                    "n_seeds": 1,
+                }
+            )
     points = pd.DataFrame(rows)
     points["test_ppl"] = np.exp(points["test_loss"])
     points["test_ppl_ci_low"], points["test_ppl_ci_high"] = points["test_ppl"] * 0.9, points["test_ppl"] * 1.1
     # a test-set effect shared by every model: differences between models are exact
     boot = points["test_loss"].to_numpy() + np.random.default_rng(0).normal(0, 0.1, (300, 1))
-    fits = pd.DataFrame([{"model": m, "variant": "base", "context_dim": d, "alpha": -0.1 * (i + 1), "alpha_boot_ci_low": -0.1 * (i + 1) - 0.01,
-                          "alpha_boot_ci_high": -0.1 * (i + 1) + 0.01, "alpha_ci_low": np.nan, "alpha_ci_high": np.nan,
-                          "preferred_form": "power_law", "n_points": 2} for i, (m, d, _, _) in enumerate(entries)])
+    fits = pd.DataFrame(
+        [
+            {
+                "model": m,
+                "variant": "base",
+                "context_dim": d,
+                "alpha": -0.1 * (i + 1),
+                "alpha_boot_ci_low": -0.1 * (i + 1) - 0.01,
+                "alpha_boot_ci_high": -0.1 * (i + 1) + 0.01,
+                "alpha_ci_low": np.nan,
+                "alpha_ci_high": np.nan,
+                "preferred_form": "power_law",
+                "n_points": 2,
+            }
+            for i, (m, d, _, _) in enumerate(entries)
+        ]
+    )
     runs = pd.DataFrame({"model": ["cvfp", "lstm", "lstm"], "undertrained": [False, True, False]})
     return points, boot, fits, runs
 
@@ -349,22 +445,46 @@ def test_figures_show_every_model_and_write_svg(tmp_path):
     for model, dim, offset in (("cvfp", 16, 0.0), ("no_context", 16, 0.2), ("ngram", 0, 0.4), ("lstm", 16, -0.1)):
         for i, t in enumerate([1e4, 2e4, 4e4, 8e4]):
             loss = 9 - 0.3 * math.log(t) + offset
-            rows.append({"model": model, "variant": "base", "context_dim": dim, "samples": 10 * 2**i, "train_tokens": t,
-                         "test_loss": loss, "test_ppl": math.exp(loss), "test_ppl_ci_low": math.exp(loss - 0.05),
-                         "test_ppl_ci_high": math.exp(loss + 0.05), "undertrained_runs": int(model == "lstm" and i == 3)})
+            rows.append(
+                {
+                    "model": model,
+                    "variant": "base",
+                    "context_dim": dim,
+                    "samples": 10 * 2**i,
+                    "train_tokens": t,
+                    "test_loss": loss,
+                    "test_ppl": math.exp(loss),
+                    "test_ppl_ci_low": math.exp(loss - 0.05),
+                    "test_ppl_ci_high": math.exp(loss + 0.05),
+                    "undertrained_runs": int(model == "lstm" and i == 3),
+                }
+            )
     points = pd.DataFrame(rows)
     boot = points["test_loss"].to_numpy() + np.random.default_rng(0).normal(0, 0.02, (100, len(points)))
     fits, _, curves = fit_points(points, boot)
     labels = plot_scaling(points, fits, curves, tmp_path / "scaling.png")
     assert {label.split(" ")[0].rstrip(":") for label in labels} == {"cvfp", "no_context", "ngram", "lstm"}
-    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "scaling.svg").read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG" and (
+        tmp_path / "scaling.svg"
+    ).read_text().lstrip().startswith("<?xml")
     ratio_labels = plot_ppl_ratio(ratio_table(points, boot, "base"), tmp_path / "ratio.png")
     assert {label.split(" ")[0] for label in ratio_labels} == {"no_context", "ngram", "lstm"}
     assert (tmp_path / "ratio.svg").exists()
     # a window without an interval gets no bar: NaN, never a zero-length bar
     np.testing.assert_array_equal(_errorbars(np.array([1.0, 2.0]), [np.nan, 1.5], [np.nan, 2.5]), [[np.nan, 0.5], [np.nan, 0.5]])
-    windows = pd.DataFrame({"model": "cvfp", "variant": "base", "context_dim": 16, "tokens_min": [1e4, 2e4], "tokens_max": [4e4, 8e4],
-                            "alpha": [-0.3, -0.25], "alpha_stderr": [np.nan, np.nan], "alpha_ci_low": np.nan, "alpha_ci_high": np.nan})
+    windows = pd.DataFrame(
+        {
+            "model": "cvfp",
+            "variant": "base",
+            "context_dim": 16,
+            "tokens_min": [1e4, 2e4],
+            "tokens_max": [4e4, 8e4],
+            "alpha": [-0.3, -0.25],
+            "alpha_stderr": [np.nan, np.nan],
+            "alpha_ci_low": np.nan,
+            "alpha_ci_high": np.nan,
+        }
+    )
     plot_sliding_alpha(windows, tmp_path / "sliding.png")
     assert (tmp_path / "sliding.svg").exists()
     assert [format_count(v) for v in (500, 2e4, 1e6, 1.5e6, 3e9)] == ["500", "20k", "1M", "1.5M", "3G"]

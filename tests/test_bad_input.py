@@ -50,8 +50,13 @@ def test_empty_or_too_small_corpus(repo, tmp_path):
     with pytest.raises(ConfigError, match="leaves 0 samples"):
         check_config(cfg, schema)
     small = tmp_path / "small.jsonl"
-    small.write_text("".join('{"prompt_id": "%d", "messages": [{"role": "user", "content": "hi %d"}]}\n' % (i, i) for i in range(60)))
+    small.write_text(
+        "".join('{"prompt_id": "%d", "messages": [{"role": "user", "content": "hi %d"}]}\n' % (i, i) for i in range(60))
+    )
     cfg["corpus"] = {"name": "small", "source": "local", "path": str(small)}
     cfg["validation"] = {**cfg["validation"], "dev_samples": 10, "test_samples": 20, "embedding_samples": 10}
-    with pytest.raises(ConfigError, match=r"sample_sizes \[40, 80, 160\] exceed the training pool.*leaves 20 samples.*after 40 held-out.*allowed: 1\.\.20"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sample_sizes \[40, 80, 160\] exceed the training pool.*leaves 20 samples.*after 40 held-out.*allowed: 1\.\.20",
+    ):
         check_config(cfg, schema)

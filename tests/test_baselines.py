@@ -97,14 +97,16 @@ def test_kn_distributions_sum_to_one_over_the_full_vocabulary(order, discount):
     train = _zipf_stream(20_000, 0)
     lm = KneserNeyLM(order=order, discount=discount).fit(train)
     unseen_id = int(np.setdiff1d(np.arange(VOCAB_SIZE), train)[0])
-    contexts = np.array([
-        train[100:103],  # seen trigram history
-        [train[5], train[6], unseen_id],  # last token never seen
-        [unseen_id, train[0], train[1]],  # seen bigram, unseen trigram history
-        [-1, -1, train[-1]],  # start of a stream; the last training token (maybe never followed)
-        [-1, -1, -1],  # nothing
-        [VOCAB_SIZE - 1, 0, 1],
-    ])
+    contexts = np.array(
+        [
+            train[100:103],  # seen trigram history
+            [train[5], train[6], unseen_id],  # last token never seen
+            [unseen_id, train[0], train[1]],  # seen bigram, unseen trigram history
+            [-1, -1, train[-1]],  # start of a stream; the last training token (maybe never followed)
+            [-1, -1, -1],  # nothing
+            [VOCAB_SIZE - 1, 0, 1],
+        ]
+    )
     dist = lm.distribution(contexts)
     assert dist.shape == (len(contexts), VOCAB_SIZE)
     np.testing.assert_allclose(dist.sum(axis=1), 1.0, rtol=0, atol=1e-9)
@@ -196,8 +198,17 @@ def toy_data():
     return embeddings, _markov_stream(3000, 1), _markov_stream(600, 2), _markov_stream(600, 3)
 
 
-CFG = NeuralTrainConfig(learning_rate=1e-2, batch_size=4, seq_len=16, eval_every=10, patience=2, min_delta=0.0, min_steps=20,
-                        max_steps=1500, chunk_tokens=64)
+CFG = NeuralTrainConfig(
+    learning_rate=1e-2,
+    batch_size=4,
+    seq_len=16,
+    eval_every=10,
+    patience=2,
+    min_delta=0.0,
+    min_steps=20,
+    max_steps=1500,
+    chunk_tokens=64,
+)
 
 
 def _build(kind, embeddings, seed):
@@ -297,13 +308,29 @@ def test_bptt_lanes_shrink_for_short_streams_and_windows_continue(toy_data):
 
 # ------------------------------------------------------------------ the rule scripts
 
-SUMMARY_KEYS = {"train_tokens", "dev_loss", "dev_ppl", "dev_accuracy", "test_loss", "test_ppl", "test_accuracy", "test_tokens",
-                "parameters", "train_flops", "train_seconds", "steps", "best_step", "stopped_by", "undertrained"}
+SUMMARY_KEYS = {
+    "train_tokens",
+    "dev_loss",
+    "dev_ppl",
+    "dev_accuracy",
+    "test_loss",
+    "test_ppl",
+    "test_accuracy",
+    "test_tokens",
+    "parameters",
+    "train_flops",
+    "train_seconds",
+    "steps",
+    "best_step",
+    "stopped_by",
+    "undertrained",
+}
 
 
 def _schema_defaults(node):
-    return {key: _schema_defaults(spec) if "properties" in spec else spec.get("default")
-            for key, spec in node["properties"].items()}
+    return {
+        key: _schema_defaults(spec) if "properties" in spec else spec.get("default") for key, spec in node["properties"].items()
+    }
 
 
 @pytest.fixture
@@ -331,14 +358,22 @@ def _run_script(repo, tmp_path, paths, model, baselines):
     out = tmp_path / model / "lm"
     smk = SimpleNamespace(
         input=SimpleNamespace(**{k: str(v) for k, v in paths.items()}),
-        output=SimpleNamespace(metrics=str(out / "metrics.json"), test_nll=str(out / "test_token_nll.npy"),
-                               history=str(out / "history.csv")),
-        params=SimpleNamespace(run={
-            "model": {"context_dim": 16, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
-            "phase1": {}, "phase2": {},
-            "run": {"study": "t", "model": model, "variant": "base", "samples": 2, "context_dim": 16, "seed": 0},
-            "seed": 0, "device": "cpu"}, baselines=baselines),
-        log=[str(tmp_path / f"{model}.log")], threads=1,
+        output=SimpleNamespace(
+            metrics=str(out / "metrics.json"), test_nll=str(out / "test_token_nll.npy"), history=str(out / "history.csv")
+        ),
+        params=SimpleNamespace(
+            run={
+                "model": {"context_dim": 16, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
+                "phase1": {},
+                "phase2": {},
+                "run": {"study": "t", "model": model, "variant": "base", "samples": 2, "context_dim": 16, "seed": 0},
+                "seed": 0,
+                "device": "cpu",
+            },
+            baselines=baselines,
+        ),
+        log=[str(tmp_path / f"{model}.log")],
+        threads=1,
     )
     script = "ngram.py" if model == "ngram" else "train_baseline.py"
     runpy.run_path(str(repo / "workflow_scripts" / script), init_globals={"snakemake": smk}, run_name="__main__")

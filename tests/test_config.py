@@ -94,7 +94,10 @@ def _dry_run(repo, tmp_path, overrides):
     path.write_text(yaml.safe_dump(cfg))
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--configfile", str(path), "--directory", str(tmp_path)],
-        cwd=repo, capture_output=True, text=True, timeout=300,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -183,7 +183,9 @@ def test_bigram_embeddings_are_deterministic_per_seed():
 
 def test_head_fit_on_frozen_embeddings_scores_word2vec_style_matrices():
     stream = successor_stream(300, seed=0)
-    cfg = BigramConfig(lr=0.05, batch_tokens=256, eval_every=10, patience=2, min_steps=20, max_steps=200, weight_decay=0.0, chunk=64)
+    cfg = BigramConfig(
+        lr=0.05, batch_tokens=256, eval_every=10, patience=2, min_steps=20, max_steps=200, weight_decay=0.0, chunk=64
+    )
     random_head = fit_bigram_head(rescale_rows(random_embeddings(8, 0), 1.0), stream, 0, cfg, {"test": successor_stream(50, 1)})
     assert random_head["test_tokens"] == 148 and math.isfinite(random_head["test_ppl"])
     assert random_head["heldout_loss"] < random_head["history"][0]["heldout_loss"]  # f alone still learns
@@ -220,8 +222,13 @@ def test_rule_script_writes_matrix_and_quality_meta(tmp_path, repo, source):
         output=SimpleNamespace(weights=str(tmp_path / "e.safetensors"), meta=str(tmp_path / "e.json")),
         params=SimpleNamespace(
             seed=0,
-            embeddings={"source": source, "embed_dim": 4, "row_norm": 1.0, "score_head": True,
-                        "bigram": {"batch_tokens": 256, "eval_every": 5, "min_steps": 10, "max_steps": 40, "chunk": 64}},
+            embeddings={
+                "source": source,
+                "embed_dim": 4,
+                "row_norm": 1.0,
+                "score_head": True,
+                "bigram": {"batch_tokens": 256, "eval_every": 5, "min_steps": 10, "max_steps": 40, "chunk": 64},
+            },
         ),
         log=[str(tmp_path / "log.txt")],
         threads=1,

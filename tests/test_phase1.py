@@ -25,7 +25,7 @@ def _setup(n=12, d_c=6, d_e=4, layers=1, n_in=1, seed=0):
 @pytest.mark.parametrize("layers,n_in", [(1, 1), (2, 2)])
 def test_jacobi_sweeps_reach_the_sequential_recurrence(layers, n_in):
     block, token_input, stream = _setup(layers=layers, n_in=n_in)
-    exact, _ = solve_cache(block, token_input, stream, 'sequential')
+    exact, _ = solve_cache(block, token_input, stream, "sequential")
     contexts = torch.randn(stream.shape[0], block.context_dim)  # any start
     for k in range(1, stream.shape[0] + 1):
         contexts = jacobi_sweep(block, token_input, stream, contexts, batch_size=5)
@@ -69,7 +69,7 @@ def test_cache_row_i_does_not_depend_on_token_i_plus_1():
 
 def test_a_cache_that_does_not_converge_is_solved_sequentially_and_recorded():
     block, token_input, stream = _setup(n=40)
-    exact, _ = solve_cache(block, token_input, stream, 'sequential')
+    exact, _ = solve_cache(block, token_input, stream, "sequential")
     cache, info = solve_cache(block, token_input, stream, "jacobi", max_sweeps=3, tolerance=1e-12, batch_size=8)
     assert info["method"] == "sequential"
     assert info["fallback_from"]["method"] == "jacobi" and info["fallback_from"]["converged"] is False
@@ -181,8 +181,14 @@ def test_validation_is_tracked_and_val_er_stop_rule_restores_best_weights():
     replay, token_input2, _ = _setup(n=200, d_c=8, seed=1)
     steps = best["iteration"] - 1
     if steps:
-        train_phase1(replay, token_input2, stream, Phase1Config(max_iterations=steps, min_iterations=1, batch_size=64,
-                                                                stop_convergence_rate=1.0), val_stream=val, seed=0)
+        train_phase1(
+            replay,
+            token_input2,
+            stream,
+            Phase1Config(max_iterations=steps, min_iterations=1, batch_size=64, stop_convergence_rate=1.0),
+            val_stream=val,
+            seed=0,
+        )
     for (name, a), b in zip(block.state_dict().items(), replay.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="needs the dev stream"):

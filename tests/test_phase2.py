@@ -72,8 +72,9 @@ def test_phase2_learns_a_predictable_stream_and_keeps_the_best_steps_weights():
     noisy = stream.clone()
     noisy[::5] = torch.randint(0, 40, noisy[::5].shape, generator=torch.Generator().manual_seed(1))
     dev = Split(noisy, cache)
-    cfg = Phase2Config(max_steps=3000, min_steps=20, eval_every=10, patience=3, batch_size=32, chunk_tokens=16,
-                       learning_rate=1e-2)
+    cfg = Phase2Config(
+        max_steps=3000, min_steps=20, eval_every=10, patience=3, batch_size=32, chunk_tokens=16, learning_rate=1e-2
+    )
     result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0)
     h, summary = result.history, result.summary
     assert h[0]["dev_ppl"] > summary["dev_ppl"]
@@ -89,8 +90,9 @@ def test_phase2_learns_a_predictable_stream_and_keeps_the_best_steps_weights():
 def test_early_stopping_stops_after_patience_evaluations_but_not_before_min_steps():
     block, token_input, stream, cache = _phase2_setup()
     dev = Split(torch.randint(0, 40, (100,)), torch.randn(100, 1, 4))  # unpredictable: dev stops improving
-    cfg = Phase2Config(max_steps=5000, min_steps=120, eval_every=10, patience=2, batch_size=32, chunk_tokens=16,
-                       learning_rate=5e-2)
+    cfg = Phase2Config(
+        max_steps=5000, min_steps=120, eval_every=10, patience=2, batch_size=32, chunk_tokens=16, learning_rate=5e-2
+    )
     result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0)
     s = result.summary
     assert s["stopped_by"] == "early_stopping" and s["steps"] >= 120
@@ -102,8 +104,7 @@ def test_early_stopping_stops_after_patience_evaluations_but_not_before_min_step
 
 def test_a_run_that_hits_max_steps_is_flagged_undertrained():
     block, token_input, stream, cache = _phase2_setup()
-    cfg = Phase2Config(max_steps=25, min_steps=0, eval_every=10, patience=5, batch_size=32, chunk_tokens=16,
-                       learning_rate=1e-2)
+    cfg = Phase2Config(max_steps=25, min_steps=0, eval_every=10, patience=5, batch_size=32, chunk_tokens=16, learning_rate=1e-2)
     result = train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0)
     assert result.summary["stopped_by"] == "max_steps" and result.summary["undertrained"] is True
     assert result.summary["steps"] == 25 and [r["step"] for r in result.history] == [10, 20, 25]
@@ -136,8 +137,9 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_result():
 
     block.forward = limited
     sizes = []
-    summary = train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0,
-                           on_oom=sizes.append).summary
+    summary = train_phase2(
+        block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0, on_oom=sizes.append
+    ).summary
     assert sizes == [16, 8] and summary["micro_batch_size"] == 8
     assert summary["dev_loss"] == pytest.approx(reference["dev_loss"], rel=1e-5)
     for a, b in zip(block.state_dict().values(), reference_block.state_dict().values()):
@@ -152,4 +154,6 @@ def test_other_runtime_errors_are_not_swallowed():
 
     block.forward = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), Phase2Config(max_steps=1, min_steps=0), seed=0)
+        train_phase2(
+            block, token_input, Split(stream, cache), Split(stream, cache), Phase2Config(max_steps=1, min_steps=0), seed=0
+        )

@@ -94,8 +94,7 @@ def _config(**corpus):
         "corpus": {"name": "chitchat", "source": "chitchat_dataset", "max_samples": 300, **corpus},
         "tokenizer": "packaged",
         "embeddings": {"source": "word2vec", "embed_dim": 16},
-        "validation": {"dev_samples": 8, "test_samples": 10, "embedding_samples": 40, "seed": 0,
-                       "require_full_coverage": False},
+        "validation": {"dev_samples": 8, "test_samples": 10, "embedding_samples": 40, "seed": 0, "require_full_coverage": False},
     }
 
 
@@ -105,7 +104,9 @@ def test_a_new_study_passes_and_an_unchanged_one_too(tmp_path):
     (tmp_path / "results/s").mkdir(parents=True)
     (tmp_path / "results/s/provenance.json").write_text(json.dumps({**data_provenance(config), "git": {}}))
     # require_full_coverage does not change the data; tuples and lists compare equal
-    check_data_provenance({**config, "validation": {**config["validation"], "require_full_coverage": True}}, tmp_path / "results/s")
+    check_data_provenance(
+        {**config, "validation": {**config["validation"], "require_full_coverage": True}}, tmp_path / "results/s"
+    )
 
 
 def test_changed_data_is_refused_naming_keys_and_ways_out(tmp_path):
@@ -198,8 +199,10 @@ def test_seeding_sets_the_cublas_workspace(monkeypatch):
 
 
 # --------------------------------------------------------------------------- hub access
-@pytest.mark.parametrize("user, online", [({}, True), ({"HF_HUB_OFFLINE": "1"}, False), ({"HF_DATASETS_OFFLINE": "true"}, False),
-                                          ({"HF_HUB_OFFLINE": "0"}, True)])
+@pytest.mark.parametrize(
+    "user, online",
+    [({}, True), ({"HF_HUB_OFFLINE": "1"}, False), ({"HF_DATASETS_OFFLINE": "true"}, False), ({"HF_HUB_OFFLINE": "0"}, True)],
+)
 def test_jobs_run_offline_and_retrieve_rules_follow_the_user(user, online):
     env = dict(user)
     assert hub.record_hub_access(env) is online
@@ -222,8 +225,7 @@ def test_retrieve_streams_only_max_samples_rows(tmp_path, monkeypatch):
 
     def fake_load(path, split, streaming=False):  # the hub, served from a local file
         calls.append(streaming)
-        return real_load("json", data_files=str(source), split=split, streaming=streaming,
-                                     cache_dir=str(tmp_path / "cache"))
+        return real_load("json", data_files=str(source), split=split, streaming=streaming, cache_dir=str(tmp_path / "cache"))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     corpus = {"source": "hub", "path": "org/corpus", "split": "train", "max_samples": 7}
@@ -232,7 +234,9 @@ def test_retrieve_streams_only_max_samples_rows(tmp_path, monkeypatch):
     monkeypatch.undo()
     rows = load_corpus_dataset(corpus, tmp_path / "stage", hub_rows=tmp_path / "out/hub_rows.parquet")
     assert rows["prompt_id"] == [f"id{i}" for i in range(7)]
-    assert count_source_samples({"source": "local", "path": str(tmp_path / "out/hub_rows.parquet"), "data_format": "parquet"}) == 7
+    assert (
+        count_source_samples({"source": "local", "path": str(tmp_path / "out/hub_rows.parquet"), "data_format": "parquet"}) == 7
+    )
 
 
 def test_retrieve_offline_without_cache_says_why(tmp_path, monkeypatch):

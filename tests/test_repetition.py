@@ -50,7 +50,10 @@ def test_round_robin_gives_every_token_one_batch_per_epoch_in_order():
     cfg = RepetitionConfig(repetitions=6)
     factory = make_trainer_factory(
         {"context_dim": 8, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
-        torch.randn(20, 4), cfg, seed=0, device=torch.device("cpu"),
+        torch.randn(20, 4),
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
     )
     tokens = [4, 11, 2, 15]
     rows, fixed, steps = evaluate_round_robin(factory, tokens, epochs=3, repetitions=6, cfg=cfg)
@@ -65,7 +68,10 @@ def test_sequential_protocol_uses_a_fresh_model_per_token():
     made = []
     base = make_trainer_factory(
         {"context_dim": 6, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
-        torch.randn(20, 4), cfg, seed=0, device=torch.device("cpu"),
+        torch.randn(20, 4),
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
     )
 
     def factory(k):
@@ -84,7 +90,10 @@ def test_improvement_and_convergence_arithmetic():
     assert summary["mean_improvement"] == pytest.approx((0.995 + 0.5) / 2)
     assert summary["convergence"] == "50.0 % (1/2)" and summary["converged"] == 1
     assert summary["converged_before_training"] == 0
-    assert summarise_protocol(_token_rows([1], torch.tensor([0.005]), torch.tensor([0.001]), 0.0, 0.01))["converged_before_training"] == 1
+    assert (
+        summarise_protocol(_token_rows([1], torch.tensor([0.005]), torch.tensor([0.001]), 0.0, 0.01))["converged_before_training"]
+        == 1
+    )
 
 
 def _degenerate_block():
@@ -109,7 +118,10 @@ def test_collapse_flag_on_a_degenerate_model():
     distinct = {"collapsed": False}
     assert verdict(summarise_protocol(rows), distinct) == "CONVERGED (distinct fixed points)"
     early = _token_rows(range(4), torch.tensor([0.005, 0.5, 0.5, 0.5]), torch.zeros(4), 0.0, 0.01)
-    assert verdict(summarise_protocol(early), distinct) == "CONVERGED (distinct fixed points; 1/4 already below the threshold before training)"
+    assert (
+        verdict(summarise_protocol(early), distinct)
+        == "CONVERGED (distinct fixed points; 1/4 already below the threshold before training)"
+    )
     # a model that reads its input keeps distinct fixed points
     torch.manual_seed(1)
     healthy = ContextBlock(8, 4)
@@ -124,7 +136,10 @@ def test_staged_training_rows_and_learning():
     cfg = RepetitionConfig(repetitions=10, learning_rate=1e-2)
     factory = make_trainer_factory(
         {"context_dim": 8, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
-        torch.randn(20, 4), cfg, seed=0, device=torch.device("cpu"),
+        torch.randn(20, 4),
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
     )
     trainer = factory(0)
     phrases = {1: [(1,), (2,), (3,)], 2: [(1, 2), (4, 5)]}
@@ -139,7 +154,10 @@ def test_token_ce_term_is_optional():
     cfg = RepetitionConfig(repetitions=4, ce_weight=0.5)
     factory = make_trainer_factory(
         {"context_dim": 6, "num_input_tokens": 2, "num_layers": 2, "ffn_layers": 1, "activation": "relu"},
-        torch.randn(20, 4), cfg, seed=0, device=torch.device("cpu"),
+        torch.randn(20, 4),
+        cfg,
+        seed=0,
+        device=torch.device("cpu"),
     )
     metrics = factory(0).step(repeated_sequences([(1, 2), (3, 4)], 4), 2)
     assert metrics["token_ce"] > 0

@@ -26,14 +26,20 @@ PLOT_RULES = {"plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis", "pl
 
 
 def _git(root, *args):
-    return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def _snakemake(project, work, *args, configs=(), check=True):
     """Snakemake on config/test.yaml (plus ``configs``) in ``work``: (exit code, output)."""
-    result = subprocess.run([*SNAKEMAKE, *args, "--configfile", "config/test.yaml", *map(str, configs), "--directory", str(work)],
-                            cwd=project, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [*SNAKEMAKE, *args, "--configfile", "config/test.yaml", *map(str, configs), "--directory", str(work)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = result.stdout + result.stderr
     if check:
         assert result.returncode == 0, f"snakemake {' '.join(args)} failed:\n{out[-4000:]}"
@@ -43,7 +49,9 @@ def _snakemake(project, work, *args, configs=(), check=True):
 def _planned(out):
     """{rule: jobs} of a dry run's job table ({} when nothing is to be done)."""
     table = re.search(r"^job\s+count\n-+\s+-+\n(.*?)^total", out, re.M | re.S)
-    return {} if table is None else {line.split()[0]: int(line.split()[1]) for line in table.group(1).splitlines() if line.strip()}
+    return (
+        {} if table is None else {line.split()[0]: int(line.split()[1]) for line in table.group(1).splitlines() if line.strip()}
+    )
 
 
 def _snapshot(folder):
@@ -113,8 +121,17 @@ def test_editing_phase2_plans_phase2_and_everything_downstream(study):
     assert planned["phase2"] == everything["phase2"]
     assert planned["baseline_lm"] == everything["baseline_lm"]  # newllm/baselines/training.py imports newllm.phase2
     assert {"collect_runs", "bootstrap_test", "fit_scaling", "verdict", "plot_scaling", "plot_phase2"} <= set(planned)
-    upstream = DATA_RULES | {"phase1", "export_contexts", "phase1_diagnostics", "memory_probe_table", "ngram",
-                             "repetition_study", "plot_repetition", "checkpoint_store", "data_coverage"}
+    upstream = DATA_RULES | {
+        "phase1",
+        "export_contexts",
+        "phase1_diagnostics",
+        "memory_probe_table",
+        "ngram",
+        "repetition_study",
+        "plot_repetition",
+        "checkpoint_store",
+        "data_coverage",
+    }
     assert not upstream & set(planned), planned
 
 
@@ -141,8 +158,14 @@ def test_other_data_for_an_existing_study_is_refused_and_nothing_deleted(study, 
     before = _snapshot(work / "results")
     code, out = _snakemake(project, work, "--cores", "1", configs=[changed], check=False)
     assert code != 0
-    for text in ("study 'test'", "corpus.max_samples: 300 -> 250", "validation.seed: 0 -> 7",
-                 "--config study=NEW_NAME", "--config rebuild_data=True", "Nothing was run or deleted"):
+    for text in (
+        "study 'test'",
+        "corpus.max_samples: 300 -> 250",
+        "validation.seed: 0 -> 7",
+        "--config study=NEW_NAME",
+        "--config rebuild_data=True",
+        "Nothing was run or deleted",
+    ):
         assert text in out, (text, out[-3000:])
     assert _snapshot(work / "results") == before
     # the explicit way out plans the rebuild

@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent(
         history, summary = result.history, result.summary
         numbers = [[r["train_loss"], r["dev_loss"], r["dev_accuracy"]] for r in history]
     weights = {k: v.flatten().tolist() for k, v in block.state_dict().items()}
-    json.dump({"numbers": numbers, "weights": weights, "summary": {k: v for k, v in summary.items() if "second" not in k and "per_s" not in k}}, open(out, "w"))
+    summary = {k: v for k, v in summary.items() if "second" not in k and "per_s" not in k}
+    json.dump({"numbers": numbers, "weights": weights, "summary": summary}, open(out, "w"))
     """
 )
 
@@ -57,8 +58,9 @@ def _run(tmp_path, phase, ckpt, out, kill_at=None):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     extra = [str(kill_at)] if kill_at else []
-    return subprocess.run([sys.executable, str(script), phase, str(ckpt), str(out), *extra], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(script), phase, str(ckpt), str(out), *extra], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 # kill_at: the number of history records (Phase 1 iterations, Phase 2 evaluations) saved

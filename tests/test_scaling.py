@@ -123,8 +123,14 @@ def test_profile_fit_is_never_worse_than_multistart_curve_fit():
         best = math.inf
         for beta0 in (0.05, 0.2, 0.5, 1.0, 2.0):
             try:
-                popt, _ = optimize.curve_fit(model, tokens, y, p0=[1.0, 10.0 * 1e4**beta0, beta0],
-                                             bounds=([0, 0, 1e-3], [np.inf, np.inf, 3.0]), maxfev=20000)
+                popt, _ = optimize.curve_fit(
+                    model,
+                    tokens,
+                    y,
+                    p0=[1.0, 10.0 * 1e4**beta0, beta0],
+                    bounds=([0, 0, 1e-3], [np.inf, np.inf, 3.0]),
+                    maxfev=20000,
+                )
                 best = min(best, float(((y - model(tokens, *popt)) ** 2).sum()))
             except RuntimeError:
                 pass
@@ -146,7 +152,9 @@ def test_aic_prefers_the_loss_form_on_curved_data_and_not_on_a_line():
     tokens = np.geomspace(2e3, 2e6, 7)
     curved = fit_scaling_group(tokens, 2.0 + 60.0 * tokens**-0.5 + rng.normal(0, 0.005, 7))
     assert curved["preferred_form"] == "loss_form" and curved["delta_aic"] < -10
-    assert curved["delta_aic"] == pytest.approx(7 * math.log(curved["rss_loss_form"] / 7) + 8 - (7 * math.log(curved["rss"] / 7) + 6))
+    assert curved["delta_aic"] == pytest.approx(
+        7 * math.log(curved["rss_loss_form"] / 7) + 8 - (7 * math.log(curved["rss"] / 7) + 6)
+    )
     line = fit_scaling_group(tokens, 9.0 - 0.3 * np.log(tokens) + rng.normal(0, 0.005, 7))
     assert line["preferred_form"] in ("power_law", "neither") and line["delta_aic"] > -2
 
@@ -174,10 +182,28 @@ def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
     rows = []
     for model, alpha in (("cvfp", -0.3), ("lstm", -0.4)):
         for i, t in enumerate(tokens):
-            rows.append({"model": model, "variant": "base", "context_dim": 16, "samples": 10 * 2**i, "train_tokens": t,
-                         "test_loss": 9.0 + alpha * math.log(t), "undertrained_runs": int(model == "lstm" and i >= 2)})
-    rows.append({"model": "ngram", "variant": "base", "context_dim": 0, "samples": 10, "train_tokens": 1e4, "test_loss": 7.0,
-                 "undertrained_runs": 0})  # one size: no fit
+            rows.append(
+                {
+                    "model": model,
+                    "variant": "base",
+                    "context_dim": 16,
+                    "samples": 10 * 2**i,
+                    "train_tokens": t,
+                    "test_loss": 9.0 + alpha * math.log(t),
+                    "undertrained_runs": int(model == "lstm" and i >= 2),
+                }
+            )
+    rows.append(
+        {
+            "model": "ngram",
+            "variant": "base",
+            "context_dim": 0,
+            "samples": 10,
+            "train_tokens": 1e4,
+            "test_loss": 7.0,
+            "undertrained_runs": 0,
+        }
+    )  # one size: no fit
     points = pd.DataFrame(rows)
     boot = np.tile(points["test_loss"].to_numpy(), (50, 1))
     fits, extrap, curves = fit_points(points, boot)
@@ -194,12 +220,14 @@ def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
 
 def test_fit_table_groups_runs():
     tokens = np.array([1e4, 2e4, 4e4])
-    runs = pd.DataFrame({
-        "variant": ["base"] * 6,
-        "context_dim": [64] * 3 + [128] * 3,
-        "train_tokens": np.r_[tokens, tokens],
-        "val_ppl": np.r_[1e4 * tokens**-0.3, 2e4 * tokens**-0.4],
-    })
+    runs = pd.DataFrame(
+        {
+            "variant": ["base"] * 6,
+            "context_dim": [64] * 3 + [128] * 3,
+            "train_tokens": np.r_[tokens, tokens],
+            "val_ppl": np.r_[1e4 * tokens**-0.3, 2e4 * tokens**-0.4],
+        }
+    )
     table = fit_table(runs, ["variant", "context_dim"]).set_index("context_dim")
     assert table.loc[64, "alpha"] == pytest.approx(-0.3)
     assert table.loc[128, "A"] == pytest.approx(2e4)
@@ -212,11 +240,13 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
 
     # SPEC §10, v3 per size (samples -> train tokens, val PPL)
     table = tmp_path / "published.csv"
-    pd.DataFrame({
-        "config": ["1L 768d 2tok (v3)"] * 5,
-        "tokens": [62891, 122795, 240132, 473429, 948524],
-        "ppl": [591.7, 400.3, 296.8, 211.0, 168.0],
-    }).to_csv(table, index=False)
+    pd.DataFrame(
+        {
+            "config": ["1L 768d 2tok (v3)"] * 5,
+            "tokens": [62891, 122795, 240132, 473429, 948524],
+            "ppl": [591.7, 400.3, 296.8, 211.0, 168.0],
+        }
+    ).to_csv(table, index=False)
     assert fit_main([str(table), "--output", str(tmp_path / "fits.csv")]) == 0
     fit = pd.read_csv(tmp_path / "fits.csv").iloc[0]
     assert fit["alpha"] == pytest.approx(-0.466, abs=0.005)  # the source's reported α

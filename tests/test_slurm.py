@@ -61,8 +61,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_PROBLEM is not None, reason
 
 def _squeue(run_uuid):
     """[(job id, comment, state, elapsed)] of this run's jobs (finished ones for MinJobAge)."""
-    out = subprocess.run(["squeue", "--noheader", "--states=all", "--name", run_uuid, "--format", "%i|%k|%T|%M"],
-                         capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        ["squeue", "--noheader", "--states=all", "--name", run_uuid, "--format", "%i|%k|%T|%M"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
     return [tuple(line.split("|")) for line in out.splitlines() if line.count("|") == 3]
 
 
@@ -116,9 +120,23 @@ def test_tiny_study_on_slurm(repo, e2e, tmp_path):
     start = time.monotonic()
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
-            SNAKEMAKE + ["--profile", "profiles/slurm", "--configfile", "config/test.yaml", "--directory", str(tmp_path / "w"),
-                         "--slurm-init-seconds-before-status-checks", "1", *TARGETS],
-            cwd=repo, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+            SNAKEMAKE
+            + [
+                "--profile",
+                "profiles/slurm",
+                "--configfile",
+                "config/test.yaml",
+                "--directory",
+                str(tmp_path / "w"),
+                "--slurm-init-seconds-before-status-checks",
+                "1",
+                *TARGETS,
+            ],
+            cwd=repo,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     run_uuid, killed = None, None
     try:
         while proc.poll() is None and time.monotonic() - start < 900:
@@ -128,7 +146,11 @@ def test_tiny_study_on_slurm(repo, e2e, tmp_path):
                 run_uuid = match and match.group(1)
             elif killed is None:
                 for job_id, comment, state, elapsed in _squeue(run_uuid):
-                    if comment.startswith(tuple(f"rule_{r}_" for r in KILL_RULES)) and state == "RUNNING" and _seconds(elapsed) >= 2:
+                    if (
+                        comment.startswith(tuple(f"rule_{r}_" for r in KILL_RULES))
+                        and state == "RUNNING"
+                        and _seconds(elapsed) >= 2
+                    ):
                         subprocess.run(["scancel", job_id], check=True, timeout=30)
                         killed = (job_id, comment)
                         break
@@ -159,8 +181,10 @@ def test_tiny_study_on_slurm(repo, e2e, tmp_path):
     assert len(retries) == 1, retries
     for name in ("mem_mb", "runtime"):
         assert _resource(retries[0][3], name) == 2 * _resource(first[3], name), (first[3], retries[0][3])
-    print(f"\nSLURM run {run_uuid}: {wall:.0f} s, {len(slurm_ids)} SLURM jobs {', '.join(slurm_ids)}; "
-          f"cancelled {killed[0]} ({killed[1]}), retried as {retries[0][4]}")
+    print(
+        f"\nSLURM run {run_uuid}: {wall:.0f} s, {len(slurm_ids)} SLURM jobs {', '.join(slurm_ids)}; "
+        f"cancelled {killed[0]} ({killed[1]}), retried as {retries[0][4]}"
+    )
 
     # the tables equal the local run's (same config, same machine), timing columns aside
     slurm_results = tmp_path / "w" / STUDY

@@ -124,13 +124,23 @@ def test_thousand_resamples_of_300_runs_take_seconds():
 
 
 def test_seed_means_are_loss_means_and_seed_resampling_draws_seeds():
-    runs = pd.DataFrame({"model": "m", "variant": "v", "context_dim": 8, "samples": [10, 10, 20], "seed": [0, 1, 0],
-                         "train_tokens": [100, 100, 200], "undertrained": [True, False, False]})
+    runs = pd.DataFrame(
+        {
+            "model": "m",
+            "variant": "v",
+            "context_dim": 8,
+            "samples": [10, 10, 20],
+            "seed": [0, 1, 0],
+            "train_tokens": [100, 100, 200],
+            "undertrained": [True, False, False],
+        }
+    )
     observed = np.array([2.0, 4.0, 1.5])
     # no test noise: every resample repeats the observed losses
     boot = np.tile(observed, (4000, 1))
-    fixed, fixed_boot = seed_mean_points(runs, boot, observed, resample_seeds=False, mean_columns=["train_tokens"],
-                                         count_columns=["undertrained"])
+    fixed, fixed_boot = seed_mean_points(
+        runs, boot, observed, resample_seeds=False, mean_columns=["train_tokens"], count_columns=["undertrained"]
+    )
     assert fixed["test_loss"].tolist() == [3.0, 1.5]  # mean in loss space
     assert fixed["test_ppl"].iloc[0] == pytest.approx(math.sqrt(math.exp(2.0) * math.exp(4.0)))  # geometric mean of PPL
     assert fixed["test_loss_seed_sd"].iloc[0] == pytest.approx(math.sqrt(2.0)) and math.isnan(fixed["test_loss_seed_sd"].iloc[1])
@@ -151,8 +161,18 @@ def _write_runs(tmp_path, shifts, ends, rng):
         path = tmp_path / f"results/s/runs/{model}/base/samples10_ctx8_seed0/phase2/test_token_nll.npy"
         values = (base + shift).astype(np.float32)
         nll[str(path)] = values
-        rows.append({"model": model, "variant": "base", "samples": 10, "context_dim": 8, "seed": 0,
-                     "test_loss": float(values.astype(np.float64).mean()), "train_tokens": 1000, "undertrained": False})
+        rows.append(
+            {
+                "model": model,
+                "variant": "base",
+                "samples": 10,
+                "context_dim": 8,
+                "seed": 0,
+                "test_loss": float(values.astype(np.float64).mean()),
+                "train_tokens": 1000,
+                "undertrained": False,
+            }
+        )
     return pd.DataFrame(rows), nll
 
 
@@ -163,7 +183,9 @@ def test_bootstrap_study_checks_the_contract(tmp_path):
     points, point_boot, intervals, info = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=0)
     assert info["conversations"] == 30 and info["targets"] == ends[-1] - 1 and point_boot.shape == (300, 2)
     assert set(points["model"]) == {"cvfp", "lstm"}
-    assert (intervals["test_ppl_ci_low"] < intervals["test_ppl"]).all() and (intervals["test_ppl"] < intervals["test_ppl_ci_high"]).all()
+    assert (intervals["test_ppl_ci_low"] < intervals["test_ppl"]).all() and (
+        intervals["test_ppl"] < intervals["test_ppl_ci_high"]
+    ).all()
     bad = runs.assign(test_loss=runs["test_loss"] + 0.01)
     with pytest.raises(ValueError, match="test_loss"):
         bootstrap_study(bad, nll, ends.tolist(), resamples=10)

@@ -28,8 +28,19 @@ def test_dry_run_of_the_default_config(repo, tmp_path):
     # 5 sizes x 1 context_dim x 1 seed: cvfp + untrained_context run Phase 1 and the cache,
     # Phase 2 adds no_context; lstm and transformer per run, the n-gram once per size
     counts = _counts(_run(["-n", "--directory", str(tmp_path)], cwd=repo))
-    expected = {"phase1": 10, "export_contexts": 10, "phase1_diagnostics": 10, "phase2": 15, "baseline_lm": 10,
-                "ngram": 5, "make_train_set": 5, "make_heldout": 1, "fit_scaling": 1, "verdict": 1, "bootstrap_test": 1}
+    expected = {
+        "phase1": 10,
+        "export_contexts": 10,
+        "phase1_diagnostics": 10,
+        "phase2": 15,
+        "baseline_lm": 10,
+        "ngram": 5,
+        "make_train_set": 5,
+        "make_heldout": 1,
+        "fit_scaling": 1,
+        "verdict": 1,
+        "bootstrap_test": 1,
+    }
     assert {rule: counts.get(rule) for rule in expected} == expected
 
 
@@ -67,13 +78,16 @@ def test_slurm_profiles_dry_run(repo, tmp_path, profile, gpus, partition):
     training jobs ask for a GPU; memory and wall time per rule come from the workflow
     profile (profiles/default), which Snakemake loads under --profile too."""
     pytest.importorskip("snakemake_executor_plugin_slurm")
-    out = _run(["-n", "--profile", profile, "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)],
-               cwd=repo)
+    out = _run(["-n", "--profile", profile, "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)], cwd=repo)
     jobs = _job_resources(out)
     source = "".join(f.read_text() for f in [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))])
     bodies = dict(re.findall(r"^rule (\w+):(.*?)(?=^\S|\Z)", source, re.M | re.S))
     # localrules, and rules that only collect targets (no script), run where Snakemake runs
-    local = {name for name, body in bodies.items() if "localrule: True" in body or not re.search(r"^    (script|shell|run):", body, re.M)}
+    local = {
+        name
+        for name, body in bodies.items()
+        if "localrule: True" in body or not re.search(r"^    (script|shell|run):", body, re.M)
+    }
     for rule in TRAINING_RULES:
         assert jobs[rule] and all(f"gpu={gpus}," in line + "," for line in jobs[rule]), (rule, jobs[rule][:1])
     for rule, lines in jobs.items():
@@ -85,8 +99,17 @@ def test_slurm_profiles_dry_run(repo, tmp_path, profile, gpus, partition):
             assert rule in TRAINING_RULES or not re.search(r"\bgpu=", line), (rule, line)
     assert all("mem_mb=8000," in line and "runtime=240" in line for line in jobs["phase2"])
     # light rules (fits, tables, plots) run on the submit host, never as cluster jobs
-    for rule in ("collect_runs", "fit_scaling", "sliding_alpha", "comparisons", "prediction", "plot_scaling", "plot_analysis",
-                 "plot_repetition", "tokenizer"):
+    for rule in (
+        "collect_runs",
+        "fit_scaling",
+        "sliding_alpha",
+        "comparisons",
+        "prediction",
+        "plot_scaling",
+        "plot_analysis",
+        "plot_repetition",
+        "tokenizer",
+    ):
         assert rule in local, rule
 
 
@@ -98,13 +121,16 @@ def test_memory_and_wall_time_grow_with_each_retry(repo):
     from snakemake.cli import parse_set_resources
 
     profile = yaml.safe_load((repo / "profiles" / "default" / "config.yaml").read_text())
-    parsed = parse_set_resources([f"{rule}:{name}={value}" for rule, resources in profile["set-resources"].items()
-                                  for name, value in resources.items()])
+    parsed = parse_set_resources(
+        [f"{rule}:{name}={value}" for rule, resources in profile["set-resources"].items() for name, value in resources.items()]
+    )
     assert {"phase1", "phase2", "cache_corpus"} <= set(parsed)
     for rule, resources in parsed.items():
         for name in ("mem_mb", "runtime"):
-            values = [resources[name].evaluate(wildcards={}, input=[], attempt=attempt, threads=2, rulename=rule,
-                                               async_run=None).value for attempt in (1, 2, 3)]
+            values = [
+                resources[name].evaluate(wildcards={}, input=[], attempt=attempt, threads=2, rulename=rule, async_run=None).value
+                for attempt in (1, 2, 3)
+            ]
             assert values == [values[0], 2 * values[0], 4 * values[0]] and values[0] > 0, (rule, name, values)
 
 
@@ -122,7 +148,16 @@ def test_lint(repo):
 
 
 def test_snakefmt(repo):
-    result = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=repo, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules"], cwd=repo, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["check", "format"])
+def test_ruff(repo, command):
+    """ruff lint (E, F, W incl. line length, import order) and formatting of every Python file."""
+    result = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -164,8 +199,20 @@ def test_end_to_end_produces_tables_and_figures(e2e):
     assert set(probe["model"]) == {"cvfp", "untrained_context"} and len(probe) == 4 * 2 + 4
     verdict = (results / "tables" / "verdict.html").read_text()
     assert "cvfp" in verdict.lower() and "%" in verdict
-    for fig in ("scaling", "ppl_ratio", "phase1_curves", "phase2_curves", "sliding_alpha", "er_vs_ppl", "effective_rank",
-                "parameter_efficiency", "memory_probe", "repetition_stages", "repetition_topk", "repetition_fixed_points"):
+    for fig in (
+        "scaling",
+        "ppl_ratio",
+        "phase1_curves",
+        "phase2_curves",
+        "sliding_alpha",
+        "er_vs_ppl",
+        "effective_rank",
+        "parameter_efficiency",
+        "memory_probe",
+        "repetition_stages",
+        "repetition_topk",
+        "repetition_fixed_points",
+    ):
         png = results / "figures" / f"{fig}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, fig
         assert (results / "figures" / f"{fig}.svg").is_file(), fig
@@ -196,8 +243,10 @@ def test_repetition_study_outputs(e2e):
 @pytest.mark.slow
 def test_dev_test_and_embedding_slice_are_disjoint_from_each_other_and_every_training_set(e2e):
     _, results = e2e
-    heldout = {name: set(json.loads((results / "data" / f"{name}.json").read_text())["sample_ids"])
-               for name in ("dev", "test", "embedding_pool")}
+    heldout = {
+        name: set(json.loads((results / "data" / f"{name}.json").read_text())["sample_ids"])
+        for name in ("dev", "test", "embedding_pool")
+    }
     assert [len(v) for v in heldout.values()] == [4, 6, 40]
     assert heldout["dev"].isdisjoint(heldout["test"]) and heldout["embedding_pool"].isdisjoint(heldout["dev"] | heldout["test"])
     for size in (6, 12, 24, 48):
@@ -212,8 +261,22 @@ def test_figures_regenerate_from_tables_without_retraining(repo, e2e):
     workdir, results = e2e
     weights = results / "runs/cvfp/base/samples24_ctx16_seed0/phase2/token_block.safetensors"
     before = weights.stat().st_mtime_ns
-    out = _run(["--cores", "1", "--configfile", "config/test.yaml", "--directory", str(workdir),
-                "--forcerun", "plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis"], cwd=repo)
+    out = _run(
+        [
+            "--cores",
+            "1",
+            "--configfile",
+            "config/test.yaml",
+            "--directory",
+            str(workdir),
+            "--forcerun",
+            "plot_scaling",
+            "plot_phase1",
+            "plot_phase2",
+            "plot_analysis",
+        ],
+        cwd=repo,
+    )
     trained = {"phase1", "phase2", "baseline_lm", "ngram", "export_contexts"}
     assert not trained & {line.split()[0] for line in out.splitlines() if line.strip()}
     assert weights.stat().st_mtime_ns == before
@@ -245,8 +308,9 @@ def test_killed_and_resumed_phase2_job_matches_the_uninterrupted_one(repo, e2e, 
     target = f"results/test/{run}/phase2/metrics.json"
     args = ["--cores", "2", "--configfile", "config/test.yaml", "--directory", str(tmp_path), target]
     checkpoint = tmp_path / "results/test/checkpoints" / run.removeprefix("runs/") / "phase2/checkpoint.safetensors"
-    proc = subprocess.Popen(SNAKEMAKE + args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        SNAKEMAKE + args, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 600
     while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

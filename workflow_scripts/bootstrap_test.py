@@ -15,14 +15,22 @@ def main(smk) -> None:
     runs = pd.read_csv(smk.input.runs)
     sample_end = read_json(smk.input.test_meta)["sample_end"]
     nll = {p: np.load(p, mmap_mode="r") for p in smk.input.nll}  # reduced to per-conversation sums one run at a time
-    points, point_boot, intervals, info = bootstrap_study(runs, nll, sample_end, smk.params.resamples, smk.params.seed,
-                                                          smk.params.resample_seeds)
+    points, point_boot, intervals, info = bootstrap_study(
+        runs, nll, sample_end, smk.params.resamples, smk.params.seed, smk.params.resample_seeds
+    )
     write_csv(smk.output.points, points)
     write_npy(smk.output.point_losses, point_boot)
     write_csv(smk.output.runs, intervals)
     write_json(smk.output.info, info)
-    log.info("%d resamples of %d test conversations (%d targets) for %d runs -> %d points in %.2f s",
-             info["resamples"], info["conversations"], info["targets"], info["runs"], info["points"], info["seconds"])
+    log.info(
+        "%d resamples of %d test conversations (%d targets) for %d runs -> %d points in %.2f s",
+        info["resamples"],
+        info["conversations"],
+        info["targets"],
+        info["runs"],
+        info["points"],
+        info["seconds"],
+    )
 
 
 if __name__ == "__main__":

@@ -42,5 +42,8 @@ finally:
     shutil.rmtree(staging, ignore_errors=True)
 log.info(
     "%d samples, %d tokens (%d empty and %d duplicate samples dropped)",
-    manifest["num_samples"], manifest["num_tokens"], manifest["dropped_empty"], manifest["dropped_duplicates"],
+    manifest["num_samples"],
+    manifest["num_tokens"],
+    manifest["dropped_empty"],
+    manifest["dropped_duplicates"],
 )

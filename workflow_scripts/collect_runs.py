@@ -18,12 +18,18 @@ def main(smk) -> None:
         caches={p: read_json(p) for p in inputs.cache},
         diagnostics={p: read_json(p) for p in inputs.diagnostics},
     )
-    phase1 = pd.concat([tag_history(pd.read_csv(p), p) for p in inputs.phase1_history], ignore_index=True) \
-        if inputs.phase1_history else pd.DataFrame()
+    phase1 = (
+        pd.concat([tag_history(pd.read_csv(p), p) for p in inputs.phase1_history], ignore_index=True)
+        if inputs.phase1_history
+        else pd.DataFrame()
+    )
     if len(phase1) and "effective_rank" in phase1:
         phase1["effective_rank_pct"] = 100.0 * phase1["effective_rank"] / phase1["context_dim"]
-    training = pd.concat([tag_history(pd.read_csv(p), p) for p in inputs.history], ignore_index=True) \
-        if inputs.history else pd.DataFrame()
+    training = (
+        pd.concat([tag_history(pd.read_csv(p), p) for p in inputs.history], ignore_index=True)
+        if inputs.history
+        else pd.DataFrame()
+    )
     write_csv(smk.output.runs, runs)
     write_csv(smk.output.diagnostics, diagnostics)
     write_csv(smk.output.phase1_history, phase1)

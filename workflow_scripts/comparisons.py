@@ -12,8 +12,9 @@ from newllm.script import run_script
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    table = comparison_table(pd.read_csv(smk.input.runs), pd.read_csv(smk.input.points), np.load(smk.input.point_losses),
-                             pd.read_csv(smk.input.fits))
+    table = comparison_table(
+        pd.read_csv(smk.input.runs), pd.read_csv(smk.input.points), np.load(smk.input.point_losses), pd.read_csv(smk.input.fits)
+    )
     write_csv(smk.output[0], table)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         log.info("\n%s", table.to_string(index=False))

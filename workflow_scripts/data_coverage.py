@@ -15,8 +15,14 @@ def main(smk) -> None:
         row = {"samples": meta["samples"], "train_tokens": meta["num_tokens"]}
         for split in ("dev", "test"):
             cov = meta[f"{split}_coverage"]
-            row.update({f"{split}_tokens": cov["validation_tokens"], f"{split}_unseen_tokens": cov["unseen_tokens"],
-                        f"{split}_unseen_fraction": cov["unseen_fraction"], f"{split}_unseen_types": cov["unseen_types"]})
+            row.update(
+                {
+                    f"{split}_tokens": cov["validation_tokens"],
+                    f"{split}_unseen_tokens": cov["unseen_tokens"],
+                    f"{split}_unseen_fraction": cov["unseen_fraction"],
+                    f"{split}_unseen_types": cov["unseen_types"],
+                }
+            )
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("samples")
     embedding = read_json(smk.input.embeddings_meta)

@@ -20,16 +20,32 @@ def main(smk) -> None:
     cache_cfg = smk.params.cache
     block, _ = build_model(params, token_input, device, context_weights=smk.input.weights)
     block.eval()
-    meta = {"run": params["run"], "method": cache_cfg["method"],
-            "layout": "[tokens, num_layers, context_dim] float32; row i = every layer's output after processing token i"}
+    meta = {
+        "run": params["run"],
+        "method": cache_cfg["method"],
+        "layout": "[tokens, num_layers, context_dim] float32; row i = every layer's output after processing token i",
+    }
     for split in ("train", "dev", "test"):
         stream = load_stream(smk.input[split], device)
-        outputs, info = solve_cache(block, token_input, stream, cache_cfg["method"], cache_cfg["max_sweeps"],
-                                    cache_cfg["tolerance"], params["phase1"]["batch_size"])
+        outputs, info = solve_cache(
+            block,
+            token_input,
+            stream,
+            cache_cfg["method"],
+            cache_cfg["max_sweeps"],
+            cache_cfg["tolerance"],
+            params["phase1"]["batch_size"],
+        )
         if "fallback_from" in info:
             failed = info["fallback_from"]
-            log.warning("%s: %s did not reach tolerance %.1e in %d sweeps (max residual %.2e): solved sequentially",
-                        split, failed["method"], cache_cfg["tolerance"], failed["sweeps"], failed["max_residual"])
+            log.warning(
+                "%s: %s did not reach tolerance %.1e in %d sweeps (max residual %.2e): solved sequentially",
+                split,
+                failed["method"],
+                cache_cfg["tolerance"],
+                failed["sweeps"],
+                failed["max_residual"],
+            )
         er = effective_rank(outputs[:, -1], seed=params["seed"])
         info.update(effective_rank=er, effective_rank_pct=100.0 * er / block.context_dim, tokens=int(stream.shape[0]))
         cache = outputs.cpu().numpy().astype(np.float32)

@@ -26,10 +26,17 @@ def main(smk) -> None:
     outputs = {"dev": smk.output.dev, "test": smk.output.test, "embedding": smk.output.embedding_pool, "pool": smk.output.pool}
     for name, idx in parts.items():
         stream = token_stream(tokens, offsets, idx)
-        write_stream(outputs[name], stream, {
-            "split": name, "num_samples": int(idx.size), "sample_ids": ids[idx].tolist(),
-            "sample_end": sample_ends(counts[idx]), "seed": seed,
-        })
+        write_stream(
+            outputs[name],
+            stream,
+            {
+                "split": name,
+                "num_samples": int(idx.size),
+                "sample_ids": ids[idx].tolist(),
+                "sample_end": sample_ends(counts[idx]),
+                "seed": seed,
+            },
+        )
         log.info("%s: %d samples, %d tokens", name, idx.size, stream.size)
     names = list(parts)
     for i, a in enumerate(names):  # a guard: disjoint by construction

@@ -19,11 +19,19 @@ def main(smk) -> None:
     train_ids = pool_meta["sample_ids"][:samples]
     meta = {"samples": samples, "sample_ids": train_ids, "sample_end": pool_meta["sample_end"][:samples]}
     for split in ("dev", "test"):
-        check_disjoint(train_ids, read_json(smk.input[f"{split}_meta"])["sample_ids"], f"training set samples{samples}", f"the {split} set")
+        check_disjoint(
+            train_ids, read_json(smk.input[f"{split}_meta"])["sample_ids"], f"training set samples{samples}", f"the {split} set"
+        )
         coverage = validation_coverage(train, read_stream(smk.input[split]))
         meta[f"{split}_coverage"] = coverage
-        log.info("samples%d: %d tokens; %d %s tokens (%.2f %%) use ids unseen in training",
-                 samples, train.size, coverage["unseen_tokens"], split, 100 * coverage["unseen_fraction"])
+        log.info(
+            "samples%d: %d tokens; %d %s tokens (%.2f %%) use ids unseen in training",
+            samples,
+            train.size,
+            coverage["unseen_tokens"],
+            split,
+            100 * coverage["unseen_fraction"],
+        )
         if smk.params.require_full_coverage and coverage["unseen_tokens"]:
             raise DataError(
                 f"samples{samples}: {coverage['unseen_tokens']} {split} tokens ({coverage['unseen_types']} ids) never "

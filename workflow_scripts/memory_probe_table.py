@@ -14,10 +14,19 @@ def main(smk) -> None:
         diag = read_json(path)
         run, probe = diag["run"], diag["memory_probe"]
         key = {k: run[k] for k in ("model", "variant", "samples", "context_dim", "seed")}
-        rows.append({**key, "lag_below_10pct": probe["lag_below_10pct"], "lag_below_1pct": probe["lag_below_1pct"],
-                     "effect_lag1": probe["effect"][0], "max_lag": probe["max_lag"], "positions": probe["positions"]})
-        curves += [{**key, "lag": k, "effect": e, "relative": r}
-                   for k, e, r in zip(probe["lags"], probe["effect"], probe["relative"])]
+        rows.append(
+            {
+                **key,
+                "lag_below_10pct": probe["lag_below_10pct"],
+                "lag_below_1pct": probe["lag_below_1pct"],
+                "effect_lag1": probe["effect"][0],
+                "max_lag": probe["max_lag"],
+                "positions": probe["positions"],
+            }
+        )
+        curves += [
+            {**key, "lag": k, "effect": e, "relative": r} for k, e, r in zip(probe["lags"], probe["effect"], probe["relative"])
+        ]
     table, curve_table = pd.DataFrame(rows), pd.DataFrame(curves)
     write_csv(smk.output.table, table)
     write_csv(smk.output.curves, curve_table)

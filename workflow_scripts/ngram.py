@@ -5,7 +5,6 @@ scored for the same table columns as the other models.  Writes ``lm/metrics.json
 ``lm/test_token_nll.npy`` (float32 ``[n_test - 1]``, nats) and ``lm/history.csv``.
 """
 
-
 import time
 
 import numpy as np
@@ -25,9 +24,18 @@ def main(smk) -> None:
     run = params["run"]
     label = f"ngram/{run['variant']}/samples{run['samples']}"
     log = get_logger(smk.log[0])
-    train, dev, test = (np.asarray(read_stream(path), dtype=np.int64) for path in (smk.input.train, smk.input.dev, smk.input.test))
-    log.info("%s: order %d, discount %s; %d train / %d dev / %d test tokens", label, settings["order"], settings["discount"],
-             train.size, dev.size, test.size)
+    train, dev, test = (
+        np.asarray(read_stream(path), dtype=np.int64) for path in (smk.input.train, smk.input.dev, smk.input.test)
+    )
+    log.info(
+        "%s: order %d, discount %s; %d train / %d dev / %d test tokens",
+        label,
+        settings["order"],
+        settings["discount"],
+        train.size,
+        dev.size,
+        test.size,
+    )
 
     t0 = time.perf_counter()
     lm = KneserNeyLM(settings["order"], settings["discount"]).fit(train)
@@ -36,8 +44,13 @@ def main(smk) -> None:
     for split, stream in (("dev", dev), ("test", test)):
         t1 = time.perf_counter()
         nll, correct = lm.score_stream(stream)
-        scores[split] = {"loss": float(nll.mean()), "accuracy": float(correct.mean()), "tokens": int(nll.size), "nll": nll,
-                         "seconds": time.perf_counter() - t1}
+        scores[split] = {
+            "loss": float(nll.mean()),
+            "accuracy": float(correct.mean()),
+            "tokens": int(nll.size),
+            "nll": nll,
+            "seconds": time.perf_counter() - t1,
+        }
     ngrams = lm.num_ngrams()
     summary = {
         "train_tokens": int(train.size - 1),
@@ -63,14 +76,36 @@ def main(smk) -> None:
         "undertrained": False,
         "tokens_processed": int(train.size),
     }
-    history = [{"step": 0, "tokens": int(train.size), "train_loss": None, "dev_loss": summary["dev_loss"],
-                "dev_ppl": summary["dev_ppl"], "dev_accuracy": summary["dev_accuracy"], "seconds": fit_seconds}]
+    history = [
+        {
+            "step": 0,
+            "tokens": int(train.size),
+            "train_loss": None,
+            "dev_loss": summary["dev_loss"],
+            "dev_ppl": summary["dev_ppl"],
+            "dev_accuracy": summary["dev_accuracy"],
+            "seconds": fit_seconds,
+        }
+    ]
     write_npy(smk.output.test_nll, scores["test"]["nll"].astype(np.float32))
-    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, torch.device("cpu"),
-                      baseline={"model": "ngram", "settings": settings})
-    log.info("%s done in %.1f s: dev PPL %.2f, test PPL %.2f, test acc %.2f %%; n-grams per order %s", label,
-             fit_seconds + scores["dev"]["seconds"] + scores["test"]["seconds"], summary["dev_ppl"], summary["test_ppl"],
-             100 * summary["test_accuracy"], ngrams)
+    write_run_outputs(
+        smk.output.metrics,
+        smk.output.history,
+        params,
+        summary,
+        history,
+        torch.device("cpu"),
+        baseline={"model": "ngram", "settings": settings},
+    )
+    log.info(
+        "%s done in %.1f s: dev PPL %.2f, test PPL %.2f, test acc %.2f %%; n-grams per order %s",
+        label,
+        fit_seconds + scores["dev"]["seconds"] + scores["test"]["seconds"],
+        summary["dev_ppl"],
+        summary["test_ppl"],
+        100 * summary["test_accuracy"],
+        ngrams,
+    )
 
 
 if __name__ == "__main__":

@@ -18,18 +18,34 @@ CHECKPOINT_EVERY = 5  # iterations; a killed job resumes from the last checkpoin
 
 def untrained_summary(block, token_input, stream, dev_stream, cfg, seed):
     """Phase 1 metrics of the block at its initialisation (one sweep from the seeded C^0)."""
-    summary = {"iterations": 0, "best_iteration": 0, "stop_rule": "none (untrained_context)", "stopped_by": "untrained",
-               "stop_rule_met": True, "undertrained": False, "seconds": 0.0, "tokens_per_s": None}
+    summary = {
+        "iterations": 0,
+        "best_iteration": 0,
+        "stop_rule": "none (untrained_context)",
+        "stopped_by": "untrained",
+        "stop_rule_met": True,
+        "undertrained": False,
+        "seconds": 0.0,
+        "tokens_per_s": None,
+    }
     for prefix, s in (("", stream), ("val_", dev_stream)):
         gen = torch.Generator().manual_seed(seed)
         start = (cfg.init_std * torch.randn(s.shape[0], block.context_dim, generator=gen)).to(s.device)
         _, m = measure_sweep(block, token_input, s, start, equal_batches(s.shape[0], cfg.batch_size, s.device), cfg, seed)
         tag = "train_" if not prefix else "val_"
-        summary.update({f"{tag}convergence_rate": m["convergence_rate"], f"{tag}convergence": m["convergence"],
-                        f"{tag}effective_rank": m["effective_rank"]})
+        summary.update(
+            {
+                f"{tag}convergence_rate": m["convergence_rate"],
+                f"{tag}convergence": m["convergence"],
+                f"{tag}effective_rank": m["effective_rank"],
+            }
+        )
         if not prefix:
-            summary.update(final_cvfp_loss=m["cvfp_loss"], final_diversity_loss=m["diversity_loss"],
-                           train_effective_rank_pct=100.0 * m["effective_rank"] / block.context_dim)
+            summary.update(
+                final_cvfp_loss=m["cvfp_loss"],
+                final_diversity_loss=m["diversity_loss"],
+                train_effective_rank_pct=100.0 * m["effective_rank"] / block.context_dim,
+            )
     return summary
 
 
@@ -39,27 +55,52 @@ def main(smk) -> None:
     dev_stream = load_stream(smk.input.dev, device)
     context_block, _ = build_model(params, token_input, device)
     cfg = Phase1Config.from_dict(params["phase1"])
-    log.info("Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s",
-             name, device, stream.shape[0], count_parameters(context_block), cfg)
+    log.info(
+        "Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s",
+        name,
+        device,
+        stream.shape[0],
+        count_parameters(context_block),
+        cfg,
+    )
     if params["run"]["model"] == "untrained_context":
         summary, history = untrained_summary(context_block, token_input, stream, dev_stream, cfg, params["seed"]), []
     else:
         checkpoint = run_checkpoint(smk, smk.output.weights, every=CHECKPOINT_EVERY)
-        with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log),
-                  mininterval=10) as bar:
+        with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
+
             def report(r):
                 bar.update(1)
-                log.info("iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / dev %s, %.0f tok/s",
-                         r["iteration"], r["cvfp_loss"], r["diversity_loss"], r["convergence"],
-                         r.get("val_convergence"), r["tokens_per_s"])
+                log.info(
+                    "iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / dev %s, %.0f tok/s",
+                    r["iteration"],
+                    r["cvfp_loss"],
+                    r["diversity_loss"],
+                    r["convergence"],
+                    r.get("val_convergence"),
+                    r["tokens_per_s"],
+                )
 
-            result = train_phase1(context_block, token_input, stream, cfg, val_stream=dev_stream, seed=params["seed"],
-                                  run_name=name, on_iteration=report, checkpoint=checkpoint)
+            result = train_phase1(
+                context_block,
+                token_input,
+                stream,
+                cfg,
+                val_stream=dev_stream,
+                seed=params["seed"],
+                run_name=name,
+                on_iteration=report,
+                checkpoint=checkpoint,
+            )
         summary, history = result.summary, result.history
         checkpoint.path.unlink(missing_ok=True)
         if summary["undertrained"]:
-            log.warning("Phase 1 %s stopped at max_iterations=%d without meeting its stop rule (%s): flagged undertrained",
-                        name, cfg.max_iterations, cfg.stop_rule)
+            log.warning(
+                "Phase 1 %s stopped at max_iterations=%d without meeting its stop rule (%s): flagged undertrained",
+                name,
+                cfg.max_iterations,
+                cfg.stop_rule,
+            )
     summary.update(train_tokens=int(stream.shape[0]), context_block_parameters=count_parameters(context_block))
     save_weights(smk.output.weights, context_block.state_dict(), {"run": name})
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device)

@@ -44,11 +44,20 @@ def main(smk) -> None:
         "quality": band,
     }
     write_json(smk.output[0], result)
-    log.info("%s: identity check %s; CVFP convergence %s (slope %.2e, std %.2e); memory: effect below 10 %% at lag %s, "
-             "below 1 %% at lag %s; dev ER %.1f %% (%s)%s", name, "PASS" if identity["passed"] else "FAIL",
-             convergence["verdict"], convergence["slope"], convergence["std"], memory["lag_below_10pct"],
-             memory["lag_below_1pct"], band["val_er_pct"], band["band"],
-             "; train-dev ER gap > 5 points: over-fitting suspected" if band["overfitting_suspected"] else "")
+    log.info(
+        "%s: identity check %s; CVFP convergence %s (slope %.2e, std %.2e); memory: effect below 10 %% at lag %s, "
+        "below 1 %% at lag %s; dev ER %.1f %% (%s)%s",
+        name,
+        "PASS" if identity["passed"] else "FAIL",
+        convergence["verdict"],
+        convergence["slope"],
+        convergence["std"],
+        memory["lag_below_10pct"],
+        memory["lag_below_1pct"],
+        band["val_er_pct"],
+        band["band"],
+        "; train-dev ER gap > 5 points: over-fitting suspected" if band["overfitting_suspected"] else "",
+    )
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ from newllm.script import run_script
 def main(smk) -> None:
     runs = pd.read_csv(smk.input.runs)
     plot_sliding_alpha(pd.read_csv(smk.input.windows), smk.output.sliding)
-    plot_er_vs_ppl(runs[runs["model"] == "cvfp"].reset_index(drop=True), read_json(smk.input.models)["linear"], smk.output.er_vs_ppl)
+    plot_er_vs_ppl(
+        runs[runs["model"] == "cvfp"].reset_index(drop=True), read_json(smk.input.models)["linear"], smk.output.er_vs_ppl
+    )
     plot_effective_rank(runs, smk.output.er_by_dim)
     plot_parameter_efficiency(pd.read_csv(smk.input.comparison), pd.read_csv(smk.input.baselines), smk.output.efficiency)
 

@@ -33,9 +33,19 @@ factory = make_trainer_factory(model_cfg, embeddings, cfg, seed, device)
 phrases = {s: frequent_phrases(pool, s, cfg_dict["phrases_per_stage"]) for s in range(1, cfg_dict["max_stage"] + 1)}
 log.info("phrases per stage: %s", {s: p[:5] for s, p in phrases.items()})
 stage_rows = train_stages(
-    factory(0), phrases, cfg.repetitions, cfg_dict["epochs_per_stage"], cfg_dict["batch_size"],
-    on_epoch=lambda r: log.info("stage %d epoch %d: convergence loss %.6f, change rate %.4f, cyclic distance %.4f",
-                                r["stage"], r["epoch"], r["convergence_loss"], r["change_rate"], r["cyclic_distance"]),
+    factory(0),
+    phrases,
+    cfg.repetitions,
+    cfg_dict["epochs_per_stage"],
+    cfg_dict["batch_size"],
+    on_epoch=lambda r: log.info(
+        "stage %d epoch %d: convergence loss %.6f, change rate %.4f, cyclic distance %.4f",
+        r["stage"],
+        r["epoch"],
+        r["convergence_loss"],
+        r["change_rate"],
+        r["cyclic_distance"],
+    ),
 )
 write_csv(snakemake.output.stages, pd.DataFrame(stage_rows))
 
@@ -54,13 +64,28 @@ for protocol, prot_rows, fixed in (("round_robin", rr_rows, rr_fixed), ("sequent
     collapse = collapse_check(fixed.cpu(), cfg.collapse_threshold)
     distance_rows += [{"protocol": protocol, "distance": d} for d in collapse.pop("distances")]
     summary[protocol] = {**stats, "fixed_point_distances": collapse, "verdict": verdict(stats, collapse)}
-    log.info("%s: mean improvement %.1f %%, converged %s (%d already before training), %.3f s/token; pairwise fixed-point distance min %.2e median %.2e max %.2e -> %s",
-             protocol, 100 * stats["mean_improvement"], stats["convergence"], stats["converged_before_training"], stats["seconds_per_token"],
-             collapse["min"], collapse["median"], collapse["max"], summary[protocol]["verdict"])
+    log.info(
+        "%s: mean improvement %.1f %%, converged %s (%d already before training), %.3f s/token; "
+        "pairwise fixed-point distance min %.2e median %.2e max %.2e -> %s",
+        protocol,
+        100 * stats["mean_improvement"],
+        stats["convergence"],
+        stats["converged_before_training"],
+        stats["seconds_per_token"],
+        collapse["min"],
+        collapse["median"],
+        collapse["max"],
+        summary[protocol]["verdict"],
+    )
 write_csv(snakemake.output.tokens, pd.DataFrame(rows))
 write_csv(snakemake.output.distances, pd.DataFrame(distance_rows))
-write_json(snakemake.output.summary, {
-    "config": {**cfg_dict, "model": model_cfg}, "tokens": [int(t) for t in tokens],
-    "phrases": {str(s): [list(p) for p in ps] for s, ps in phrases.items()},
-    **summary, "provenance": provenance(device),
-})
+write_json(
+    snakemake.output.summary,
+    {
+        "config": {**cfg_dict, "model": model_cfg},
+        "tokens": [int(t) for t in tokens],
+        "phrases": {str(s): [list(p) for p in ps] for s, ps in phrases.items()},
+        **summary,
+        "provenance": provenance(device),
+    },
+)

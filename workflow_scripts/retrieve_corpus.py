@@ -15,10 +15,20 @@ from newllm.script import run_script  # noqa: E402
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    log.info("reading corpus %s from the hub (%s)", smk.params.corpus["path"], "online" if ONLINE else "offline: Hugging Face cache only")
+    log.info(
+        "reading corpus %s from the hub (%s)",
+        smk.params.corpus["path"],
+        "online" if ONLINE else "offline: Hugging Face cache only",
+    )
     info = retrieve_corpus_rows(smk.params.corpus, smk.output.rows, ONLINE)
-    log.info("%d rows of %s split %s%s -> %s", info["rows"], info["repo_id"], info["split"],
-             " (streamed, take)" if info["streamed"] else "", smk.output.rows)
+    log.info(
+        "%d rows of %s split %s%s -> %s",
+        info["rows"],
+        info["repo_id"],
+        info["split"],
+        " (streamed, take)" if info["streamed"] else "",
+        smk.output.rows,
+    )
 
 
 if __name__ == "__main__":

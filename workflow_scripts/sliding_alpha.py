@@ -12,8 +12,14 @@ from newllm.script import run_script
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    windows = sliding_window_fits(pd.read_csv(smk.input.points), CONFIG_KEYS, smk.params.window, smk.params.step,
-                                  ppl="test_ppl", boot=np.load(smk.input.point_losses))
+    windows = sliding_window_fits(
+        pd.read_csv(smk.input.points),
+        CONFIG_KEYS,
+        smk.params.window,
+        smk.params.step,
+        ppl="test_ppl",
+        boot=np.load(smk.input.point_losses),
+    )
     write_csv(smk.output[0], windows)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         log.info("\n%s", windows.to_string(index=False))

@@ -48,7 +48,9 @@ def main(smk) -> None:
             matrix = gpt2_embeddings(cfg["gpt2_checkpoint"])
             info.update(checkpoint=cfg["gpt2_checkpoint"], train_tokens=None)
         elif source == "word2vec":
-            matrix, w2v = word2vec_embeddings(pool, cfg["embed_dim"], seed, epochs=cfg["word2vec_epochs"], window=cfg["word2vec_window"])
+            matrix, w2v = word2vec_embeddings(
+                pool, cfg["embed_dim"], seed, epochs=cfg["word2vec_epochs"], window=cfg["word2vec_window"]
+            )
             matrix = rescale_rows(matrix, cfg["row_norm"])
             info.update(w2v, train_tokens=int(pool.size), row_norm=cfg["row_norm"])
         else:

@@ -5,7 +5,6 @@ other model, CVFP's frozen embeddings and tied head.  Writes ``lm/metrics.json``
 ``lm/test_token_nll.npy`` (float32 ``[n_test - 1]``, nats) and ``lm/history.csv``.
 """
 
-
 import time
 
 import torch
@@ -36,8 +35,15 @@ def build_model(name: str, embeddings: torch.Tensor, settings: dict, target: int
         size = match_lstm(target, d_e, tolerance)
         return LSTMLM(embeddings, size.size, settings["dropout"]), size
     size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
-    model = TransformerLM(embeddings, size.size, settings["num_layers"], settings["num_heads"], settings["block_size"],
-                          settings["dropout"], settings["eval_stride"])
+    model = TransformerLM(
+        embeddings,
+        size.size,
+        settings["num_layers"],
+        settings["num_heads"],
+        settings["block_size"],
+        settings["dropout"],
+        settings["eval_stride"],
+    )
     return model, size
 
 
@@ -60,17 +66,40 @@ def main(smk) -> None:
     model, size = build_model(name, embeddings, settings, target, baselines["parameter_tolerance"])
     model.to(device)
     chunk = baselines["chunk_tokens"] or (4096 if device.type == "cuda" else 32)
-    cfg = NeuralTrainConfig.from_dict({**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]],
-                                       "chunk_tokens": chunk})
-    log.info("%s on %s: %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
-             label, device, train.shape[0], dev.shape[0], test.shape[0], size.size, count_parameters(model), target,
-             100 * size.relative_gap, cfg)
+    cfg = NeuralTrainConfig.from_dict(
+        {**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]], "chunk_tokens": chunk}
+    )
+    log.info(
+        "%s on %s: %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
+        label,
+        device,
+        train.shape[0],
+        dev.shape[0],
+        test.shape[0],
+        size.size,
+        count_parameters(model),
+        target,
+        100 * size.relative_gap,
+        cfg,
+    )
 
     history, summary = train_neural_lm(
-        model, train, dev, cfg, seed=params["seed"], stateful=name == "lstm", run_name=label,
-        on_eval=lambda r: log.info("step %d (%d tokens): train loss %s, dev PPL %.2f, dev acc %.2f %%, %.0f s", r["step"],
-                                   r["tokens"], "-" if r["train_loss"] is None else f"{r['train_loss']:.3f}", r["dev_ppl"],
-                                   100 * r["dev_accuracy"], r["seconds"]),
+        model,
+        train,
+        dev,
+        cfg,
+        seed=params["seed"],
+        stateful=name == "lstm",
+        run_name=label,
+        on_eval=lambda r: log.info(
+            "step %d (%d tokens): train loss %s, dev PPL %.2f, dev acc %.2f %%, %.0f s",
+            r["step"],
+            r["tokens"],
+            "-" if r["train_loss"] is None else f"{r['train_loss']:.3f}",
+            r["dev_ppl"],
+            100 * r["dev_accuracy"],
+            r["seconds"],
+        ),
     )
     t0 = time.perf_counter()
     result = evaluate_stream(model, test, chunk)
@@ -91,12 +120,26 @@ def main(smk) -> None:
         train_flops_formula="6 * parameters * tokens_processed + 6 * V * d_e * tokens_processed",
     )
     write_npy(smk.output.test_nll, result["token_nll"])
-    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device,
-                      baseline={"model": name, "settings": settings, "early_stopping": baselines["early_stopping"],
-                                "chunk_tokens": chunk})
-    log.info("%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s", label,
-             summary["stopped_by"], summary["steps"], summary["best_step"], summary["dev_ppl"], summary["test_ppl"],
-             100 * summary["test_accuracy"], summary["train_seconds"])
+    write_run_outputs(
+        smk.output.metrics,
+        smk.output.history,
+        params,
+        summary,
+        history,
+        device,
+        baseline={"model": name, "settings": settings, "early_stopping": baselines["early_stopping"], "chunk_tokens": chunk},
+    )
+    log.info(
+        "%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s",
+        label,
+        summary["stopped_by"],
+        summary["steps"],
+        summary["best_step"],
+        summary["dev_ppl"],
+        summary["test_ppl"],
+        100 * summary["test_accuracy"],
+        summary["train_seconds"],
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,15 @@ from newllm.script import run_script
 def main(smk) -> None:
     log = get_logger(smk.log[0])
     info = read_json(smk.input.info)
-    result = verdict(pd.read_csv(smk.input.points), np.load(smk.input.point_losses), pd.read_csv(smk.input.fits),
-                     pd.read_csv(smk.input.runs), smk.params.reference_variant,
-                     test_set={k: info[k] for k in ("conversations", "targets")}, resamples=info["resamples"])
+    result = verdict(
+        pd.read_csv(smk.input.points),
+        np.load(smk.input.point_losses),
+        pd.read_csv(smk.input.fits),
+        pd.read_csv(smk.input.runs),
+        smk.params.reference_variant,
+        test_set={k: info[k] for k in ("conversations", "targets")},
+        resamples=info["resamples"],
+    )
     text = verdict_markdown(result)
     for path, content in ((smk.output.markdown, text), (smk.output.html, verdict_html(text))):
         with atomic_path(path) as tmp:

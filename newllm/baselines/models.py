@@ -147,8 +147,16 @@ class TransformerLM(nn.Module):
         ValueError: sizes < 1, ``width`` not divisible by ``num_heads``, or a bad stride.
     """
 
-    def __init__(self, embeddings: Tensor, width: int, num_layers: int = 2, num_heads: int = 2, block_size: int = 64,
-                 dropout: float = 0.0, eval_stride: int | None = None) -> None:
+    def __init__(
+        self,
+        embeddings: Tensor,
+        width: int,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        block_size: int = 64,
+        dropout: float = 0.0,
+        eval_stride: int | None = None,
+    ) -> None:
         super().__init__()
         _check_embeddings(embeddings)
         for name, value in (("width", width), ("num_layers", num_layers), ("num_heads", num_heads), ("block_size", block_size)):
@@ -273,8 +281,9 @@ def match_lstm(target: int, embed_dim: int, tolerance: float = 0.1) -> SizeMatch
     return _closest(target, range(1, upper + 1), lambda h: LSTMLM.parameter_count(embed_dim, h), tolerance, "LSTM hidden")
 
 
-def match_transformer(target: int, embed_dim: int, num_layers: int, num_heads: int, block_size: int,
-                      tolerance: float = 0.1) -> SizeMatch:
+def match_transformer(
+    target: int, embed_dim: int, num_layers: int, num_heads: int, block_size: int, tolerance: float = 0.1
+) -> SizeMatch:
     """Transformer width (a multiple of ``num_heads``) closest to ``target`` parameters.
 
     Raises:
@@ -282,8 +291,13 @@ def match_transformer(target: int, embed_dim: int, num_layers: int, num_heads: i
     """
     upper = int(math.isqrt(max(target // (12 * num_layers), 1))) + num_heads + 1
     widths = range(num_heads, upper + num_heads, num_heads)
-    return _closest(target, widths, lambda w: TransformerLM.parameter_count(embed_dim, w, num_layers, block_size), tolerance,
-                    "Transformer width")
+    return _closest(
+        target,
+        widths,
+        lambda w: TransformerLM.parameter_count(embed_dim, w, num_layers, block_size),
+        tolerance,
+        "Transformer width",
+    )
 
 
 def train_flops(parameters: int, tokens: int, embed_dim: int, vocab_size: int = VOCAB_SIZE) -> float:

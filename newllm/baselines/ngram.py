@@ -160,7 +160,9 @@ class KneserNeyLM:
         real = ids[ids != NO_TOKEN]
         if real.size and (real.min() < 0 or real.max() >= self.vocab_size):
             bad = real[(real < 0) | (real >= self.vocab_size)][0]
-            raise ValueError(f"{what} holds id {int(bad)}; allowed: 0..{self.vocab_size - 1} (and {NO_TOKEN} for 'no token' in histories)")
+            raise ValueError(
+                f"{what} holds id {int(bad)}; allowed: 0..{self.vocab_size - 1} (and {NO_TOKEN} for 'no token' in histories)"
+            )
 
     def _history_ids(self, contexts: np.ndarray) -> list[np.ndarray]:
         """Dense history id per order: entry ``k-1`` is ``[B]`` ids of the last ``k-1``
@@ -173,7 +175,9 @@ class KneserNeyLM:
             dense = hist[:, 0].copy()  # a 1-gram's dense id is its token id
             ok = dense != NO_TOKEN
             for col in range(1, j):
-                dense, found = self._lookup(j_level=col + 1, keys=dense * self.vocab_size + hist[:, col], valid=ok & (hist[:, col] != NO_TOKEN))
+                dense, found = self._lookup(
+                    j_level=col + 1, keys=dense * self.vocab_size + hist[:, col], valid=ok & (hist[:, col] != NO_TOKEN)
+                )
                 ok &= found
             unseen_row = self.levels[k - 1].gamma.size - 1
             out.append(np.where(ok, dense, unseen_row))

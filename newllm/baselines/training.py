@@ -151,8 +151,13 @@ def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict
     model.train(was_training)
     vector = nll.double().cpu().numpy()
     loss = float(vector.mean())
-    return {"loss": loss, "ppl": perplexity(loss), "accuracy": float(correct.float().mean()), "tokens": int(vector.size),
-            "token_nll": vector.astype(np.float32)}
+    return {
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "accuracy": float(correct.float().mean()),
+        "tokens": int(vector.size),
+        "token_nll": vector.astype(np.float32),
+    }
 
 
 def _detach(state):
@@ -216,9 +221,16 @@ def train_neural_lm(
         eval_seconds += time.perf_counter() - t0
         check_finite(dev["loss"], f"{run_name} dev loss at step {step}", history[-1]["dev_loss"] if history else None)
         lr = optimizer.param_groups[0]["lr"]
-        record = {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss, "dev_loss": dev["loss"],
-                  "dev_ppl": dev["ppl"], "dev_accuracy": dev["accuracy"], "learning_rate": lr,
-                  "seconds": time.perf_counter() - t_start}
+        record = {
+            "step": step,
+            "tokens": step * tokens_per_step,
+            "train_loss": train_loss,
+            "dev_loss": dev["loss"],
+            "dev_ppl": dev["ppl"],
+            "dev_accuracy": dev["accuracy"],
+            "learning_rate": lr,
+            "seconds": time.perf_counter() - t_start,
+        }
         history.append(record)
         if on_eval is not None:
             on_eval(record)
