@@ -184,6 +184,9 @@ STOP_RULES = {
     "convergence_rate": lambda cfg: ConvergenceRateStop(cfg.stop_convergence_rate, cfg.min_iterations),
     "val_er": lambda cfg: ValERStop(cfg.er_patience, cfg.min_iterations),
 }
+"""Phase 1 stop rules by ``phase1.stop_rule`` (never before ``min_iterations``):
+``convergence_rate`` (train rate reaches ``stop_convergence_rate``; last weights) or
+``val_er`` (dev ER has not improved for ``er_patience`` iterations; best weights)."""
 
 
 def training_sweep(
@@ -262,6 +265,167 @@ def measure_sweep(
     }
 
 
+@dataclass
+class StreamState:
+    """A stream being trained on or watched: token ids ``[n]``, its equal batches and its
+    current contexts ``C^k`` ``[n, d_c]`` (detached; they carry over between iterations)."""
+
+    stream: Tensor
+    batches: list[Tensor]
+    contexts: Tensor
+
+
+def start_stream(stream: Tensor, context_dim: int, cfg: Phase1Config, gen: torch.Generator, device: torch.device) -> StreamState:
+    """``C^0 = init_std·N(0, I)`` drawn from ``gen`` (CPU) and moved to ``device``, with the stream's batches."""
+    contexts = (cfg.init_std * torch.randn(stream.shape[0], context_dim, generator=gen)).to(device)
+    return StreamState(stream, equal_batches(stream.shape[0], cfg.batch_size, device), contexts)
+
+
+@dataclass
+class Phase1Run:
+    """What one Phase 1 iteration reads and updates: the map, the optimizer, the context
+    noise generator, the train stream and the optional dev stream (with its solver map)."""
+
+    block: ContextBlock
+    token_input: TokenInput
+    cfg: Phase1Config
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator
+    seed: int
+    train: StreamState
+    dev: StreamState | None = None
+    dev_map: StreamMap | None = None
+
+    def needs_er(self, iteration: int) -> bool:
+        """Effective Rank is measured every ``er_every`` iterations, at the last, and always for ``val_er``."""
+        cfg = self.cfg
+        return cfg.stop_rule == "val_er" or iteration % cfg.er_every == 0 or iteration == cfg.max_iterations
+
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        """The contexts and the noise RNG, saved beside the weights so a resume is exact."""
+        extra = {"contexts": self.train.contexts, "rng": self.gen.get_state()}
+        if self.dev is not None:
+            extra["val_contexts"] = self.dev.contexts
+        return extra
+
+    def restore(self, tensors: dict[str, Tensor]) -> None:
+        """Undo :meth:`checkpoint_tensors` (contexts moved to the train stream's device)."""
+        device = self.train.stream.device
+        self.train.contexts = tensors["contexts"].to(device)
+        if self.dev is not None:
+            self.dev.contexts = tensors["val_contexts"].to(device)
+        self.gen.set_state(tensors["rng"])
+
+
+def start_phase1(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, val_stream: Tensor | None, cfg: Phase1Config, seed: int
+) -> Phase1Run:
+    """Check the stop rule, draw the start contexts (train from ``seed``, dev from ``seed + 1``)
+    and build the Adam optimizer."""
+    if cfg.stop_rule not in STOP_RULES:
+        raise ValueError(f"phase1.stop_rule {cfg.stop_rule!r} is not one of {sorted(STOP_RULES)}")
+    if cfg.stop_rule == "val_er" and val_stream is None:
+        raise ValueError("phase1.stop_rule 'val_er' needs the dev stream")
+    device = stream.device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    run = Phase1Run(block, token_input, cfg, None, gen, seed, start_stream(stream, block.context_dim, cfg, gen, device))
+    if val_stream is not None:
+        val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+        run.dev = start_stream(val_stream, block.context_dim, cfg, val_gen, device)
+        run.dev_map = StreamMap(block, token_input, val_stream, cfg.batch_size)
+    run.optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
+    return run
+
+
+def dev_sweep(run: Phase1Run, needs_er: bool) -> dict[str, Any]:
+    """One no-grad Jacobi sweep of the dev stream with the weights of this iteration's
+    training sweep (before the step): ``val_`` convergence and, if asked, Effective Rank."""
+    dev, cfg = run.dev, run.cfg
+    new_val = run.dev_map.sweep(dev.contexts)[:, -1]
+    record = convergence_record(new_val, dev.contexts, cfg.convergence_threshold, "val_")
+    dev.contexts = new_val
+    if needs_er:
+        record["val_effective_rank"] = effective_rank(dev.contexts, cfg.er_max_rows, run.seed)
+    return record
+
+
+def phase1_iteration(run: Phase1Run, iteration: int, what: str, last_finite: Any) -> tuple[dict[str, Any], dict | None]:
+    """One iteration, one Adam step: training sweep → finite check → dev sweep → clip →
+    step → train convergence and Effective Rank.
+
+    Returns:
+        ``(record, state_before_step)``; the pre-step weights only for ``val_er``, whose
+        dev measurement they produced.
+
+    Raises:
+        TrainingDivergedError: a NaN/Inf loss (``what`` names run and iteration).
+    """
+    block, cfg, train = run.block, run.cfg, run.train
+    t0 = time.perf_counter()
+    run.optimizer.zero_grad(set_to_none=True)
+    new_contexts, sums = training_sweep(block, run.token_input, train.stream, train.contexts, train.batches, cfg, run.gen)
+    total, cvfp, div = sums.tolist()
+    check_finite(total, what, last_finite)
+    needs_er = run.needs_er(iteration)
+    record: dict[str, Any] = {"iteration": iteration, "total_loss": total, "cvfp_loss": cvfp, "diversity_loss": div}
+    if run.dev is not None:  # same weights as this sweep's train contexts
+        record.update(dev_sweep(run, needs_er))
+    state_before_step = copy.deepcopy(block.state_dict()) if cfg.stop_rule == "val_er" else None
+    record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
+    run.optimizer.step()
+    record.update(convergence_record(new_contexts, train.contexts, cfg.convergence_threshold))
+    train.contexts = new_contexts
+    if needs_er:
+        record["effective_rank"] = effective_rank(train.contexts, cfg.er_max_rows, run.seed)
+    record["seconds"] = time.perf_counter() - t0
+    record["tokens_per_s"] = train.stream.shape[0] / record["seconds"]
+    return record, state_before_step
+
+
+def final_measurement(run: Phase1Run) -> tuple[Tensor, dict[str, Any]]:
+    """One no-grad sweep of each stream with the final weights (what the summary reports):
+    the train contexts ``[n, d_c]`` and the measures, dev ones ``val_``-prefixed (no losses)."""
+    block, token_input, cfg, train = run.block, run.token_input, run.cfg, run.train
+    final_contexts, final = measure_sweep(block, token_input, train.stream, train.contexts, train.batches, cfg, run.seed)
+    if run.dev is not None:
+        dev = run.dev
+        _, val_final = measure_sweep(block, token_input, dev.stream, dev.contexts, dev.batches, cfg, run.seed, "val_")
+        final.update({k: v for k, v in val_final.items() if "loss" not in k})
+    return final_contexts, final
+
+
+def phase1_summary(
+    history: list[dict[str, Any]],
+    final: dict[str, Any],
+    stopper: Any,
+    cfg: Phase1Config,
+    resumed: dict | None,
+    n: int,
+    context_dim: int,
+) -> dict[str, Any]:
+    """The run's summary (SPEC §4, issue 8 §4): how it stopped and the final weights' measures."""
+    stopped_by = stopper.stopped_by or "max_iterations"
+    seconds = sum(r["seconds"] for r in history)
+    return {
+        "iterations": history[-1]["iteration"],
+        "best_iteration": stopper.best_iteration if cfg.stop_rule == "val_er" else history[-1]["iteration"],
+        "stop_rule": cfg.stop_rule,
+        "stopped_by": stopped_by,
+        "stop_rule_met": stopped_by != "max_iterations",
+        "undertrained": stopped_by == "max_iterations",
+        "resumed_from_iteration": resumed["iteration"] + 1 if resumed else None,
+        "final_cvfp_loss": final["cvfp_loss"],
+        "final_diversity_loss": final["diversity_loss"],
+        "train_convergence_rate": final["convergence_rate"],
+        "train_convergence": final["convergence"],
+        "train_effective_rank": final["effective_rank"],
+        "train_effective_rank_pct": 100.0 * final["effective_rank"] / context_dim,
+        **{k: final[k] for k in ("val_convergence_rate", "val_convergence", "val_effective_rank") if k in final},
+        "seconds": seconds,
+        "tokens_per_s": n * len(history) / seconds,
+    }
+
+
 def train_phase1(
     block: ContextBlock,
     token_input: TokenInput,
@@ -276,17 +440,12 @@ def train_phase1(
 ) -> TrainResult:
     """Train the ContextBlock by CVFP (SPEC §4).
 
-    Loop (one Adam step per iteration): training sweep over the stream in equal batches
-    (gradients accumulated) → finite check → dev sweep (same weights, no gradient) →
-    clip → step → record (Effective Rank every ``er_every`` iterations and whenever a
-    stop rule needs it) → stop rule → checkpoint.  Contexts carry over between
-    iterations (detached).  After the loop, one no-grad sweep with the final weights
-    measures what the summary reports, so the summary describes the saved weights.
+    Loop: :func:`phase1_iteration` (one Adam step) → stop rule → checkpoint; then
+    :func:`final_measurement` with the final weights and :func:`phase1_summary`, so
+    the summary describes the saved weights.
 
-    Stop rules (``cfg.stop_rule``, never before ``min_iterations``): ``convergence_rate``
-    (train rate reaches ``stop_convergence_rate``; last weights) or ``val_er`` (dev ER has
-    not improved for ``er_patience`` iterations; best weights).  Both stop at
-    ``max_iterations``, which flags the run ``undertrained``.
+    Stop rules (``cfg.stop_rule``, :data:`STOP_RULES`): ``convergence_rate`` (last weights)
+    or ``val_er`` (best weights); ending at ``max_iterations`` flags the run ``undertrained``.
 
     Args:
         stream: ``[n]`` int64 token ids on the training device.
@@ -304,55 +463,18 @@ def train_phase1(
         TrainingDivergedError: a NaN/Inf loss.
         ValueError: unknown stop rule, or ``val_er`` without ``val_stream``.
     """
-    if cfg.stop_rule not in STOP_RULES:
-        raise ValueError(f"phase1.stop_rule {cfg.stop_rule!r} is not one of {sorted(STOP_RULES)}")
-    if cfg.stop_rule == "val_er" and val_stream is None:
-        raise ValueError("phase1.stop_rule 'val_er' needs the dev stream")
-    device, n = stream.device, stream.shape[0]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    contexts = (cfg.init_std * torch.randn(n, block.context_dim, generator=gen)).to(device)
-    batches = equal_batches(n, cfg.batch_size, device)
-    val_contexts = val_batches = None
-    if val_stream is not None:
-        val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-        val_contexts = (cfg.init_std * torch.randn(val_stream.shape[0], block.context_dim, generator=val_gen)).to(device)
-        val_batches = equal_batches(val_stream.shape[0], cfg.batch_size, device)
-        val_map = StreamMap(block, token_input, val_stream, cfg.batch_size)
-    optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
+    run = start_phase1(block, token_input, stream, val_stream, cfg, seed)
     stopper = STOP_RULES[cfg.stop_rule](cfg)
-    state = TrainState(block, optimizer, stopper)
+    state = TrainState(block, run.optimizer, stopper)
     first = 1
     resumed = state.load(checkpoint)
     if resumed:
-        contexts = state.extra_tensors["contexts"].to(device)
-        if val_contexts is not None:
-            val_contexts = state.extra_tensors["val_contexts"].to(device)
-        gen.set_state(state.extra_tensors["rng"])
+        run.restore(state.extra_tensors)
         first = resumed["iteration"] + 1
     block.train()
     for iteration in range(first, cfg.max_iterations + 1):
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        new_contexts, sums = training_sweep(block, token_input, stream, contexts, batches, cfg, gen)
-        total, cvfp, div = sums.tolist()
-        check_finite(total, f"Phase 1 {run_name}, iteration {iteration}", state.history[-1:] or None)
-        needs_er = cfg.stop_rule == "val_er" or iteration % cfg.er_every == 0 or iteration == cfg.max_iterations
-        record: dict[str, Any] = {"iteration": iteration, "total_loss": total, "cvfp_loss": cvfp, "diversity_loss": div}
-        if val_stream is not None:  # same weights as this sweep's train contexts
-            new_val = val_map.sweep(val_contexts)[:, -1]
-            record.update(convergence_record(new_val, val_contexts, cfg.convergence_threshold, "val_"))
-            val_contexts = new_val
-            if needs_er:
-                record["val_effective_rank"] = effective_rank(val_contexts, cfg.er_max_rows, seed)
-        state_before_step = copy.deepcopy(block.state_dict()) if cfg.stop_rule == "val_er" else None
-        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip))
-        optimizer.step()
-        record.update(convergence_record(new_contexts, contexts, cfg.convergence_threshold))
-        contexts = new_contexts
-        if needs_er:
-            record["effective_rank"] = effective_rank(contexts, cfg.er_max_rows, seed)
-        record["seconds"] = time.perf_counter() - t0
-        record["tokens_per_s"] = n / record["seconds"]
+        what = f"Phase 1 {run_name}, iteration {iteration}"
+        record, state_before_step = phase1_iteration(run, iteration, what, state.history[-1:] or None)
         state.history.append(record)
         if on_iteration is not None:
             on_iteration(record)
@@ -360,35 +482,10 @@ def train_phase1(
         if stopper.update(record, lambda: state_before_step):
             break
         if checkpoint and iteration % checkpoint.every == 0 and iteration < cfg.max_iterations:
-            extra = {"contexts": contexts, "rng": gen.get_state()}
-            if val_contexts is not None:
-                extra["val_contexts"] = val_contexts
-            state.save(checkpoint, {"iteration": iteration}, extra)
-    stopped_by = stopper.stopped_by or "max_iterations"
+            state.save(checkpoint, {"iteration": iteration}, run.checkpoint_tensors())
     if stopper.best_state is not None:
         block.load_state_dict(stopper.best_state)
     block.eval()
-    final_contexts, final = measure_sweep(block, token_input, stream, contexts, batches, cfg, seed)
-    if val_stream is not None:
-        _, val_final = measure_sweep(block, token_input, val_stream, val_contexts, val_batches, cfg, seed, "val_")
-        final.update({k: v for k, v in val_final.items() if "loss" not in k})
-    seconds = sum(r["seconds"] for r in state.history)
-    summary = {
-        "iterations": state.history[-1]["iteration"],
-        "best_iteration": stopper.best_iteration if cfg.stop_rule == "val_er" else state.history[-1]["iteration"],
-        "stop_rule": cfg.stop_rule,
-        "stopped_by": stopped_by,
-        "stop_rule_met": stopped_by != "max_iterations",
-        "undertrained": stopped_by == "max_iterations",
-        "resumed_from_iteration": resumed["iteration"] + 1 if resumed else None,
-        "final_cvfp_loss": final["cvfp_loss"],
-        "final_diversity_loss": final["diversity_loss"],
-        "train_convergence_rate": final["convergence_rate"],
-        "train_convergence": final["convergence"],
-        "train_effective_rank": final["effective_rank"],
-        "train_effective_rank_pct": 100.0 * final["effective_rank"] / block.context_dim,
-        **{k: final[k] for k in ("val_convergence_rate", "val_convergence", "val_effective_rank") if k in final},
-        "seconds": seconds,
-        "tokens_per_s": n * len(state.history) / seconds,
-    }
+    final_contexts, final = final_measurement(run)
+    summary = phase1_summary(state.history, final, stopper, cfg, resumed, stream.shape[0], block.context_dim)
     return TrainResult(history=state.history, summary=summary, extra={"contexts": final_contexts})
