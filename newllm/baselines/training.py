@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from newllm.metrics import perplexity
 from newllm.phase2 import TiedCrossEntropy, tied_token_nll
-from newllm.training import EarlyStopping, check_finite
+from newllm.training import EarlyStopping, check_finite, config_from_dict
 
 
 @dataclass
@@ -73,8 +73,8 @@ class NeuralTrainConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "NeuralTrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+        """From a resolved ``baselines`` section (unknown keys ignored, ``None`` = default)."""
+        return config_from_dict(cls, cfg)
 
 
 class BPTTBatches:
@@ -166,6 +166,117 @@ def _detach(state):
     return tuple(s.detach() for s in state)
 
 
+class NeuralTrainer:
+    """One baseline run between its steps: batches, optimizer, stop rule, history and
+    timings (:func:`train_neural_lm` is the loop over its :meth:`train_step` and
+    :meth:`evaluate`)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_stream: Tensor,
+        cfg: NeuralTrainConfig,
+        *,
+        seed: int,
+        stateful: bool,
+        run_name: str = "",
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.model, self.cfg, self.run_name, self.on_eval = model, cfg, run_name, on_eval
+        gen = torch.Generator().manual_seed(seed)
+        self.batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
+        self.stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
+        self.tokens_per_step = self.batches.batch_size * cfg.seq_len
+        # at least one evaluation per epoch: small training sets overfit within eval_every steps
+        self.eval_every = max(1, min(cfg.eval_every, math.ceil((train_stream.shape[0] - 1) / self.tokens_per_step)))
+        self.history: list[dict[str, Any]] = []
+        self.state, self.last_finite = None, None  # carried LSTM state, last finite training loss
+        self.t_start = time.perf_counter()
+        self.eval_seconds, self.step_seconds = 0.0, 0.0
+
+    def snapshot(self) -> dict[str, Tensor]:
+        """A copy of the weights (the stop rule keeps the best)."""
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def train_step(self, step: int) -> float:
+        """Get batch → forward → tied cross-entropy → finite check → backward → clip → step.
+
+        Returns:
+            the batch's training loss (nats per target).
+
+        Raises:
+            TrainingDivergedError: a NaN/Inf loss, before it reaches the weights.
+        """
+        t0 = time.perf_counter()
+        inputs, targets, reset = self.batches.next()  # [B, T] each
+        if reset:
+            self.state = None
+        hidden, self.state = self.model(inputs, _detach(self.state))  # [B, T, d_e]
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        loss = TiedCrossEntropy.apply(flat, self.model.embeddings, targets.reshape(-1), self.cfg.chunk_tokens)
+        value = float(loss.detach())
+        check_finite(value, f"{self.run_name} training loss at step {step}", self.last_finite)
+        self.last_finite = value
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step_seconds += time.perf_counter() - t0
+        return value
+
+    def evaluate(self, step: int, dev_stream: Tensor, train_loss: float | None) -> bool:
+        """Score the dev stream, record it, ask the stop rule; anneal the learning rate by
+        ``lr_decay`` when the dev loss did not improve.  Returns whether to stop."""
+        t0 = time.perf_counter()
+        dev = evaluate_stream(self.model, dev_stream, self.cfg.chunk_tokens)
+        self.eval_seconds += time.perf_counter() - t0
+        last = self.history[-1]["dev_loss"] if self.history else None
+        check_finite(dev["loss"], f"{self.run_name} dev loss at step {step}", last)
+        lr = self.optimizer.param_groups[0]["lr"]
+        record = {
+            "step": step,
+            "tokens": step * self.tokens_per_step,
+            "train_loss": train_loss,
+            "dev_loss": dev["loss"],
+            "dev_ppl": dev["ppl"],
+            "dev_accuracy": dev["accuracy"],
+            "learning_rate": lr,
+            "seconds": time.perf_counter() - self.t_start,
+        }
+        self.history.append(record)
+        if self.on_eval is not None:
+            self.on_eval(record)
+        stop = self.stopper.update(step, dev["loss"], self.snapshot)
+        if self.stopper.best_step != step:  # no improvement: anneal
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr * self.cfg.lr_decay
+        return stop
+
+    def summary(self, step: int, stopped_by: str) -> dict[str, Any]:
+        """How the run stopped and its best dev evaluation (see :func:`train_neural_lm`)."""
+        best = next(r for r in self.history if r["step"] == self.stopper.best_step)
+        tokens_processed = step * self.tokens_per_step
+        return {
+            "steps": step,
+            "best_step": self.stopper.best_step,
+            "stopped_by": stopped_by,
+            "undertrained": stopped_by == "max_steps",
+            "dev_loss": best["dev_loss"],
+            "dev_ppl": best["dev_ppl"],
+            "dev_accuracy": best["dev_accuracy"],
+            "tokens_processed": tokens_processed,
+            "tokens_per_step": self.tokens_per_step,
+            "batch_size": self.batches.batch_size,
+            "eval_every": self.eval_every,
+            "evaluations": len(self.history),
+            "train_seconds": time.perf_counter() - self.t_start,
+            "eval_seconds": self.eval_seconds,
+            "tokens_per_s": tokens_processed / self.step_seconds if self.step_seconds > 0 else math.nan,
+        }
+
+
 def train_neural_lm(
     model: nn.Module,
     train_stream: Tensor,
@@ -200,89 +311,17 @@ def train_neural_lm(
         TrainingDivergedError: a NaN/Inf training or dev loss.
         ValueError: a training stream too short for one batch.
     """
-    gen = torch.Generator().manual_seed(seed)
-    batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
-    embeddings = model.embeddings
-    tokens_per_step = batches.batch_size * cfg.seq_len
-    # at least one evaluation per epoch: small training sets overfit within eval_every steps
-    eval_every = max(1, min(cfg.eval_every, math.ceil((train_stream.shape[0] - 1) / tokens_per_step)))
-    history: list[dict[str, Any]] = []
-    snapshot = lambda: {k: v.detach().clone() for k, v in model.state_dict().items()}  # noqa: E731
-    t_start = time.perf_counter()
-    eval_seconds, step_seconds = 0.0, 0.0
-
-    def evaluate(step: int, train_loss: float | None) -> bool:
-        nonlocal eval_seconds
-        t0 = time.perf_counter()
-        dev = evaluate_stream(model, dev_stream, cfg.chunk_tokens)
-        eval_seconds += time.perf_counter() - t0
-        check_finite(dev["loss"], f"{run_name} dev loss at step {step}", history[-1]["dev_loss"] if history else None)
-        lr = optimizer.param_groups[0]["lr"]
-        record = {
-            "step": step,
-            "tokens": step * tokens_per_step,
-            "train_loss": train_loss,
-            "dev_loss": dev["loss"],
-            "dev_ppl": dev["ppl"],
-            "dev_accuracy": dev["accuracy"],
-            "learning_rate": lr,
-            "seconds": time.perf_counter() - t_start,
-        }
-        history.append(record)
-        if on_eval is not None:
-            on_eval(record)
-        stop = stopper.update(step, dev["loss"], snapshot)
-        if stopper.best_step != step:  # no improvement: anneal
-            for group in optimizer.param_groups:
-                group["lr"] = lr * cfg.lr_decay
-        return stop
-
+    run = NeuralTrainer(model, train_stream, cfg, seed=seed, stateful=stateful, run_name=run_name, on_eval=on_eval)
     model.train()
-    evaluate(0, None)
-    state, window_losses, last_finite, step = None, [], None, 0
+    run.evaluate(0, dev_stream, None)
+    window_losses, step = [], 0
     for step in range(1, cfg.max_steps + 1):
-        t0 = time.perf_counter()
-        inputs, targets, reset = batches.next()  # [B, T] each
-        if reset:
-            state = None
-        hidden, state = model(inputs, _detach(state))  # [B, T, d_e]
-        loss = TiedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), embeddings, targets.reshape(-1), cfg.chunk_tokens)
-        value = float(loss.detach())
-        check_finite(value, f"{run_name} training loss at step {step}", last_finite)  # before it reaches the weights
-        last_finite = value
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        window_losses.append(value)
-        step_seconds += time.perf_counter() - t0
-        if step % eval_every == 0 or step == cfg.max_steps:
-            stop = evaluate(step, float(np.mean(window_losses)))
+        window_losses.append(run.train_step(step))
+        if step % run.eval_every == 0 or step == cfg.max_steps:
+            stop = run.evaluate(step, dev_stream, float(np.mean(window_losses)))
             window_losses = []
             if stop:
                 break
-    stopped_by = stopper.finish(step)
-    model.load_state_dict(stopper.best_state)
-    best = next(r for r in history if r["step"] == stopper.best_step)
-    tokens_processed = step * tokens_per_step
-    summary = {
-        "steps": step,
-        "best_step": stopper.best_step,
-        "stopped_by": stopped_by,
-        "undertrained": stopped_by == "max_steps",
-        "dev_loss": best["dev_loss"],
-        "dev_ppl": best["dev_ppl"],
-        "dev_accuracy": best["dev_accuracy"],
-        "tokens_processed": tokens_processed,
-        "tokens_per_step": tokens_per_step,
-        "batch_size": batches.batch_size,
-        "eval_every": eval_every,
-        "evaluations": len(history),
-        "train_seconds": time.perf_counter() - t_start,
-        "eval_seconds": eval_seconds,
-        "tokens_per_s": tokens_processed / step_seconds if step_seconds > 0 else math.nan,
-    }
-    return history, summary
+    stopped_by = run.stopper.finish(step)
+    model.load_state_dict(run.stopper.best_state)
+    return run.history, run.summary(step, stopped_by)
