@@ -162,6 +162,72 @@ def count_source_samples(corpus: dict[str, Any]) -> int | None:
 
 
 # --------------------------------------------------------------------------- token cache
+class CorpusTally:
+    """What :func:`build_corpus_cache` has kept and dropped so far: sample ids and token
+    arrays in source order, the texts seen (exact deduplication) and the counts."""
+
+    def __init__(self, id_field: str, messages_field: str, text_field: str | None) -> None:
+        self.id_field, self.messages_field, self.text_field = id_field, messages_field, text_field
+        self.ids: list[str] = []
+        self.pieces: list[np.ndarray] = []
+        self.seen: set[str] = set()
+        self.dropped_empty = self.dropped_duplicates = self.rows_read = 0
+
+    def new_texts(self, rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """``(texts, ids)`` of the rows to keep: not empty, not a copy of an earlier text."""
+        texts, batch_ids = [], []
+        for i, row in enumerate(rows):
+            text = sample_text(row, self.messages_field, self.text_field)
+            if not text.strip():
+                self.dropped_empty += 1
+                continue
+            if text in self.seen:
+                self.dropped_duplicates += 1
+                continue
+            self.seen.add(text)
+            texts.append(text)
+            batch_ids.append(str(row[self.id_field]) if self.id_field in row else str(self.rows_read + i))
+        return texts, batch_ids
+
+    def add_batch(self, batch: dict[str, list], tokenizer) -> int:
+        """Tokenize a column batch's kept rows; returns the rows read."""
+        columns = list(batch)
+        rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
+        texts, batch_ids = self.new_texts(rows)
+        if texts:
+            for token_ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+                self.pieces.append(np.asarray(token_ids, dtype=TOKEN_DTYPE))
+            self.ids.extend(batch_ids)
+        self.rows_read += len(rows)
+        return len(rows)
+
+
+def write_corpus_cache(out_dir: Path, tally: CorpusTally, extra_manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """Write ``tokens.npy`` (all samples concatenated), ``offsets.npy`` (``[num_samples + 1]``
+    sample starts) and ``manifest.json``; returns the manifest."""
+    counts = np.array([len(p) for p in tally.pieces], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tokens = np.concatenate(tally.pieces) if tally.pieces else np.zeros(0, dtype=TOKEN_DTYPE)
+    write_npy(out_dir / "tokens.npy", tokens)
+    write_npy(out_dir / "offsets.npy", offsets)
+    manifest = {
+        "num_samples": len(tally.ids),
+        "num_tokens": int(tokens.size),
+        "rows_read": tally.rows_read,
+        "dropped_empty": tally.dropped_empty,
+        "dropped_duplicates": tally.dropped_duplicates,
+        "sample_ids": tally.ids,
+        "token_counts": counts.tolist(),
+        "files": {
+            "tokens.npy": sha256_file(out_dir / "tokens.npy"),
+            "offsets.npy": sha256_file(out_dir / "offsets.npy"),
+        },
+        **(extra_manifest or {}),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
 def build_corpus_cache(
     dataset,
     tokenizer,
@@ -199,54 +265,12 @@ def build_corpus_cache(
     if max_samples is not None:
         limit = int(max_samples) if not hasattr(dataset, "__len__") else min(int(max_samples), len(dataset))
         dataset = dataset.take(limit)  # the first rows in source order
-    ids: list[str] = []
-    pieces: list[np.ndarray] = []
-    seen: set[str] = set()
-    dropped_empty = dropped_dup = 0
-    n_rows = 0
+    tally = CorpusTally(id_field, messages_field, text_field)
     for batch in dataset.iter(batch_size=batch_size):
-        columns = list(batch)
-        rows = [dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns))]
-        texts, batch_ids = [], []
-        for i, row in enumerate(rows):
-            text = sample_text(row, messages_field, text_field)
-            if not text.strip():
-                dropped_empty += 1
-                continue
-            if text in seen:
-                dropped_dup += 1
-                continue
-            seen.add(text)
-            texts.append(text)
-            batch_ids.append(str(row[id_field]) if id_field in row else str(n_rows + i))
-        if texts:
-            for token_ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-                pieces.append(np.asarray(token_ids, dtype=TOKEN_DTYPE))
-            ids.extend(batch_ids)
-        n_rows += len(rows)
+        rows = tally.add_batch(batch, tokenizer)
         if progress is not None:
-            progress.update(len(rows))
-    counts = np.array([len(p) for p in pieces], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=TOKEN_DTYPE)
-    write_npy(out_dir / "tokens.npy", tokens)
-    write_npy(out_dir / "offsets.npy", offsets)
-    manifest = {
-        "num_samples": len(ids),
-        "num_tokens": int(tokens.size),
-        "rows_read": n_rows,
-        "dropped_empty": dropped_empty,
-        "dropped_duplicates": dropped_dup,
-        "sample_ids": ids,
-        "token_counts": counts.tolist(),
-        "files": {
-            "tokens.npy": sha256_file(out_dir / "tokens.npy"),
-            "offsets.npy": sha256_file(out_dir / "offsets.npy"),
-        },
-        **(extra_manifest or {}),
-    }
-    write_json(out_dir / "manifest.json", manifest)
-    return manifest
+            progress.update(rows)
+    return write_corpus_cache(out_dir, tally, extra_manifest)
 
 
 def load_corpus_cache(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
