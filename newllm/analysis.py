@@ -240,6 +240,19 @@ def tag_history(frame: pd.DataFrame, path: str | Path) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- sliding windows
+def _window_deltas(alpha: np.ndarray, rss: np.ndarray, weights: np.ndarray, dof: int) -> tuple[np.ndarray, np.ndarray]:
+    """``α_w − α_{w−1}`` and its covariance-aware SE ``σ̂·‖c_w − c_{w−1}‖`` (pooled σ̂ of the
+    two windows; see :func:`window_fits`), both ``[..., W]``, NaN for window 0."""
+    delta = np.full_like(alpha, np.nan)
+    delta_se = np.full_like(alpha, np.nan)
+    if weights.shape[0] > 1:
+        delta[..., 1:] = alpha[..., 1:] - alpha[..., :-1]
+        diff_norm = np.linalg.norm(weights[1:] - weights[:-1], axis=1)  # ‖c_w − c_{w−1}‖
+        sigma2 = (rss[..., 1:] + rss[..., :-1]) / (2 * dof)
+        delta_se[..., 1:] = np.sqrt(sigma2) * diff_norm
+    return delta, delta_se
+
+
 def window_fits(x: np.ndarray, y: np.ndarray, window: int, step: int = 1) -> dict[str, np.ndarray]:
     """OLS lines in windows of ``window`` consecutive points, for many responses at once.
 
@@ -288,13 +301,7 @@ def window_fits(x: np.ndarray, y: np.ndarray, window: int, step: int = 1) -> dic
     sxx = 1.0 / (weights**2).sum(axis=1)  # ‖c_w‖² = 1/S_xx,w
     dof = window - 2
     alpha_se = np.sqrt(rss / dof / sxx)
-    delta = np.full_like(alpha, np.nan)
-    delta_se = np.full_like(alpha, np.nan)
-    if starts.size > 1:
-        delta[..., 1:] = alpha[..., 1:] - alpha[..., :-1]
-        diff_norm = np.linalg.norm(weights[1:] - weights[:-1], axis=1)  # ‖c_w − c_{w−1}‖
-        sigma2 = (rss[..., 1:] + rss[..., :-1]) / (2 * dof)
-        delta_se[..., 1:] = np.sqrt(sigma2) * diff_norm
+    delta, delta_se = _window_deltas(alpha, rss, weights, dof)
     return {
         "start": starts,
         "weights": weights,
@@ -305,6 +312,61 @@ def window_fits(x: np.ndarray, y: np.ndarray, window: int, step: int = 1) -> dic
         "delta_alpha": delta,
         "delta_alpha_stderr": delta_se,
     }
+
+
+SLIDING_COLUMNS = [
+    "window",
+    "n_points",
+    "shared_points",
+    "tokens_min",
+    "tokens_max",
+    "alpha",
+    "A",
+    "r2",
+    "alpha_stderr",
+    "alpha_ci_low",
+    "alpha_ci_high",
+    "delta_alpha",
+    "delta_alpha_stderr",
+    "delta_alpha_boot_se",
+    "delta_alpha_ci_low",
+    "delta_alpha_ci_high",
+]
+"""Columns of :func:`sliding_window_fits` after the group keys."""
+
+
+def _window_row(fit: dict[str, np.ndarray], t: np.ndarray, y: np.ndarray, w: int, window: int, step: int) -> dict[str, Any]:
+    """Window ``w`` (:func:`window_fits` output ``fit``) of one group with sorted tokens
+    ``t`` and ln PPL ``y``: its range, α with its OLS SE, ``A`` and ``r2`` of the
+    single fit, and the change from the previous window."""
+    s = fit["start"][w]
+    part = slice(s, s + window)
+    single = fit_power_law(t[part], np.exp(y[part]))
+    return {
+        "window": w,
+        "n_points": window,
+        "shared_points": max(window - step, 0) if w else 0,
+        "tokens_min": t[part].min(),
+        "tokens_max": t[part].max(),
+        "alpha": fit["alpha"][w],
+        "A": single["A"],
+        "r2": single["r2"],
+        "alpha_stderr": fit["alpha_stderr"][w],
+        "delta_alpha": fit["delta_alpha"][w],
+        "delta_alpha_stderr": fit["delta_alpha_stderr"][w],
+    }
+
+
+def _window_boot_columns(boot_alpha: np.ndarray, w: int, confidence: float) -> dict[str, float]:
+    """Bootstrap interval of window ``w``'s α and, from window 1 on, the SE and interval of
+    its change (``boot_alpha`` ``[B, W]``)."""
+    lo, hi = percentile_interval(boot_alpha[:, w], confidence)
+    out = {"alpha_ci_low": float(lo), "alpha_ci_high": float(hi)}
+    if w:
+        d = boot_alpha[:, w] - boot_alpha[:, w - 1]
+        lo, hi = percentile_interval(d, confidence)
+        out.update(delta_alpha_boot_se=float(np.nanstd(d, ddof=1)), delta_alpha_ci_low=float(lo), delta_alpha_ci_high=float(hi))
+    return out
 
 
 def sliding_window_fits(
@@ -339,25 +401,6 @@ def sliding_window_fits(
     """
     if window < min_points or step < 1:
         raise ValueError(f"window must be >= {min_points} sizes (df >= 2) and step >= 1, got window={window}, step={step}")
-    columns = [
-        *group_by,
-        "window",
-        "n_points",
-        "shared_points",
-        "tokens_min",
-        "tokens_max",
-        "alpha",
-        "A",
-        "r2",
-        "alpha_stderr",
-        "alpha_ci_low",
-        "alpha_ci_high",
-        "delta_alpha",
-        "delta_alpha_stderr",
-        "delta_alpha_boot_se",
-        "delta_alpha_ci_low",
-        "delta_alpha_ci_high",
-    ]
     rows = []
     points = points.reset_index(drop=True)
     for key, idx in points.groupby(list(group_by), sort=True).indices.items():
@@ -370,35 +413,12 @@ def sliding_window_fits(
             continue
         fit = window_fits(np.log(t), y, window, step)
         bfit = window_fits(np.log(t), np.asarray(boot)[:, idx[order]], window, step) if boot is not None else None
-        for w, s in enumerate(fit["start"]):
-            part = slice(s, s + window)
-            single = fit_power_law(t[part], np.exp(y[part]))
-            row = keys | {
-                "window": w,
-                "n_points": window,
-                "shared_points": max(window - step, 0) if w else 0,
-                "tokens_min": t[part].min(),
-                "tokens_max": t[part].max(),
-                "alpha": fit["alpha"][w],
-                "A": single["A"],
-                "r2": single["r2"],
-                "alpha_stderr": fit["alpha_stderr"][w],
-                "delta_alpha": fit["delta_alpha"][w],
-                "delta_alpha_stderr": fit["delta_alpha_stderr"][w],
-            }
+        for w in range(fit["start"].size):
+            row = keys | _window_row(fit, t, y, w, window, step)
             if bfit is not None:
-                lo, hi = percentile_interval(bfit["alpha"][:, w], confidence)
-                row.update(alpha_ci_low=float(lo), alpha_ci_high=float(hi))
-                if w:
-                    d = bfit["alpha"][:, w] - bfit["alpha"][:, w - 1]
-                    lo, hi = percentile_interval(d, confidence)
-                    row.update(
-                        delta_alpha_boot_se=float(np.nanstd(d, ddof=1)),
-                        delta_alpha_ci_low=float(lo),
-                        delta_alpha_ci_high=float(hi),
-                    )
+                row.update(_window_boot_columns(bfit["alpha"], w, confidence))
             rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=[*group_by, *SLIDING_COLUMNS])
 
 
 # ----------------------------------------------------------------------------- points tables
@@ -438,6 +458,21 @@ def baselines_table(points: pd.DataFrame) -> pd.DataFrame:
 
 def _point_index(points: pd.DataFrame) -> dict[tuple, int]:
     return {tuple(r): i for i, r in enumerate(points[POINT_KEYS].itertuples(index=False, name=None))}
+
+
+RATIO_COLUMNS = [
+    "reference_context_dim",
+    "train_tokens",
+    "ppl",
+    "reference_ppl",
+    "ratio",
+    "ratio_ci_low",
+    "ratio_ci_high",
+    "percent_difference",
+    "percent_difference_ci_low",
+    "percent_difference_ci_high",
+]
+"""Columns of :func:`ratio_table` after the point keys."""
 
 
 def ratio_table(
@@ -491,24 +526,23 @@ def ratio_table(
                     "percent_difference_ci_high": 100 * (math.exp(hi) - 1),
                 }
             )
-    columns = [
-        *POINT_KEYS,
-        "reference_context_dim",
-        "train_tokens",
-        "ppl",
-        "reference_ppl",
-        "ratio",
-        "ratio_ci_low",
-        "ratio_ci_high",
-        "percent_difference",
-        "percent_difference_ci_low",
-        "percent_difference_ci_high",
-    ]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=[*POINT_KEYS, *RATIO_COLUMNS])
     return sort_models(table, [*POINT_KEYS, "reference_context_dim"]) if len(table) else table
 
 
 # ----------------------------------------------------------------------------- matched comparisons
+def _log_interpolation_weights(x: np.ndarray, v: float) -> np.ndarray:
+    """Weights ``[n]`` such that ``weights @ y`` is ``y`` linearly interpolated in ``ln x`` at
+    ``v`` (points with equal ``x`` averaged)."""
+    lx = np.log(x)
+    order = np.argsort(lx, kind="stable")
+    ux, inverse = np.unique(lx[order], return_inverse=True)  # average duplicate x
+    weights = np.zeros((ux.size, x.size))
+    weights[inverse, order] = 1.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.array([np.interp(math.log(v), ux, np.eye(ux.size)[k]) for k in range(ux.size)]) @ weights  # [n]
+
+
 def matched_values(
     curves: Mapping[Any, tuple[np.ndarray, np.ndarray, np.ndarray | None]], tolerance: float = PARAMETER_TOLERANCE
 ) -> tuple[float, dict[Any, dict[str, Any]]]:
@@ -559,18 +593,82 @@ def matched_values(
         if how is None:
             out[key] = {"loss": math.nan, "boot": None, "how": "not covered"}
         elif how == "interpolated":
-            lx = np.log(x)
-            order = np.argsort(lx, kind="stable")
-            ux, inverse = np.unique(lx[order], return_inverse=True)  # average duplicate x
-            weights = np.zeros((ux.size, x.size))
-            weights[inverse, order] = 1.0
-            weights /= weights.sum(axis=1, keepdims=True)
-            basis = np.array([np.interp(math.log(x_star), ux, np.eye(ux.size)[k]) for k in range(ux.size)]) @ weights  # [n]
+            basis = _log_interpolation_weights(x, x_star)
             out[key] = {"loss": float(basis @ loss), "boot": None if boot is None else boot @ basis, "how": how}
         else:
             i = int(np.argmin(np.abs(np.log(x / x_star))))
             out[key] = {"loss": float(loss[i]), "boot": None if boot is None else boot[:, i], "how": how}
     return x_star, out
+
+
+COMPARISON_SETTINGS = ["num_input_tokens", "num_layers", "ffn_layers", "activation", "diversity", "dist_reg_weight"]
+"""Run settings a comparison row copies (where the runs have them)."""
+
+COMPARISON_FIT_COLUMNS = [
+    "alpha",
+    "alpha_stderr",
+    "alpha_ci_low",
+    "alpha_ci_high",
+    "alpha_boot_ci_low",
+    "alpha_boot_ci_high",
+    "A",
+    "r2",
+    "E",
+    "beta",
+    "preferred_form",
+]
+"""Scaling-fit columns a comparison row copies (NaN without a fit)."""
+
+
+def _loss_curves(points: pd.DataFrame, point_boot: np.ndarray | None, by: list[str], x: str) -> dict[Any, tuple]:
+    """Per group of ``points`` (reset index), ``(x values, test loss, boot [B, n] or None)``
+    for :func:`matched_values`; groups without column ``x`` are left out."""
+    curves = {}
+    for key, idx in points.groupby(by, sort=True).indices.items():
+        g = points.iloc[idx]
+        if x in g:
+            curves[key] = (
+                g[x].to_numpy(dtype=float),
+                g["test_loss"].to_numpy(dtype=float),
+                None if point_boot is None else point_boot[:, points.index[idx]],
+            )
+    return curves
+
+
+def _largest_size_columns(g: pd.DataFrame, config_runs: pd.DataFrame) -> dict[str, Any]:
+    """A configuration's numbers at its largest size (``g`` = its points sorted by size)."""
+    big = g.iloc[-1]
+    big_runs = config_runs[config_runs["samples"] == big["samples"]]
+    row = dict(
+        n_seeds=int(g["n_seeds"].max()),
+        samples_largest=int(big["samples"]),
+        train_tokens_largest=big.get("train_tokens"),
+        test_ppl_largest=big["test_ppl"],
+        test_ppl_largest_ci_low=big.get("test_ppl_ci_low"),
+        test_ppl_largest_ci_high=big.get("test_ppl_ci_high"),
+        test_accuracy_largest=big.get("test_accuracy"),
+        dev_ppl_largest=math.exp(big["dev_loss"]) if "dev_loss" in big else math.nan,
+        parameters=big.get("parameters"),
+        train_flops_largest=big.get("train_flops"),
+    )
+    for c in ("dev_er_pct", "train_er_pct"):
+        row[c] = big_runs[c].mean() if c in big_runs and big_runs[c].notna().any() else math.nan
+    row["phase1_iterations"] = config_runs["phase1_iterations"].mean() if "phase1_iterations" in config_runs else math.nan
+    return row
+
+
+def _matched_columns(prefix: str, star: float, value: dict[str, Any] | None, confidence: float) -> dict[str, Any]:
+    """``matched_{prefix}``, ``ppl_at_matched_{prefix}`` [CI] and ``{prefix}_match`` of one
+    :func:`matched_values` entry (``None``: not covered)."""
+    value = value or {"loss": math.nan, "boot": None, "how": "not covered"}
+    lo, hi = percentile_interval(value["boot"], confidence) if value["boot"] is not None else (math.nan, math.nan)
+    return {
+        f"matched_{prefix}": star,
+        f"ppl_at_matched_{prefix}": math.exp(value["loss"]),
+        f"ppl_at_matched_{prefix}_ci_low": math.exp(lo),
+        f"ppl_at_matched_{prefix}_ci_high": math.exp(hi),
+        f"{prefix}_match": value["how"],
+    }
 
 
 def comparison_table(
@@ -596,84 +694,22 @@ def comparison_table(
     ``matched_parameters``, ``ppl_at_matched_parameters`` [CI], ``parameters_match``,
     ``matched_flops``, ``ppl_at_matched_flops`` [CI], ``flops_match``, ``undertrained_runs``.
     """
-    settings = ["num_input_tokens", "num_layers", "ffn_layers", "activation", "diversity", "dist_reg_weight"]
     points = points.reset_index(drop=True)
-    largest = points["samples"].max()
-    flop_curves, param_curves = {}, {}
-    for key, idx in points.groupby(CONFIG_KEYS, sort=True).indices.items():
-        g = points.iloc[idx]
-        if "train_flops" in g:
-            flop_curves[key] = (
-                g["train_flops"].to_numpy(dtype=float),
-                g["test_loss"].to_numpy(dtype=float),
-                None if point_boot is None else point_boot[:, idx],
-            )
-    top = points[points["samples"] == largest]
-    for key, idx in top.groupby(["model", "variant"], sort=True).indices.items():
-        g = top.iloc[idx]
-        cols = top.index[idx]
-        if "parameters" in g:
-            param_curves[key] = (
-                g["parameters"].to_numpy(dtype=float),
-                g["test_loss"].to_numpy(dtype=float),
-                None if point_boot is None else point_boot[:, cols],
-            )
-    f_star, at_flops = matched_values(flop_curves)
-    p_star, at_params = matched_values(param_curves)
+    top = points[points["samples"] == points["samples"].max()]
+    f_star, at_flops = matched_values(_loss_curves(points, point_boot, CONFIG_KEYS, "train_flops"))
+    p_star, at_params = matched_values(_loss_curves(top, point_boot, ["model", "variant"], "parameters"))
     rows = []
     for key, idx in points.groupby(CONFIG_KEYS, sort=True).indices.items():
-        g = points.iloc[idx].sort_values("samples")
-        big = g.iloc[-1]
         model, variant, dim = key
         config_runs = runs[(runs["model"] == model) & (runs["variant"] == variant) & (runs["context_dim"] == dim)]
-        big_runs = config_runs[config_runs["samples"] == big["samples"]]
         fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
         fit = fit.iloc[0] if len(fit) else pd.Series(dtype=object)
         row = {"model": model, "variant": variant, "context_dim": dim}
-        row.update({s: config_runs[s].iloc[0] for s in settings if s in config_runs and config_runs[s].notna().any()})
-        row.update(
-            {
-                c: fit.get(c, math.nan)
-                for c in (
-                    "alpha",
-                    "alpha_stderr",
-                    "alpha_ci_low",
-                    "alpha_ci_high",
-                    "alpha_boot_ci_low",
-                    "alpha_boot_ci_high",
-                    "A",
-                    "r2",
-                    "E",
-                    "beta",
-                    "preferred_form",
-                )
-            }
-        )
-        row.update(
-            n_seeds=int(g["n_seeds"].max()),
-            samples_largest=int(big["samples"]),
-            train_tokens_largest=big.get("train_tokens"),
-            test_ppl_largest=big["test_ppl"],
-            test_ppl_largest_ci_low=big.get("test_ppl_ci_low"),
-            test_ppl_largest_ci_high=big.get("test_ppl_ci_high"),
-            test_accuracy_largest=big.get("test_accuracy"),
-            dev_ppl_largest=math.exp(big["dev_loss"]) if "dev_loss" in big else math.nan,
-            parameters=big.get("parameters"),
-            train_flops_largest=big.get("train_flops"),
-        )
-        for c in ("dev_er_pct", "train_er_pct"):
-            row[c] = big_runs[c].mean() if c in big_runs and big_runs[c].notna().any() else math.nan
-        row["phase1_iterations"] = config_runs["phase1_iterations"].mean() if "phase1_iterations" in config_runs else math.nan
-        for prefix, star, table, curve_key in (
-            ("parameters", p_star, at_params, (model, variant)),
-            ("flops", f_star, at_flops, key),
-        ):
-            value = table.get(curve_key, {"loss": math.nan, "boot": None, "how": "not covered"})
-            lo, hi = percentile_interval(value["boot"], confidence) if value["boot"] is not None else (math.nan, math.nan)
-            row[f"matched_{prefix}"] = star
-            row[f"ppl_at_matched_{prefix}"] = math.exp(value["loss"])
-            row[f"ppl_at_matched_{prefix}_ci_low"], row[f"ppl_at_matched_{prefix}_ci_high"] = math.exp(lo), math.exp(hi)
-            row[f"{prefix}_match"] = value["how"]
+        row.update({s: config_runs[s].iloc[0] for s in COMPARISON_SETTINGS if s in config_runs and config_runs[s].notna().any()})
+        row.update({c: fit.get(c, math.nan) for c in COMPARISON_FIT_COLUMNS})
+        row.update(_largest_size_columns(points.iloc[idx].sort_values("samples"), config_runs))
+        row.update(_matched_columns("parameters", p_star, at_params.get((model, variant)), confidence))
+        row.update(_matched_columns("flops", f_star, at_flops.get(key), confidence))
         row["undertrained_runs"] = int(config_runs["undertrained"].sum()) if "undertrained" in config_runs else 0
         rows.append(row)
     return sort_models(pd.DataFrame(rows), CONFIG_KEYS)
@@ -746,6 +782,79 @@ NO_P_VALUES = (
 )
 
 
+def _predictor_correlations(
+    name: str, x: np.ndarray, y: np.ndarray, lt: np.ndarray, clusters: np.ndarray, y_res: np.ndarray, confidence: float
+) -> dict[str, Any]:
+    """One predictor's row of :func:`prediction_analysis`: ``x``, ``y`` (ln PPL), ``lt``
+    (ln tokens), ``clusters`` and ``y_res`` (``y`` less its ln-tokens trend) per run."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    xo, yo, lto, co = x[ok], y[ok], lt[ok], clusters[ok]
+    row = {"predictor": name, "pearson_r": _pearson(xo, yo), "spearman_rho": _spearman(xo, yo), "n_runs": int(ok.sum())}
+    partial = n_eff = math.nan
+    if ok.sum() >= 4 and np.ptp(xo) > 0 and np.ptp(yo) > 0:  # a constant column has no correlation
+        design = np.column_stack([np.ones_like(lto), lto])
+        xr, yr = _residualise(xo, design), _residualise(yo, design)
+        partial = _pearson(xr, yr)
+        n_eff = effective_n(xr, yr, co) if np.isfinite(partial) else math.nan
+    lo, hi = fisher_interval(partial, n_eff, controlled=1, confidence=confidence)
+    frame = pd.DataFrame({"c": co, "x": xo, "y": y_res[ok]}).groupby("c").mean()
+    row.update(
+        partial_r=partial,
+        partial_r_ci_low=lo,
+        partial_r_ci_high=hi,
+        n_eff=n_eff,
+        config_r=_pearson(frame["x"].to_numpy(), frame["y"].to_numpy()),
+        n_configurations=int(len(frame)),
+        note=NO_P_VALUES,
+    )
+    return row
+
+
+def _linear_ppl_fit(er_values: np.ndarray, ppl: np.ndarray) -> dict[str, Any]:
+    """``PPL ≈ a + b·ER`` (``a``, ``b``, ``r2``, ``n``; NaN unless every ER is finite, two
+    differ and there are >= 3 runs)."""
+    linear = {"a": math.nan, "b": math.nan, "r2": math.nan, "n": int(len(ppl))}
+    if np.unique(er_values[np.isfinite(er_values)]).size >= 2 and len(ppl) >= 3 and np.isfinite(er_values).all():
+        res = stats.linregress(er_values, ppl)
+        linear.update(a=float(res.intercept), b=float(res.slope), r2=float(res.rvalue**2))
+    return linear
+
+
+LOG_LINEAR_COEFFICIENTS = ("alpha", "beta", "gamma")
+"""``ln PPL = α ln tokens + β ER + γ``."""
+
+
+def _log_linear_fit(lt: np.ndarray, er_values: np.ndarray, y: np.ndarray, clusters: np.ndarray) -> dict[str, Any]:
+    """``ln PPL = α ln tokens + β ER + γ`` by OLS with OLS and cluster-robust CR1 standard
+    errors and ``r2`` (NaN when the design is rank-deficient or n <= 3), ``n``, ``n_clusters``."""
+    design = np.column_stack([lt, er_values, np.ones_like(y)])
+    coefs = LOG_LINEAR_COEFFICIENTS
+    keys = (*coefs, *(f"{c}_stderr" for c in coefs), *(f"{c}_cluster_stderr" for c in coefs), "r2")
+    log_linear: dict[str, Any] = {k: math.nan for k in keys}
+    log_linear.update(n=int(len(y)), n_clusters=int(np.unique(clusters).size))
+    if not (len(y) > 3 and np.isfinite(design).all() and np.linalg.matrix_rank(design) == 3):
+        return log_linear
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    n, k = design.shape
+    bread = np.linalg.inv(design.T @ design)
+    ols_se = np.sqrt(np.diag(float(resid @ resid) / (n - k) * bread))
+    meat = sum(
+        np.outer(design[clusters == c].T @ resid[clusters == c], design[clusters == c].T @ resid[clusters == c])
+        for c in np.unique(clusters)
+    )
+    g = np.unique(clusters).size
+    scale = g / (g - 1) * (n - 1) / (n - k) if g > 1 else math.nan
+    cluster_se = np.sqrt(np.diag(scale * bread @ meat @ bread)) if g > 1 else np.full(3, np.nan)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    for i, name in enumerate(LOG_LINEAR_COEFFICIENTS):
+        log_linear.update(
+            {name: float(coef[i]), f"{name}_stderr": float(ols_se[i]), f"{name}_cluster_stderr": float(cluster_se[i])}
+        )
+    log_linear["r2"] = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else math.nan
+    return log_linear
+
+
 def prediction_analysis(
     runs: pd.DataFrame,
     predictors: Sequence[str] = PREDICTORS,
@@ -780,69 +889,10 @@ def prediction_analysis(
     correlations = []
     for name in predictors:
         x = runs[name].to_numpy(dtype=float) if name in runs else np.full(len(runs), np.nan)
-        ok = np.isfinite(x) & np.isfinite(y)
-        xo, yo, lto, co = x[ok], y[ok], lt[ok], clusters[ok]
-        row = {"predictor": name, "pearson_r": _pearson(xo, yo), "spearman_rho": _spearman(xo, yo), "n_runs": int(ok.sum())}
-        partial = n_eff = math.nan
-        if ok.sum() >= 4 and np.ptp(xo) > 0 and np.ptp(yo) > 0:  # a constant column has no correlation
-            design = np.column_stack([np.ones_like(lto), lto])
-            xr, yr = _residualise(xo, design), _residualise(yo, design)
-            partial = _pearson(xr, yr)
-            n_eff = effective_n(xr, yr, co) if np.isfinite(partial) else math.nan
-        lo, hi = fisher_interval(partial, n_eff, controlled=1, confidence=confidence)
-        frame = pd.DataFrame({"c": co, "x": xo, "y": y_res[ok]}).groupby("c").mean()
-        row.update(
-            partial_r=partial,
-            partial_r_ci_low=lo,
-            partial_r_ci_high=hi,
-            n_eff=n_eff,
-            config_r=_pearson(frame["x"].to_numpy(), frame["y"].to_numpy()),
-            n_configurations=int(len(frame)),
-            note=NO_P_VALUES,
-        )
-        correlations.append(row)
+        correlations.append(_predictor_correlations(name, x, y, lt, clusters, y_res, confidence))
     er_values = runs[er].to_numpy(dtype=float) if er in runs else np.full(len(runs), np.nan)
-    ppl = np.exp(y)
-    linear = {"a": math.nan, "b": math.nan, "r2": math.nan, "n": int(len(runs))}
-    if np.unique(er_values[np.isfinite(er_values)]).size >= 2 and len(runs) >= 3 and np.isfinite(er_values).all():
-        res = stats.linregress(er_values, ppl)
-        linear.update(a=float(res.intercept), b=float(res.slope), r2=float(res.rvalue**2))
-    design = np.column_stack([lt, er_values, np.ones_like(y)])
-    log_linear: dict[str, Any] = {
-        k: math.nan
-        for k in (
-            "alpha",
-            "beta",
-            "gamma",
-            "alpha_stderr",
-            "beta_stderr",
-            "gamma_stderr",
-            "alpha_cluster_stderr",
-            "beta_cluster_stderr",
-            "gamma_cluster_stderr",
-            "r2",
-        )
-    }
-    log_linear.update(n=int(len(runs)), n_clusters=int(np.unique(clusters).size))
-    if len(runs) > 3 and np.isfinite(design).all() and np.linalg.matrix_rank(design) == 3:
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        resid = y - design @ coef
-        n, k = design.shape
-        bread = np.linalg.inv(design.T @ design)
-        ols_se = np.sqrt(np.diag(float(resid @ resid) / (n - k) * bread))
-        meat = sum(
-            np.outer(design[clusters == c].T @ resid[clusters == c], design[clusters == c].T @ resid[clusters == c])
-            for c in np.unique(clusters)
-        )
-        g = np.unique(clusters).size
-        scale = g / (g - 1) * (n - 1) / (n - k) if g > 1 else math.nan
-        cluster_se = np.sqrt(np.diag(scale * bread @ meat @ bread)) if g > 1 else np.full(3, np.nan)
-        ss_tot = float(((y - y.mean()) ** 2).sum())
-        for i, name in enumerate(("alpha", "beta", "gamma")):
-            log_linear.update(
-                {name: float(coef[i]), f"{name}_stderr": float(ols_se[i]), f"{name}_cluster_stderr": float(cluster_se[i])}
-            )
-        log_linear["r2"] = 1.0 - float(resid @ resid) / ss_tot if ss_tot > 0 else math.nan
+    linear = _linear_ppl_fit(er_values, np.exp(y))
+    log_linear = _log_linear_fit(lt, er_values, y, clusters)
     return {"correlations": correlations, "linear": linear, "log_linear": log_linear, "er_column": er, "note": NO_P_VALUES}
 
 
@@ -858,6 +908,109 @@ def _dev_choice(points: pd.DataFrame, mask: pd.Series, prefer_dim: int | None = 
     if "dev_loss" in cand and cand["dev_loss"].notna().any():
         return int(cand["dev_loss"].idxmin())
     return int(cand.index[0])
+
+
+def _verdict_comparisons(
+    points: pd.DataFrame, point_boot: np.ndarray, at: pd.Series, ref_i: int, others: list[str], confidence: float
+) -> list[dict[str, Any]]:
+    """Each other model at the largest size (``at``), at the reference's context_dim when it
+    has it, else its lowest-dev configuration: PPL and ``percent = 100·(PPL_ref/PPL_model − 1)``
+    with a bootstrap interval."""
+    ref = points.loc[ref_i]
+    comparisons = []
+    for model in others:
+        i = _dev_choice(points, at & (points["model"] == model), prefer_dim=int(ref["context_dim"]))
+        if i is None:
+            continue
+        p = points.loc[i]
+        d = point_boot[:, ref_i] - point_boot[:, i]  # ln(PPL_ref / PPL_model) per resample
+        lo, hi = percentile_interval(d, confidence)
+        pct = 100 * (math.exp(ref["test_loss"] - p["test_loss"]) - 1)
+        comparisons.append(
+            {
+                "model": model,
+                "variant": p["variant"],
+                "context_dim": int(p["context_dim"]),
+                "ppl": _num(p["test_ppl"]),
+                "ppl_ci": [_num(p.get("test_ppl_ci_low")), _num(p.get("test_ppl_ci_high"))],
+                "percent": pct,
+                "percent_ci": [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)],
+                "dev_loss": _num(p.get("dev_loss")),
+            }
+        )
+    return comparisons
+
+
+def _best_baseline(comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The baseline (:data:`BASELINES`) with the lowest dev loss and whether the reference
+    beats it (whole interval below 0), loses (above) or is inconclusive; ``None`` without one."""
+    baselines = [c for c in comparisons if c["model"] in BASELINES]
+    if not baselines:
+        return None
+    best = min(baselines, key=lambda c: c["dev_loss"] if c["dev_loss"] is not None else math.inf)
+    lo, hi = best["percent_ci"]
+    outcome = "beats" if hi < 0 else "loses" if lo > 0 else "inconclusive"
+    return {
+        "model": best["model"],
+        "context_dim": best["context_dim"],
+        "chosen_on": "dev loss",
+        "outcome": outcome,
+        "percent": best["percent"],
+        "percent_ci": best["percent_ci"],
+    }
+
+
+def _alpha_entry(fits: pd.DataFrame, model: str, variant: str | None, dim: int | None) -> dict[str, Any] | None:
+    """α [CI] of one configuration's scaling fit (bootstrap percentile interval, else OLS t);
+    ``None`` when it has no fit."""
+    f = (
+        fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
+        if dim is not None
+        else fits.iloc[:0]
+    )
+    if not len(f):
+        return None
+    f = f.iloc[0]
+    boot_ci = [_num(f.get("alpha_boot_ci_low")), _num(f.get("alpha_boot_ci_high"))]
+    ci, kind = (
+        (boot_ci, "bootstrap") if None not in boot_ci else ([_num(f.get("alpha_ci_low")), _num(f.get("alpha_ci_high"))], "ols_t")
+    )
+    return {
+        "model": model,
+        "variant": variant,
+        "context_dim": dim,
+        "alpha": _num(f["alpha"]),
+        "alpha_ci": ci,
+        "interval": kind,
+        "preferred_form": f.get("preferred_form"),
+        "n_points": int(f["n_points"]),
+    }
+
+
+def _verdict_alphas(
+    fits: pd.DataFrame, reference: str, reference_variant: str, reference_dim: int, others: list[str], comparisons: list[dict]
+) -> list[dict[str, Any]]:
+    """α [CI] of the reference configuration and of each compared model's configuration."""
+    alphas = []
+    for model in [reference, *others]:
+        compared = next((c for c in comparisons if c["model"] == model), None)
+        if model == reference:
+            dim, variant = reference_dim, reference_variant
+        else:
+            dim, variant = (compared["context_dim"], compared["variant"]) if compared else (None, None)
+        entry = _alpha_entry(fits, model, variant, dim)
+        if entry is not None:
+            alphas.append(entry)
+    return alphas
+
+
+def _undertrained_by_model(runs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model (study order): runs that ended on their budget, and all runs."""
+    under = []
+    for model in sorted(runs["model"].unique(), key=model_rank):
+        r = runs[runs["model"] == model]
+        under.append({"model": model, "undertrained": int(r["undertrained"].astype(bool).sum()), "runs": int(len(r))})
+    return under
 
 
 def verdict(
@@ -910,86 +1063,11 @@ def verdict(
         reference_ppl=_num(ref["test_ppl"]),
         reference_ppl_ci=[_num(ref.get("test_ppl_ci_low")), _num(ref.get("test_ppl_ci_high"))],
     )
-    comparisons = []
     others = [m for m in sorted(points["model"].unique(), key=model_rank) if m != reference]
-    for model in others:
-        i = _dev_choice(points, at & (points["model"] == model), prefer_dim=int(ref["context_dim"]))
-        if i is None:
-            continue
-        p = points.loc[i]
-        d = point_boot[:, ref_i] - point_boot[:, i]  # ln(PPL_ref / PPL_model) per resample
-        lo, hi = percentile_interval(d, confidence)
-        pct = 100 * (math.exp(ref["test_loss"] - p["test_loss"]) - 1)
-        comparisons.append(
-            {
-                "model": model,
-                "variant": p["variant"],
-                "context_dim": int(p["context_dim"]),
-                "ppl": _num(p["test_ppl"]),
-                "ppl_ci": [_num(p.get("test_ppl_ci_low")), _num(p.get("test_ppl_ci_high"))],
-                "percent": pct,
-                "percent_ci": [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)],
-                "dev_loss": _num(p.get("dev_loss")),
-            }
-        )
-    out["comparisons"] = comparisons
-    baselines = [c for c in comparisons if c["model"] in BASELINES]
-    if baselines:
-        best = min(baselines, key=lambda c: c["dev_loss"] if c["dev_loss"] is not None else math.inf)
-        lo, hi = best["percent_ci"]
-        outcome = "beats" if hi < 0 else "loses" if lo > 0 else "inconclusive"
-        out["best_baseline"] = {
-            "model": best["model"],
-            "context_dim": best["context_dim"],
-            "chosen_on": "dev loss",
-            "outcome": outcome,
-            "percent": best["percent"],
-            "percent_ci": best["percent_ci"],
-        }
-    else:
-        out["best_baseline"] = None
-    alphas = []
-    for model in [reference, *others]:
-        dim = (
-            int(ref["context_dim"])
-            if model == reference
-            else next((c["context_dim"] for c in comparisons if c["model"] == model), None)
-        )
-        variant = (
-            reference_variant if model == reference else next((c["variant"] for c in comparisons if c["model"] == model), None)
-        )
-        f = (
-            fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
-            if dim is not None
-            else fits.iloc[:0]
-        )
-        if not len(f):
-            continue
-        f = f.iloc[0]
-        boot_ci = [_num(f.get("alpha_boot_ci_low")), _num(f.get("alpha_boot_ci_high"))]
-        ci, kind = (
-            (boot_ci, "bootstrap")
-            if None not in boot_ci
-            else ([_num(f.get("alpha_ci_low")), _num(f.get("alpha_ci_high"))], "ols_t")
-        )
-        alphas.append(
-            {
-                "model": model,
-                "variant": variant,
-                "context_dim": dim,
-                "alpha": _num(f["alpha"]),
-                "alpha_ci": ci,
-                "interval": kind,
-                "preferred_form": f.get("preferred_form"),
-                "n_points": int(f["n_points"]),
-            }
-        )
-    out["alphas"] = alphas
-    under = []
-    for model in sorted(runs["model"].unique(), key=model_rank):
-        r = runs[runs["model"] == model]
-        under.append({"model": model, "undertrained": int(r["undertrained"].astype(bool).sum()), "runs": int(len(r))})
-    out["undertrained"] = under
+    out["comparisons"] = _verdict_comparisons(points, point_boot, at, ref_i, others, confidence)
+    out["best_baseline"] = _best_baseline(out["comparisons"])
+    out["alphas"] = _verdict_alphas(fits, reference, reference_variant, int(ref["context_dim"]), others, out["comparisons"])
+    out["undertrained"] = _undertrained_by_model(runs)
     return out
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -302,6 +302,74 @@ def preferred_form(power_ic: float, loss_ic: float, tie: float = AIC_TIE) -> str
 
 
 # ----------------------------------------------------------------------------- one group
+NO_LOSS_FORM = {
+    "E": math.nan,
+    "B": math.nan,
+    "beta": math.nan,
+    "rss": math.nan,
+    "E_stderr": math.nan,
+    "beta_stderr": math.nan,
+    "beta_at_bound": False,
+    "E_at_bound": False,
+}
+"""The loss-form fit of a group with fewer than :data:`MIN_POINTS_LOSS_FORM` sizes."""
+
+
+def _loss_form_columns(
+    t: np.ndarray, y: np.ndarray, boot: np.ndarray | None, confidence: float
+) -> tuple[dict, dict | None, dict[str, Any]]:
+    """The loss form on sorted tokens ``t`` and losses ``y`` (and every resample of ``boot``).
+
+    Returns:
+        ``(fit, boot fits or None, columns)``: ``E``, ``B``, ``beta`` (+ SEs, bounds),
+        ``rss_loss_form``, ``E``/``beta`` bootstrap intervals.
+    """
+    lf, lf_boot = dict(NO_LOSS_FORM), None
+    if t.size >= MIN_POINTS_LOSS_FORM:
+        lf = fit_loss_form(t, y)
+        if boot is not None:
+            lf_boot = fit_loss_form_batch(t, boot)
+    columns = {k: lf[k] for k in ("E", "B", "beta", "E_stderr", "beta_stderr", "beta_at_bound", "E_at_bound")}
+    columns["rss_loss_form"] = lf["rss"]
+    for name in ("E", "beta"):
+        lo, hi = percentile_interval(lf_boot[name], confidence) if lf_boot is not None else (math.nan, math.nan)
+        columns[f"{name}_ci_low"], columns[f"{name}_ci_high"] = float(lo), float(hi)
+    return lf, lf_boot, columns
+
+
+def _extrapolation_columns(
+    row: dict,
+    t: np.ndarray,
+    y: np.ndarray,
+    target: float,
+    boot_lines: tuple | None,
+    lf: dict,
+    lf_boot: dict | None,
+    confidence: float,
+) -> dict[str, float]:
+    """``ppl_at_{T}`` (+ bootstrap CI, OLS prediction interval) and ``ppl_at_{T}_loss_form``
+    (+ bootstrap CI) for one target ``T``; ``boot_lines`` = ``(a [B], alpha [B])`` or ``None``."""
+    tag = _token_tag(target)
+    out = {f"ppl_at_{tag}": predict_ppl(row, target)}
+    if boot_lines is not None:
+        a_b, alpha_b = boot_lines
+        lo, hi = percentile_interval(np.exp(a_b + alpha_b * math.log(target)), confidence)
+    else:
+        lo, hi = math.nan, math.nan
+    out[f"ppl_at_{tag}_ci_low"], out[f"ppl_at_{tag}_ci_high"] = float(lo), float(hi)
+    out[f"ppl_at_{tag}_pi_low"], out[f"ppl_at_{tag}_pi_high"] = power_law_prediction_interval(t, np.exp(y), target, confidence)
+    out[f"ppl_at_{tag}_loss_form"] = (
+        float(math.exp(loss_form_predict(lf, target))) if t.size >= MIN_POINTS_LOSS_FORM else math.nan
+    )
+    if lf_boot is not None:
+        lo, hi = percentile_interval(np.exp(loss_form_predict(lf_boot, np.array([target]))[:, 0]), confidence)
+    else:
+        lo, hi = math.nan, math.nan
+    out[f"ppl_at_{tag}_loss_form_ci_low"], out[f"ppl_at_{tag}_loss_form_ci_high"] = float(lo), float(hi)
+    return out
+
+
+# ----------------------------------------------------------------------------- one group
 def fit_scaling_group(
     tokens: Sequence[float],
     losses: Sequence[float],
@@ -334,36 +402,19 @@ def fit_scaling_group(
     boot = None if boot is None else np.asarray(boot, dtype=float)[:, order]
     row = fit_power_law(t, np.exp(y), confidence)
     n = t.size
-    x = np.log(t)
-    nan_ci = (math.nan, math.nan)
+    boot_lines = None
     if boot is not None:
-        a_b, alpha_b = ols_lines(x, boot)
-        lo, hi = percentile_interval(alpha_b, confidence)
-        row.update(alpha_boot_se=float(np.nanstd(alpha_b, ddof=1)), alpha_boot_ci_low=float(lo), alpha_boot_ci_high=float(hi))
+        boot_lines = ols_lines(np.log(t), boot)  # (a [B], alpha [B])
+        lo, hi = percentile_interval(boot_lines[1], confidence)
+        row.update(
+            alpha_boot_se=float(np.nanstd(boot_lines[1], ddof=1)), alpha_boot_ci_low=float(lo), alpha_boot_ci_high=float(hi)
+        )
     else:
         row.update(alpha_boot_se=math.nan, alpha_boot_ci_low=math.nan, alpha_boot_ci_high=math.nan)
     aic_p, bic_p = information_criteria(row["rss"], n, 2) if n >= 3 else (math.nan, math.nan)
-    lf = {
-        "E": math.nan,
-        "B": math.nan,
-        "beta": math.nan,
-        "rss": math.nan,
-        "E_stderr": math.nan,
-        "beta_stderr": math.nan,
-        "beta_at_bound": False,
-        "E_at_bound": False,
-    }
-    lf_boot = None
-    if n >= MIN_POINTS_LOSS_FORM:
-        lf = fit_loss_form(t, y)
-        if boot is not None:
-            lf_boot = fit_loss_form_batch(t, boot)
+    lf, lf_boot, lf_columns = _loss_form_columns(t, y, boot, confidence)
     aic_l, bic_l = information_criteria(lf["rss"], n, 3) if n >= MIN_POINTS_LOSS_FORM else (math.nan, math.nan)
-    row.update({k: lf[k] for k in ("E", "B", "beta", "E_stderr", "beta_stderr", "beta_at_bound", "E_at_bound")})
-    row["rss_loss_form"] = lf["rss"]
-    for name in ("E", "beta"):
-        lo, hi = percentile_interval(lf_boot[name], confidence) if lf_boot is not None else nan_ci
-        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = float(lo), float(hi)
+    row.update(lf_columns)
     row.update(
         aic_power_law=aic_p,
         aic_loss_form=aic_l,
@@ -374,23 +425,8 @@ def fit_scaling_group(
         preferred_form_bic=preferred_form(bic_p, bic_l),
     )
     for target in extrapolate:
-        tag = _token_tag(target)
-        row[f"ppl_at_{tag}"] = predict_ppl(row, target)
-        if boot is not None:
-            lo, hi = percentile_interval(np.exp(a_b + alpha_b * math.log(target)), confidence)
-        else:
-            lo, hi = nan_ci
-        row[f"ppl_at_{tag}_ci_low"], row[f"ppl_at_{tag}_ci_high"] = float(lo), float(hi)
-        row[f"ppl_at_{tag}_pi_low"], row[f"ppl_at_{tag}_pi_high"] = power_law_prediction_interval(
-            t, np.exp(y), target, confidence
-        )
-        row[f"ppl_at_{tag}_loss_form"] = float(math.exp(loss_form_predict(lf, target))) if n >= MIN_POINTS_LOSS_FORM else math.nan
-        if lf_boot is not None:
-            lo, hi = percentile_interval(np.exp(loss_form_predict(lf_boot, np.array([target]))[:, 0]), confidence)
-        else:
-            lo, hi = nan_ci
-        row[f"ppl_at_{tag}_loss_form_ci_low"], row[f"ppl_at_{tag}_loss_form_ci_high"] = float(lo), float(hi)
-    row["_boot"] = {"a": a_b, "alpha": alpha_b, "loss_form": lf_boot} if boot is not None else None
+        row.update(_extrapolation_columns(row, t, y, target, boot_lines, lf, lf_boot, confidence))
+    row["_boot"] = {"a": boot_lines[0], "alpha": boot_lines[1], "loss_form": lf_boot} if boot is not None else None
     return row
 
 
@@ -404,6 +440,73 @@ def _token_tag(tokens: float) -> str:
 
 # ----------------------------------------------------------------------------- tables
 FIT_KEYS = ["model", "variant", "context_dim"]
+
+
+def _extrapolation_rows(keys: dict, row: dict, extrapolate: Sequence[float]) -> list[dict]:
+    """One row per (form, target) of a group's fit: ``ppl``, ``ci_low/high``,
+    ``pi_low/high`` (power law only) and ``extrapolation`` (beyond the largest size)."""
+    rows = []
+    for target in extrapolate:
+        tag = _token_tag(target)
+        beyond = bool(target > row["tokens_max"])
+        for form, suffix, pi in (("power_law", "", True), ("loss_form", "_loss_form", False)):
+            rows.append(
+                keys
+                | {
+                    "form": form,
+                    "tokens": target,
+                    "ppl": row[f"ppl_at_{tag}{suffix}"],
+                    "ci_low": row[f"ppl_at_{tag}{suffix}_ci_low"],
+                    "ci_high": row[f"ppl_at_{tag}{suffix}_ci_high"],
+                    "pi_low": row[f"ppl_at_{tag}_pi_low"] if pi else math.nan,
+                    "pi_high": row[f"ppl_at_{tag}_pi_high"] if pi else math.nan,
+                    "extrapolation": beyond,
+                }
+            )
+    return rows
+
+
+def _curve_rows(
+    keys: dict, form: str, grid: np.ndarray, centre: np.ndarray, lo: np.ndarray, hi: np.ndarray, t_max: float
+) -> list[dict]:
+    """One row per grid token count: fitted PPL (``exp`` of the ln-PPL ``centre``) and band."""
+    return [
+        keys
+        | {
+            "form": form,
+            "tokens": g,
+            "ppl": math.exp(c),
+            "ci_low": math.exp(lo_),
+            "ci_high": math.exp(hi_),
+            "extrapolation": bool(g > t_max),
+        }
+        for g, c, lo_, hi_ in zip(grid, centre, lo, hi)
+    ]
+
+
+def _fitted_curves(
+    keys: dict, row: dict, b: dict | None, extrapolate: Sequence[float], curve_points: int, confidence: float
+) -> list[dict]:
+    """Both forms' fitted PPL with bootstrap bands on a log grid from the smallest size to
+    the last extrapolation target (the loss form only where it was fitted)."""
+    t_max = row["tokens_max"]
+    grid = np.geomspace(row["tokens_min"], max([t_max, *extrapolate]), curve_points)
+    grid = np.unique(np.r_[grid, t_max])
+    lx = np.log(grid)
+    centre = math.log(row["A"]) + row["alpha"] * lx
+    if b is not None:
+        lo, hi = percentile_interval(b["a"][:, None] + b["alpha"][:, None] * lx[None, :], confidence)
+    else:
+        lo = hi = np.full(grid.size, np.nan)
+    curves = _curve_rows(keys, "power_law", grid, centre, lo, hi, t_max)
+    if np.isfinite(row["E"]):
+        lf_centre = loss_form_predict({k: row[k] for k in ("E", "B", "beta")}, grid)
+        if b is not None and b["loss_form"] is not None:
+            lo, hi = percentile_interval(loss_form_predict(b["loss_form"], grid), confidence)
+        else:
+            lo = hi = np.full(grid.size, np.nan)
+        curves += _curve_rows(keys, "loss_form", grid, lf_centre, lo, hi, t_max)
+    return curves
 
 
 def fit_points(
@@ -451,73 +554,8 @@ def fit_points(
             row["undertrained_points"] = int((group["undertrained_runs"] > 0).sum())
             row["undertrained_runs"] = int(group["undertrained_runs"].sum())
         fits.append(keys | row)
-        t_max = row["tokens_max"]
-        for target in extrapolate:
-            tag = _token_tag(target)
-            extrap.append(
-                keys
-                | {
-                    "form": "power_law",
-                    "tokens": target,
-                    "ppl": row[f"ppl_at_{tag}"],
-                    "ci_low": row[f"ppl_at_{tag}_ci_low"],
-                    "ci_high": row[f"ppl_at_{tag}_ci_high"],
-                    "pi_low": row[f"ppl_at_{tag}_pi_low"],
-                    "pi_high": row[f"ppl_at_{tag}_pi_high"],
-                    "extrapolation": bool(target > t_max),
-                }
-            )
-            extrap.append(
-                keys
-                | {
-                    "form": "loss_form",
-                    "tokens": target,
-                    "ppl": row[f"ppl_at_{tag}_loss_form"],
-                    "ci_low": row[f"ppl_at_{tag}_loss_form_ci_low"],
-                    "ci_high": row[f"ppl_at_{tag}_loss_form_ci_high"],
-                    "pi_low": math.nan,
-                    "pi_high": math.nan,
-                    "extrapolation": bool(target > t_max),
-                }
-            )
-        grid = np.geomspace(row["tokens_min"], max([t_max, *extrapolate]), curve_points)
-        grid = np.unique(np.r_[grid, t_max])
-        lx = np.log(grid)
-        centre = math.log(row["A"]) + row["alpha"] * lx
-        if b is not None:
-            lo, hi = percentile_interval(b["a"][:, None] + b["alpha"][:, None] * lx[None, :], confidence)
-        else:
-            lo = hi = np.full(grid.size, np.nan)
-        for g, c, lo_, hi_ in zip(grid, centre, lo, hi):
-            curves.append(
-                keys
-                | {
-                    "form": "power_law",
-                    "tokens": g,
-                    "ppl": math.exp(c),
-                    "ci_low": math.exp(lo_),
-                    "ci_high": math.exp(hi_),
-                    "extrapolation": bool(g > t_max),
-                }
-            )
-        if np.isfinite(row["E"]):
-            lf_centre = loss_form_predict({k: row[k] for k in ("E", "B", "beta")}, grid)
-            if b is not None and b["loss_form"] is not None:
-                lo, hi = percentile_interval(loss_form_predict(b["loss_form"], grid), confidence)
-            else:
-                lo = hi = np.full(grid.size, np.nan)
-            for g, c, lo_, hi_ in zip(grid, lf_centre, lo, hi):
-                curves.append(
-                    keys
-                    | {
-                        "form": "loss_form",
-                        "tokens": g,
-                        "ppl": math.exp(c),
-                        "ci_low": math.exp(lo_),
-                        "ci_high": math.exp(hi_),
-                        "extrapolation": bool(g > t_max),
-                    }
-                )
+        extrap += _extrapolation_rows(keys, row, extrapolate)
+        curves += _fitted_curves(keys, row, b, extrapolate, curve_points, confidence)
     return pd.DataFrame(fits), pd.DataFrame(extrap), pd.DataFrame(curves)
 
 

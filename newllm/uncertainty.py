@@ -210,6 +210,57 @@ POINT_MEANS = ("train_tokens", "dev_loss", "dev_accuracy", "test_accuracy", "par
 """runs.csv columns averaged over seeds into the points table (when present)."""
 
 
+def run_conversation_sums(
+    table: pd.DataFrame, token_nll: dict[str, np.ndarray], sample_end: Sequence[int]
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """Match every run of ``table`` to its NLL file and reduce it to per-conversation sums.
+
+    Returns:
+        ``(keys, sums [C, R], counts [C])``: the runs' :data:`~newllm.analysis.RUN_KEYS`
+        tuples in table order, NLL sums per test conversation and run, targets per conversation.
+
+    Raises:
+        ValueError: a run without an NLL file or vice versa, or files that disagree on the test set.
+    """
+    from newllm.analysis import RUN_KEYS, run_key
+
+    by_key = {tuple(run_key(p).values()): p for p in token_nll}
+    keys = [tuple(r) for r in table[RUN_KEYS].itertuples(index=False, name=None)]
+    missing = [k for k in keys if k not in by_key]
+    extra = sorted(set(by_key) - set(keys))
+    if missing or extra:
+        raise ValueError(f"runs without a test NLL file: {missing[:5]}; NLL files of unknown runs: {extra[:5]}")
+    sums, counts = [], None
+    for k in keys:
+        s, c = conversation_sums(token_nll[by_key[k]], sample_end)
+        if counts is not None and not np.array_equal(c, counts):
+            raise ValueError(f"run {k} was scored on a different test set")
+        sums.append(s)
+        counts = c
+    return keys, np.column_stack(sums), counts
+
+
+def check_test_losses(keys: list, observed: np.ndarray, test_loss: np.ndarray, tolerance: float) -> None:
+    """Raise ``ValueError`` naming the run whose mean token NLL (``observed``) differs from
+    its metrics' ``test_loss`` by more than ``tolerance`` nats."""
+    gap = np.abs(observed - test_loss)
+    if (gap > tolerance).any():
+        i = int(gap.argmax())
+        raise ValueError(f"run {keys[i]}: mean test token NLL {observed[i]:.6f} != metrics test_loss {test_loss[i]:.6f}")
+
+
+def run_intervals(table: pd.DataFrame, observed: np.ndarray, boot: np.ndarray) -> pd.DataFrame:
+    """Per run (:data:`~newllm.analysis.RUN_KEYS`): ``test_ppl`` and its 95 % percentile
+    interval from the ``[B, R]`` bootstrap losses."""
+    from newllm.analysis import RUN_KEYS
+
+    low, high = percentile_interval(boot)
+    intervals = table[RUN_KEYS].copy()
+    intervals["test_ppl"] = np.exp(observed)
+    intervals["test_ppl_ci_low"], intervals["test_ppl_ci_high"] = np.exp(low), np.exp(high)
+    return intervals
+
+
 def bootstrap_study(
     runs: pd.DataFrame,
     token_nll: dict[str, np.ndarray],
@@ -244,36 +295,13 @@ def bootstrap_study(
     """
     import time
 
-    from newllm.analysis import RUN_KEYS, run_key
-
     t0 = time.perf_counter()
-    by_key = {tuple(run_key(p).values()): p for p in token_nll}
     table = runs.reset_index(drop=True)
-    keys = [tuple(r) for r in table[RUN_KEYS].itertuples(index=False, name=None)]
-    missing = [k for k in keys if k not in by_key]
-    extra = sorted(set(by_key) - set(keys))
-    if missing or extra:
-        raise ValueError(f"runs without a test NLL file: {missing[:5]}; NLL files of unknown runs: {extra[:5]}")
-    sums, counts = [], None
-    for k in keys:
-        s, c = conversation_sums(token_nll[by_key[k]], sample_end)
-        if counts is not None and not np.array_equal(c, counts):
-            raise ValueError(f"run {k} was scored on a different test set")
-        sums.append(s)
-        counts = c
-    sums = np.column_stack(sums)
+    keys, sums, counts = run_conversation_sums(table, token_nll, sample_end)
     observed = observed_losses(sums, counts)
-    gap = np.abs(observed - table["test_loss"].to_numpy(dtype=float))
-    if (gap > tolerance).any():
-        i = int(gap.argmax())
-        raise ValueError(
-            f"run {keys[i]}: mean test token NLL {observed[i]:.6f} != metrics test_loss {table['test_loss'].iloc[i]:.6f}"
-        )
+    check_test_losses(keys, observed, table["test_loss"].to_numpy(dtype=float), tolerance)
     boot = bootstrap_losses(sums, counts, resamples, seed)
-    low, high = percentile_interval(boot)
-    intervals = table[RUN_KEYS].copy()
-    intervals["test_ppl"] = np.exp(observed)
-    intervals["test_ppl_ci_low"], intervals["test_ppl_ci_high"] = np.exp(low), np.exp(high)
+    intervals = run_intervals(table, observed, boot)
     points, point_boot = seed_mean_points(
         table,
         boot,
