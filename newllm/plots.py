@@ -99,6 +99,39 @@ def _panels(dims: Sequence[int]):
 
 
 # ----------------------------------------------------------------------------- scaling
+def _alpha_label(fit: pd.DataFrame) -> str:
+    """``": α=-0.123 [lo, hi]"`` of a series' fit row (bootstrap interval, else OLS t; ``""`` without a fit)."""
+    if not len(fit):
+        return ""
+    f = fit.iloc[0]
+    lo, hi = f.get("alpha_boot_ci_low", np.nan), f.get("alpha_boot_ci_high", np.nan)
+    if not np.isfinite(lo):
+        lo, hi = f.get("alpha_ci_low", np.nan), f.get("alpha_ci_high", np.nan)
+    return f": α={f['alpha']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
+
+
+def _draw_points(ax, g: pd.DataFrame, color: str, marker: str) -> None:
+    """Seed-mean test PPL against training tokens with bootstrap bars; hollow where a run
+    was undertrained."""
+    under = g.get("undertrained_runs", pd.Series(0, index=g.index)).fillna(0).to_numpy() > 0
+    x, y = g["train_tokens"].to_numpy(float), g["test_ppl"].to_numpy(float)
+    err = _errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan))
+    ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=2)
+    ax.plot(x[~under], y[~under], marker, color=color)
+    if under.any():
+        ax.plot(x[under], y[under], marker, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5)
+
+
+def _draw_fitted_curve(ax, c: pd.DataFrame, style: str, color: str) -> None:
+    """A fitted curve (rows sorted by tokens): solid over the data, dashed beyond, with its band."""
+    fitted = ~c["extrapolation"].astype(bool)
+    inside, beyond = c[fitted], c[c["tokens"] >= c.loc[fitted, "tokens"].max()]
+    ax.plot(inside["tokens"], inside["ppl"], style, color=color, lw=1.3)
+    ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
+    if np.isfinite(c["ci_low"]).any():
+        ax.fill_between(c["tokens"], c["ci_low"], c["ci_high"], color=color, alpha=0.12, lw=0)
+
+
 def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, path: str | Path) -> list[str]:
     """Test PPL vs training tokens (log-log) for every model, one panel per context_dim.
 
@@ -129,20 +162,8 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
             v_index = sorted(points["variant"].unique()).index(variant)
             style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], MARKERS[v_index % len(MARKERS)]
             fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == cdim)]
-            label = _series_label(model, variant, cdim, n_variants)
-            if len(fit):
-                f = fit.iloc[0]
-                lo, hi = f.get("alpha_boot_ci_low", np.nan), f.get("alpha_boot_ci_high", np.nan)
-                if not np.isfinite(lo):
-                    lo, hi = f.get("alpha_ci_low", np.nan), f.get("alpha_ci_high", np.nan)
-                label += f": α={f['alpha']:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) else "")
-            under = g.get("undertrained_runs", pd.Series(0, index=g.index)).fillna(0).to_numpy() > 0
-            x, y = g["train_tokens"].to_numpy(float), g["test_ppl"].to_numpy(float)
-            err = _errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan))
-            ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, elinewidth=1, capsize=2)
-            ax.plot(x[~under], y[~under], marker, color=color)
-            if under.any():
-                ax.plot(x[under], y[under], marker, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5)
+            label = _series_label(model, variant, cdim, n_variants) + _alpha_label(fit)
+            _draw_points(ax, g, color, marker)
             ax.plot([], [], marker=marker, ls=style, color=color, label=label)  # legend: marker and line of the series
             labels.append(label)
             c = curves[
@@ -152,14 +173,7 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
                 & (curves["form"] == "power_law")
             ].sort_values("tokens")
             if len(c):
-                inside, beyond = (
-                    c[~c["extrapolation"].astype(bool)],
-                    c[c["tokens"] >= c.loc[~c["extrapolation"].astype(bool), "tokens"].max()],
-                )
-                ax.plot(inside["tokens"], inside["ppl"], style, color=color, lw=1.3)
-                ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
-                if np.isfinite(c["ci_low"]).any():
-                    ax.fill_between(c["tokens"], c["ci_low"], c["ci_high"], color=color, alpha=0.12, lw=0)
+                _draw_fitted_curve(ax, c, style, color)
         if len(axes) > 1 or dim:
             ax.set_title(f"context_dim {dim}" if dim else "", fontsize=10)
         log_axis(ax, "x")
@@ -335,6 +349,35 @@ def plot_effective_rank(runs: pd.DataFrame, path: str | Path) -> list[str]:
     return labels
 
 
+def _draw_efficiency(axes, row: pd.Series, points: pd.DataFrame, color: str, marker: str, label: str) -> bool:
+    """One configuration (a comparison.csv row) on both panels: PPL vs parameters at the
+    largest size (left; returns whether it was drawn), PPL vs FLOPs over sizes (right), and
+    crosses at the matched values."""
+    drawn = False
+    x = float(row.get("parameters", np.nan))
+    if np.isfinite(x) and x > 0:
+        y = float(row["test_ppl_largest"])
+        low, high = [row.get("test_ppl_largest_ci_low", np.nan)], [row.get("test_ppl_largest_ci_high", np.nan)]
+        err = _errorbars(np.array([y]), low, high)
+        axes[0].errorbar([x], [y], yerr=err, fmt=marker, color=color, capsize=2, label=label)
+        drawn = True
+    g = points[
+        (points["model"] == row["model"]) & (points["variant"] == row["variant"]) & (points["context_dim"] == row["context_dim"])
+    ]
+    g = g[g["train_flops"] > 0].sort_values("train_flops") if "train_flops" in g else g.iloc[:0]
+    if len(g):
+        y = g["test_ppl"].to_numpy(float)
+        err = _errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan))
+        axes[1].errorbar(g["train_flops"], y, yerr=err, fmt=marker + "-", color=color, capsize=2, lw=1, ms=4)
+    for ax, star, value in (
+        (axes[0], "matched_parameters", "ppl_at_matched_parameters"),
+        (axes[1], "matched_flops", "ppl_at_matched_flops"),
+    ):
+        if np.isfinite(row.get(star, np.nan)) and np.isfinite(row.get(value, np.nan)):
+            ax.plot([row[star]], [row[value]], "x", color=color, ms=7)
+    return drawn
+
+
 def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, path: str | Path) -> list[str]:
     """What each model costs.  Left: test PPL at the largest size against trainable
     parameters, one marker per configuration.  Right: test PPL against training FLOPs
@@ -350,47 +393,9 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, pa
         marker_of[(row["model"], row["variant"], row["context_dim"])] = MARKERS[len(same_model) % len(MARKERS)]
     for _, row in comparison.iterrows():
         key = (row["model"], row["variant"], row["context_dim"])
-        color, marker = model_color(row["model"]), marker_of[key]
         label = _series_label(*key, n_variants)
-        x = float(row.get("parameters", np.nan))
-        if np.isfinite(x) and x > 0:
-            y = float(row["test_ppl_largest"])
-            axes[0].errorbar(
-                [x],
-                [y],
-                yerr=_errorbars(
-                    np.array([y]), [row.get("test_ppl_largest_ci_low", np.nan)], [row.get("test_ppl_largest_ci_high", np.nan)]
-                ),
-                fmt=marker,
-                color=color,
-                capsize=2,
-                label=label,
-            )
+        if _draw_efficiency(axes, row, points, model_color(row["model"]), marker_of[key], label):
             labels.append(label)
-        g = points[
-            (points["model"] == row["model"])
-            & (points["variant"] == row["variant"])
-            & (points["context_dim"] == row["context_dim"])
-        ]
-        g = g[g["train_flops"] > 0].sort_values("train_flops") if "train_flops" in g else g.iloc[:0]
-        if len(g):
-            y = g["test_ppl"].to_numpy(float)
-            axes[1].errorbar(
-                g["train_flops"],
-                y,
-                yerr=_errorbars(y, g.get("test_ppl_ci_low", np.nan), g.get("test_ppl_ci_high", np.nan)),
-                fmt=marker + "-",
-                color=color,
-                capsize=2,
-                lw=1,
-                ms=4,
-            )
-        for ax, star, value in (
-            (axes[0], "matched_parameters", "ppl_at_matched_parameters"),
-            (axes[1], "matched_flops", "ppl_at_matched_flops"),
-        ):
-            if np.isfinite(row.get(star, np.nan)) and np.isfinite(row.get(value, np.nan)):
-                ax.plot([row[star]], [row[value]], "x", color=color, ms=7)
     for ax, star in ((axes[0], "matched_parameters"), (axes[1], "matched_flops")):
         if star in comparison and comparison[star].notna().any():
             ax.axvline(float(comparison[star].dropna().iloc[0]), ls=":", color="black", lw=0.8)
@@ -415,6 +420,20 @@ def run_figure_name(model: str, variant: str, samples: int, context_dim: int, se
     """Relative path of a run's figure in a per-run figure folder (the report pattern
     ``{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png``)."""
     return f"{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
+
+
+def _run_title(ident: dict) -> str:
+    """``"cvfp base, 16-d, 24 samples, seed 0"``."""
+    return f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, seed {ident['seed']}"
+
+
+def save_run_figures(history: pd.DataFrame, run_dir: str | Path, draw) -> None:
+    """One figure per run of a history table, ``draw(run rows, run identity) -> Figure``,
+    saved under ``run_dir`` as :func:`run_figure_name`."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    for key, run in history.groupby(RUN_KEYS):
+        ident = dict(zip(RUN_KEYS, key))
+        save_figure(draw(run, ident), Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
 
 
 PHASE1_PANELS = [
@@ -462,20 +481,17 @@ def plot_phase1_curves(history: pd.DataFrame, path: str | Path, run_dir: str | P
         ax.grid(True, alpha=0.3)
     save_figure(fig, path)
     if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        for key, run in history.groupby(RUN_KEYS):
-            ident = dict(zip(RUN_KEYS, key))
-            fig, axes = plt.subplots(2, 2, figsize=(8, 5.5), sharex=True, layout="constrained")
-            _phase1_axes(axes, run, None)
-            for ax in axes.flat:
-                ax.grid(True, alpha=0.3)
-            fig.suptitle(
-                f"Phase 1: {ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, "
-                f"seed {ident['seed']}",
-                fontsize=10,
-            )
-            save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
+        save_run_figures(history, run_dir, _phase1_run_figure)
     return labels
+
+
+def _phase1_run_figure(run: pd.DataFrame, ident: dict) -> plt.Figure:
+    fig, axes = plt.subplots(2, 2, figsize=(8, 5.5), sharex=True, layout="constrained")
+    _phase1_axes(axes, run, None)
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(f"Phase 1: {_run_title(ident)}", fontsize=10)
+    return fig
 
 
 def _curve_columns(history: pd.DataFrame) -> tuple[str, list[tuple[str, str]]]:
@@ -537,25 +553,22 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, run_dir: str |
     fig.suptitle("Learning curves (seed shown: the first; every run: report entries)", fontsize=10)
     save_figure(fig, path)
     if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        for key, run in history.groupby(RUN_KEYS):
-            ident = dict(zip(RUN_KEYS, key))
-            x, series = _curve_columns(run.dropna(axis=1, how="all"))
-            fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-            for column, split in series:
-                ax.plot(run[x], _as_ppl(run, column), "-" if split != "train" else "--", label=split, lw=1.2)
-            log_axis(ax, "y", counts=False)
-            ax.set_xlabel(x)
-            ax.set_ylabel("perplexity")
-            ax.grid(True, which="major", alpha=0.3)
-            ax.legend(fontsize=8)
-            ax.set_title(
-                f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, "
-                f"{ident['samples']} samples, seed {ident['seed']}",
-                fontsize=9,
-            )
-            save_figure(fig, Path(run_dir) / run_figure_name(**ident), dpi=90, tight=False)
+        save_run_figures(history, run_dir, _training_run_figure)
     return labels
+
+
+def _training_run_figure(run: pd.DataFrame, ident: dict) -> plt.Figure:
+    x, series = _curve_columns(run.dropna(axis=1, how="all"))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for column, split in series:
+        ax.plot(run[x], _as_ppl(run, column), "-" if split != "train" else "--", label=split, lw=1.2)
+    log_axis(ax, "y", counts=False)
+    ax.set_xlabel(x)
+    ax.set_ylabel("perplexity")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_run_title(ident), fontsize=9)
+    return fig
 
 
 # ----------------------------------------------------------------------------- repetition study
