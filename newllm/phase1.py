@@ -190,21 +190,17 @@ STOP_RULES = {
 
 
 def training_sweep(
-    block: ContextBlock,
-    token_input: TokenInput,
-    stream: Tensor,
-    contexts: Tensor,
-    batches: list[Tensor],
-    cfg: "Phase1Config",
-    gen: torch.Generator,
+    block: ContextBlock, token_input: TokenInput, train: "StreamState", cfg: "Phase1Config", gen: torch.Generator
 ) -> tuple[Tensor, Tensor]:
-    """One Jacobi sweep with gradients (SPEC §4): per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)``
-    weighted by the batch's share of tokens, gradients accumulated over the sweep.
+    """One Jacobi sweep with gradients (SPEC §4) over ``train``'s batches from its contexts
+    ``C^{k-1}``: per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` weighted by the batch's
+    share of tokens, gradients accumulated over the sweep; context noise drawn from ``gen``.
 
     Returns:
         ``(new_contexts [n, d_c] detached, sums [3] = (total, cvfp, diversity) token-weighted
         means)``; one host sync per sweep, none per batch.
     """
+    stream, contexts, batches = train.stream, train.contexts, train.batches
     n = stream.shape[0]
     new_contexts = torch.empty_like(contexts)
     sums = torch.zeros(3, dtype=torch.float64, device=contexts.device)
@@ -363,7 +359,7 @@ def phase1_iteration(run: Phase1Run, iteration: int, what: str, last_finite: Any
     block, cfg, train = run.block, run.cfg, run.train
     t0 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
-    new_contexts, sums = training_sweep(block, run.token_input, train.stream, train.contexts, train.batches, cfg, run.gen)
+    new_contexts, sums = training_sweep(block, run.token_input, train, cfg, run.gen)
     total, cvfp, div = sums.tolist()
     check_finite(total, what, last_finite)
     needs_er = run.needs_er(iteration)

@@ -385,22 +385,7 @@ def solve_shooting(
         raise ValueError(f"need chunk_size >= 1, burn_in >= 0, skip_below >= 0; got {chunk_size}, {burn_in}, {skip_below}")
     t0 = time.perf_counter()
     chunks = _Chunks(stream_map, min(chunk_size, stream_map.n), _check_init(stream_map, init), burn_in)
-    residual, converged = math.inf, False
-    rounds = 0
-    for rounds in range(1, max_iter + 1):
-        residual = chunks.run_round()
-        if residual < tol:
-            converged = True
-            break
-        move = chunks.correct_boundaries(skip_below)
-        if chunks.active.numel() == 0:  # another round would re-run nothing
-            residual, converged = chunks.kept_move, True
-            break
-        if float(move.max()) > STALL_FACTOR * chunks.largest_move or rounds == max_iter:
-            if fallback:
-                residual, converged = chunks.finish_sequentially(move, skip_below), True
-            break
-        chunks.largest_move = float(move.max())
+    rounds, residual, converged = chunks.iterate(max_iter, tol, skip_below, fallback)
     stats = SolverStats(
         "shooting", rounds, residual, converged, time.perf_counter() - t0, stream_map.n, tol,
         warm_start=init is not None, chunks=chunks.K, chunk_size=chunks.T,
@@ -434,6 +419,28 @@ class _Chunks:
             self.first[1:] = tail[:, -1, -1]
             self.evaluations += (self.K - 1) * W
             self.largest_move = float(self.first.pow(2).mean(dim=-1).max())
+
+    def iterate(self, max_iter: int, tol: float, skip_below: float, fallback: bool) -> tuple[int, float, bool]:
+        """Shooting rounds until the residual is below ``tol``, no chunk needs re-running,
+        or a round stalls / ``max_iter`` rounds pass (then, with ``fallback``, the sequential
+        finish).  Returns ``(rounds, residual, converged)``."""
+        residual, converged = math.inf, False
+        rounds = 0
+        for rounds in range(1, max_iter + 1):
+            residual = self.run_round()
+            if residual < tol:
+                converged = True
+                break
+            move = self.correct_boundaries(skip_below)
+            if self.active.numel() == 0:  # another round would re-run nothing
+                residual, converged = self.kept_move, True
+                break
+            if float(move.max()) > STALL_FACTOR * self.largest_move or rounds == max_iter:
+                if fallback:
+                    residual, converged = self.finish_sequentially(move, skip_below), True
+                break
+            self.largest_move = float(move.max())
+        return rounds, residual, converged
 
     def run_round(self) -> float:
         """Re-run the active chunks; returns the round's residual."""
