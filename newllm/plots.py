@@ -422,6 +422,15 @@ def run_figure_name(model: str, variant: str, samples: int, context_dim: int, se
     return f"{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
 
 
+def read_history(path: str | Path) -> pd.DataFrame:
+    """A history table (phase1_history.csv, training_history.csv); an empty one with the
+    :data:`RUN_KEYS` columns when the study has no such runs (the file has no header)."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=RUN_KEYS)
+
+
 def _run_title(ident: dict) -> str:
     """``"cvfp base, 16-d, 24 samples, seed 0"``."""
     return f"{ident['model']} {ident['variant']}, {ident['context_dim']}-d, {ident['samples']} samples, seed {ident['seed']}"

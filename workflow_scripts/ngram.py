@@ -88,15 +88,8 @@ def main(smk) -> None:
         }
     ]
     write_npy(smk.output.test_nll, scores["test"]["nll"].astype(np.float32))
-    write_run_outputs(
-        smk.output.metrics,
-        smk.output.history,
-        params,
-        summary,
-        history,
-        torch.device("cpu"),
-        baseline={"model": "ngram", "settings": settings},
-    )
+    baseline = {"model": "ngram", "settings": settings}
+    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, torch.device("cpu"), baseline=baseline)
     log.info(
         "%s done in %.1f s: dev PPL %.2f, test PPL %.2f, test acc %.2f %%; n-grams per order %s",
         label,

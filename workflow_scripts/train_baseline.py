@@ -9,42 +9,13 @@ import time
 
 import torch
 
-from newllm.baselines.models import (
-    LSTMLM,
-    TransformerLM,
-    cvfp_parameter_target,
-    match_lstm,
-    match_transformer,
-    train_flops,
-)
+from newllm.baselines.models import SEQ_LEN_KEY, build_baseline, cvfp_parameter_target, train_flops
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
 from newllm.io import write_npy
 from newllm.model import count_parameters
 from newllm.pipeline import load_stream, write_run_outputs
 from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
 from newllm.script import run_script
-
-SEQ_LEN_KEY = {"lstm": "bptt", "transformer": "block_size"}
-
-
-def build_model(name: str, embeddings: torch.Tensor, settings: dict, target: int, tolerance: float):
-    """The baseline ``name`` sized to ``target`` trainable parameters (initialised with
-    torch's global RNG: seed it first).  Returns ``(model, SizeMatch)``."""
-    d_e = embeddings.shape[1]
-    if name == "lstm":
-        size = match_lstm(target, d_e, tolerance)
-        return LSTMLM(embeddings, size.size, settings["dropout"]), size
-    size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
-    model = TransformerLM(
-        embeddings,
-        size.size,
-        settings["num_layers"],
-        settings["num_heads"],
-        settings["block_size"],
-        settings["dropout"],
-        settings["eval_stride"],
-    )
-    return model, size
 
 
 def main(smk) -> None:
@@ -63,7 +34,7 @@ def main(smk) -> None:
     train, dev, test = (load_stream(path, device) for path in (smk.input.train, smk.input.dev, smk.input.test))
     target = cvfp_parameter_target(params["model"], embeddings.shape[1])
     torch.manual_seed(params["seed"])
-    model, size = build_model(name, embeddings, settings, target, baselines["parameter_tolerance"])
+    model, size = build_baseline(name, embeddings, settings, target, baselines["parameter_tolerance"])
     model.to(device)
     chunk = baselines["chunk_tokens"] or (4096 if device.type == "cuda" else 32)
     cfg = NeuralTrainConfig.from_dict(
@@ -120,15 +91,8 @@ def main(smk) -> None:
         train_flops_formula="6 * parameters * tokens_processed + 6 * V * d_e * tokens_processed",
     )
     write_npy(smk.output.test_nll, result["token_nll"])
-    write_run_outputs(
-        smk.output.metrics,
-        smk.output.history,
-        params,
-        summary,
-        history,
-        device,
-        baseline={"model": name, "settings": settings, "early_stopping": baselines["early_stopping"], "chunk_tokens": chunk},
-    )
+    baseline = {"model": name, "settings": settings, "early_stopping": baselines["early_stopping"], "chunk_tokens": chunk}
+    write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device, baseline=baseline)
     log.info(
         "%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s",
         label,

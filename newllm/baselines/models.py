@@ -300,6 +300,40 @@ def match_transformer(
     )
 
 
+SEQ_LEN_KEY = {"lstm": "bptt", "transformer": "block_size"}
+"""The ``baselines.<model>`` key that sets a neural baseline's training window ``seq_len``."""
+
+
+def build_baseline(name: str, embeddings: Tensor, settings: dict, target: int, tolerance: float) -> tuple[nn.Module, SizeMatch]:
+    """The neural baseline ``name`` (``lstm`` or ``transformer``, config ``baselines.<name>``)
+    sized to ``target`` trainable parameters, initialised with torch's global RNG (seed it
+    first).
+
+    Returns:
+        ``(model, SizeMatch)``.
+
+    Raises:
+        ValueError: an unknown ``name``, or no size within ``tolerance`` of ``target``.
+    """
+    if name not in SEQ_LEN_KEY:
+        raise ValueError(f"neural baselines are {sorted(SEQ_LEN_KEY)}, got model {name!r}")
+    d_e = embeddings.shape[1]
+    if name == "lstm":
+        size = match_lstm(target, d_e, tolerance)
+        return LSTMLM(embeddings, size.size, settings["dropout"]), size
+    size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
+    model = TransformerLM(
+        embeddings,
+        size.size,
+        settings["num_layers"],
+        settings["num_heads"],
+        settings["block_size"],
+        settings["dropout"],
+        settings["eval_stride"],
+    )
+    return model, size
+
+
 def train_flops(parameters: int, tokens: int, embed_dim: int, vocab_size: int = VOCAB_SIZE) -> float:
     """Approximate training FLOPs: ``6·P·tokens + 6·V·d_e·tokens``.
 

@@ -167,30 +167,25 @@ def _detach(state):
 
 
 class NeuralTrainer:
-    """One baseline run between its steps: batches, optimizer, stop rule, history and
-    timings (:func:`train_neural_lm` is the loop over its :meth:`train_step` and
-    :meth:`evaluate`)."""
+    """One baseline run between its steps: its batch source (:class:`BPTTBatches` or
+    :class:`RandomWindows`), optimizer, stop rule, history and timings
+    (:func:`train_neural_lm` is the loop over :meth:`train_step` and :meth:`evaluate`)."""
 
     def __init__(
         self,
         model: nn.Module,
-        train_stream: Tensor,
+        batches: BPTTBatches | RandomWindows,
         cfg: NeuralTrainConfig,
-        *,
-        seed: int,
-        stateful: bool,
         run_name: str = "",
         on_eval: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.model, self.cfg, self.run_name, self.on_eval = model, cfg, run_name, on_eval
-        gen = torch.Generator().manual_seed(seed)
-        self.batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
+        self.model, self.batches, self.cfg, self.run_name, self.on_eval = model, batches, cfg, run_name, on_eval
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
         self.tokens_per_step = self.batches.batch_size * cfg.seq_len
         # at least one evaluation per epoch: small training sets overfit within eval_every steps
-        self.eval_every = max(1, min(cfg.eval_every, math.ceil((train_stream.shape[0] - 1) / self.tokens_per_step)))
+        self.eval_every = max(1, min(cfg.eval_every, math.ceil((batches.stream.shape[0] - 1) / self.tokens_per_step)))
         self.history: list[dict[str, Any]] = []
         self.state, self.last_finite = None, None  # carried LSTM state, last finite training loss
         self.t_start = time.perf_counter()
@@ -311,7 +306,9 @@ def train_neural_lm(
         TrainingDivergedError: a NaN/Inf training or dev loss.
         ValueError: a training stream too short for one batch.
     """
-    run = NeuralTrainer(model, train_stream, cfg, seed=seed, stateful=stateful, run_name=run_name, on_eval=on_eval)
+    gen = torch.Generator().manual_seed(seed)
+    batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
+    run = NeuralTrainer(model, batches, cfg, run_name, on_eval)
     model.train()
     run.evaluate(0, dev_stream, None)
     window_losses, step = [], 0
