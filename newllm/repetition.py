@@ -31,6 +31,7 @@ from torch import Tensor
 
 from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights, tied_logits
 from newllm.tokenizer import EOT_ID
+from newllm.training import config_from_dict
 
 CONVERGED_LOSS = 0.01
 """A token counts as converged when its final convergence loss is below this (seeds/000)."""
@@ -49,8 +50,8 @@ class RepetitionConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "RepetitionConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in cfg.items() if k in known})
+        """From the resolved ``repetition`` section (unknown keys ignored, ``None`` = default)."""
+        return config_from_dict(cls, cfg)
 
 
 # --------------------------------------------------------------------------- data

@@ -132,3 +132,27 @@ def test_schema_defaults_and_trainer_dataclasses_agree(schema, section, cls_path
     shared = set(fields) & set(defaults)
     assert shared == set(defaults) - {"stop_rule"} | ({"stop_rule"} & set(fields)), sorted(set(defaults) ^ set(fields))
     assert {k: fields[k] for k in shared} == {k: defaults[k] for k in shared}
+
+
+def _leaf_defaults(node):
+    return {key: spec["default"] for key, spec in node["properties"].items() if "default" in spec and "properties" not in spec}
+
+
+def test_schema_defaults_and_the_other_config_dataclasses_agree(schema):
+    # repetition -> RepetitionConfig; baselines.early_stopping + baselines.lstm -> NeuralTrainConfig
+    # (whose defaults are the LSTM's); embeddings.bigram -> BigramConfig is tested in test_embeddings.py
+    import dataclasses
+
+    from newllm.baselines.models import SEQ_LEN_KEY
+    from newllm.baselines.training import NeuralTrainConfig
+    from newllm.repetition import RepetitionConfig
+
+    repetition = _leaf_defaults(schema["properties"]["repetition"])
+    fields = {f.name: f.default for f in dataclasses.fields(RepetitionConfig)}
+    assert fields == {k: repetition[k] for k in fields}
+    baselines = schema["properties"]["baselines"]["properties"]
+    lstm = _leaf_defaults(baselines["early_stopping"]) | _leaf_defaults(baselines["lstm"])
+    lstm["seq_len"] = lstm.pop(SEQ_LEN_KEY["lstm"])
+    fields = {f.name: f.default for f in dataclasses.fields(NeuralTrainConfig)}
+    assert baselines["chunk_tokens"]["default"] is None and fields.pop("chunk_tokens") == 32  # null = the CPU choice
+    assert fields == {k: lstm[k] for k in fields}
