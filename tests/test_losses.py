@@ -57,3 +57,38 @@ def test_wmse_hand_computed():
     assert wmse_loss(x).item() == pytest.approx(2.5)
     white = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]]) * (3 / 4) ** 0.5
     assert wmse_loss(white).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _noisy(scale):
+    """A 7 × 3 batch with column means far from 0 and unequal, small spread (``scale``):
+    centring, the n − 1 estimator and the axis of every mean all change the value."""
+    gen = torch.Generator().manual_seed(11)
+    return torch.tensor([5.0, -2.0, 0.5]) + scale * torch.randn(7, 3, generator=gen, dtype=torch.float64).float()
+
+
+def test_diversity_losses_equal_their_formulas_on_noisy_uncentred_data():
+    import numpy as np
+
+    for scale in (0.05, 0.3, 2.0):  # below and above the ODCM hinge sqrt(var) = 1, Σσ below and above 1
+        x = _noisy(scale)
+        a = x.double().numpy()
+        n, d = a.shape
+        centred = a - a.mean(axis=0)
+        sigma = np.linalg.svd(centred, compute_uv=False)
+        cov = centred.T @ centred / (n - 1)
+        var = np.diag(cov)
+        odcm = np.maximum(0.0, 1 - np.sqrt(var + 1e-4)).mean() + 0.04 * ((cov**2).sum() - (var**2).sum()) / d
+        p = sigma / sigma.sum()
+        assert mcdl_loss(x).item() == pytest.approx(-np.sqrt((centred**2).sum()) / n, rel=1e-5)
+        assert nuc_loss(x).item() == pytest.approx(-sigma.sum() / n, rel=1e-5)
+        assert sdl_loss(x).item() == pytest.approx((p * np.log(p)).sum(), rel=1e-4)
+        assert odcm_loss(x).item() == pytest.approx(odcm, rel=1e-5)
+        assert wmse_loss(x).item() == pytest.approx(((cov - np.eye(d)) ** 2).mean(), rel=1e-5)
+        assert wmse_loss(x.double()).item() == pytest.approx(((cov - np.eye(d)) ** 2).mean(), rel=1e-9)
+
+
+def test_diversity_losses_stay_on_the_input_device():
+    # the meta device stands in for a GPU: a tensor created on the CPU inside a loss fails there
+    x = torch.empty(6, 4, device="meta")
+    for loss in (mcdl_loss, odcm_loss, wmse_loss):
+        assert loss(x).device.type == "meta"
