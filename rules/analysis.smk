@@ -49,7 +49,7 @@ rule collect_runs:
         phase1_history="results/{study}/tables/phase1_history.csv",
         training_history="results/{study}/tables/training_history.csv",
     log:
-        "results/{study}/logs/collect_runs.log",
+        log_path("collect_runs"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -72,7 +72,7 @@ rule data_coverage:
             category="Data",
         ),
     log:
-        "results/{study}/logs/data_coverage.log",
+        log_path("data_coverage"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -93,7 +93,7 @@ rule bootstrap_test:
         runs="results/{study}/bootstrap/run_intervals.csv",
         info="results/{study}/bootstrap/bootstrap.json",
     log:
-        "results/{study}/logs/bootstrap_test.log",
+        log_path("bootstrap_test"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -126,7 +126,7 @@ rule fit_scaling:
         ),
         curves="results/{study}/tables/scaling_curves.csv",
     log:
-        "results/{study}/logs/fit_scaling.log",
+        log_path("fit_scaling"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -152,7 +152,7 @@ rule baselines:
             category="Overview",
         ),
     log:
-        "results/{study}/logs/baselines.log",
+        log_path("baselines"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -179,7 +179,7 @@ rule verdict:
         markdown="results/{study}/tables/verdict.md",
         json="results/{study}/tables/verdict.json",
     log:
-        "results/{study}/logs/verdict.log",
+        log_path("verdict"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -210,7 +210,7 @@ rule plot_scaling:
         ),
         ratio_svg="results/{study}/figures/ppl_ratio.svg",
     log:
-        "results/{study}/logs/plot_scaling.log",
+        log_path("plot_scaling"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -239,7 +239,7 @@ rule plot_phase1:
             labels=RUN_LABELS,
         ),
     log:
-        "results/{study}/logs/plot_phase1.log",
+        log_path("plot_phase1"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -268,7 +268,7 @@ rule plot_phase2:
             labels=RUN_LABELS,
         ),
     log:
-        "results/{study}/logs/plot_phase2.log",
+        log_path("plot_phase2"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -289,7 +289,7 @@ rule sliding_alpha:
             category="Scaling",
         ),
     log:
-        "results/{study}/logs/sliding_alpha.log",
+        log_path("sliding_alpha"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -314,7 +314,7 @@ rule comparisons:
             category="Overview",
         ),
     log:
-        "results/{study}/logs/comparisons.log",
+        log_path("comparisons"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -335,7 +335,7 @@ rule prediction:
         ),
         models="results/{study}/tables/prediction_models.json",
     log:
-        "results/{study}/logs/prediction.log",
+        log_path("prediction"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -378,7 +378,7 @@ rule plot_analysis:
         ),
         efficiency_svg="results/{study}/figures/parameter_efficiency.svg",
     log:
-        "results/{study}/logs/plot_analysis.log",
+        log_path("plot_analysis"),
     localrule: True
     conda:
         "../envs/newllm.yaml"

@@ -17,9 +17,9 @@ rule ngram:
         test_nll="results/{study}/runs/ngram/{variant}/samples{samples}_ctx0_seed0/lm/test_token_nll.npy",
         history="results/{study}/runs/ngram/{variant}/samples{samples}_ctx0_seed0/lm/history.csv",
     log:
-        "results/{study}/logs/ngram/ngram_{variant}_samples{samples}_ctx0_seed0.log",
+        log_path("ngram", "ngram_{variant}_samples{samples}_ctx0_seed0"),
     benchmark:
-        "results/{study}/benchmarks/ngram/ngram_{variant}_samples{samples}_ctx0_seed0.tsv"
+        benchmark_path("ngram", "ngram_{variant}_samples{samples}_ctx0_seed0")
     conda:
         "../envs/newllm.yaml"
     threads: 1  # numpy/scipy.sparse counting runs on one core
@@ -45,9 +45,9 @@ rule baseline_lm:
         test_nll="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/test_token_nll.npy",
         history="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/history.csv",
     log:
-        "results/{study}/logs/baseline_lm/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+        log_path("baseline_lm", RUN_NAME),
     benchmark:
-        "results/{study}/benchmarks/baseline_lm/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+        benchmark_path("baseline_lm", RUN_NAME)
     wildcard_constraints:
         model="lstm|transformer",
     conda:

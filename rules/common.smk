@@ -1,6 +1,7 @@
 # Configuration, validation and the list of final outputs.  No torch import here: every
 # dry run parses this file.
 import os
+import posixpath
 import sys
 from types import SimpleNamespace
 from pathlib import Path
@@ -55,6 +56,20 @@ BASE_VARIANT = VARIANTS[0]
 CVFP_FAMILY = ("cvfp", "untrained_context", "no_context")
 """Models trained by Phase 2 (TokenBlock on cached or zero contexts); final folder phase2/."""
 RUN_DIR = "results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}"
+RUN_NAME = "{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}"
+"""A run's file name in a per-run rule's log and benchmark folders."""
+
+
+def log_path(*parts):
+    """A rule's log: ``results/{study}/logs/<parts>.log``, the parts joined as folders, e.g.
+    ``log_path("verdict")``, ``log_path("phase1", RUN_NAME)`` (wildcards stay wildcards).
+    """
+    return posixpath.join("results/{study}/logs", *parts) + ".log"
+
+
+def benchmark_path(*parts):
+    """A rule's benchmark: ``results/{study}/benchmarks/<parts>.tsv``, like :func:`log_path`."""
+    return posixpath.join("results/{study}/benchmarks", *parts) + ".tsv"
 
 
 def alternatives(values):

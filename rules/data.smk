@@ -7,7 +7,7 @@ rule tokenizer:
         vocab="results/{study}/data/tokenizer/vocab.json",
         merges="results/{study}/data/tokenizer/merges.txt",
     log:
-        "results/{study}/logs/tokenizer.log",
+        log_path("tokenizer"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -28,9 +28,9 @@ rule cache_corpus:
         offsets="results/{study}/data/corpus/offsets.npy",
         manifest="results/{study}/data/corpus/manifest.json",
     log:
-        "results/{study}/logs/cache_corpus.log",
+        log_path("cache_corpus"),
     benchmark:
-        "results/{study}/benchmarks/cache_corpus.tsv"
+        benchmark_path("cache_corpus")
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -56,7 +56,7 @@ rule make_heldout:
         pool="results/{study}/data/train_pool.npy",
         pool_meta="results/{study}/data/train_pool.json",
     log:
-        "results/{study}/logs/make_heldout.log",
+        log_path("make_heldout"),
     conda:
         "../envs/newllm.yaml"
     params:
@@ -83,7 +83,7 @@ rule make_train_set:
         tokens=ensure("results/{study}/data/train/samples{samples}.npy", non_empty=True),
         meta="results/{study}/data/train/samples{samples}.json",
     log:
-        "results/{study}/logs/make_train_set/samples{samples}.log",
+        log_path("make_train_set", "samples{samples}"),
     conda:
         "../envs/newllm.yaml"
     params:
@@ -106,9 +106,9 @@ rule token_embeddings:
         weights="results/{study}/embeddings/token_embeddings.safetensors",
         meta="results/{study}/embeddings/token_embeddings.json",
     log:
-        "results/{study}/logs/token_embeddings.log",
+        log_path("token_embeddings"),
     benchmark:
-        "results/{study}/benchmarks/token_embeddings.tsv"
+        benchmark_path("token_embeddings")
     conda:
         "../envs/newllm.yaml"
     threads: 1

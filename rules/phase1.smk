@@ -15,9 +15,9 @@ rule phase1:
         metrics=f"{RUN_DIR}/phase1/metrics.json",
         history=f"{RUN_DIR}/phase1/history.csv",
     log:
-        "results/{study}/logs/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+        log_path("phase1", RUN_NAME),
     benchmark:
-        "results/{study}/benchmarks/phase1/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+        benchmark_path("phase1", RUN_NAME)
     wildcard_constraints:
         model="cvfp|untrained_context",
     conda:
@@ -50,9 +50,9 @@ rule export_contexts:
         test=cache_output(ensure(f"{RUN_DIR}/context_cache/test.npy", non_empty=True)),
         meta=f"{RUN_DIR}/context_cache/cache.json",
     log:
-        "results/{study}/logs/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+        log_path("export_contexts", RUN_NAME),
     benchmark:
-        "results/{study}/benchmarks/export_contexts/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+        benchmark_path("export_contexts", RUN_NAME)
     wildcard_constraints:
         model="cvfp|untrained_context",
     conda:
@@ -80,7 +80,7 @@ rule phase1_diagnostics:
     output:
         f"{RUN_DIR}/diagnostics/phase1_diagnostics.json",
     log:
-        "results/{study}/logs/phase1_diagnostics/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+        log_path("phase1_diagnostics", RUN_NAME),
     wildcard_constraints:
         model="cvfp|untrained_context",
     conda:
@@ -115,7 +115,7 @@ rule memory_probe_table:
         ),
         figure_svg="results/{study}/figures/memory_probe.svg",
     log:
-        "results/{study}/logs/memory_probe_table.log",
+        log_path("memory_probe_table"),
     localrule: True
     conda:
         "../envs/newllm.yaml"

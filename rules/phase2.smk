@@ -18,9 +18,9 @@ rule phase2:
         history=f"{RUN_DIR}/phase2/history.csv",
         test_token_nll=f"{RUN_DIR}/phase2/test_token_nll.npy",
     log:
-        "results/{study}/logs/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.log",
+        log_path("phase2", RUN_NAME),
     benchmark:
-        "results/{study}/benchmarks/phase2/{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}.tsv"
+        benchmark_path("phase2", RUN_NAME)
     wildcard_constraints:
         model="cvfp|untrained_context|no_context",
     conda:

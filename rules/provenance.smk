@@ -10,7 +10,7 @@ rule data_provenance:
     output:
         "results/{study}/provenance.json",
     log:
-        "results/{study}/logs/data_provenance.log",
+        log_path("data_provenance"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -28,7 +28,7 @@ rule checkpoint_store:
     output:
         directory(CHECKPOINT_STORE),
     log:
-        "results/{study}/logs/checkpoint_store.log",
+        log_path("checkpoint_store"),
     priority: 100  # made before any training job can write into it
     localrule: True
     conda:

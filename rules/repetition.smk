@@ -20,9 +20,9 @@ rule repetition_study:
         distances="results/{study}/repetition/fixed_point_distances.csv",
         summary="results/{study}/repetition/summary.json",
     log:
-        "results/{study}/logs/repetition_study.log",
+        log_path("repetition_study"),
     benchmark:
-        "results/{study}/benchmarks/repetition_study.tsv"
+        benchmark_path("repetition_study")
     conda:
         "../envs/newllm.yaml"
     threads: 2
@@ -67,7 +67,7 @@ rule plot_repetition:
             "fixed_points.svg",
         ),
     log:
-        "results/{study}/logs/plot_repetition.log",
+        log_path("plot_repetition"),
     localrule: True
     conda:
         "../envs/newllm.yaml"

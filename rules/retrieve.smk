@@ -10,7 +10,7 @@ rule retrieve_corpus:
     output:
         rows="results/{study}/data/corpus/hub_rows.parquet",
     log:
-        "results/{study}/logs/retrieve_corpus.log",
+        log_path("retrieve_corpus"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -26,7 +26,7 @@ rule retrieve_gpt2:
     output:
         "results/{study}/data/hub/gpt2_checkpoint.json",
     log:
-        "results/{study}/logs/retrieve_gpt2.log",
+        log_path("retrieve_gpt2"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
