@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -38,7 +39,8 @@ def test_identity_check_on_constructed_cases():
 )
 def test_convergence_verdict(series, verdict):
     result = convergence_verdict(series)
-    assert result["verdict"] == verdict
+    assert result["verdict"] == verdict and result["mse"] == series
+    assert result["slope"] == pytest.approx(np.polyfit(np.arange(1, len(series) + 1), series, 1)[0], abs=1e-12)
     assert result["std"] == pytest.approx(torch.tensor(series, dtype=torch.float64).std(unbiased=False).item())
 
 
@@ -56,9 +58,21 @@ def test_convergence_passes_reach_zero_for_a_short_stream():
     init_weights(block)
     stream = torch.randint(0, 20, (5,))
     series = convergence_passes(block, token_input, stream, passes=8)
-    assert len(series) == 7
-    assert series[-1] == 0.0  # after n = 5 sweeps a 5-token stream is exact (Jacobi)
-    assert convergence_verdict(series)["verdict"] in ("CONVERGING", "CONVERGED")
+    # by hand: sweep p computes every context from sweep p - 1's (zeros before the first)
+    contexts, expected = torch.zeros(5, 6), []
+    with torch.no_grad():
+        for p in range(1, 9):
+            prev = torch.cat([torch.zeros(1, 6), contexts[:-1]])
+            new = torch.stack([block(prev[i : i + 1], token_input(stream, torch.tensor([i])))[0, -1] for i in range(5)])
+            if p > 1:
+                expected.append(float((new - contexts).pow(2).mean()))
+            contexts = new
+    assert series == pytest.approx(expected, rel=1e-5, abs=1e-12)
+    # after n = 5 sweeps a 5-token stream is exact (Jacobi): MSE(C^6, C^5) onwards is 0
+    assert all(v > 0 for v in series[:4]) and series[4:] == [0.0, 0.0, 0.0]
+    result = convergence_verdict(series)
+    assert result["slope"] == pytest.approx(np.polyfit(np.arange(1, 8), series, 1)[0]) and result["slope"] < -0.001
+    assert result["verdict"] == "CONVERGING"
 
 
 def test_quality_band_thresholds():
@@ -118,3 +132,114 @@ def test_collapse_thresholds_scale_with_the_square_root_of_context_dim():
     assert result["passed"] is False
     healthy = torch.nn.functional.layer_norm(torch.randn(100, d), (d,))
     assert identity_check(healthy)["passed"] is True
+
+
+def test_identity_check_values_thresholds_and_strict_passes():
+    # d_c = 4: thresholds 0.1·√4 = 0.2; rows (±0.2, 0, 0, 0): mean norm and mean distance
+    # from the mean context are exactly 0.2, which does not pass (strictly greater)
+    edge = torch.tensor([[0.2, 0.0, 0.0, 0.0], [-0.2, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    result = identity_check(edge)
+    assert [c["name"] for c in result["criteria"]] == [
+        "mean_context_norm",
+        "mean_cosine_to_token_embedding",
+        "mean_distance_from_mean_context",
+    ]
+    norm, cosine, spread = result["criteria"]
+    assert norm == {"name": "mean_context_norm", "value": 0.2, "threshold": "> 0.2", "passed": False}
+    assert spread == {"name": "mean_distance_from_mean_context", "value": 0.2, "threshold": "> 0.2", "passed": False}
+    assert cosine["value"] is None and cosine["passed"] is None and cosine["note"].startswith("not applicable")
+    assert cosine["threshold"] == "< 0.95" and result["passed"] is False
+    # uncentred rows of unequal norm: mean of the row norms, distances from the column mean
+    x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    result = identity_check(x)
+    mean = x.mean(0)
+    assert result["criteria"][0]["value"] == pytest.approx((5 + 1 + 2) / 3)
+    assert result["criteria"][2]["value"] == pytest.approx(sum(float((r - mean).norm()) for r in x) / 3)
+    assert result["criteria"][0]["passed"] and result["criteria"][2]["passed"] and result["passed"]
+    # a mean cosine of exactly 0.95 (1, 1, 1, 0.8) is copying: the criterion is strict
+    contexts = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [4.0, 3.0]])
+    tokens = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    cosine = identity_check(contexts, tokens)["criteria"][1]
+    assert cosine["value"] == 0.95 and cosine["passed"] is False
+
+
+def test_convergence_verdict_boundaries_are_strict():
+    # slope exactly ∓0.001 is neither converging/diverging nor flat: UNSTABLE
+    assert convergence_verdict([0.002, 0.001])["verdict"] == "UNSTABLE"
+    assert convergence_verdict([0.0, 0.001])["verdict"] == "UNSTABLE"
+    # flat (slope 0) but std exactly 0.01: not converged
+    flat = convergence_verdict([0.02, 0.0, 0.0, 0.02])
+    assert abs(flat["slope"]) < 1e-15 and flat["std"] == 0.01 and flat["verdict"] == "UNSTABLE"
+    assert convergence_verdict([0.001, 0.001])["verdict"] == "CONVERGED"  # two values suffice
+
+
+def test_quality_band_boundaries():
+    assert quality_band(80, 80) == {"band": "fair", "val_er_pct": 80, "train_val_er_gap_pct": 0, "overfitting_suspected": False}
+    assert quality_band(75, 70)["band"] == "fair" and quality_band(75.5, 70)["band"] == "fair"
+    assert quality_band(74.9, 70)["band"] == "revisit"
+    assert quality_band(70, 75)["train_val_er_gap_pct"] == 5 and not quality_band(70, 75)["overfitting_suspected"]
+
+
+def test_decay_lag_needs_strictly_below():
+    from newllm.diagnostics import decay_lag
+
+    assert decay_lag([1.0, 0.1, 0.05], 0.1) == 3
+
+
+def _probe_setup(d_c=6, d_e=5, vocab=30):
+    torch.manual_seed(0)
+    token_input = TokenInput(torch.randn(vocab, d_e), 1)
+    block = ContextBlock(d_c, d_e)
+    init_weights(block)
+    return block, token_input
+
+
+def test_memory_probe_replaces_a_token_equal_to_the_original_by_the_next_id():
+    # a constant stream: every drawn replacement equals the original token 4, so each
+    # becomes (4 + 1) mod V = 5; brute force with 5 at i - k
+    from newllm.diagnostics import memory_probe
+    from newllm.phase1 import solve_cache
+
+    block, token_input = _probe_setup()
+    stream = torch.full((12,), 4)
+    probe = memory_probe(block, token_input, stream, max_lag=3, num_positions=2, seed=1)
+    clean, _ = solve_cache(block, token_input, stream, "sequential")
+    positions = torch.randint(4, 12, (2,), generator=torch.Generator().manual_seed(1))
+    for k in range(1, 4):
+        effects = []
+        for i in positions.tolist():
+            changed = stream.clone()
+            changed[i - k] = 5
+            perturbed, _ = solve_cache(block, token_input, changed, "sequential")
+            effects.append(float((perturbed[i, -1] - clean[i, -1]).norm()))
+        assert probe["effect"][k - 1] == pytest.approx(sum(effects) / 2, rel=1e-4, abs=1e-7), k
+    assert probe["relative"] == pytest.approx([e / probe["effect"][0] for e in probe["effect"]])
+    assert probe["lag_below_10pct"] == decay_lag_of(probe["relative"], 0.10)
+    assert probe["lag_below_1pct"] == decay_lag_of(probe["relative"], 0.01)
+    assert (probe["positions"], probe["max_lag"]) == (2, 3)
+    assert memory_probe(block, token_input, stream[:5], max_lag=3)["lags"] == [1, 2, 3]  # max_lag + 2 tokens suffice
+
+
+def decay_lag_of(relative, fraction):
+    return next((k + 1 for k, r in enumerate(relative) if r < fraction), None)
+
+
+def test_memory_probe_of_a_block_that_ignores_its_tokens_reports_zero_effect():
+    from newllm.diagnostics import memory_probe
+
+    block, token_input = _probe_setup()
+    with torch.no_grad():
+        block.layers[0].ffn[0].weight[:, 6:] = 0.0  # the columns that read x̃
+    probe = memory_probe(block, token_input, torch.randint(0, 30, (20,)), max_lag=4, num_positions=3)
+    assert probe["effect"] == [0.0] * 4 and probe["relative"] == [0.0] * 4
+    assert probe["lag_below_10pct"] == 1 and probe["lag_below_1pct"] == 1
+
+
+def test_memory_probe_defaults():
+    from newllm.diagnostics import memory_probe
+
+    block, token_input = _probe_setup()
+    stream = torch.randint(0, 30, (70,), generator=torch.Generator().manual_seed(2))
+    probe = memory_probe(block, token_input, stream)
+    assert (probe["max_lag"], probe["positions"], len(probe["effect"])) == (64, 128, 64)
+    assert probe["effect"] == memory_probe(block, token_input, stream, max_lag=64, num_positions=128, seed=0)["effect"]
