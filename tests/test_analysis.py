@@ -331,12 +331,23 @@ def test_prediction_recovers_a_known_relation():
     # with ln tokens partialled out, y = -0.02·ER exactly: the within-size correlation is -1,
     # while pooled over sizes the size effect dilutes it
     assert er["partial_r"] == pytest.approx(-1.0, abs=1e-9)
-    assert -0.6 < er["pearson_r"] < 0.0
-    assert er["n_runs"] == 32 and er["n_configurations"] == 4 and 4 <= er["n_eff"] <= 32
-    assert math.isnan(corr["phase1_iterations"]["partial_r"])  # constant column: undefined, not 0
-    assert not any("p_value" in k or k.endswith("_p") for k in er) and "not independent" in er["note"]
     from scipy import stats
 
+    x, y = runs["dev_er_pct"].to_numpy(), runs["test_loss"].to_numpy()
+    assert er["pearson_r"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-12) and -0.6 < er["pearson_r"] < 0.0
+    assert er["spearman_rho"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+    # |partial r| = 1: the Fisher interval is undefined, the effective n is Kish's formula
+    assert math.isnan(er["partial_r_ci_low"]) and math.isnan(er["partial_r_ci_high"])
+    design = np.column_stack([np.ones(32), np.log(runs["train_tokens"])])
+    xr = x - design @ np.linalg.lstsq(design, x, rcond=None)[0]
+    yr = y - design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    clusters = (runs["variant"] + runs["context_dim"].astype(str)).to_numpy()
+    assert er["n_eff"] == pytest.approx(effective_n(xr, yr, clusters), rel=1e-9) and 4 <= er["n_eff"] < 32
+    means = pd.DataFrame({"c": clusters, "x": x, "y": yr}).groupby("c").mean()
+    assert er["config_r"] == pytest.approx(np.corrcoef(means["x"], means["y"])[0, 1], abs=1e-9)
+    assert er["n_runs"] == 32 and er["n_configurations"] == 4
+    assert math.isnan(corr["phase1_iterations"]["partial_r"])  # constant column: undefined, not 0
+    assert not any("p_value" in k or k.endswith("_p") for k in er) and "not independent" in er["note"]
     ref = stats.linregress(runs["dev_er_pct"], runs["test_ppl"])
     assert result["linear"]["b"] == pytest.approx(ref.slope) and result["linear"]["a"] == pytest.approx(ref.intercept)
 

@@ -156,7 +156,9 @@ def test_aic_prefers_the_loss_form_on_curved_data_and_not_on_a_line():
         7 * math.log(curved["rss_loss_form"] / 7) + 8 - (7 * math.log(curved["rss"] / 7) + 6)
     )
     line = fit_scaling_group(tokens, 9.0 - 0.3 * np.log(tokens) + rng.normal(0, 0.005, 7))
-    assert line["preferred_form"] in ("power_law", "neither") and line["delta_aic"] > -2
+    # a power law in PPL is a line in ln PPL: the loss form (E >= 0) fits it far worse
+    assert line["preferred_form"] == "power_law" and line["delta_aic"] > 10
+    assert line["delta_aic"] == pytest.approx(7 * math.log(line["rss_loss_form"] / 7) + 8 - (7 * math.log(line["rss"] / 7) + 6))
 
 
 def test_bootstrap_intervals_are_percentiles_of_the_refits():
@@ -251,7 +253,8 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
     fit = pd.read_csv(tmp_path / "fits.csv").iloc[0]
     assert fit["alpha"] == pytest.approx(-0.466, abs=0.005)  # the source's reported α
     assert fit["r2"] == pytest.approx(0.992, abs=0.002)
-    assert fit["preferred_form"] in ("power_law", "loss_form", "neither") and np.isfinite(fit["E"])
+    assert fit["preferred_form"] == preferred_form(fit["aic_power_law"], fit["aic_loss_form"]) and np.isfinite(fit["E"])
+    assert fit["delta_aic"] == pytest.approx(fit["aic_loss_form"] - fit["aic_power_law"])
     assert "1L 768d 2tok (v3)" in capsys.readouterr().out
     assert fit_main([str(table), "--ppl", "perplexity"]) == 2
     assert fit_main([str(table), "--window", "4"]) == 0
