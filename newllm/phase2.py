@@ -71,7 +71,9 @@ class TiedCrossEntropy(torch.autograd.Function):
 def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
     """Per-target NLL (nats) and top-1 hits for ``[B, d_e]`` hidden states (no grad).
 
-    Log-sum-exp in fp32; one row maximum serves both the stable log-sum-exp and the argmax.
+    Log-sum-exp in fp32; one row maximum serves both the stable log-sum-exp and top-1
+    accuracy (a hit is a target logit equal to the row maximum: no index reduction over
+    the vocabulary; an exact tie for the maximum counts as a hit).
 
     Returns:
         ``(nll [B] float32, correct [B] bool)``.
@@ -83,9 +85,9 @@ def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_to
             logits = hidden[s : s + chunk_tokens].float() @ embeddings.t()  # [chunk, V]
             y = targets[s : s + chunk_tokens]
             target = logits.gather(1, y[:, None]).squeeze(1)
-            top, argmax = logits.max(dim=1)
+            top = logits.amax(dim=1)
+            correct[s : s + chunk_tokens] = target >= top
             nll[s : s + chunk_tokens] = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log() - target
-            correct[s : s + chunk_tokens] = argmax == y
     return nll, correct
 
 
@@ -108,6 +110,7 @@ class Phase2Config:
     patience: int = 3
     min_delta: float = 0.002
     learning_rate: float = 1e-3
+    lr_decay: float = 0.5
     grad_clip: float = 1.0
     batch_size: int = 1024
     eval_batch_size: int = 4096
@@ -230,6 +233,60 @@ class _Batches:
         self.epoch, self.offset = state["epoch"], state["offset"]
 
 
+def _optimizer_step(
+    block: TokenBlock, token_input: TokenInput, train: Split, pos: Tensor, optimizer, micro: int, cfg: Phase2Config, on_oom
+) -> tuple[float, int]:
+    """Forward/backward of one batch, redone in micro-batches of half the size with
+    gradient accumulation (the same optimizer step) on out-of-memory, halving until it
+    fits.  Returns ``(mean loss in nats, micro-batch size in use)``; the step itself is
+    not taken (the caller checks the loss first)."""
+    while True:
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            return accumulate_step(block, token_input, train, pos, micro, cfg.chunk_tokens), micro
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err) or micro <= 1:
+                raise
+            micro = max(1, micro // 2)
+            if train.stream.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if on_oom is not None:
+                on_oom(micro)
+
+
+def _anneal(optimizer: torch.optim.Optimizer, stopper: EarlyStopping, step: int, lr_decay: float) -> None:
+    """Multiply the learning rate by ``lr_decay`` after an evaluation that did not improve
+    the dev loss (annealing on plateau, as the neural baselines do)."""
+    if stopper.best_step != step:
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_decay
+
+
+def _phase2_summary(state: TrainState, stopper: EarlyStopping, counters: dict[str, Any], cfg: Phase2Config, train, dev):
+    """The run's summary (keys in :func:`train_phase2`) from its best dev evaluation."""
+    step, train_seconds = counters["step"], counters["train_seconds"]
+    best = next(r for r in state.history if r["step"] == stopper.best_step)
+    return {
+        "steps": step,
+        "epochs": step * cfg.batch_size / train.targets,
+        "best_step": stopper.best_step,
+        "stopped_by": stopper.stopped_by,
+        "undertrained": stopper.undertrained,
+        "resumed_from_step": counters["resumed_from_step"],
+        "micro_batch_size": counters["micro"],
+        "dev_loss": best["dev_loss"],
+        "dev_ppl": best["dev_ppl"],
+        "dev_accuracy": best["dev_accuracy"],
+        "train_ppl": best["train_ppl"],
+        "final_learning_rate": state.optimizer.param_groups[0]["lr"],
+        "train_tokens": train.targets,
+        "dev_tokens": dev.targets,
+        "train_seconds": train_seconds,
+        "eval_seconds": counters["eval_seconds"],
+        "tokens_per_s": step * cfg.batch_size / max(train_seconds, 1e-9),
+    }
+
+
 def train_phase2(
     block: TokenBlock,
     token_input: TokenInput,
@@ -244,115 +301,83 @@ def train_phase2(
     checkpoint: CheckpointSpec | None = None,
     on_oom: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train the TokenBlock with Adam, gradient clipping and early stopping on dev (SPEC §7).
+    """Train the TokenBlock with Adam, gradient clipping, plateau annealing and early
+    stopping on dev (SPEC §7; the annealing is the neural baselines' rule).
 
     Converged means: dev loss has not improved by more than ``min_delta`` nats for
-    ``patience`` evaluations.
+    ``patience`` evaluations; each such evaluation multiplies the learning rate by
+    ``lr_decay``.
 
-    Loop (one optimizer step each): next shuffled batch → forward/backward (micro-batched
-    on out-of-memory) → finite check → clip → step → every ``eval_every`` steps: dev
-    evaluation, early-stopping update, checkpoint.  The block ends with the best step's
-    weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold everything the
-    next step reads, so a killed run resumes to identical numbers.
-
-    Out of memory (GPU): the failing step is redone in micro-batches of half the size
-    with gradient accumulation (the same optimizer step), halving until it fits;
-    ``on_oom`` is called with each new micro-batch size, which is kept.
+    Loop (one optimizer step each): next shuffled batch → forward/backward
+    (:func:`_optimizer_step`, micro-batched on out-of-memory, ``on_oom`` called with each
+    new micro-batch size) → finite check → clip → step → every ``eval_every`` steps: dev
+    evaluation, early-stopping update, annealing, checkpoint.  The block ends with the
+    best step's weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold
+    everything the next step reads, so a killed run resumes to identical numbers.
 
     Returns:
         :class:`TrainResult`: ``history`` per evaluation (``step``, ``epoch``,
         ``train_loss`` (mean over the steps since the last evaluation), ``dev_loss``,
-        ``dev_ppl``, ``dev_accuracy``, ``tokens_per_s``); ``summary`` with ``steps``,
-        ``best_step``, ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/
-        ``dev_accuracy`` of the best step, ``train_tokens``, ``train_seconds``,
-        ``tokens_per_s`` (training steps only), ``eval_seconds``.
+        ``dev_ppl``, ``dev_accuracy``, ``learning_rate``, ``tokens_per_s``); ``summary``
+        with ``steps``, ``best_step``, ``stopped_by``, ``undertrained``,
+        ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the best step, ``train_tokens``,
+        ``train_seconds``, ``tokens_per_s`` (training steps only), ``eval_seconds``.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
     """
-    device = train.stream.device
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
-    batches = _Batches(train.targets, cfg.batch_size, seed, device)
+    batches = _Batches(train.targets, cfg.batch_size, seed, train.stream.device)
     state = TrainState(block, optimizer, stopper)
-    step, micro, loss_sum, loss_steps = 0, cfg.batch_size, 0.0, 0
-    train_seconds = eval_seconds = 0.0
+    n = {"step": 0, "micro": cfg.batch_size, "train_seconds": 0.0, "eval_seconds": 0.0, "resumed_from_step": None}
     resumed = state.load(checkpoint)
     if resumed:
-        step, train_seconds, eval_seconds = resumed["step"], resumed["train_seconds"], resumed["eval_seconds"]
+        n.update(step=resumed["step"], train_seconds=resumed["train_seconds"], eval_seconds=resumed["eval_seconds"])
+        n["resumed_from_step"] = resumed["step"]
         batches.restore(resumed["batches"], state.extra_tensors["epoch_rng"])
+    losses: list[float] = []
     block.train()
     t0 = time.perf_counter()
     while stopper.stopped_by is None:
         pos = batches.next()
-        while True:  # one optimizer step, redone in smaller micro-batches on out-of-memory
-            optimizer.zero_grad(set_to_none=True)
-            try:
-                value = accumulate_step(block, token_input, train, pos, micro, cfg.chunk_tokens)
-                break
-            except (torch.OutOfMemoryError, RuntimeError) as err:
-                if not _is_oom(err) or micro <= 1:
-                    raise
-                micro = max(1, micro // 2)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                if on_oom is not None:
-                    on_oom(micro)
-        check_finite(value, f"Phase 2 {run_name}, step {step + 1}", state.history[-1:] or None)
+        value, n["micro"] = _optimizer_step(block, token_input, train, pos, optimizer, n["micro"], cfg, on_oom)
+        check_finite(value, f"Phase 2 {run_name}, step {n['step'] + 1}", state.history[-1:] or None)
         torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
         optimizer.step()
-        step += 1
-        loss_sum, loss_steps = loss_sum + value, loss_steps + 1
+        n["step"] += 1
+        losses.append(value)
         if on_batch is not None:
             on_batch(pos.shape[0])
-        if step % cfg.eval_every and step < cfg.max_steps:
+        if n["step"] % cfg.eval_every and n["step"] < cfg.max_steps:
             continue
-        train_seconds += time.perf_counter() - t0
+        n["train_seconds"] += time.perf_counter() - t0
         t1 = time.perf_counter()
         dev_eval = evaluate(block, token_input, dev, cfg)
         block.train()
-        eval_seconds += time.perf_counter() - t1
+        n["eval_seconds"] += time.perf_counter() - t1
+        train_loss = sum(losses) / len(losses)
         record = {
-            "step": step,
+            "step": n["step"],
             "epoch": batches.epoch,
-            "train_loss": loss_sum / loss_steps,
-            "train_ppl": perplexity(loss_sum / loss_steps),
+            "train_loss": train_loss,
+            "train_ppl": perplexity(train_loss),
             "dev_loss": dev_eval["loss"],
             "dev_ppl": dev_eval["ppl"],
             "dev_accuracy": dev_eval["accuracy"],
-            "tokens_per_s": step * cfg.batch_size / train_seconds,
+            "learning_rate": optimizer.param_groups[0]["lr"],
+            "tokens_per_s": n["step"] * cfg.batch_size / n["train_seconds"],
         }
-        loss_sum, loss_steps = 0.0, 0
+        losses = []
         state.history.append(record)
         if on_eval is not None:
             on_eval(record)
-        stopper.update(step, dev_eval["loss"], block.state_dict)
+        stopper.update(n["step"], dev_eval["loss"], block.state_dict)
+        _anneal(optimizer, stopper, n["step"], cfg.lr_decay)
         if checkpoint and stopper.stopped_by is None and len(state.history) % checkpoint.every == 0:
             batch_state, epoch_rng = batches.state()
-            state.save(
-                checkpoint,
-                {"step": step, "batches": batch_state, "train_seconds": train_seconds, "eval_seconds": eval_seconds},
-                {"epoch_rng": epoch_rng},
-            )
+            counters = {k: n[k] for k in ("step", "train_seconds", "eval_seconds")}
+            state.save(checkpoint, {**counters, "batches": batch_state}, {"epoch_rng": epoch_rng})
         t0 = time.perf_counter()
     block.load_state_dict(stopper.best_state)
-    best = next(r for r in state.history if r["step"] == stopper.best_step)
-    summary = {
-        "steps": step,
-        "epochs": step * cfg.batch_size / train.targets,
-        "best_step": stopper.best_step,
-        "stopped_by": stopper.stopped_by,
-        "undertrained": stopper.undertrained,
-        "resumed_from_step": resumed["step"] if resumed else None,
-        "micro_batch_size": micro,
-        "dev_loss": best["dev_loss"],
-        "dev_ppl": best["dev_ppl"],
-        "dev_accuracy": best["dev_accuracy"],
-        "train_ppl": best["train_ppl"],
-        "train_tokens": train.targets,
-        "dev_tokens": dev.targets,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "tokens_per_s": step * cfg.batch_size / max(train_seconds, 1e-9),
-    }
-    return TrainResult(history=state.history, summary=summary)
+    return TrainResult(history=state.history, summary=_phase2_summary(state, stopper, n, cfg, train, dev))

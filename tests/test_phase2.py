@@ -102,6 +102,24 @@ def test_early_stopping_stops_after_patience_evaluations_but_not_before_min_step
         assert len(worse_since_best) == 2
 
 
+def test_every_evaluation_without_improvement_multiplies_the_learning_rate_by_lr_decay():
+    block, token_input, stream, cache = _phase2_setup()
+    dev = Split(torch.randint(0, 40, (100,)), torch.randn(100, 1, 4))  # unpredictable: dev stops improving
+    cfg = Phase2Config(
+        max_steps=400, min_steps=0, eval_every=10, patience=4, batch_size=32, chunk_tokens=16, learning_rate=5e-2, lr_decay=0.3
+    )
+    result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0)
+    h, lr, best = result.history, 5e-2, math.inf
+    for record in h:  # the rate an evaluation reports is the one its steps ran at
+        assert record["learning_rate"] == pytest.approx(lr, rel=1e-12)
+        if record["dev_loss"] < best - cfg.min_delta:  # an improvement (EarlyStopping's rule)
+            best = record["dev_loss"]
+        else:
+            lr *= 0.3
+    assert any(r["learning_rate"] < 5e-2 for r in h)
+    assert result.summary["final_learning_rate"] == pytest.approx(lr, rel=1e-12)
+
+
 def test_a_run_that_hits_max_steps_is_flagged_undertrained():
     block, token_input, stream, cache = _phase2_setup()
     cfg = Phase2Config(max_steps=25, min_steps=0, eval_every=10, patience=5, batch_size=32, chunk_tokens=16, learning_rate=1e-2)
