@@ -191,3 +191,154 @@ def test_bootstrap_study_checks_the_contract(tmp_path):
         bootstrap_study(bad, nll, ends.tolist(), resamples=10)
     with pytest.raises(ValueError, match="without a test NLL"):
         bootstrap_study(runs, dict(list(nll.items())[:1]), ends.tolist(), resamples=10)
+
+
+def test_conversation_sums_edge_cases():
+    # one conversation; a flattened [1, n - 1] array; a conversation with only its separator
+    # (ends 3, 4: position 4 is its separator); a last conversation with no target
+    sums, counts = conversation_sums(np.ones((1, 4)), [5])
+    assert sums.tolist() == [4.0] and counts.tolist() == [4] and counts.dtype == np.int64
+    sums, counts = conversation_sums(np.arange(8.0), [3, 4, 9])
+    assert counts.tolist() == [3, 1, 4] and sums.tolist() == [0 + 1 + 2, 3, 4 + 5 + 6 + 7]
+    sums, counts = conversation_sums(np.arange(3.0), [3, 4])  # targets predict positions 1..3: all conversation 0
+    assert counts.tolist() == [3, 0] and sums.tolist() == [3.0, 0.0]
+    for ends in ([3, 3, 9], [[3, 5, 9]], []):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            conversation_sums(np.ones(8), ends)
+
+
+def test_resample_counts_bounds():
+    assert resample_counts(1, 1, seed=0).tolist() == [[1]]
+    for units, resamples in ((0, 5), (5, 0)):
+        with pytest.raises(ValueError, match=">= 1 unit"):
+            resample_counts(units, resamples, seed=0)
+
+
+def test_bootstrap_losses_defaults_bounds_and_undefined_resamples():
+    sums, counts = np.array([[2.0], [0.0]]), np.array([1, 0])  # conversation 1 has no target
+    boot = bootstrap_losses(sums, counts, resamples=60)
+    w = resample_counts(2, 60, seed=0)  # the default seed
+    # a resample drawing conversation 0 (total count w0 >= 1, also exactly 1) has loss 2; one without it is undefined
+    assert np.array_equal(np.isnan(boot[:, 0]), w[:, 0] == 0) and (w[:, 0] == 1).any() and (w[:, 0] == 0).any()
+    np.testing.assert_allclose(boot[w[:, 0] > 0, 0], 2.0)
+    assert bootstrap_losses(np.array([3.0]), np.array([1]), resamples=2).tolist() == [[3.0], [3.0]]  # one target
+    with pytest.raises(ValueError, match="no targets"):
+        bootstrap_losses(sums, np.array([0, 0]), resamples=2)
+    with pytest.raises(ValueError, match="sums must be"):
+        bootstrap_losses(sums, np.array([1, 0, 1]), resamples=2)
+
+
+def test_observed_losses_of_one_run_is_a_vector():
+    out = observed_losses(np.array([1.0, 2.0, 3.0]), np.array([1, 1, 1]))
+    assert out.shape == (1,) and out.tolist() == [2.0]
+
+
+def test_percentile_interval_of_undefined_columns_is_nan_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        low, high = percentile_interval(np.full((10, 3), np.nan))
+        assert low.shape == high.shape == (3,) and np.isnan(low).all() and np.isnan(high).all()
+        low, high = percentile_interval(np.full((10, 3), np.nan), axis=1)
+        assert low.shape == (10,) and np.isnan(high).all()
+    mixed = np.column_stack([np.arange(101.0), np.full(101, np.nan)])  # one undefined column (numpy warns)
+    with pytest.warns(RuntimeWarning, match="All-NaN"):
+        low, high = percentile_interval(mixed)
+    assert low[0] == pytest.approx(2.5) and high[0] == pytest.approx(97.5) and np.isnan(low[1]) and np.isnan(high[1])
+
+
+def _seed_runs():
+    # points (sorted by samples): 10 with one seed, 20 with two; rows deliberately unsorted
+    return pd.DataFrame(
+        {
+            "model": "m",
+            "variant": "v",
+            "context_dim": 8,
+            "samples": [20, 10, 20],
+            "seed": [0, 0, 1],
+            "train_tokens": [200, 100, 200],
+            "undertrained": [False, True, True],
+        },
+        index=[7, 8, 9],
+    )
+
+
+def test_seed_mean_points_draw_seeds_only_where_there_are_several():
+    import warnings
+
+    runs = _seed_runs()
+    rng = np.random.default_rng(1)
+    boot = rng.normal(3.0, 0.1, size=(200, 3))
+    observed = np.array([3.0, 2.0, 3.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one seed: SD undefined (NaN) without a degrees-of-freedom warning
+        points, point_boot = seed_mean_points(runs, boot, observed, count_columns=["undertrained"])
+    assert points["samples"].tolist() == [10, 20] and points["n_seeds"].tolist() == [1, 2]
+    assert points["test_loss"].tolist() == [2.0, 3.25] and math.isnan(points["test_loss_seed_sd"].iloc[0])
+    assert points["undertrained_runs"].tolist() == [1, 1]
+    # the defaults: seed 0, seeds resampled; the one-seed point draws nothing from the generator
+    draw = np.random.default_rng(0).integers(0, 2, size=(200, 2))
+    np.testing.assert_allclose(point_boot[:, 0], boot[:, 1])
+    np.testing.assert_allclose(point_boot[:, 1], np.take_along_axis(boot[:, [0, 2]], draw, axis=1).mean(axis=1))
+    low, high = np.percentile(point_boot, [2.5, 97.5], axis=0)
+    np.testing.assert_allclose(points["test_ppl_ci_low"], np.exp(low))
+    np.testing.assert_allclose(points["test_ppl_ci_high"], np.exp(high))
+    again, again_boot = seed_mean_points(runs, boot, observed, count_columns=["undertrained"])
+    assert np.array_equal(again_boot, point_boot)
+    # one key column: the group key is a scalar, not a tuple
+    by_samples, _ = seed_mean_points(runs, boot, observed, keys=["samples"])
+    assert by_samples["samples"].tolist() == [10, 20]
+    with pytest.raises(ValueError, match="3 runs"):
+        seed_mean_points(runs, boot[:, :2], observed)
+
+
+def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
+    from newllm.uncertainty import run_conversation_sums
+
+    rng = np.random.default_rng(4)
+    ends = np.cumsum(rng.integers(5, 30, size=20))
+    nll, rows = {}, []
+    for samples, seed, undertrained in ((10, 0, True), (10, 1, False), (20, 0, False)):
+        path = tmp_path / f"results/s/runs/cvfp/base/samples{samples}_ctx8_seed{seed}/phase2/test_token_nll.npy"
+        values = rng.exponential(3.0, ends[-1] - 1)
+        nll[str(path)] = values
+        row = {"model": "cvfp", "variant": "base", "samples": samples, "context_dim": 8, "seed": seed}
+        rows.append(row | {"test_loss": values.mean(), "train_tokens": 50 * samples, "undertrained": undertrained})
+    runs = pd.DataFrame(rows)
+    t0 = time.perf_counter()
+    points, point_boot, _, info = bootstrap_study(runs, nll, ends.tolist(), resamples=50, seed=3)
+    elapsed = time.perf_counter() - t0
+    keys, sums, counts = run_conversation_sums(runs, nll, ends.tolist())
+    boot = bootstrap_losses(sums, counts, 50, 3)
+    expected, expected_boot = seed_mean_points(
+        runs, boot, observed_losses(sums, counts), seed=4, mean_columns=["train_tokens"], count_columns=["undertrained"]
+    )
+    np.testing.assert_allclose(point_boot, expected_boot)
+    pd.testing.assert_frame_equal(points, expected)
+    assert points["undertrained_runs"].tolist() == [1, 0] and points["train_tokens"].tolist() == [500.0, 1000.0]
+    seconds = info.pop("seconds")
+    assert 0 <= seconds <= elapsed
+    assert info == {
+        "resamples": 50,
+        "seed": 3,
+        "resample_seeds": True,
+        "conversations": 20,
+        "targets": int(ends[-1] - 1),
+        "runs": 3,
+        "points": 2,
+    }
+    # without seed resampling the points are the plain seed means of every resample
+    _, plain, _, info = bootstrap_study(
+        runs.drop(columns="undertrained"), nll, ends.tolist(), resamples=50, seed=3, resample_seeds=False
+    )
+    np.testing.assert_allclose(plain[:, 0], boot[:, :2].mean(axis=1))
+    assert info["resample_seeds"] is False
+
+
+def test_a_test_loss_gap_of_exactly_the_tolerance_is_accepted():
+    from newllm.uncertainty import check_test_losses
+
+    check_test_losses([("m",)], np.array([1.0]), np.array([1.5]), 0.5)
+    with pytest.raises(ValueError, match="1.500000"):
+        check_test_losses([("m",)], np.array([1.0]), np.array([1.5]), 0.25)
