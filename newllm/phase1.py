@@ -30,6 +30,7 @@ from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
+from newllm.runtime import autocast
 from newllm.solvers import StreamMap, get_solver, solve_sequential
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
@@ -190,11 +191,18 @@ STOP_RULES = {
 
 
 def training_sweep(
-    block: ContextBlock, token_input: TokenInput, train: "StreamState", cfg: "Phase1Config", gen: torch.Generator
+    block: ContextBlock,
+    token_input: TokenInput,
+    train: "StreamState",
+    cfg: "Phase1Config",
+    gen: torch.Generator,
+    precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
     """One Jacobi sweep with gradients (SPEC §4) over ``train``'s batches from its contexts
     ``C^{k-1}``: per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` weighted by the batch's
     share of tokens, gradients accumulated over the sweep; context noise drawn from ``gen``.
+    ``bf16``: the ContextBlock forward under ``torch.autocast``; its output is cast back to
+    float32 before the loss, so losses and the carried contexts stay float32.
 
     Returns:
         ``(new_contexts [n, d_c] detached, sums [3] = (total, cvfp, diversity) token-weighted
@@ -208,7 +216,9 @@ def training_sweep(
         prev = previous_contexts(contexts, pos)
         if cfg.context_noise > 0:
             prev = prev + cfg.context_noise * torch.randn(prev.shape, generator=gen).to(prev.device)
-        out = block(prev, token_input(stream, pos))[:, -1]  # [B, d_c]
+        with autocast(contexts.device, precision):
+            out = block(prev, token_input(stream, pos))[:, -1]  # [B, d_c]
+        out = out.float()  # no-op in fp32
         total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
         share = pos.shape[0] / n
         (total * share).backward()
@@ -280,7 +290,8 @@ def start_stream(stream: Tensor, context_dim: int, cfg: Phase1Config, gen: torch
 @dataclass
 class Phase1Run:
     """What one Phase 1 iteration reads and updates: the map, the optimizer, the context
-    noise generator, the train stream and the optional dev stream (with its solver map)."""
+    noise generator, the train stream, the optional dev stream (with its solver map) and
+    the training sweeps' precision (``fp32`` | ``bf16``)."""
 
     block: ContextBlock
     token_input: TokenInput
@@ -291,6 +302,7 @@ class Phase1Run:
     train: StreamState
     dev: StreamState | None = None
     dev_map: StreamMap | None = None
+    precision: str = "fp32"
 
     def needs_er(self, iteration: int) -> bool:
         """Effective Rank is measured every ``er_every`` iterations, at the last, and always for ``val_er``."""
@@ -314,7 +326,13 @@ class Phase1Run:
 
 
 def start_phase1(
-    block: ContextBlock, token_input: TokenInput, stream: Tensor, val_stream: Tensor | None, cfg: Phase1Config, seed: int
+    block: ContextBlock,
+    token_input: TokenInput,
+    stream: Tensor,
+    val_stream: Tensor | None,
+    cfg: Phase1Config,
+    seed: int,
+    precision: str = "fp32",
 ) -> Phase1Run:
     """Check the stop rule, draw the start contexts (train from ``seed``, dev from ``seed + 1``)
     and build the Adam optimizer."""
@@ -325,6 +343,7 @@ def start_phase1(
     device = stream.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     run = Phase1Run(block, token_input, cfg, None, gen, seed, start_stream(stream, block.context_dim, cfg, gen, device))
+    run.precision = precision
     if val_stream is not None:
         val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
         run.dev = start_stream(val_stream, block.context_dim, cfg, val_gen, device)
@@ -359,7 +378,7 @@ def phase1_iteration(run: Phase1Run, iteration: int, what: str, last_finite: Any
     block, cfg, train = run.block, run.cfg, run.train
     t0 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
-    new_contexts, sums = training_sweep(block, run.token_input, train, cfg, run.gen)
+    new_contexts, sums = training_sweep(block, run.token_input, train, cfg, run.gen, run.precision)
     total, cvfp, div = sums.tolist()
     check_finite(total, what, last_finite)
     needs_er = run.needs_er(iteration)
@@ -398,6 +417,7 @@ def phase1_summary(
     resumed: dict | None,
     n: int,
     context_dim: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The run's summary (SPEC §4, issue 8 §4): how it stopped and the final weights' measures."""
     stopped_by = stopper.stopped_by or "max_iterations"
@@ -419,6 +439,7 @@ def phase1_summary(
         **{k: final[k] for k in ("val_convergence_rate", "val_convergence", "val_effective_rank") if k in final},
         "seconds": seconds,
         "tokens_per_s": n * len(history) / seconds,
+        "precision": precision,
     }
 
 
@@ -433,6 +454,7 @@ def train_phase1(
     run_name: str = "",
     on_iteration: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: CheckpointSpec | None = None,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train the ContextBlock by CVFP (SPEC §4).
 
@@ -450,6 +472,10 @@ def train_phase1(
         on_iteration: called with each iteration's record (progress logging).
         checkpoint: save every ``checkpoint.every`` iterations and resume from a
             matching checkpoint (same final numbers as an uninterrupted run).
+        precision: ``fp32`` or ``bf16`` (:func:`newllm.runtime.resolve_precision`) for the
+            training sweeps (forward under ``torch.autocast``, losses float32); the dev
+            sweeps and the final measurement stay float32, so convergence and Effective
+            Rank are measured the same way in both.
 
     Returns:
         :class:`TrainResult`; ``extra["contexts"]`` are the final weights' train contexts
@@ -459,7 +485,7 @@ def train_phase1(
         TrainingDivergedError: a NaN/Inf loss.
         ValueError: unknown stop rule, or ``val_er`` without ``val_stream``.
     """
-    run = start_phase1(block, token_input, stream, val_stream, cfg, seed)
+    run = start_phase1(block, token_input, stream, val_stream, cfg, seed, precision)
     stopper = STOP_RULES[cfg.stop_rule](cfg)
     state = TrainState(block, run.optimizer, stopper)
     first = 1
@@ -483,5 +509,5 @@ def train_phase1(
         block.load_state_dict(stopper.best_state)
     block.eval()
     final_contexts, final = final_measurement(run)
-    summary = phase1_summary(state.history, final, stopper, cfg, resumed, stream.shape[0], block.context_dim)
+    summary = phase1_summary(state.history, final, stopper, cfg, resumed, stream.shape[0], block.context_dim, precision)
     return TrainResult(history=state.history, summary=summary, extra={"contexts": final_contexts})

@@ -32,7 +32,36 @@ from torch import Tensor
 from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.model import TokenBlock, TokenInput
+from newllm.runtime import PRECISIONS, autocast
 from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
+
+
+def tied_head(embeddings: Tensor, precision: str = "fp32") -> Tensor:
+    """The tied head's matmul operand for ``precision``: the ``[V, d_e]`` float32
+    embeddings themselves (``fp32``) or a bfloat16 copy (``bf16``), made once per run and
+    passed to :class:`TiedCrossEntropy` / :func:`tied_token_nll`, whose matmul precision
+    is the dtype of the head they are given."""
+    return embeddings if precision == "fp32" else embeddings.to(PRECISIONS[precision])
+
+
+def _chunk_logits(hidden: Tensor, head: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 logits ``[c, V]`` of one chunk of ``[c, d_e]`` hidden states and the target
+    logits ``[c]``.
+
+    float32 head: ``hidden @ headᵀ`` and a gather.  bfloat16 head: the matmul in bf16
+    (fp32 accumulation, bf16 output: ~3 significant digits, ±0.03 at a logit of 8) cast to
+    fp32; the target logit is recomputed exactly in fp32 from the same bf16 operands and
+    written back, so output rounding never ties the target with a competitor (top-1
+    accuracy stays unbiased) and the NLL's own term carries no rounding.
+    """
+    if head.dtype == torch.float32:
+        logits = hidden.float() @ head.t()
+        return logits, logits.gather(1, targets[:, None]).squeeze(1)
+    h = hidden.to(head.dtype)
+    logits = (h @ head.t()).float()
+    target = (h.float() * head[targets].float()).sum(dim=1)
+    logits.scatter_(1, targets[:, None], target[:, None])
+    return logits, target
 
 
 class TiedCrossEntropy(torch.autograd.Function):
@@ -41,39 +70,45 @@ class TiedCrossEntropy(torch.autograd.Function):
     ``E`` is frozen, so the backward needs only ``∂L/∂h = (softmax(hEᵀ) - onehot) E / B``,
     computed chunk by chunk during the forward pass and saved.
 
-    Inputs: ``hidden`` ``[B, d_e]``, ``embeddings`` ``[V, d_e]``, ``targets`` ``[B]``
-    int64, ``chunk_tokens`` int.  Output: scalar mean loss in nats.
+    Inputs: ``hidden`` ``[B, d_e]`` (float32, or bfloat16 from an autocast region),
+    ``embeddings`` ``[V, d_e]`` (:func:`tied_head`: float32, or bfloat16 for bf16
+    matmuls), ``targets`` ``[B]`` int64, ``chunk_tokens`` int.  The two vocabulary
+    matmuls run in the head's dtype; max, exp, sum, log and the loss are float32 either
+    way.  Output: scalar float32 mean loss in nats; ``∂L/∂h`` in ``hidden``'s dtype.
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> Tensor:  # type: ignore[override]
         total = hidden.new_zeros((), dtype=torch.float32)
-        grad = torch.empty_like(hidden)
+        grad = torch.empty_like(hidden, dtype=torch.float32)
         for s in range(0, hidden.shape[0], chunk_tokens):
             y = targets[s : s + chunk_tokens]
-            logits = hidden[s : s + chunk_tokens] @ embeddings.t()  # [chunk, V]
-            target = logits.gather(1, y[:, None]).squeeze(1)
+            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], embeddings, y)  # [chunk, V] float32
             top = logits.amax(dim=1)
             # one pass over the logits: e = exp(z - max) in place; Z = Σ e;
             # loss = max + log Z - z_y;  ∂L/∂h = (e E) / Z - E[y]  (softmax never divided out)
             z = logits.sub_(top[:, None]).exp_().sum(dim=1)
             total = total + (top + z.log() - target).sum()
-            grad[s : s + chunk_tokens] = (logits @ embeddings).div_(z[:, None]).sub_(embeddings[y])
+            e_times_e = (logits.to(embeddings.dtype) @ embeddings).float()  # [chunk, d_e]
+            grad[s : s + chunk_tokens] = e_times_e.div_(z[:, None]).sub_(embeddings[y].float())
+        ctx.hidden_dtype = hidden.dtype
         ctx.save_for_backward(grad)
         return total / hidden.shape[0]
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * (grad_output / grad.shape[0]), None, None, None
+        return (grad * (grad_output / grad.shape[0])).to(ctx.hidden_dtype), None, None, None
 
 
 def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
     """Per-target NLL (nats) and top-1 hits for ``[B, d_e]`` hidden states (no grad).
 
-    Log-sum-exp in fp32; one row maximum serves both the stable log-sum-exp and top-1
-    accuracy (a hit is a target logit equal to the row maximum: no index reduction over
-    the vocabulary; an exact tie for the maximum counts as a hit).
+    ``embeddings`` is the head of :func:`tied_head` (its dtype sets the matmul precision,
+    as in :class:`TiedCrossEntropy`).  Log-sum-exp in fp32; one row maximum serves both
+    the stable log-sum-exp and top-1 accuracy (a hit is a target logit equal to the row
+    maximum: no index reduction over the vocabulary; an exact tie for the maximum counts
+    as a hit).
 
     Returns:
         ``(nll [B] float32, correct [B] bool)``.
@@ -82,9 +117,8 @@ def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_to
     correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
     with torch.no_grad():
         for s in range(0, hidden.shape[0], chunk_tokens):
-            logits = hidden[s : s + chunk_tokens].float() @ embeddings.t()  # [chunk, V]
             y = targets[s : s + chunk_tokens]
-            target = logits.gather(1, y[:, None]).squeeze(1)
+            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], embeddings, y)  # [chunk, V] float32
             top = logits.amax(dim=1)
             correct[s : s + chunk_tokens] = target >= top
             nll[s : s + chunk_tokens] = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log() - target
@@ -151,34 +185,56 @@ class Split:
 
 
 def accumulate_step(
-    block: TokenBlock, token_input: TokenInput, split: Split, positions: Tensor, micro: int, chunk_tokens: int
+    block: TokenBlock,
+    token_input: TokenInput,
+    split: Split,
+    positions: Tensor,
+    micro: int,
+    chunk_tokens: int,
+    precision: str = "fp32",
+    head: Tensor | None = None,
 ) -> float:
     """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
     gradient accumulation: the gradient equals that of the whole batch (each part's
-    mean loss weighted by its share).  Returns the batch's mean loss (nats)."""
+    mean loss weighted by its share).  ``bf16``: the TokenBlock forward under autocast
+    and the head's matmuls in bf16 (``head`` from :func:`tied_head`, made once per run;
+    default: made here); the loss stays float32.  Returns the batch's mean loss (nats)."""
+    head = tied_head(token_input.weight, precision) if head is None else head
+    device = split.stream.device
     total = 0.0
     n = positions.shape[0]
     for start in range(0, n, micro):
         pos = positions[start : start + micro]
         ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
-        loss = TiedCrossEntropy.apply(block(ctx, x), token_input.weight, y, chunk_tokens)
+        with autocast(device, precision):
+            hidden = block(ctx, x)  # [micro, d_e]
+        loss = TiedCrossEntropy.apply(hidden, head, y, chunk_tokens)
         (loss * (pos.shape[0] / n)).backward()
         total += float(loss.detach()) * pos.shape[0]
     return total / n
 
 
 def evaluate(
-    block: TokenBlock, token_input: TokenInput, split: Split, cfg: Phase2Config, return_token_nll: bool = False
+    block: TokenBlock,
+    token_input: TokenInput,
+    split: Split,
+    cfg: Phase2Config,
+    return_token_nll: bool = False,
+    *,
+    precision: str = "fp32",
+    head: Tensor | None = None,
 ) -> dict[str, Any]:
     """Token-weighted mean NLL, perplexity and top-1 accuracy over all ``n - 1`` targets.
 
-    Target ``i`` is ``stream[i+1]``, predicted from ``x̃_i`` and ``cache[i]``.
+    Target ``i`` is ``stream[i+1]``, predicted from ``x̃_i`` and ``cache[i]``, in
+    ``precision`` (as :func:`accumulate_step`; ``head`` as there).
 
     Returns:
         ``{"loss" (nats), "ppl", "accuracy", "tokens"}``, plus ``token_nll`` (``[n-1]``
         float32 numpy, nats) with ``return_token_nll``.
     """
     block.eval()
+    head = tied_head(token_input.weight, precision) if head is None else head
     device = split.stream.device
     nll = torch.empty(split.targets, device=device)
     correct = torch.empty(split.targets, dtype=torch.bool, device=device)
@@ -186,7 +242,9 @@ def evaluate(
         for start in range(0, split.targets, cfg.eval_batch_size):
             pos = torch.arange(start, min(start + cfg.eval_batch_size, split.targets), device=device)
             ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
-            nll[pos], correct[pos] = tied_token_nll(block(ctx, x), token_input.weight, y, cfg.chunk_tokens)
+            with autocast(device, precision):
+                hidden = block(ctx, x)  # [B, d_e]
+            nll[pos], correct[pos] = tied_token_nll(hidden, head, y, cfg.chunk_tokens)
     loss = float(nll.double().mean())
     out: dict[str, Any] = {
         "loss": loss,
@@ -234,7 +292,16 @@ class _Batches:
 
 
 def _optimizer_step(
-    block: TokenBlock, token_input: TokenInput, train: Split, pos: Tensor, optimizer, micro: int, cfg: Phase2Config, on_oom
+    block: TokenBlock,
+    token_input: TokenInput,
+    train: Split,
+    pos: Tensor,
+    optimizer,
+    micro: int,
+    cfg: Phase2Config,
+    on_oom,
+    precision: str = "fp32",
+    head: Tensor | None = None,
 ) -> tuple[float, int]:
     """Forward/backward of one batch, redone in micro-batches of half the size with
     gradient accumulation (the same optimizer step) on out-of-memory, halving until it
@@ -243,7 +310,7 @@ def _optimizer_step(
     while True:
         optimizer.zero_grad(set_to_none=True)
         try:
-            return accumulate_step(block, token_input, train, pos, micro, cfg.chunk_tokens), micro
+            return accumulate_step(block, token_input, train, pos, micro, cfg.chunk_tokens, precision, head), micro
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err) or micro <= 1:
                 raise
@@ -262,7 +329,9 @@ def _anneal(optimizer: torch.optim.Optimizer, stopper: EarlyStopping, step: int,
             group["lr"] *= lr_decay
 
 
-def _phase2_summary(state: TrainState, stopper: EarlyStopping, counters: dict[str, Any], cfg: Phase2Config, train, dev):
+def _phase2_summary(
+    state: TrainState, stopper: EarlyStopping, counters: dict[str, Any], cfg: Phase2Config, train, dev, precision: str
+):
     """The run's summary (keys in :func:`train_phase2`) from its best dev evaluation."""
     step, train_seconds = counters["step"], counters["train_seconds"]
     best = next(r for r in state.history if r["step"] == stopper.best_step)
@@ -284,6 +353,7 @@ def _phase2_summary(state: TrainState, stopper: EarlyStopping, counters: dict[st
         "train_seconds": train_seconds,
         "eval_seconds": counters["eval_seconds"],
         "tokens_per_s": step * cfg.batch_size / max(train_seconds, 1e-9),
+        "precision": precision,
     }
 
 
@@ -300,6 +370,7 @@ def train_phase2(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     checkpoint: CheckpointSpec | None = None,
     on_oom: Callable[[int], None] | None = None,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train the TokenBlock with Adam, gradient clipping, plateau annealing and early
     stopping on dev (SPEC §7; the annealing is the neural baselines' rule).
@@ -315,17 +386,24 @@ def train_phase2(
     best step's weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold
     everything the next step reads, so a killed run resumes to identical numbers.
 
+    ``precision`` (``fp32`` | ``bf16``, resolved by :func:`newllm.runtime.resolve_precision`):
+    ``bf16`` runs the TokenBlock forward under ``torch.autocast`` and the tied head's two
+    vocabulary matmuls on a bf16 copy of the embeddings made once here; log-sum-exp,
+    losses, gradients of the weights, Adam and the weights stay float32.
+
     Returns:
         :class:`TrainResult`: ``history`` per evaluation (``step``, ``epoch``,
         ``train_loss`` (mean over the steps since the last evaluation), ``dev_loss``,
         ``dev_ppl``, ``dev_accuracy``, ``learning_rate``, ``tokens_per_s``); ``summary``
         with ``steps``, ``best_step``, ``stopped_by``, ``undertrained``,
         ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the best step, ``train_tokens``,
-        ``train_seconds``, ``tokens_per_s`` (training steps only), ``eval_seconds``.
+        ``train_seconds``, ``tokens_per_s`` (training steps only), ``eval_seconds``,
+        ``precision``.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
     """
+    head = tied_head(token_input.weight, precision)  # [V, d_e], bf16 copy once per run
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     batches = _Batches(train.targets, cfg.batch_size, seed, train.stream.device)
@@ -341,7 +419,7 @@ def train_phase2(
     t0 = time.perf_counter()
     while stopper.stopped_by is None:
         pos = batches.next()
-        value, n["micro"] = _optimizer_step(block, token_input, train, pos, optimizer, n["micro"], cfg, on_oom)
+        value, n["micro"] = _optimizer_step(block, token_input, train, pos, optimizer, n["micro"], cfg, on_oom, precision, head)
         check_finite(value, f"Phase 2 {run_name}, step {n['step'] + 1}", state.history[-1:] or None)
         torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -353,7 +431,7 @@ def train_phase2(
             continue
         n["train_seconds"] += time.perf_counter() - t0
         t1 = time.perf_counter()
-        dev_eval = evaluate(block, token_input, dev, cfg)
+        dev_eval = evaluate(block, token_input, dev, cfg, precision=precision, head=head)
         block.train()
         n["eval_seconds"] += time.perf_counter() - t1
         train_loss = sum(losses) / len(losses)
@@ -380,4 +458,4 @@ def train_phase2(
             state.save(checkpoint, {**counters, "batches": batch_state}, {"epoch_rng": epoch_rng})
         t0 = time.perf_counter()
     block.load_state_dict(stopper.best_state)
-    return TrainResult(history=state.history, summary=_phase2_summary(state, stopper, n, cfg, train, dev))
+    return TrainResult(history=state.history, summary=_phase2_summary(state, stopper, n, cfg, train, dev, precision))

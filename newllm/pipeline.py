@@ -13,7 +13,7 @@ from newllm.checkpoint import CheckpointSpec, fingerprint
 from newllm.data import read_stream
 from newllm.io import write_csv, write_json
 from newllm.model import ContextBlock, TokenBlock, TokenInput, build_blocks
-from newllm.runtime import get_logger, load_weights, provenance, resolve_device, seed_everything
+from newllm.runtime import get_logger, load_weights, provenance, resolve_device, resolve_precision, seed_everything
 
 CACHE_IN_MEMORY_BYTES = 4 << 30
 """Context caches up to this size (bytes) are read into memory; larger ones are memory-mapped."""
@@ -37,6 +37,13 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
     device = resolve_device(params["device"])
     token_input = load_token_input(smk.input.embeddings, params["model"]["num_input_tokens"], device)
     return params, name, log, device, token_input
+
+
+def run_precision(params: dict[str, Any], device: torch.device, embed_dim: int) -> str:
+    """The run's compute precision, ``fp32`` or ``bf16``: config ``precision`` (``auto``
+    when the params carry none) resolved for ``device`` and the ``embed_dim`` (d_e) of
+    the tied head by :func:`newllm.runtime.resolve_precision`."""
+    return resolve_precision(params.get("precision", "auto"), device, embed_dim)
 
 
 def build_model(

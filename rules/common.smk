@@ -176,6 +176,7 @@ def run_params(wildcards):
         },
         "seed": int(wildcards.seed),
         "device": config["device"],
+        "precision": config["precision"],
     }
 
 

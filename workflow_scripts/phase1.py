@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from newllm.model import count_parameters
 from newllm.phase1 import Phase1Config, equal_batches, measure_sweep, train_phase1
-from newllm.pipeline import build_model, load_stream, run_checkpoint, start_run, write_run_outputs
+from newllm.pipeline import build_model, load_stream, run_checkpoint, run_precision, start_run, write_run_outputs
 from newllm.runtime import progress_stream, save_weights
 from newllm.script import run_script
 
@@ -55,16 +55,19 @@ def main(smk) -> None:
     dev_stream = load_stream(smk.input.dev, device)
     context_block, _ = build_model(params, token_input, device)
     cfg = Phase1Config.from_dict(params["phase1"])
+    precision = run_precision(params, device, token_input.embed_dim)
     log.info(
-        "Phase 1 %s on %s: %d tokens, ContextBlock %d parameters, %s",
+        "Phase 1 %s on %s (%s): %d tokens, ContextBlock %d parameters, %s",
         name,
         device,
+        precision,
         stream.shape[0],
         count_parameters(context_block),
         cfg,
     )
     if params["run"]["model"] == "untrained_context":
         summary, history = untrained_summary(context_block, token_input, stream, dev_stream, cfg, params["seed"]), []
+        summary["precision"] = "fp32"  # measured only, by fp32 sweeps
     else:
         checkpoint = run_checkpoint(smk, smk.output.weights, every=CHECKPOINT_EVERY)
         with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
@@ -91,6 +94,7 @@ def main(smk) -> None:
                 run_name=name,
                 on_iteration=report,
                 checkpoint=checkpoint,
+                precision=precision,
             )
         summary, history = result.summary, result.history
         checkpoint.path.unlink(missing_ok=True)

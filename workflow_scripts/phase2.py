@@ -9,7 +9,15 @@ from tqdm import tqdm
 from newllm.io import write_npy
 from newllm.model import count_parameters
 from newllm.phase2 import Phase2Config, Split, evaluate, train_phase2
-from newllm.pipeline import build_model, load_context_cache, load_stream, run_checkpoint, start_run, write_run_outputs
+from newllm.pipeline import (
+    build_model,
+    load_context_cache,
+    load_stream,
+    run_checkpoint,
+    run_precision,
+    start_run,
+    write_run_outputs,
+)
 from newllm.runtime import progress_stream, save_weights
 from newllm.script import run_script
 
@@ -35,11 +43,13 @@ def main(smk) -> None:
     run = params["run"]
     context_block, token_block = build_model(params, token_input, device)
     cfg = Phase2Config.from_dict(params["phase2"], device)
+    precision = run_precision(params, device, token_input.embed_dim)
     train, dev, test = (load_split(smk, split, device, run) for split in ("train", "dev", "test"))
     log.info(
-        "Phase 2 %s on %s: %d train / %d dev / %d test tokens, TokenBlock %d parameters, %s",
+        "Phase 2 %s on %s (%s): %d train / %d dev / %d test tokens, TokenBlock %d parameters, %s",
         name,
         device,
+        precision,
         train.targets,
         dev.targets,
         test.targets,
@@ -81,8 +91,9 @@ def main(smk) -> None:
             on_oom=lambda micro: log.warning(
                 "out of memory: retrying with micro-batches of %d tokens (gradient accumulation, same optimizer step)", micro
             ),
+            precision=precision,
         )
-    test_eval = evaluate(token_block, token_input, test, cfg, return_token_nll=True)
+    test_eval = evaluate(token_block, token_input, test, cfg, return_token_nll=True, precision=precision)
     context_params = 0 if run["model"] == "no_context" else count_parameters(context_block)
     parameters = context_params + count_parameters(token_block)
     vocab, embed_dim = token_input.weight.shape

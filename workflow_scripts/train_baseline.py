@@ -13,7 +13,7 @@ from newllm.baselines.models import SEQ_LEN_KEY, build_baseline, cvfp_parameter_
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
 from newllm.io import write_npy
 from newllm.model import count_parameters
-from newllm.pipeline import load_stream, write_run_outputs
+from newllm.pipeline import load_stream, run_precision, write_run_outputs
 from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
 from newllm.script import run_script
 
@@ -37,13 +37,15 @@ def main(smk) -> None:
     model, size = build_baseline(name, embeddings, settings, target, baselines["parameter_tolerance"])
     model.to(device)
     chunk = baselines["chunk_tokens"] or (4096 if device.type == "cuda" else 32)
+    precision = run_precision(params, device, embeddings.shape[1])
     cfg = NeuralTrainConfig.from_dict(
         {**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]], "chunk_tokens": chunk}
     )
     log.info(
-        "%s on %s: %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
+        "%s on %s (%s): %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
         label,
         device,
+        precision,
         train.shape[0],
         dev.shape[0],
         test.shape[0],
@@ -71,9 +73,10 @@ def main(smk) -> None:
             100 * r["dev_accuracy"],
             r["seconds"],
         ),
+        precision=precision,
     )
     t0 = time.perf_counter()
-    result = evaluate_stream(model, test, chunk)
+    result = evaluate_stream(model, test, chunk, precision)
     parameters = count_parameters(model)
     summary.update(
         train_tokens=train.shape[0] - 1,

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from newllm.metrics import perplexity
-from newllm.phase2 import TiedCrossEntropy, tied_token_nll
+from newllm.phase2 import TiedCrossEntropy, tied_head, tied_token_nll
+from newllm.runtime import autocast
 from newllm.training import EarlyStopping, check_finite, config_from_dict
 
 
@@ -136,8 +137,14 @@ class RandomWindows:
         return self.stream[idx], self.stream[idx + 1], True
 
 
-def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict[str, Any]:
+def evaluate_stream(
+    model: nn.Module, stream: Tensor, chunk_tokens: int, precision: str = "fp32", head: Tensor | None = None
+) -> dict[str, Any]:
     """Score every target of ``stream`` (``[n]`` int64) with the model's own stream pass.
+
+    ``bf16``: the stream pass under ``torch.autocast`` and the head's matmuls on ``head``
+    (:func:`newllm.phase2.tied_head` of the model's embeddings; made here when ``None``),
+    log-sum-exp and NLL in float32.
 
     Returns:
         ``{"loss", "ppl", "accuracy", "tokens", "token_nll"}``: mean NLL (nats per
@@ -146,8 +153,10 @@ def evaluate_stream(model: nn.Module, stream: Tensor, chunk_tokens: int) -> dict
     """
     was_training = model.training
     model.eval()
-    hidden = model.stream_hidden(stream)  # [n-1, d_e]
-    nll, correct = tied_token_nll(hidden, model.embeddings, stream[1:], chunk_tokens)
+    head = tied_head(model.embeddings, precision) if head is None else head
+    with autocast(stream.device, precision):
+        hidden = model.stream_hidden(stream)  # [n-1, d_e]
+    nll, correct = tied_token_nll(hidden, head, stream[1:], chunk_tokens)
     model.train(was_training)
     vector = nll.double().cpu().numpy()
     loss = float(vector.mean())
@@ -178,8 +187,11 @@ class NeuralTrainer:
         cfg: NeuralTrainConfig,
         run_name: str = "",
         on_eval: Callable[[dict[str, Any]], None] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.model, self.batches, self.cfg, self.run_name, self.on_eval = model, batches, cfg, run_name, on_eval
+        self.precision = precision
+        self.head = tied_head(model.embeddings, precision)  # [V, d_e]: a bf16 copy once per run for bf16
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
@@ -208,9 +220,10 @@ class NeuralTrainer:
         inputs, targets, reset = self.batches.next()  # [B, T] each
         if reset:
             self.state = None
-        hidden, self.state = self.model(inputs, _detach(self.state))  # [B, T, d_e]
+        with autocast(inputs.device, self.precision):
+            hidden, self.state = self.model(inputs, _detach(self.state))  # [B, T, d_e]
         flat = hidden.reshape(-1, hidden.shape[-1])
-        loss = TiedCrossEntropy.apply(flat, self.model.embeddings, targets.reshape(-1), self.cfg.chunk_tokens)
+        loss = TiedCrossEntropy.apply(flat, self.head, targets.reshape(-1), self.cfg.chunk_tokens)  # float32
         value = float(loss.detach())
         check_finite(value, f"{self.run_name} training loss at step {step}", self.last_finite)
         self.last_finite = value
@@ -225,7 +238,7 @@ class NeuralTrainer:
         """Score the dev stream, record it, ask the stop rule; anneal the learning rate by
         ``lr_decay`` when the dev loss did not improve.  Returns whether to stop."""
         t0 = time.perf_counter()
-        dev = evaluate_stream(self.model, dev_stream, self.cfg.chunk_tokens)
+        dev = evaluate_stream(self.model, dev_stream, self.cfg.chunk_tokens, self.precision, self.head)
         self.eval_seconds += time.perf_counter() - t0
         last = self.history[-1]["dev_loss"] if self.history else None
         check_finite(dev["loss"], f"{self.run_name} dev loss at step {step}", last)
@@ -269,6 +282,7 @@ class NeuralTrainer:
             "train_seconds": time.perf_counter() - self.t_start,
             "eval_seconds": self.eval_seconds,
             "tokens_per_s": tokens_processed / self.step_seconds if self.step_seconds > 0 else math.nan,
+            "precision": self.precision,
         }
 
 
@@ -282,6 +296,7 @@ def train_neural_lm(
     stateful: bool,
     run_name: str = "",
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    precision: str = "fp32",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train ``model`` (LSTM: ``stateful=True``; Transformer: False) to its best dev loss.
 
@@ -292,6 +307,10 @@ def train_neural_lm(
         cfg: optimisation and stopping settings.
         seed: seeds the batch order (initialise the model under ``torch.manual_seed``
             before calling for a fully deterministic run).
+        precision: ``fp32`` or ``bf16`` (:func:`newllm.runtime.resolve_precision`):
+            ``bf16`` runs the model's forward under ``torch.autocast`` and the tied
+            head's matmuls on a bf16 copy of the embeddings made once per run; the
+            loss, log-sum-exp, weights and Adam stay float32.
 
     Returns:
         ``(history, summary)``: one record per evaluation (``step``, ``tokens``,
@@ -299,7 +318,7 @@ def train_neural_lm(
         ``dev_ppl``, ``dev_accuracy``, ``seconds``); summary ``steps``, ``best_step``,
         ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the
         best step, ``tokens_processed``, ``train_seconds`` (loop incl. evaluations),
-        ``eval_seconds``, ``tokens_per_s`` (optimizer steps only).  ``model`` holds the
+        ``eval_seconds``, ``tokens_per_s`` (optimizer steps only), ``precision``.  ``model`` holds the
         best weights on return.
 
     Raises:
@@ -308,7 +327,7 @@ def train_neural_lm(
     """
     gen = torch.Generator().manual_seed(seed)
     batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
-    run = NeuralTrainer(model, batches, cfg, run_name, on_eval)
+    run = NeuralTrainer(model, batches, cfg, run_name, on_eval, precision)
     model.train()
     run.evaluate(0, dev_stream, None)
     window_losses, step = [], 0
