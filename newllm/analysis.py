@@ -1023,6 +1023,7 @@ def verdict(
     confidence: float = 0.95,
     test_set: Mapping[str, Any] | None = None,
     resamples: int | None = None,
+    head_reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The numbers behind the report's opening lines.
 
@@ -1035,6 +1036,13 @@ def verdict(
     the whole interval is below 0, *loses* when above, else *inconclusive*.  Also α [CI] per
     model (bootstrap percentile interval; the OLS t interval when there is no bootstrap)
     and the undertrained runs per model.
+
+    ``head_reference`` (the stand-in embeddings' metadata, ``token_embeddings.json``): when
+    the embeddings come from a language model of their own (``source: bigram``) with a
+    ``test_ppl`` on the same test tokens, every model at the largest size is placed below,
+    within or above it by its own test-PPL interval (that model saw only the embedding
+    slice, none of the study's training sets: a model that does not get below it has
+    learned nothing the frozen head does not already carry).
 
     Returns:
         A JSON-ready dict (``None`` for undefined numbers).
@@ -1068,7 +1076,30 @@ def verdict(
     out["best_baseline"] = _best_baseline(out["comparisons"])
     out["alphas"] = _verdict_alphas(fits, reference, reference_variant, int(ref["context_dim"]), others, out["comparisons"])
     out["undertrained"] = _undertrained_by_model(runs)
+    out["head_reference"] = _head_reference(head_reference, out)
     return out
+
+
+def _head_reference(meta: Mapping[str, Any] | None, out: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The frozen head's own LM test PPL and where each model's test-PPL interval at the
+    largest size lies against it (``below`` / ``above`` / ``within``); ``None`` when the
+    embeddings have no LM of their own."""
+    if not meta or _num(meta.get("test_ppl")) is None:
+        return None
+    ppl = float(meta["test_ppl"])
+    rows = [(out["reference_model"], out["reference_ppl"], out["reference_ppl_ci"])]
+    rows += [(c["model"], c["ppl"], c["ppl_ci"]) for c in out["comparisons"]]
+    placed = {}
+    for model, value, (lo, hi) in rows:
+        lo, hi = (value, value) if lo is None or hi is None else (lo, hi)
+        placed[model] = "below" if hi < ppl else "above" if lo > ppl else "within"
+    return {
+        "source": meta.get("source"),
+        "test_ppl": ppl,
+        "train_tokens": _num(meta.get("train_tokens")),
+        "test_tokens": _num(meta.get("test_tokens")),
+        "models": placed,
+    }
 
 
 def _num(value: Any) -> float | None:
@@ -1138,6 +1169,21 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
                 f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
                 "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
             )
+    head = v.get("head_reference")
+    if head:
+        below = [m for m, where in head["models"].items() if where == "below"]
+        not_below = [m for m, where in head["models"].items() if where != "below"]
+        lines.append(
+            f"Frozen-head reference: the stand-in embeddings' own {head['source']} LM, trained on "
+            f"{head['train_tokens'] or 0:,.0f} tokens of the embedding slice (none of the study's training sets), "
+            f"has test PPL {head['test_ppl']:.1f} on the same test tokens. "
+            + (f"Below it (whole interval): {', '.join(below)}. " if below else "No model gets below it. ")
+            + (
+                f"Not below it: {', '.join(not_below)} — at this size they add nothing the frozen head does not carry."
+                if not_below
+                else ""
+            )
+        )
     under = [u for u in v.get("undertrained", []) if u["undertrained"]]
     if under:
         lines.append(

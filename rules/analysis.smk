@@ -170,6 +170,7 @@ rule verdict:
         point_losses=rules.bootstrap_test.output.point_losses,
         info=rules.bootstrap_test.output.info,
         fits=rules.fit_scaling.output.fits,
+        embeddings_meta=rules.token_embeddings.output.meta,
     output:
         html=report(
             "results/{study}/tables/verdict.html",

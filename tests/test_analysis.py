@@ -448,6 +448,22 @@ def test_verdict_says_beats_only_when_the_whole_interval_is_below_zero():
     assert verdict(points, noisy, fits, runs, "base")["best_baseline"]["outcome"] == "inconclusive"
 
 
+def test_verdict_places_every_model_against_the_frozen_heads_own_lm():
+    points, boot, fits, runs = _verdict_inputs()
+    head = {"source": "bigram", "test_ppl": 115.0, "train_tokens": 464000, "test_tokens": 9000}
+    v = verdict(points, boot, fits, runs, "base", head_reference=head)
+    # intervals are ±10 % of PPL: cvfp [90, 110] and lstm [72, 88] lie below 115,
+    # no_context [112.5, 137.5] straddles it, ngram (160) lies above
+    places = v["head_reference"]["models"]
+    assert places["cvfp"] == "below" and places["lstm"] == "below"
+    assert places["no_context"] == "within" and places["ngram"] == "above"
+    text = verdict_markdown(v)
+    assert "own bigram LM, trained on 464,000 tokens" in text and "test PPL 115.0" in text
+    assert "Below it (whole interval): cvfp," in text and "Not below it: no_context, ngram" in text
+    assert verdict(points, boot, fits, runs, "base")["head_reference"] is None  # no LM of its own: no line
+    assert "Frozen-head" not in verdict_markdown(verdict(points, boot, fits, runs, "base", head_reference={"source": "gpt2"}))
+
+
 # ----------------------------------------------------------------------------- figures
 def test_figures_show_every_model_and_write_svg(tmp_path):
     from newllm.plots import _errorbars, format_count, plot_ppl_ratio, plot_scaling, plot_sliding_alpha

@@ -22,6 +22,7 @@ def main(smk) -> None:
         smk.params.reference_variant,
         test_set={k: info[k] for k in ("conversations", "targets")},
         resamples=info["resamples"],
+        head_reference=read_json(smk.input.embeddings_meta),
     )
     text = verdict_markdown(result)
     for path, content in ((smk.output.markdown, text), (smk.output.html, verdict_html(text))):
