@@ -261,3 +261,92 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sliding windows of 4 sizes" in out and out.count("1L 768d 2tok (v3)") == 3  # fit + 2 windows
     assert fit_main([str(table), "--window", "3"]) == 2  # < 4 sizes: no degrees of freedom for the SE of Δα
+
+
+def test_prediction_interval_equals_the_textbook_formula_on_noisy_data():
+    from newllm.scaling import power_law_prediction_interval
+
+    rng = np.random.default_rng(8)
+    tokens = np.geomspace(1e4, 1e6, 6)
+    ppl = np.exp(8.0 - 0.3 * np.log(tokens) + rng.normal(0, 0.05, 6))
+    x, y = np.log(tokens), np.log(ppl)
+    slope, intercept = np.polyfit(x, y, 1)
+    s = math.sqrt(((y - intercept - slope * x) ** 2).sum() / 4)
+    xs = math.log(1e7)
+    half = stats.t.ppf(0.975, 4) * s * math.sqrt(1 + 1 / 6 + (xs - x.mean()) ** 2 / ((x - x.mean()) ** 2).sum())
+    low, high = power_law_prediction_interval(tokens, ppl, 1e7)
+    assert (low, high) == pytest.approx((math.exp(intercept + slope * xs - half), math.exp(intercept + slope * xs + half)))
+    assert all(math.isnan(v) for v in power_law_prediction_interval(tokens[:2], ppl[:2], 1e7))
+
+
+def test_loss_form_prediction_by_hand():
+    from newllm.scaling import loss_form_predict
+
+    assert loss_form_predict({"E": 1.0, "B": 2.0, "beta": 0.5}, 4.0) == pytest.approx(1.0 + 2.0 / 2.0)
+    batch = {"E": np.array([1.0, 0.0]), "B": np.array([2.0, 8.0]), "beta": np.array([0.5, 1.0])}
+    np.testing.assert_allclose(loss_form_predict(batch, np.array([4.0, 16.0])), [[2.0, 1.5], [2.0, 0.5]])
+
+
+def test_preferred_form_at_its_boundaries():
+    assert preferred_form(math.nan, 1.0) == "neither" and preferred_form(1.0, math.inf) == "neither"
+    assert preferred_form(0.0, 2.0) == "power_law" and preferred_form(2.0, 0.0) == "loss_form"  # |Δ| = 2 is no tie
+    assert preferred_form(1.0, 1.0, tie=0.0) == "loss_form"  # only a lower power-law IC prefers it
+
+
+def test_token_tags_name_whole_multiples_only():
+    from newllm.scaling import _token_tag
+
+    assert [_token_tag(t) for t in (1e6, 2e6, 2.5e6, 1e3, 1500, 999)] == ["1M", "2M", "2500k", "1k", "1500", "999"]
+
+
+def test_extrapolation_rows_carry_the_prediction_interval_for_the_power_law_only():
+    from newllm.scaling import _extrapolation_rows
+
+    row = {"tokens_max": 1e6}
+    for tag in ("1M", "2M"):
+        for suffix, base in (("", 10.0), ("_loss_form", 20.0)):
+            row |= {
+                f"ppl_at_{tag}{suffix}": base,
+                f"ppl_at_{tag}{suffix}_ci_low": base - 1,
+                f"ppl_at_{tag}{suffix}_ci_high": base + 1,
+            }
+        row |= {f"ppl_at_{tag}_pi_low": 5.0, f"ppl_at_{tag}_pi_high": 15.0}
+    rows = _extrapolation_rows({"model": "m"}, row, [1e6, 2e6])
+    assert [(r["form"], r["tokens"], r["extrapolation"]) for r in rows] == [
+        ("power_law", 1e6, False),  # the largest size itself is no extrapolation
+        ("loss_form", 1e6, False),
+        ("power_law", 2e6, True),
+        ("loss_form", 2e6, True),
+    ]
+    assert {k: rows[0][k] for k in ("model", "ppl", "ci_low", "ci_high", "pi_low", "pi_high")} == {
+        "model": "m",
+        "ppl": 10.0,
+        "ci_low": 9.0,
+        "ci_high": 11.0,
+        "pi_low": 5.0,
+        "pi_high": 15.0,
+    }
+    assert (rows[1]["ppl"], rows[1]["ci_low"], rows[1]["ci_high"]) == (20.0, 19.0, 21.0)
+    assert math.isnan(rows[1]["pi_low"]) and math.isnan(rows[1]["pi_high"])
+
+
+def test_information_criteria_of_a_group_at_the_minimum_sizes():
+    from newllm.scaling import information_criteria
+
+    rng = np.random.default_rng(3)
+    for n in (3, 4):
+        tokens = np.geomspace(1e4, 1e6, n)
+        losses = 2.0 + 60.0 * tokens**-0.5 + rng.normal(0, 0.01, n)
+        fit = fit_scaling_group(tokens, losses)
+        aic_p, bic_p = information_criteria(fit["rss"], n, 2)
+        assert (fit["aic_power_law"], fit["bic_power_law"]) == pytest.approx((aic_p, bic_p))
+        if n == 4:  # the loss form needs 4 sizes
+            aic_l, bic_l = information_criteria(fit["rss_loss_form"], n, 3)
+            assert (fit["aic_loss_form"], fit["bic_loss_form"]) == pytest.approx((aic_l, bic_l))
+            assert fit["preferred_form_bic"] == preferred_form(bic_p, bic_l)
+        else:
+            assert (
+                math.isnan(fit["aic_loss_form"]) and math.isnan(fit["bic_loss_form"]) and fit["preferred_form_bic"] == "neither"
+            )
+        # no bootstrap: the bootstrap columns are NaN, not missing
+        assert all(math.isnan(fit[c]) for c in ("alpha_boot_se", "alpha_boot_ci_low", "alpha_boot_ci_high"))
