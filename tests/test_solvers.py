@@ -152,3 +152,59 @@ def test_shooting_finishes_sequentially_when_the_map_does_not_forget():
     expected = torch.cumsum(smap.token_input(smap.stream, torch.arange(N)), dim=0)
     torch.testing.assert_close(out[:, -1], expected, atol=1e-4, rtol=1e-5)
     assert stats.converged and 0 < stats.sequential_tokens < N and stats.sweeps < 5
+
+
+def _hand_sweep(smap, contexts):
+    """One Jacobi sweep by hand: row i from row i - 1 of ``contexts`` (zeros before 0), all layers."""
+    prev = torch.cat([torch.zeros(1, D_C), contexts[:-1]])
+    with torch.no_grad():
+        return torch.stack(
+            [smap.block(prev[i : i + 1], smap.token_input(smap.stream, torch.tensor([i])))[0] for i in range(smap.n)]
+        )
+
+
+def test_solver_statistics_by_hand():
+    import time
+
+    smap = make_map(n=6)
+    t0 = time.perf_counter()
+    _, seq = get_solver("sequential")(smap)
+    elapsed = time.perf_counter() - t0
+    assert 0 <= seq.seconds <= elapsed
+    assert (
+        seq.as_dict() | {"seconds": 0}
+        == SolverStats("sequential", 1, 0.0, True, 0, 6, 0.0, warm_start=False, chunks=1, chunk_size=6, evaluations=6).as_dict()
+    )
+    # Jacobi from zeros: exact after n = 6 sweeps, so sweep 7 moves nothing (residual exactly 0)
+    out, jac = get_solver("jacobi")(smap, tol=1e-12)
+    assert (jac.sweeps, jac.residual, jac.converged, jac.tol) == (7, 0.0, True, 1e-12)
+    assert (jac.chunks, jac.chunk_size, jac.evaluations, jac.warm_start, jac.tokens) == (6, 1, 42, False, 6)
+    # stopped by max_iter: the residual is max_i mean_d of the last sweep's change in the final context
+    contexts = [torch.zeros(6, D_C)]
+    for _ in range(3):
+        contexts.append(_hand_sweep(smap, contexts[-1])[:, -1])
+    out, cut = get_solver("jacobi")(smap, max_iter=3, tol=0.0)
+    torch.testing.assert_close(out[:, -1], contexts[3], atol=1e-6, rtol=0)
+    expected = float((contexts[3] - contexts[2]).pow(2).mean(dim=-1).max())
+    assert (cut.sweeps, cut.converged, cut.evaluations) == (3, False, 18) and cut.residual == pytest.approx(expected, rel=1e-5)
+    # a residual exactly at the tolerance is not converged (strictly below)
+    first = get_solver("jacobi")(smap, max_iter=1, tol=0.0)[1].residual
+    _, edge = get_solver("jacobi")(smap, max_iter=1, tol=first)
+    assert not edge.converged and edge.sweeps == 1
+    assert get_solver("jacobi")(smap)[1].tol == 1e-5  # the documented default
+
+
+def test_fixed_point_residual_is_one_sweep_over_all_layers():
+    smap = make_map(n=7)
+    exact = reference(smap)
+    assert fixed_point_residual(smap, exact) < 1e-12
+    noisy = exact + 0.1 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(1))
+    swept = _hand_sweep(smap, noisy[:, -1])
+    assert fixed_point_residual(smap, noisy) == pytest.approx(float((swept - noisy).pow(2).mean(dim=(1, 2)).max()), rel=1e-5)
+
+
+def test_jacobi_on_a_map_that_never_forgets_stops_at_the_default_budget():
+    smap = make_map(num_input_tokens=1, n=450)
+    smap = StreamMap(RunningSum(), smap.token_input, smap.stream, 512)
+    _, stats = get_solver("jacobi")(smap)
+    assert stats.sweeps == 400 and not stats.converged and stats.evaluations == 400 * 450
