@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -193,3 +195,45 @@ def test_validation_is_tracked_and_val_er_stop_rule_restores_best_weights():
         assert torch.equal(a, b), name
     with pytest.raises(ValueError, match="needs the dev stream"):
         train_phase1(block, token_input, stream, cfg)
+
+
+def test_stop_rules_traced_by_hand_and_their_state_round_trip():
+    from newllm.phase1 import ConvergenceRateStop, ValERStop
+
+    rate = ConvergenceRateStop(target=0.5, min_iterations=2)
+    assert not rate.update({"iteration": 1, "convergence_rate": 0.9}, dict)  # before min_iterations
+    assert rate.update({"iteration": 2, "convergence_rate": 0.5}, dict)  # the target itself suffices
+    assert rate.state_dict() == {"stopped_by": "convergence_rate", "best_iteration": 2}
+    resumed = ConvergenceRateStop(target=0.5, min_iterations=2)
+    resumed.load_state_dict(rate.state_dict())
+    assert resumed.state_dict() == rate.state_dict()
+
+    er = ValERStop(patience=2, min_iterations=2)
+    assert er.state_dict() == {"best_er": -math.inf, "best_iteration": 0, "stale": 0, "stopped_by": None}
+    assert er.best_state is None
+    weights = {"w": torch.zeros(2)}
+    trace = []
+    for iteration, value in ((1, 9.0), (2, 3.0), (3, 3.0), (4, 4.0), (5, 3.5)):
+        stop = er.update({"iteration": iteration, "val_effective_rank": value}, lambda: weights)
+        trace.append((er.best_iteration, er.stale, stop))
+        weights["w"] += 1  # the kept state is a copy, not the live tensor
+    # iteration 1 is no candidate; an equal ER (iteration 3) is no improvement
+    assert trace == [(0, 0, False), (2, 0, False), (2, 1, False), (4, 0, False), (4, 1, False)]
+    assert torch.equal(er.best_state["w"], torch.full((2,), 3.0))
+    er.update({"iteration": 6, "val_effective_rank": 1.0}, dict)
+    assert er.state_dict() == {"best_er": 4.0, "best_iteration": 4, "stale": 2, "stopped_by": "val_er"}
+    again = ValERStop(patience=2, min_iterations=2)
+    again.load_state_dict(er.state_dict())
+    assert again.state_dict() == er.state_dict()
+
+
+def test_phase1_config_from_dict_and_solve_cache_defaults():
+    assert Phase1Config.from_dict({"batch_size": 8, "learning_rate": None, "unknown": 1}) == Phase1Config(batch_size=8)
+    block, token_input, stream = _setup(n=30)
+    exact, _ = solve_cache(block, token_input, stream, "sequential")
+    cache, info = solve_cache(block, token_input, stream)
+    assert info["method"] == "shooting" and info["tol"] == 1e-5 and info["converged"]
+    assert torch.allclose(cache, exact, atol=1e-4)
+    # a warm start is passed on to the solver: the exact answer converges in one Jacobi sweep
+    warm, info = solve_cache(block, token_input, stream, "jacobi", init=exact[:, -1], tolerance=1e-10)
+    assert info["sweeps"] == 1 and info["warm_start"] and torch.allclose(warm, exact, atol=1e-6)
