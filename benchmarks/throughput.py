@@ -9,10 +9,16 @@ Prints, on one machine in one process:
   2. a Phase 1 training iteration of ``train_phase1`` against the implementation of
      commit c602e35 ("today" in the issue: LayerNorm of the embeddings in every batch, a
      host sync per batch, Effective Rank every iteration) — target ≥ 1.5×;
-  3. the reference ``F.cross_entropy(h @ Eᵀ)`` step the fused loss replaces.
+  3. the reference ``F.cross_entropy(h @ Eᵀ)`` step the fused loss replaces;
+  4. with ``--precision``: the bf16/fp32 rate ratio of a Phase 2 training step
+     (:func:`newllm.phase2.accumulate_step` + Adam, the TokenBlock under autocast, the
+     head's matmuls on a bf16 copy of E) and of its two vocabulary matmuls alone, at the
+     run's d_e and at d 256 and 768 (d_c = d_e there), with the relative gap of the two
+     precisions' loss on the same first batch — what ``precision: auto`` is chosen from.
 The context-cache target (3) is printed by ``benchmarks/context_cache.py``.
 
     python benchmarks/throughput.py                         # CPU, the default study's shapes
+    python benchmarks/throughput.py --precision             # ... plus the bf16/fp32 ratios
     python benchmarks/throughput.py --device cuda --embed-dim 768 --context-dim 768 --batch 8192
 """
 
@@ -28,8 +34,8 @@ from newllm.losses import phase1_loss
 from newllm.metrics import convergence_counts, effective_rank
 from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, train_phase2
-from newllm.runtime import resolve_device
+from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, accumulate_step, tied_head, train_phase2
+from newllm.runtime import resolve_device, resolve_precision
 from newllm.tokenizer import VOCAB_SIZE
 
 
@@ -68,6 +74,47 @@ def c602e35_iteration(block, weight, stream, contexts, cfg, optimizer):
     return new
 
 
+def precision_step_seconds(d_e: int, d_c: int, B: int, chunk: int, precision: str, device, repeats: int):
+    """Seconds per Phase 2 training step (forward, fused tied CE, backward, Adam) and per
+    pair of vocabulary matmuls ``[B, d_e] @ [d_e, V]`` + ``[B, V] @ [V, d_e]`` in
+    ``precision``, and the step's loss (nats, float32) for a cross-check."""
+    torch.manual_seed(0)
+    n, V = 8192, VOCAB_SIZE
+    E = (torch.randn(V, d_e) / d_e**0.5).to(device)
+    token_input = TokenInput(E).to(device)
+    head = tied_head(token_input.weight, precision)  # once per run, as train_phase2 does
+    block = TokenBlock(d_c, d_e, d_e).to(device)
+    init_weights(block)
+    split = Split(torch.randint(0, V, (n,), device=device), torch.randn(n, 1, d_c, device=device))
+    pos = torch.randint(0, n - 1, (B,), device=device)
+    opt = torch.optim.Adam(block.parameters(), lr=1e-3)
+    losses = []
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        losses.append(accumulate_step(block, token_input, split, pos, B, chunk, precision, head))
+        opt.step()
+
+    h = torch.randn(B, d_e, device=device).to(head.dtype)
+    g = torch.randn(B, V, device=device).to(head.dtype)
+    matmuls = _timeit(lambda: (h @ head.t(), g @ head), device, repeats)
+    return _timeit(step, device, repeats), matmuls, losses[0]
+
+
+def precision_comparison(d_e: int, d_c: int, B: int, chunk: int, device, repeats: int) -> None:
+    """Print the bf16/fp32 rate ratios of a Phase 2 step and of its two vocabulary matmuls
+    at the run's ``d_e`` and at 256 and 768, and what ``precision: auto`` picks there."""
+    for d, dc in dict.fromkeys([(d_e, d_c), (256, 256), (768, 768)]):
+        reps = max(3, repeats // (4 if d >= 768 else 1))
+        s32, m32, loss32 = precision_step_seconds(d, dc, B, chunk, "fp32", device, reps)
+        s16, m16, loss16 = precision_step_seconds(d, dc, B, chunk, "bf16", device, reps)
+        print(
+            f"[target 4] d_e {d}, d_c {dc}, batch {B}: Phase 2 step bf16/fp32 rate {s32 / s16:.2f}x "
+            f"({B / s32:,.0f} vs {B / s16:,.0f} tok/s); two vocabulary matmuls {m32 / m16:.2f}x; first-step loss "
+            f"gap {abs(loss16 / loss32 - 1):.1e}; precision auto -> {resolve_precision('auto', device, d)}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
@@ -82,6 +129,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=6, help="Phase 1 iterations timed")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--precision", action="store_true", help="also print the bf16/fp32 ratios (target 4)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,6 +228,10 @@ def main() -> None:
         f"[target 2] Phase 1 iteration ({args.tokens} tokens + {args.dev_tokens} dev, batch {cfg1.batch_size}): "
         f"{new_rate:,.0f} tok/s vs {old_rate:,.0f} tok/s at c602e35 = {new_rate / old_rate:.2f}x (target >= 1.5)"
     )
+
+    # --- 4. bf16 against fp32 at the run's d_e and at 256 and 768
+    if args.precision:
+        precision_comparison(d_e, d_c, B, cfg2.chunk_tokens, device, args.repeats)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,6 @@ CUBLAS_WORKSPACE = ":4096:8"
 """``CUBLAS_WORKSPACE_CONFIG`` that makes cuBLAS matrix products deterministic (CUDA docs)."""
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 """Compute precisions of config ``precision`` (besides ``auto``) and their matmul dtype."""
-CPU_BF16_MIN_DIM = 256
-"""Smallest embedding width at which ``precision: auto`` picks bf16 on a CPU with native
-bf16 matmuls: on the 2-core AVX512-BF16 CPU of issue 10 the tied head's two vocabulary
-matmuls run 1.9x fp32 at d_e 256 and 4.3x at 768 but no faster at 64, where the fp32 <-> bf16
-casts of the ``[chunk, V]`` logits cost more than the matmuls save (benchmarks/throughput.py
-``--precision``)."""
 CODE_PATHS = ("Snakefile", "rules/", "workflow_scripts/", "newllm/", "config/", "envs/")
 """Project paths whose untracked files make a checkout count as dirty."""
 
@@ -65,10 +59,15 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(name: str, device: torch.device, embed_dim: int | None = None) -> str:
     """The compute precision of a job: ``fp32`` or ``bf16``.
 
-    ``auto`` -> what measures fastest on ``device`` at equal results: ``bf16`` on CUDA;
-    on the CPU ``bf16`` only when oneDNN has native bf16 matmuls (AVX512-BF16/AMX) and
-    ``embed_dim`` >= :data:`CPU_BF16_MIN_DIM`, else ``fp32``; ``fp32`` on ``mps``
-    (untested there).  ``bf16`` computes matrix products in bfloat16 (``torch.autocast``
+    ``auto`` -> what measures fastest on ``device`` at equal results: ``bf16`` on CUDA
+    (tensor cores; not measured in this project yet), ``fp32`` on the CPU and on ``mps``
+    (untested there).  On the 2-core AVX512-BF16 CPU of issue 10 a whole Phase 2 step in
+    bf16 ran 0.52x / 0.92x / 0.93x the fp32 rate at d_e 64 / 256 / 768 although its two
+    vocabulary matmuls alone ran 1.2x / 1.8x / 2.6x: the fp32 <-> bf16 passes over the
+    ``[chunk, V]`` logits cost what the matmuls save (benchmarks/throughput.py
+    ``--precision``).  ``embed_dim`` is accepted for a width-dependent rule and unused.
+
+    ``bf16`` computes matrix products in bfloat16 (``torch.autocast``
     and the tied head's two vocabulary matmuls) with fp32 accumulation, log-sum-exp,
     losses, optimizer state and weights; ``fp32`` never enters an autocast region, so its
     numbers are those of a build without this option.
@@ -79,20 +78,10 @@ def resolve_precision(name: str, device: torch.device, embed_dim: int | None = N
     if name == "auto":
         if device.type == "cuda":
             return "bf16"
-        if device.type == "cpu" and embed_dim is not None and embed_dim >= CPU_BF16_MIN_DIM and _cpu_has_bf16():
-            return "bf16"
         return "fp32"
     if name not in PRECISIONS:
         raise ValueError(f"precision {name!r} is not one of auto, {', '.join(PRECISIONS)}")
     return name
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN, AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
