@@ -103,7 +103,7 @@ def test_bf16_head_computes_the_matmuls_in_bf16_and_the_loss_in_fp32():
     # exactly the cross-entropy of the bf16 products (log-sum-exp in fp32)
     h_ref = h.detach().bfloat16().float().requires_grad_()
     reference = F.cross_entropy(_reference_bf16_logits(h_ref, E, y), y)
-    assert float(loss16) == pytest.approx(float(reference), rel=1e-6)
+    assert float(loss16) == pytest.approx(float(reference.detach()), rel=1e-6)
     # ∂L/∂h: the softmax weights meet E in a bf16 matmul too (8 significant bits)
     assert torch.allclose(g16, g32, rtol=0, atol=2e-2 * float(g32.abs().max()))
     assert not torch.equal(g16, g32)
