@@ -123,3 +123,18 @@ def test_validation_coverage_counts():
     val = np.array([1, 4, 4, 5, 2])
     cov = validation_coverage(train, val)
     assert cov == {"validation_tokens": 5, "unseen_tokens": 3, "unseen_fraction": 0.6, "unseen_types": 2}
+
+
+def test_split_is_the_seeded_permutation_cut_in_order_and_minimum_sizes_are_allowed():
+    order = np.random.default_rng(3).permutation(20)
+    parts = split_samples(20, {"dev": 1, "test": 2}, seed=3)  # no embedding slice: size 0
+    assert parts["dev"].tolist() == order[:1].tolist() and parts["test"].tolist() == order[1:3].tolist()
+    assert parts["embedding"].tolist() == [] and parts["pool"].tolist() == order[3:].tolist()
+    assert all(v.dtype == np.int64 for v in parts.values())
+    with_slice = split_samples(20, {"dev": 1, "test": 2, "embedding": 4}, seed=3)
+    assert with_slice["embedding"].tolist() == order[3:7].tolist() and with_slice["pool"].tolist() == order[7:].tolist()
+    assert split_samples(4, {"dev": 1, "test": 2, "embedding": 0}, seed=3)["pool"].size == 1  # one sample left suffices
+    with pytest.raises(DataError, match="dev split size 0 must be >= 1"):
+        split_samples(20, {"dev": 0, "test": 2}, seed=3)
+    with pytest.raises(DataError, match="embedding split size -1"):
+        split_samples(20, {"dev": 1, "test": 2, "embedding": -1}, seed=3)
