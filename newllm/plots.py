@@ -132,7 +132,9 @@ def _draw_fitted_curve(ax, c: pd.DataFrame, style: str, color: str) -> None:
         ax.fill_between(c["tokens"], c["ci_low"], c["ci_high"], color=color, alpha=0.12, lw=0)
 
 
-def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, path: str | Path) -> list[str]:
+def plot_scaling(
+    points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, path: str | Path, head_reference: dict | None = None
+) -> list[str]:
     """Test PPL vs training tokens (log-log) for every model, one panel per context_dim.
 
     Points: seed-mean test PPL with bootstrap 95 % bars (hollow: an undertrained run).
@@ -146,6 +148,8 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
         fits: the scaling fits (``alpha``, ``alpha_boot_ci_low/high`` or ``alpha_ci_*``).
         curves: the fitted curves table (``form``, ``tokens``, ``ppl``, ``ci_low/high``,
             ``extrapolation``).
+        head_reference: the stand-in embeddings' metadata; when it has a ``test_ppl`` (the
+            frozen head's own LM, e.g. ``source: bigram``) a grey horizontal line marks it.
     """
     dims = sorted(d for d in points["context_dim"].unique() if d) or [0]
     n_variants = points["variant"].nunique()
@@ -174,6 +178,10 @@ def plot_scaling(points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame,
             ].sort_values("tokens")
             if len(c):
                 _draw_fitted_curve(ax, c, style, color)
+        if head_reference and head_reference.get("test_ppl") is not None:
+            label = f"frozen head's own {head_reference.get('source', '')} LM (embedding slice only)"
+            ax.axhline(float(head_reference["test_ppl"]), color="0.5", ls=":", lw=1.2, label=label)
+            labels.append(label)
         if len(axes) > 1 or dim:
             ax.set_title(f"context_dim {dim}" if dim else "", fontsize=10)
         log_axis(ax, "x")

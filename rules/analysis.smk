@@ -197,6 +197,7 @@ rule plot_scaling:
         ratios=rules.baselines.output.ratios,
         fits=rules.fit_scaling.output.fits,
         curves=rules.fit_scaling.output.curves,
+        embeddings_meta=rules.token_embeddings.output.meta,
     output:
         scaling=report(
             "results/{study}/figures/scaling.png",

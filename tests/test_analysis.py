@@ -494,6 +494,8 @@ def test_figures_show_every_model_and_write_svg(tmp_path):
     assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG" and (
         tmp_path / "scaling.svg"
     ).read_text().lstrip().startswith("<?xml")
+    with_head = plot_scaling(points, fits, curves, tmp_path / "head.png", head_reference={"source": "bigram", "test_ppl": 150.0})
+    assert with_head == labels + ["frozen head's own bigram LM (embedding slice only)"]
     ratio_labels = plot_ppl_ratio(ratio_table(points, boot, "base"), tmp_path / "ratio.png")
     assert {label.split(" ")[0] for label in ratio_labels} == {"no_context", "ngram", "lstm"}
     assert (tmp_path / "ratio.svg").exists()
