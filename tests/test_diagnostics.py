@@ -23,6 +23,7 @@ def test_identity_check_on_constructed_cases():
     attractor = identity_check(torch.ones(5, 2) * 3.0)
     assert not attractor["passed"]
     assert _criterion(attractor, "mean_distance_from_mean_context")["value"] == pytest.approx(0.0)
+    assert _criterion(attractor, "mean_context_norm")["passed"] is True  # each criterion judges its own value
     assert _criterion(attractor, "mean_cosine_to_token_embedding")["passed"] is None  # n/a without embeddings
     # zero map
     assert not identity_check(torch.zeros(4, 2))["passed"]
