@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from newllm.model import TokenBlock, TokenInput, init_weights, tied_logits
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_token_nll, train_phase2
+from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_head, tied_token_nll, train_phase2
 from newllm.training import EarlyStopping
 
 
@@ -22,6 +22,42 @@ def test_fused_tied_cross_entropy_matches_autograd(chunk):
     (2.5 * reference).backward()
     assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
     assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
+
+
+def _head_with_shared_rows(V=60, d=6, shared=25, seed=0):
+    """[V, d] embeddings whose last ``shared`` ids share one row (as the bigram stand-in's unknown ids)."""
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(V, d, generator=g)
+    E[V - shared :] = torch.randn(d, generator=g)
+    return E
+
+
+def test_a_head_with_identical_rows_is_merged_exactly():
+    E = _head_with_shared_rows()
+    head = tied_head(E)
+    assert head.rows.shape == (36, 6) and torch.equal(head.rows[head.class_of], E)
+    assert sorted(head.log_mult.exp().round().tolist()) == [1.0] * 35 + [25.0]
+    distinct = tied_head(torch.randn(60, 6))  # nothing to merge: the matrix itself
+    assert distinct.log_mult is None and distinct.class_of is None and distinct.rows.shape == (60, 6)
+
+    torch.manual_seed(1)
+    y = torch.cat([torch.randint(0, 60, (30,)), torch.tensor([40, 59, 35, 0])])  # shared and own-row targets
+    h1 = (3 * torch.randn(34, 6)).requires_grad_(True)
+    h2 = h1.detach().clone().requires_grad_(True)
+    for chunk in (1, 7, 64):
+        merged = TiedCrossEntropy.apply(h1, head, y, chunk)
+        full = F.cross_entropy(tied_logits(h2, E), y)
+        merged.backward()
+        full.backward()
+        assert merged.item() == pytest.approx(full.item(), rel=1e-6)
+        assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
+        h1.grad = h2.grad = None
+        nll, correct = tied_token_nll(h1.detach(), head, y, chunk)
+        full_logits = tied_logits(h1.detach(), E)
+        reference = F.cross_entropy(full_logits, y, reduction="none")
+        assert torch.allclose(nll, reference, rtol=1e-5, atol=1e-5)
+        # a hit: the target's logit is the row maximum (ids sharing a row tie by construction)
+        assert torch.equal(correct, full_logits.gather(1, y[:, None]).squeeze(1) >= full_logits.max(dim=1).values)
 
 
 def test_per_token_nll_and_accuracy():
@@ -175,3 +211,23 @@ def test_other_runtime_errors_are_not_swallowed():
         train_phase2(
             block, token_input, Split(stream, cache), Split(stream, cache), Phase2Config(max_steps=1, min_steps=0), seed=0
         )
+
+
+def test_a_zero_learning_rate_epoch_reports_the_evaluated_losses():
+    # 128 targets in batches of 32: one evaluation every 4 steps is one epoch, every target
+    # once; with learning rate 0 the weights never move, so the mean training loss of each
+    # epoch is the evaluated training loss and every dev loss the evaluated dev loss
+    block, token_input, stream, cache = _phase2_setup(n=129)
+    train, dev = Split(stream, cache), Split(stream.flip(0), cache)
+    cfg = Phase2Config(max_steps=8, min_steps=0, eval_every=4, patience=5, batch_size=32, chunk_tokens=16, learning_rate=0.0)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    train_loss = evaluate(block, token_input, train, cfg)["loss"]
+    dev_eval = evaluate(block, token_input, dev, cfg)
+    result = train_phase2(block, token_input, train, dev, cfg, seed=0)
+    assert [r["step"] for r in result.history] == [4, 8] and [r["epoch"] for r in result.history] == [1, 2]
+    for record in result.history:
+        assert record["train_loss"] == pytest.approx(train_loss, rel=1e-5)
+        assert record["dev_loss"] == pytest.approx(dev_eval["loss"], rel=1e-6)
+        assert record["dev_accuracy"] == dev_eval["accuracy"] and record["learning_rate"] == 0.0
+    assert result.summary["best_step"] == 4 and result.summary["stopped_by"] == "max_steps"  # an equal loss is no improvement
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
