@@ -350,3 +350,23 @@ def test_information_criteria_of_a_group_at_the_minimum_sizes():
             )
         # no bootstrap: the bootstrap columns are NaN, not missing
         assert all(math.isnan(fit[c]) for c in ("alpha_boot_se", "alpha_boot_ci_low", "alpha_boot_ci_high"))
+
+
+def test_loss_form_standard_errors_are_the_asymptotic_formula_at_the_optimum():
+    from newllm.scaling import fit_loss_form
+
+    rng = np.random.default_rng(6)
+    tokens = np.geomspace(1e3, 1e6, 8)
+    losses = 2.0 + 30.0 * tokens**-0.4 + rng.normal(0, 0.01, 8)
+    fit = fit_loss_form(tokens, losses)
+    assert not fit["beta_at_bound"] and not fit["E_at_bound"] and fit["n_points"] == 8
+    e, b, beta = fit["E"], fit["B"], fit["beta"]
+    resid = losses - (e + b * tokens**-beta)
+    assert fit["rss"] == pytest.approx(float(resid @ resid), rel=1e-9)
+    # the gradient of the RSS vanishes at the optimum (no parameter at a bound)
+    jac = np.column_stack([np.ones(8), tokens**-beta, -b * tokens**-beta * np.log(tokens)])
+    np.testing.assert_allclose(jac.T @ resid, 0.0, atol=1e-6 * np.abs(jac).max())
+    # cov = (JᵀJ)⁻¹ RSS/(n − 3); SE(E) and SE(β) do not depend on how B is parameterised
+    cov = np.linalg.inv(jac.T @ jac) * float(resid @ resid) / 5
+    assert fit["E_stderr"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-2)
+    assert fit["beta_stderr"] == pytest.approx(math.sqrt(cov[2, 2]), rel=1e-2)
