@@ -36,32 +36,79 @@ from newllm.runtime import PRECISIONS, autocast
 from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
 
 
-def tied_head(embeddings: Tensor, precision: str = "fp32") -> Tensor:
-    """The tied head's matmul operand for ``precision``: the ``[V, d_e]`` float32
-    embeddings themselves (``fp32``) or a bfloat16 copy (``bf16``), made once per run and
-    passed to :class:`TiedCrossEntropy` / :func:`tied_token_nll`, whose matmul precision
-    is the dtype of the head they are given."""
-    return embeddings if precision == "fp32" else embeddings.to(PRECISIONS[precision])
+@dataclass(frozen=True)
+class TiedHead:
+    """The frozen tied output head with identical rows merged exactly.
+
+    A stand-in embedding may give many ids one shared row (the bigram stand-in's
+    "unknown" row: ~33k of 50,257 ids on the default corpus).  Identical rows give
+    identical logits, so the softmax over the ``V`` ids equals a softmax over the ``C``
+    distinct rows with each logit raised by ``ln(multiplicity)``; the NLL of a target is
+    unchanged (``log Σ_c m_c e^{z_c} − z_y``), as is ``∂L/∂h = Σ_c p_c E_c − E_y`` and the
+    top-1 hit (the raw ``z`` is compared).  Exact up to floating-point summation order;
+    the vocabulary matmuls shrink by ``V/C`` (3.0× on the default corpus).
+
+    Attributes:
+        rows: ``[C, d_e]`` distinct rows, float32 or bfloat16 (the matmul dtype).
+        log_mult: ``[C]`` float32 ``ln`` of each row's multiplicity, or ``None`` when every
+            row is distinct (then ``rows`` is the embedding matrix itself, ``C = V``).
+        class_of: ``[V]`` int64 row index of each token id, or ``None`` (identity).
+    """
+
+    rows: Tensor
+    log_mult: Tensor | None = None
+    class_of: Tensor | None = None
+
+    def classes(self, targets: Tensor) -> Tensor:
+        """Row index of each target id: ``[B]`` int64 -> ``[B]`` int64."""
+        return targets if self.class_of is None else self.class_of[targets]
 
 
-def _chunk_logits(hidden: Tensor, head: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """float32 logits ``[c, V]`` of one chunk of ``[c, d_e]`` hidden states and the target
-    logits ``[c]``.
+def tied_head(embeddings: Tensor, precision: str = "fp32") -> TiedHead:
+    """The tied head of ``[V, d_e]`` float32 ``embeddings`` for ``precision``, made once
+    per run: identical rows merged (:class:`TiedHead`), the rows kept float32 (``fp32``)
+    or copied to bfloat16 (``bf16``).  :class:`TiedCrossEntropy` and
+    :func:`tied_token_nll` run their matmuls in the rows' dtype."""
+    rows, class_of, counts = torch.unique(embeddings, dim=0, return_inverse=True, return_counts=True)
+    if rows.shape[0] == embeddings.shape[0]:  # all distinct: the matrix itself, in its own order
+        rows, log_mult, class_of = embeddings, None, None
+    else:
+        log_mult = counts.float().log()
+    return TiedHead(rows if precision == "fp32" else rows.to(PRECISIONS[precision]), log_mult, class_of)
 
-    float32 head: ``hidden @ headᵀ`` and a gather.  bfloat16 head: the matmul in bf16
+
+def _as_head(head: TiedHead | Tensor) -> TiedHead:
+    """A plain ``[V, d_e]`` matrix is a head with every row distinct."""
+    return head if isinstance(head, TiedHead) else TiedHead(head)
+
+
+def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """float32 logits ``[c, C]`` of one chunk of ``[c, d_e]`` hidden states against the
+    head's ``rows`` and the target logits ``[c]`` (``targets`` are row indices).
+
+    float32 rows: ``hidden @ rowsᵀ`` and a gather.  bfloat16 rows: the matmul in bf16
     (fp32 accumulation, bf16 output: ~3 significant digits, ±0.03 at a logit of 8) cast to
     fp32; the target logit is recomputed exactly in fp32 from the same bf16 operands and
     written back, so output rounding never ties the target with a competitor (top-1
     accuracy stays unbiased) and the NLL's own term carries no rounding.
     """
-    if head.dtype == torch.float32:
-        logits = hidden.float() @ head.t()
+    if rows.dtype == torch.float32:
+        logits = hidden.float() @ rows.t()
         return logits, logits.gather(1, targets[:, None]).squeeze(1)
-    h = hidden.to(head.dtype)
-    logits = (h @ head.t()).float()
-    target = (h.float() * head[targets].float()).sum(dim=1)
+    h = hidden.to(rows.dtype)
+    logits = (h @ rows.t()).float()
+    target = (h.float() * rows[targets].float()).sum(dim=1)
     logits.scatter_(1, targets[:, None], target[:, None])
     return logits, target
+
+
+def _shifted_exp(logits: Tensor, top: Tensor, log_mult: Tensor | None) -> Tensor:
+    """In place: ``m_c · exp(z_c − max z)`` over a ``[c, C]`` chunk (``m ≡ 1`` without
+    multiplicities).  Every term is at most its multiplicity, so nothing overflows."""
+    logits.sub_(top[:, None])
+    if log_mult is not None:
+        logits.add_(log_mult)
+    return logits.exp_()
 
 
 class TiedCrossEntropy(torch.autograd.Function):
@@ -71,26 +118,28 @@ class TiedCrossEntropy(torch.autograd.Function):
     computed chunk by chunk during the forward pass and saved.
 
     Inputs: ``hidden`` ``[B, d_e]`` (float32, or bfloat16 from an autocast region),
-    ``embeddings`` ``[V, d_e]`` (:func:`tied_head`: float32, or bfloat16 for bf16
-    matmuls), ``targets`` ``[B]`` int64, ``chunk_tokens`` int.  The two vocabulary
-    matmuls run in the head's dtype; max, exp, sum, log and the loss are float32 either
-    way.  Output: scalar float32 mean loss in nats; ``∂L/∂h`` in ``hidden``'s dtype.
+    ``head`` (:func:`tied_head`, or a plain ``[V, d_e]`` matrix), ``targets`` ``[B]``
+    int64 token ids, ``chunk_tokens`` int.  The two vocabulary matmuls run in the head
+    rows' dtype; max, exp, sum, log and the loss are float32 either way.  Output: scalar
+    float32 mean loss in nats; ``∂L/∂h`` in ``hidden``'s dtype.
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, hidden: Tensor, head: TiedHead | Tensor, targets: Tensor, chunk_tokens: int) -> Tensor:  # type: ignore[override]
+        head = _as_head(head)
+        rows, classes = head.rows, head.classes(targets)
         total = hidden.new_zeros((), dtype=torch.float32)
         grad = torch.empty_like(hidden, dtype=torch.float32)
         for s in range(0, hidden.shape[0], chunk_tokens):
-            y = targets[s : s + chunk_tokens]
-            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], embeddings, y)  # [chunk, V] float32
+            y = classes[s : s + chunk_tokens]
+            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], rows, y)  # [chunk, C] float32
             top = logits.amax(dim=1)
-            # one pass over the logits: e = exp(z - max) in place; Z = Σ e;
+            # one pass over the logits: e = m·exp(z - max) in place; Z = Σ e;
             # loss = max + log Z - z_y;  ∂L/∂h = (e E) / Z - E[y]  (softmax never divided out)
-            z = logits.sub_(top[:, None]).exp_().sum(dim=1)
+            z = _shifted_exp(logits, top, head.log_mult).sum(dim=1)
             total = total + (top + z.log() - target).sum()
-            e_times_e = (logits.to(embeddings.dtype) @ embeddings).float()  # [chunk, d_e]
-            grad[s : s + chunk_tokens] = e_times_e.div_(z[:, None]).sub_(embeddings[y].float())
+            e_times_e = (logits.to(rows.dtype) @ rows).float()  # [chunk, d_e]
+            grad[s : s + chunk_tokens] = e_times_e.div_(z[:, None]).sub_(rows[y].float())
         ctx.hidden_dtype = hidden.dtype
         ctx.save_for_backward(grad)
         return total / hidden.shape[0]
@@ -101,27 +150,28 @@ class TiedCrossEntropy(torch.autograd.Function):
         return (grad * (grad_output / grad.shape[0])).to(ctx.hidden_dtype), None, None, None
 
 
-def tied_token_nll(hidden: Tensor, embeddings: Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
+def tied_token_nll(hidden: Tensor, head: TiedHead | Tensor, targets: Tensor, chunk_tokens: int) -> tuple[Tensor, Tensor]:
     """Per-target NLL (nats) and top-1 hits for ``[B, d_e]`` hidden states (no grad).
 
-    ``embeddings`` is the head of :func:`tied_head` (its dtype sets the matmul precision,
-    as in :class:`TiedCrossEntropy`).  Log-sum-exp in fp32; one row maximum serves both
-    the stable log-sum-exp and top-1 accuracy (a hit is a target logit equal to the row
-    maximum: no index reduction over the vocabulary; an exact tie for the maximum counts
-    as a hit).
+    ``head`` as in :class:`TiedCrossEntropy` (its rows' dtype sets the matmul precision).
+    Log-sum-exp in fp32; one row maximum of the raw logits serves both the stable
+    log-sum-exp and top-1 accuracy (a hit is a target logit equal to the row maximum: no
+    index reduction over the vocabulary; an exact tie for the maximum counts as a hit).
 
     Returns:
         ``(nll [B] float32, correct [B] bool)``.
     """
+    head = _as_head(head)
+    classes = head.classes(targets)
     nll = torch.empty(hidden.shape[0], device=hidden.device)
     correct = torch.empty(hidden.shape[0], dtype=torch.bool, device=hidden.device)
     with torch.no_grad():
         for s in range(0, hidden.shape[0], chunk_tokens):
-            y = targets[s : s + chunk_tokens]
-            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], embeddings, y)  # [chunk, V] float32
+            y = classes[s : s + chunk_tokens]
+            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], head.rows, y)  # [chunk, C] float32
             top = logits.amax(dim=1)
             correct[s : s + chunk_tokens] = target >= top
-            nll[s : s + chunk_tokens] = top + logits.sub_(top[:, None]).exp_().sum(dim=1).log() - target
+            nll[s : s + chunk_tokens] = top + _shifted_exp(logits, top, head.log_mult).sum(dim=1).log() - target
     return nll, correct
 
 
@@ -192,7 +242,7 @@ def accumulate_step(
     micro: int,
     chunk_tokens: int,
     precision: str = "fp32",
-    head: Tensor | None = None,
+    head: TiedHead | None = None,
 ) -> float:
     """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
     gradient accumulation: the gradient equals that of the whole batch (each part's
@@ -222,7 +272,7 @@ def evaluate(
     return_token_nll: bool = False,
     *,
     precision: str = "fp32",
-    head: Tensor | None = None,
+    head: TiedHead | None = None,
 ) -> dict[str, Any]:
     """Token-weighted mean NLL, perplexity and top-1 accuracy over all ``n - 1`` targets.
 
@@ -301,7 +351,7 @@ def _optimizer_step(
     cfg: Phase2Config,
     on_oom,
     precision: str = "fp32",
-    head: Tensor | None = None,
+    head: TiedHead | None = None,
 ) -> tuple[float, int]:
     """Forward/backward of one batch, redone in micro-batches of half the size with
     gradient accumulation (the same optimizer step) on out-of-memory, halving until it
@@ -403,7 +453,7 @@ def train_phase2(
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
     """
-    head = tied_head(token_input.weight, precision)  # [V, d_e], bf16 copy once per run
+    head = tied_head(token_input.weight, precision)  # once per run: identical rows merged, bf16 rows for bf16
     optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     batches = _Batches(train.targets, cfg.batch_size, seed, train.stream.device)

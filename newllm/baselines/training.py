@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from newllm.metrics import perplexity
-from newllm.phase2 import TiedCrossEntropy, tied_head, tied_token_nll
+from newllm.phase2 import TiedCrossEntropy, TiedHead, tied_head, tied_token_nll
 from newllm.runtime import autocast
 from newllm.training import EarlyStopping, check_finite, config_from_dict
 
@@ -138,7 +138,7 @@ class RandomWindows:
 
 
 def evaluate_stream(
-    model: nn.Module, stream: Tensor, chunk_tokens: int, precision: str = "fp32", head: Tensor | None = None
+    model: nn.Module, stream: Tensor, chunk_tokens: int, precision: str = "fp32", head: TiedHead | None = None
 ) -> dict[str, Any]:
     """Score every target of ``stream`` (``[n]`` int64) with the model's own stream pass.
 
@@ -191,7 +191,7 @@ class NeuralTrainer:
     ) -> None:
         self.model, self.batches, self.cfg, self.run_name, self.on_eval = model, batches, cfg, run_name, on_eval
         self.precision = precision
-        self.head = tied_head(model.embeddings, precision)  # [V, d_e]: a bf16 copy once per run for bf16
+        self.head = tied_head(model.embeddings, precision)  # once per run: identical rows merged, bf16 rows for bf16
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
         self.stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
