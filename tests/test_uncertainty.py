@@ -334,6 +334,7 @@ def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
     )
     np.testing.assert_allclose(plain[:, 0], boot[:, :2].mean(axis=1))
     assert info["resample_seeds"] is False
+    assert bootstrap_study(runs, nll, ends.tolist(), resamples=5)[3]["seed"] == 0  # the documented default
 
 
 def test_a_test_loss_gap_of_exactly_the_tolerance_is_accepted():
