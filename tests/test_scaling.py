@@ -370,3 +370,30 @@ def test_loss_form_standard_errors_are_the_asymptotic_formula_at_the_optimum():
     cov = np.linalg.inv(jac.T @ jac) * float(resid @ resid) / 5
     assert fit["E_stderr"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-2)
     assert fit["beta_stderr"] == pytest.approx(math.sqrt(cov[2, 2]), rel=1e-2)
+
+
+def test_a_group_fit_at_another_confidence_uses_it_everywhere():
+    # 80 %: percentiles 10 and 90 of the refits, t quantile 0.9, loss-form intervals too
+    rng = np.random.default_rng(3)
+    tokens = np.geomspace(1e4, 1.6e5, 5)
+    x = np.log(tokens)
+    losses = 8.0 - 0.4 * x + rng.normal(0, 0.01, 5)
+    slopes, intercepts = rng.normal(-0.4, 0.02, 400), rng.normal(8.0, 0.05, 400)
+    boot = intercepts[:, None] + slopes[:, None] * x[None, :] + rng.normal(0, 0.01, (400, 5))
+    row = fit_scaling_group(tokens, losses, boot, confidence=0.8)
+    wide = fit_scaling_group(tokens, losses, boot)
+    refit = np.polyfit(x, boot.T, 1)[0]
+    assert row["alpha_boot_ci_low"] == pytest.approx(np.percentile(refit, 10))
+    assert row["alpha_boot_ci_high"] == pytest.approx(np.percentile(refit, 90))
+    half = row["alpha_ci_high"] - row["alpha"]
+    assert half == pytest.approx(stats.t.ppf(0.9, 3) * row["alpha_stderr"])
+    at_1m = np.exp(np.polyfit(x, boot.T, 1)[1] + refit * math.log(1e6))
+    assert row["ppl_at_1M_ci_low"] == pytest.approx(np.percentile(at_1m, 10), rel=1e-6)
+    from newllm.scaling import loss_form_predict, power_law_prediction_interval
+
+    assert row["ppl_at_1M_pi_low"] == pytest.approx(power_law_prediction_interval(tokens, np.exp(losses), 1e6, 0.8)[0])
+    assert row["ppl_at_1M_pi_low"] > wide["ppl_at_1M_pi_low"]  # a narrower interval
+    lf = row["_boot"]["loss_form"]  # the loss-form refits of the resamples
+    assert row["beta_ci_low"] == pytest.approx(np.nanpercentile(lf["beta"], 10))
+    at_1m_lf = np.exp(loss_form_predict(lf, np.array([1e6]))[:, 0])
+    assert row["ppl_at_1M_loss_form_ci_high"] == pytest.approx(np.nanpercentile(at_1m_lf, 90))
