@@ -14,6 +14,7 @@ are listed with the reason in ``tests/mutation_equivalents.md`` and left out of 
     python benchmarks/mutation.py                              # every core module, 10 min each
     python benchmarks/mutation.py --modules metrics losses     # some modules
     python benchmarks/mutation.py --report                     # print the last results, run nothing
+    python benchmarks/mutation.py --markdown                   # the same as a Markdown table
     python -m mutmut show newllm.metrics.x_effective_rank__mutmut_8   # one mutant's diff
 
 Not part of ``.ci/run``: a full pass takes hours of CPU on a 2-core machine.
@@ -111,6 +112,21 @@ def run_module(module: str, minutes: float, fresh: bool) -> str:
             return f"stopped after {minutes:g} min (rerun to continue)"
 
 
+def markdown(modules: list[str]) -> None:
+    """The per-module table as Markdown (for the README's "last result")."""
+    equivalents = equivalent_mutants()
+    print("| module | mutants | equivalent | killed | surviving | not run | kill rate |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for module in modules:
+        results = load_results(module)
+        counts = Counter(status(code) for name, code in results.items() if name not in equivalents)
+        killed = counts["killed"] + counts["timeout"]
+        surviving = counts["survived"] + counts["no tests"] + counts["suspicious"]
+        rate = f"{100 * killed / (killed + surviving):.1f} %" if killed + surviving else "–"
+        n_equiv = sum(name in equivalents for name in results)
+        print(f"| {module} | {len(results)} | {n_equiv} | {killed} | {surviving} | {counts['not run']} | {rate} |")
+
+
 def report(modules: list[str], notes: dict[str, str], show: int) -> None:
     equivalents = equivalent_mutants()
     header = (
@@ -152,10 +168,13 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="delete mutants/ first (after a change to newllm/ or the config)")
     parser.add_argument("--report", action="store_true", help="only print the last results")
     parser.add_argument("--show", type=int, default=50, help="survivors listed per module (-1: all)")
+    parser.add_argument("--markdown", action="store_true", help="print the last results as a Markdown table, run nothing")
     args = parser.parse_args()
     unknown = sorted(set(args.modules) - set(MODULES))
     if unknown:
         parser.error(f"not a core module: {unknown}; choose from {list(MODULES)}")
+    if args.markdown:
+        return markdown(args.modules)
     notes: dict[str, str] = {}
     if not args.report:
         if args.clean:
