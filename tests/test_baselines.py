@@ -400,3 +400,15 @@ def test_a_diverging_run_names_the_step(toy_data):
         model.readout[0].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match="dev loss at step 0"):
         train_neural_lm(model, train, dev, CFG, seed=0, stateful=True, run_name="lstm/test")
+
+
+def test_kn_size_counts_stored_probabilities_and_back_off_weights_by_hand():
+    # TOY bigram model, D = 0.5: unigrams with a discounted continuation count > 0 are 0, 1, 2
+    # (3 never follows anything); 4 bigram types; back-off weights: the unigram level's
+    # gamma = 3/8 and one per seen history 0, 1, 2 (history 3 was never seen)
+    lm = KneserNeyLM(order=2, discount=0.5, vocab_size=4).fit(TOY)
+    assert lm.num_ngrams() == [3, 4] and lm.effective_parameters() == 3 + 4 + 1 + 3
+    unigram = KneserNeyLM(order=1, discount=0.5, vocab_size=4).fit(TOY)
+    contexts = unigram.stream_contexts(TOY)
+    assert contexts.shape == (5, 0) and contexts.dtype == np.int64  # no history at order 1
+    assert unigram.num_ngrams() == [3] and unigram.effective_parameters() == 3 + 1
