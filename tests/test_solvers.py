@@ -201,6 +201,12 @@ def test_fixed_point_residual_is_one_sweep_over_all_layers():
     noisy = exact + 0.1 * torch.randn(exact.shape, generator=torch.Generator().manual_seed(1))
     swept = _hand_sweep(smap, noisy[:, -1])
     assert fixed_point_residual(smap, noisy) == pytest.approx(float((swept - noisy).pow(2).mean(dim=(1, 2)).max()), rel=1e-5)
+    # three layers: the sweep starts from the final layer's contexts, not from any other layer
+    torch.manual_seed(2)
+    deep = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream)
+    init_weights(deep.block)
+    exact, _ = get_solver("sequential")(deep)
+    assert fixed_point_residual(deep, exact) < 1e-12
 
 
 def test_jacobi_on_a_map_that_never_forgets_stops_at_the_default_budget():
