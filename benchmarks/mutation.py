@@ -149,6 +149,12 @@ def report(modules: list[str], notes: dict[str, str], show: int) -> None:
             (n for n, c in results.items() if status(c) in {"survived", "no tests", "suspicious"} and n not in equivalents),
             key=lambda n: (n.rsplit("__mutmut_", 1)[0], int(n.rsplit("_", 1)[1])),
         )
+    known = {name for module in modules for name in load_results(module)}
+    stale = sorted(
+        n for n in equivalents if n not in known and any(n.startswith(f"newllm.{m.replace('/', '.')}.") for m in modules)
+    )
+    if stale:
+        print(f"\n{len(stale)} listed equivalent mutants are no longer generated (the source changed): re-check {stale[:5]}")
     print("\nkill rate = (killed + timeout) / (mutants checked - equivalent); 'no tests' counts as surviving.")
     print(f"Equivalent mutants and why: {EQUIVALENTS.relative_to(REPO)}.  A mutant's diff: python -m mutmut show NAME")
     for module, names in survivors.items():
