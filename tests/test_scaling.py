@@ -397,3 +397,37 @@ def test_a_group_fit_at_another_confidence_uses_it_everywhere():
     assert row["beta_ci_low"] == pytest.approx(np.nanpercentile(lf["beta"], 10))
     at_1m_lf = np.exp(loss_form_predict(lf, np.array([1e6]))[:, 0])
     assert row["ppl_at_1M_loss_form_ci_high"] == pytest.approx(np.nanpercentile(at_1m_lf, 90))
+
+
+def test_fitted_curves_and_their_bands_on_the_grid():
+    # one configuration of 5 sizes with noisy bootstrap resamples: the curve grid runs from
+    # the smallest size to the last target (curve_points log-spaced, plus the largest size);
+    # bands are the percentiles of the refitted lines (power law) and loss forms
+    from newllm.scaling import loss_form_predict
+
+    rng = np.random.default_rng(9)
+    tokens = np.geomspace(1e4, 1.6e5, 5)
+    x = np.log(tokens)
+    losses = 2.0 + 40.0 * tokens**-0.3 + rng.normal(0, 0.01, 5)
+    boot = losses[None, :] + rng.normal(0, 0.02, (60, 5))
+    points = pd.DataFrame({"model": "cvfp", "variant": "base", "context_dim": 8, "train_tokens": tokens, "test_loss": losses})
+    fits, _, curves = fit_points(points, boot, curve_points=7, extrapolate=[1e6], confidence=0.9)
+    assert len(fits) == 1
+    row = fit_scaling_group(tokens, losses, boot, 0.9, [1e6])
+    power = curves[curves["form"] == "power_law"]
+    grid = np.unique(np.r_[np.geomspace(1e4, 1e6, 7), 1.6e5])
+    np.testing.assert_allclose(power["tokens"], grid)
+    np.testing.assert_allclose(np.log(power["ppl"]), math.log(row["A"]) + row["alpha"] * np.log(grid), rtol=1e-9)
+    intercepts_slopes = np.polyfit(x, boot.T, 1)  # [2, B]
+    lines = intercepts_slopes[1][:, None] + intercepts_slopes[0][:, None] * np.log(grid)[None, :]
+    np.testing.assert_allclose(np.log(power["ci_low"]), np.percentile(lines, 5, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(np.log(power["ci_high"]), np.percentile(lines, 95, axis=0), rtol=1e-6)
+    assert power["extrapolation"].tolist() == [bool(g > 1.6e5) for g in grid]
+    loss_form = curves[curves["form"] == "loss_form"]
+    centre = loss_form_predict({k: row[k] for k in ("E", "B", "beta")}, grid)
+    np.testing.assert_allclose(np.log(loss_form["ppl"]), centre, rtol=1e-6)
+    band = loss_form_predict(row["_boot"]["loss_form"], grid)
+    np.testing.assert_allclose(np.log(loss_form["ci_high"]), np.nanpercentile(band, 95, axis=0), rtol=1e-6)
+    # without a bootstrap the bands are NaN, the curves are still there
+    _, _, bare = fit_points(points, None, curve_points=7, extrapolate=[1e6])
+    assert set(bare["form"]) == {"power_law", "loss_form"} and bare["ci_low"].isna().all() and bare["ci_high"].isna().all()
