@@ -936,6 +936,7 @@ def _verdict_comparisons(
                 "percent": pct,
                 "percent_ci": [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)],
                 "dev_loss": _num(p.get("dev_loss")),
+                "index": int(i),
             }
         )
     return comparisons
@@ -1024,6 +1025,7 @@ def verdict(
     test_set: Mapping[str, Any] | None = None,
     resamples: int | None = None,
     head_reference: Mapping[str, Any] | None = None,
+    head_boot: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The numbers behind the report's opening lines.
 
@@ -1039,10 +1041,13 @@ def verdict(
 
     ``head_reference`` (the stand-in embeddings' metadata, ``token_embeddings.json``): when
     the embeddings come from a language model of their own (``source: bigram``) with a
-    ``test_ppl`` on the same test tokens, every model at the largest size is placed below,
-    within or above it by its own test-PPL interval (that model saw only the embedding
-    slice, none of the study's training sets: a model that does not get below it has
-    learned nothing the frozen head does not already carry).
+    ``test_ppl`` on the same test tokens, every model at the largest size is compared with
+    it: ``percent = 100·(PPL_model/PPL_head − 1)``, with a paired bootstrap interval when
+    ``head_boot`` (``[B]`` head test loss on the same resamples as ``point_boot``) is
+    given, else the model's own PPL interval against the head's point value; *below* /
+    *above* when the whole interval is, else *within*.  That LM saw only the embedding
+    slice, none of the study's training sets: a model not below it has learned nothing
+    measurable beyond what the frozen head already carries.
 
     Returns:
         A JSON-ready dict (``None`` for undefined numbers).
@@ -1076,29 +1081,46 @@ def verdict(
     out["best_baseline"] = _best_baseline(out["comparisons"])
     out["alphas"] = _verdict_alphas(fits, reference, reference_variant, int(ref["context_dim"]), others, out["comparisons"])
     out["undertrained"] = _undertrained_by_model(runs)
-    out["head_reference"] = _head_reference(head_reference, out)
+    out["head_reference"] = _head_reference(head_reference, head_boot, points, point_boot, ref_i, out, confidence)
     return out
 
 
-def _head_reference(meta: Mapping[str, Any] | None, out: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The frozen head's own LM test PPL and where each model's test-PPL interval at the
-    largest size lies against it (``below`` / ``above`` / ``within``); ``None`` when the
-    embeddings have no LM of their own."""
+def _head_reference(
+    meta: Mapping[str, Any] | None,
+    head_boot: np.ndarray | None,
+    points: pd.DataFrame,
+    point_boot: np.ndarray,
+    ref_i: int,
+    out: Mapping[str, Any],
+    confidence: float,
+) -> dict[str, Any] | None:
+    """Each model at the largest size against the frozen head's own LM (see :func:`verdict`);
+    ``None`` when the embeddings have no LM of their own."""
     if not meta or _num(meta.get("test_ppl")) is None:
         return None
     ppl = float(meta["test_ppl"])
-    rows = [(out["reference_model"], out["reference_ppl"], out["reference_ppl_ci"])]
-    rows += [(c["model"], c["ppl"], c["ppl_ci"]) for c in out["comparisons"]]
-    placed = {}
-    for model, value, (lo, hi) in rows:
-        lo, hi = (value, value) if lo is None or hi is None else (lo, hi)
-        placed[model] = "below" if hi < ppl else "above" if lo > ppl else "within"
+    paired = head_boot is not None and np.size(head_boot) == point_boot.shape[0]
+    rows = [(out["reference_model"], ref_i)] + [(c["model"], c["index"]) for c in out["comparisons"]]
+    models = {}
+    for model, i in rows:
+        value = float(points.loc[i, "test_ppl"])
+        if paired:
+            lo, hi = percentile_interval(point_boot[:, i] - np.asarray(head_boot), confidence)
+            ci = [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)]
+        else:
+            low, high = _num(points.loc[i].get("test_ppl_ci_low")), _num(points.loc[i].get("test_ppl_ci_high"))
+            ci = [None, None] if low is None or high is None else [100 * (low / ppl - 1), 100 * (high / ppl - 1)]
+        pct = 100 * (value / ppl - 1)
+        lo_pct, hi_pct = (pct, pct) if None in ci else ci
+        where = "below" if hi_pct < 0 else "above" if lo_pct > 0 else "within"
+        models[model] = {"ppl": value, "percent": pct, "percent_ci": ci, "place": where}
     return {
         "source": meta.get("source"),
         "test_ppl": ppl,
         "train_tokens": _num(meta.get("train_tokens")),
         "test_tokens": _num(meta.get("test_tokens")),
-        "models": placed,
+        "interval": "paired bootstrap" if paired else "the model's own interval",
+        "models": models,
     }
 
 
@@ -1171,17 +1193,20 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
             )
     head = v.get("head_reference")
     if head:
-        below = [m for m, where in head["models"].items() if where == "below"]
-        not_below = [m for m, where in head["models"].items() if where != "below"]
+        ref = f"the frozen head's own {head['source']} LM"
+        phrases = [_pct_phrase(m["percent"], m["percent_ci"], ref).replace(ref, "it") for m in head["models"].values()]
+        not_below = [name for name, m in head["models"].items() if m["place"] != "below"]
         lines.append(
             f"Frozen-head reference: the stand-in embeddings' own {head['source']} LM, trained on "
             f"{head['train_tokens'] or 0:,.0f} tokens of the embedding slice (none of the study's training sets), "
-            f"has test PPL {head['test_ppl']:.1f} on the same test tokens. "
-            + (f"Below it (whole interval): {', '.join(below)}. " if below else "No model gets below it. ")
+            f"has test PPL {head['test_ppl']:.1f} on the same test tokens. Against it ({head['interval']}): "
+            + "; ".join(f"{name} {phrase}" for name, phrase in zip(head["models"], phrases))
+            + "."
             + (
-                f"Not below it: {', '.join(not_below)} — at this size they add nothing the frozen head does not carry."
+                f" Not clearly below it: {', '.join(not_below)} — at this size they learn nothing measurable "
+                "beyond what the frozen head already carries."
                 if not_below
-                else ""
+                else " Every model gets below it."
             )
         )
     under = [u for u in v.get("undertrained", []) if u["undertrained"]]

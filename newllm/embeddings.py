@@ -479,19 +479,22 @@ def _score(model: BigramLM, class_of: np.ndarray, streams: dict[str, np.ndarray]
     return out
 
 
-def token_nll(model: BigramLM, class_of: np.ndarray, stream: np.ndarray) -> np.ndarray:
+def token_nll(model: BigramLM, class_of: np.ndarray, stream: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Per-target NLL ``[n - 1]`` float32: entry ``t`` = ``-ln p(stream[t+1] | stream[t])`` in nats.
 
     Over the full 50,257-id vocabulary (an id of the unknown class gets ``1/(V − K)`` of
-    that class's probability).  Materialises ``[n - 1, C]`` logits: for small streams.
+    that class's probability).  ``[chunk, C]`` logits at a time.
     """
     ids = torch.from_numpy(class_of[np.asarray(stream, dtype=np.int64)])
+    out = np.empty(max(ids.shape[0] - 1, 0), dtype=np.float32)
     with torch.no_grad():
-        h = model.hidden(ids[:-1])
-        logits = h @ model.rows.t()  # [n-1, C]
-        full = logits if model.log_mult is None else logits + model.log_mult
-        nll = torch.logsumexp(full, dim=1) - logits.gather(1, ids[1:, None]).squeeze(1)
-    return nll.numpy().astype(np.float32)
+        for s in range(0, out.size, chunk):
+            h = model.hidden(ids[s : min(s + chunk, out.size)])
+            logits = h @ model.rows.t()  # [chunk, C]
+            full = logits if model.log_mult is None else logits + model.log_mult
+            target = logits.gather(1, ids[s + 1 : s + 1 + h.shape[0], None]).squeeze(1)
+            out[s : s + h.shape[0]] = (torch.logsumexp(full, dim=1) - target).numpy()
+    return out
 
 
 def unigram_loss(train: np.ndarray, stream: np.ndarray) -> float:
@@ -574,6 +577,7 @@ def train_bigram_embeddings(
     seed: int,
     cfg: BigramConfig | None = None,
     eval_streams: dict[str, np.ndarray] | None = None,
+    token_nll_of: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The ``bigram`` source: :func:`train_bigram_model`, scored, as a ``[V, d_e]`` matrix.
 
@@ -582,6 +586,9 @@ def train_bigram_embeddings(
             (``dev_loss``, ``dev_ppl``, ``dev_tokens``, ...; the add-one unigram
             baseline ``unigram_dev_ppl`` of the same training tokens, and
             ``dev_unknown_targets``: targets whose id has the unknown row).
+        token_nll_of: a key of ``eval_streams`` whose per-target NLL (:func:`token_nll`)
+            is returned as ``info["token_nll"]`` (``[n − 1]`` float32 nats; for the
+            test-set bootstrap, paired with every model's).
 
     Returns:
         ``(E [V, d_e] float32, info)``: :func:`train_bigram_model`'s ``info`` plus the
@@ -594,6 +601,8 @@ def train_bigram_embeddings(
     cfg = cfg or BigramConfig()
     model, class_of, info = train_bigram_model(slice_stream, embed_dim, seed, cfg)
     info.update(_score(model, class_of, eval_streams or {}, cfg.chunk))
+    if token_nll_of is not None:
+        info["token_nll"] = token_nll(model, class_of, (eval_streams or {})[token_nll_of])
     train_ids, _ = split_heldout(slice_stream, cfg.heldout_fraction)
     for name, stream in (eval_streams or {}).items():
         info[f"unigram_{name}_ppl"] = math.exp(unigram_loss(train_ids, stream))

@@ -240,6 +240,25 @@ def run_conversation_sums(
     return keys, np.column_stack(sums), counts
 
 
+def reference_losses(
+    token_nll: np.ndarray, sample_end: Sequence[int], resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> tuple[float, np.ndarray]:
+    """Observed test loss and per-resample losses ``[B]`` of one reference model outside the
+    runs table (the frozen head's own LM), on the same conversation draws as
+    :func:`bootstrap_study` with the same ``resamples`` and ``seed``: its column pairs
+    with every run's.
+
+    Args:
+        token_nll: ``[n − 1]`` per-target NLL (nats) on the test stream.
+        sample_end: the test stream's conversation ends.
+
+    Raises:
+        ValueError: as :func:`conversation_sums`.
+    """
+    sums, counts = conversation_sums(token_nll, sample_end)
+    return float(observed_losses(sums, counts)[0]), bootstrap_losses(sums, counts, resamples, seed)[:, 0]
+
+
 def check_test_losses(keys: list, observed: np.ndarray, test_loss: np.ndarray, tolerance: float) -> None:
     """Raise ``ValueError`` naming the run whose mean token NLL (``observed``) differs from
     its metrics' ``test_loss`` by more than ``tolerance`` nats."""

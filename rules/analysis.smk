@@ -86,10 +86,12 @@ rule bootstrap_test:
     input:
         runs=rules.collect_runs.output.runs,
         nll=lm_outputs("test_token_nll.npy"),
+        head_nll=rules.token_embeddings.output.test_token_nll,
         test_meta=rules.make_heldout.output.test_meta,
     output:
         points="results/{study}/bootstrap/points.csv",
         point_losses="results/{study}/bootstrap/point_losses.npy",
+        head_losses="results/{study}/bootstrap/head_losses.npy",
         runs="results/{study}/bootstrap/run_intervals.csv",
         info="results/{study}/bootstrap/bootstrap.json",
     log:
@@ -171,6 +173,7 @@ rule verdict:
         info=rules.bootstrap_test.output.info,
         fits=rules.fit_scaling.output.fits,
         embeddings_meta=rules.token_embeddings.output.meta,
+        head_losses=rules.bootstrap_test.output.head_losses,
     output:
         html=report(
             "results/{study}/tables/verdict.html",

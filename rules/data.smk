@@ -105,6 +105,7 @@ rule token_embeddings:
     output:
         weights="results/{study}/embeddings/token_embeddings.safetensors",
         meta="results/{study}/embeddings/token_embeddings.json",
+        test_token_nll="results/{study}/embeddings/test_token_nll.npy",
     log:
         log_path("token_embeddings"),
     benchmark:

@@ -451,15 +451,32 @@ def test_verdict_says_beats_only_when_the_whole_interval_is_below_zero():
 def test_verdict_places_every_model_against_the_frozen_heads_own_lm():
     points, boot, fits, runs = _verdict_inputs()
     head = {"source": "bigram", "test_ppl": 115.0, "train_tokens": 464000, "test_tokens": 9000}
-    v = verdict(points, boot, fits, runs, "base", head_reference=head)
-    # intervals are ±10 % of PPL: cvfp [90, 110] and lstm [72, 88] lie below 115,
+    # unpaired: intervals are ±10 % of PPL: cvfp [90, 110] and lstm [72, 88] lie below 115,
     # no_context [112.5, 137.5] straddles it, ngram (160) lies above
-    places = v["head_reference"]["models"]
-    assert places["cvfp"] == "below" and places["lstm"] == "below"
-    assert places["no_context"] == "within" and places["ngram"] == "above"
+    v = verdict(points, boot, fits, runs, "base", head_reference=head)
+    models = v["head_reference"]["models"]
+    assert {m: r["place"] for m, r in models.items()} == {
+        "cvfp": "below",
+        "no_context": "within",
+        "ngram": "above",
+        "lstm": "below",
+        "transformer": models["transformer"]["place"],
+    }
+    assert models["cvfp"]["percent"] == pytest.approx(100 * (100 / 115 - 1))
+    assert models["cvfp"]["percent_ci"] == pytest.approx([100 * (90 / 115 - 1), 100 * (110 / 115 - 1)])
+    assert v["head_reference"]["interval"] == "the model's own interval"
+    # paired: the head shares the test-set effect of every resample (boot's common noise),
+    # so the difference is exact and no_context's 8.7 % above the head is clearly above
+    head_boot = math.log(115.0) + (boot[:, 0] - boot[0, 0] + (boot[0, 0] - points.loc[0, "test_loss"]))
+    v = verdict(points, boot, fits, runs, "base", head_reference=head, head_boot=head_boot)
+    models = v["head_reference"]["models"]
+    assert v["head_reference"]["interval"] == "paired bootstrap"
+    assert models["no_context"]["place"] == "above" and models["no_context"]["percent"] == pytest.approx(100 * (125 / 115 - 1))
+    assert models["no_context"]["percent_ci"] == pytest.approx([100 * (125 / 115 - 1)] * 2, abs=1e-6)
     text = verdict_markdown(v)
     assert "own bigram LM, trained on 464,000 tokens" in text and "test PPL 115.0" in text
-    assert "Below it (whole interval): cvfp," in text and "Not below it: no_context, ngram" in text
+    assert "paired bootstrap" in text and "cvfp 13.0 % [13.0, 13.0] below it" in text
+    assert "Not clearly below it: no_context, ngram" in text
     assert verdict(points, boot, fits, runs, "base")["head_reference"] is None  # no LM of its own: no line
     assert "Frozen-head" not in verdict_markdown(verdict(points, boot, fits, runs, "base", head_reference={"source": "gpt2"}))
 

@@ -219,7 +219,9 @@ def test_rule_script_writes_matrix_and_quality_meta(tmp_path, repo, source):
         write_stream(path, successor_stream({"pool": 200, "dev": 20, "test": 30}[name], seed=k), {})
     smk = SimpleNamespace(
         input=SimpleNamespace(**{k: str(v) for k, v in paths.items()}),
-        output=SimpleNamespace(weights=str(tmp_path / "e.safetensors"), meta=str(tmp_path / "e.json")),
+        output=SimpleNamespace(
+            weights=str(tmp_path / "e.safetensors"), meta=str(tmp_path / "e.json"), test_token_nll=str(tmp_path / "nll.npy")
+        ),
         params=SimpleNamespace(
             seed=0,
             embeddings={
@@ -239,3 +241,8 @@ def test_rule_script_writes_matrix_and_quality_meta(tmp_path, repo, source):
     assert tuple(matrix.shape) == (VOCAB_SIZE, 4) and matrix.dtype == torch.float32
     assert meta["source"] == source and meta["test_tokens"] == 88 and math.isfinite(meta["test_ppl"])
     assert meta["train_tokens"] == (meta["slice_tokens"] - meta["heldout_tokens"] - 1 if source == "bigram" else 0)
+    nll = np.load(smk.output.test_token_nll)  # the bigram's own per-target test NLL; none for other sources
+    if source == "bigram":
+        assert nll.shape == (88,) and float(nll.mean()) == pytest.approx(meta["test_loss"], rel=1e-5)
+    else:
+        assert nll.shape == (0,)

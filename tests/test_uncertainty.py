@@ -14,6 +14,7 @@ from newllm.uncertainty import (
     conversation_sums,
     observed_losses,
     percentile_interval,
+    reference_losses,
     resample_counts,
     seed_mean_points,
 )
@@ -343,3 +344,16 @@ def test_a_test_loss_gap_of_exactly_the_tolerance_is_accepted():
     check_test_losses([("m",)], np.array([1.0]), np.array([1.5]), 0.5)
     with pytest.raises(ValueError, match="1.500000"):
         check_test_losses([("m",)], np.array([1.0]), np.array([1.5]), 0.25)
+
+
+def test_a_reference_model_is_resampled_on_the_same_conversation_draws_as_the_runs():
+    rng = np.random.default_rng(3)
+    sample_end = [5, 12, 20, 31, 41]  # 5 conversations of a 41-token stream (40 targets)
+    a, b = rng.gamma(2.0, 1.0, 40), rng.gamma(2.0, 1.0, 40)
+    sums = np.column_stack([conversation_sums(x, sample_end)[0] for x in (a, b)])
+    counts = conversation_sums(a, sample_end)[1]
+    both = bootstrap_losses(sums, counts, resamples=200, seed=7)
+    observed, alone = reference_losses(b, sample_end, resamples=200, seed=7)
+    np.testing.assert_allclose(alone, both[:, 1], rtol=1e-12)  # the same draws: pairs with run a
+    assert observed == pytest.approx(b.sum() / 40)
+    assert not np.allclose(reference_losses(b, sample_end, resamples=200, seed=8)[1], alone)

@@ -7,7 +7,7 @@ import pandas as pd
 from newllm.io import read_json, write_csv, write_json, write_npy
 from newllm.runtime import get_logger
 from newllm.script import run_script
-from newllm.uncertainty import bootstrap_study
+from newllm.uncertainty import bootstrap_study, reference_losses
 
 
 def main(smk) -> None:
@@ -18,6 +18,11 @@ def main(smk) -> None:
     points, point_boot, intervals, info = bootstrap_study(
         runs, nll, sample_end, smk.params.resamples, smk.params.seed, smk.params.resample_seeds
     )
+    head_nll = np.load(smk.input.head_nll)  # the frozen head's own LM; empty when the embeddings have none
+    head_boot = np.empty(0)
+    if head_nll.size:
+        info["head_loss"], head_boot = reference_losses(head_nll, sample_end, smk.params.resamples, smk.params.seed)
+    write_npy(smk.output.head_losses, head_boot)
     write_csv(smk.output.points, points)
     write_npy(smk.output.point_losses, point_boot)
     write_csv(smk.output.runs, intervals)

@@ -5,7 +5,9 @@ Inputs: ``pool`` (the embedding slice, disjoint from every training set and from
 on dev/test; the others are scored as a head by ``newllm.embeddings.fit_bigram_head``
 when ``embeddings.score_head`` is true and the slice is not empty.  The JSON meta holds
 ``train_tokens`` (tokens the embeddings were trained on), ``dev_ppl``/``test_ppl`` of that
-scoring model, and how it stopped.
+scoring model, and how it stopped.  ``test_token_nll`` holds the ``bigram`` source's own
+per-target test NLL (``[n − 1]`` float32 nats, for the paired bootstrap against every
+model); it is empty for the other sources, which have no LM of their own.
 """
 
 import time
@@ -24,7 +26,7 @@ from newllm.embeddings import (
     train_bigram_embeddings,
     word2vec_embeddings,
 )
-from newllm.io import write_json
+from newllm.io import write_json, write_npy
 from newllm.runtime import get_logger, save_weights
 from newllm.script import run_script
 
@@ -41,7 +43,8 @@ def main(smk) -> None:
     t0 = time.perf_counter()
     info = {"source": source, "slice_tokens": int(pool.size)}
     if source == "bigram":
-        matrix, quality = train_bigram_embeddings(pool, cfg["embed_dim"], seed, bigram_cfg, evals)
+        matrix, quality = train_bigram_embeddings(pool, cfg["embed_dim"], seed, bigram_cfg, evals, token_nll_of="test")
+        test_token_nll = quality.pop("token_nll")  # the frozen head's own LM, per test target
         info.update(quality)  # train_tokens = the slice's training part
     else:
         if source == "gpt2":
@@ -62,7 +65,9 @@ def main(smk) -> None:
             info.update(head)
         else:
             info["model"] = "not scored (score_head false or empty slice)"
+        test_token_nll = np.empty(0, dtype=np.float32)  # no LM of its own to pair with the models
     info.update(vocab_size=int(matrix.shape[0]), embed_dim=int(matrix.shape[1]), seed=seed, seconds=time.perf_counter() - t0)
+    write_npy(smk.output.test_token_nll, test_token_nll)
     save_weights(smk.output.weights, {"embeddings": torch.from_numpy(matrix)}, {"source": source})
     write_json(smk.output.meta, info)
     log.info("token embeddings: %s", {k: v for k, v in info.items() if k != "history"})

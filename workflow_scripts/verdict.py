@@ -23,6 +23,7 @@ def main(smk) -> None:
         test_set={k: info[k] for k in ("conversations", "targets")},
         resamples=info["resamples"],
         head_reference=read_json(smk.input.embeddings_meta),
+        head_boot=np.load(smk.input.head_losses),
     )
     text = verdict_markdown(result)
     for path, content in ((smk.output.markdown, text), (smk.output.html, verdict_html(text))):
