@@ -52,7 +52,8 @@ def test_variant_overrides_are_checked_after_merging(schema, config):
     resolved = resolve_variant(cfg, "w05", schema)
     assert resolved["phase1"]["dist_reg_weight"] == 0.5
     assert resolved["phase1"]["max_iterations"] == config["phase1"]["max_iterations"]
-    assert resolved["phase2"]["learning_rate"] == 1e-3  # schema default filled in
+    assert resolved["phase2"]["learning_rate"] == config["phase2"]["learning_rate"]  # the study's own value kept
+    assert resolved["phase2"]["grad_clip"] == 1.0  # schema default filled in
     cfg["variants"]["bad"] = {"phase1": {"dist_reg_weight": 1.5}}
     with pytest.raises(ConfigError, match=r"variants.bad.phase1.dist_reg_weight: 1.5 is greater than the maximum of 1"):
         resolve_variant(cfg, "bad", schema)
