@@ -157,10 +157,11 @@ class RepetitionTrainer:
         loss = convergence_loss(contexts, cycle_length)
         metrics = sequence_metrics(contexts, cycle_length)
         if self.cfg.ce_weight > 0 and self.token_block is not None:
-            # predict token t+1 from x̃_t and the context before token t (as in Phase 2)
-            prev = torch.cat([torch.zeros_like(layers[:, :1]), layers[:, :-1]], dim=1).detach()
+            # predict token t+1 from x̃_t and every layer's context after processing token t,
+            # F(c_{t-1}, x̃_t) (SPEC §6, as Phase 2 reads its cache); detached: CE trains the TokenBlock only
+            contexts_after = layers[:, :-1].detach()  # [P, T-1, L, d_c]
             inputs = self.token_input.rows(sequences)[:, :-1]
-            hidden = self.token_block(prev[:, :-1].reshape(-1, *layers.shape[2:]), inputs.reshape(-1, inputs.shape[-1]))
+            hidden = self.token_block(contexts_after.reshape(-1, *layers.shape[2:]), inputs.reshape(-1, inputs.shape[-1]))
             ce = F.cross_entropy(tied_logits(hidden, self.token_input.weight), sequences[:, 1:].reshape(-1))
             loss = loss + self.cfg.ce_weight * ce
             metrics["token_ce"] = float(ce.detach())
@@ -168,7 +169,10 @@ class RepetitionTrainer:
             raise FloatingPointError(f"repetition: non-finite loss; last metrics {metrics}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # each block clipped by its own norm, so the CE term never changes the ContextBlock's step
         torch.nn.utils.clip_grad_norm_(self.block.parameters(), self.cfg.grad_clip)
+        if self.cfg.ce_weight > 0 and self.token_block is not None:
+            torch.nn.utils.clip_grad_norm_(self.token_block.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         return metrics
 

@@ -29,6 +29,7 @@ Intervals are 95 % percentile intervals of the bootstrap distribution.
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -133,7 +134,8 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95, axis: int
     (NaN resamples ignored; all-NaN gives NaN)."""
     tail = 100 * (1 - confidence) / 2
     samples = np.asarray(samples, dtype=np.float64)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)  # a column without an interval: NaN
         if np.isnan(samples).all():
             shape = np.delete(np.array(samples.shape), axis)
             nan = np.full(tuple(shape), np.nan)
@@ -198,7 +200,7 @@ def seed_mean_points(
             }
         )
     point_boot = np.column_stack(columns) if columns else np.empty((boot.shape[0], 0))
-    points = pd.DataFrame(rows)
+    points = pd.DataFrame(rows, columns=None if rows else ["test_loss"])
     low, high = percentile_interval(point_boot)
     points["test_ppl"] = np.exp(points["test_loss"])
     points["test_ppl_ci_low"] = np.exp(low)

@@ -261,14 +261,13 @@ def _ce_trainer(ce_weight):
 
 
 def _hand_token_ce(trainer, sequences):
-    """Mean CE of token t+1 given x̃_t and the layer outputs before token t (zeros at t = 0)."""
+    """Mean CE of token t+1 given x̃_t and every layer's output after processing token t (SPEC §6)."""
     with torch.no_grad():
         _, layers = run_contexts(trainer.block, trainer.token_input, sequences, grad=False)  # [P, T, L, d]
         x = trainer.token_input.rows(sequences)
         total, count = 0.0, 0
         for t in range(sequences.shape[1] - 1):
-            prev = layers[:, t - 1] if t else torch.zeros_like(layers[:, 0])
-            logits = trainer.token_block(prev, x[:, t]) @ trainer.token_input.weight.t()
+            logits = trainer.token_block(layers[:, t], x[:, t]) @ trainer.token_input.weight.t()
             total += float(torch.nn.functional.cross_entropy(logits, sequences[:, t + 1], reduction="sum"))
             count += sequences.shape[0]
     return total / count

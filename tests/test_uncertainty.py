@@ -2,6 +2,7 @@
 
 import math
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -243,8 +244,9 @@ def test_percentile_interval_of_undefined_columns_is_nan_without_warnings():
         assert low.shape == high.shape == (3,) and np.isnan(low).all() and np.isnan(high).all()
         low, high = percentile_interval(np.full((10, 3), np.nan), axis=1)
         assert low.shape == (10,) and np.isnan(high).all()
-    mixed = np.column_stack([np.arange(101.0), np.full(101, np.nan)])  # one undefined column (numpy warns)
-    with pytest.warns(RuntimeWarning, match="All-NaN"):
+    mixed = np.column_stack([np.arange(101.0), np.full(101, np.nan)])  # one undefined column: NaN, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         low, high = percentile_interval(mixed)
     assert low[0] == pytest.approx(2.5) and high[0] == pytest.approx(97.5) and np.isnan(low[1]) and np.isnan(high[1])
 
@@ -357,3 +359,13 @@ def test_a_reference_model_is_resampled_on_the_same_conversation_draws_as_the_ru
     np.testing.assert_allclose(alone, both[:, 1], rtol=1e-12)  # the same draws: pairs with run a
     assert observed == pytest.approx(b.sum() / 40)
     assert not np.allclose(reference_losses(b, sample_end, resamples=200, seed=8)[1], alone)
+
+
+def test_no_runs_give_an_empty_points_table_and_an_all_nan_column_gives_no_interval():
+    empty = pd.DataFrame(columns=["model", "variant", "context_dim", "samples", "seed", "test_loss"])
+    points, point_boot = seed_mean_points(empty, np.empty((10, 0)), np.empty(0))
+    assert len(points) == 0 and point_boot.shape == (10, 0) and "test_ppl_ci_low" in points
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "All-NaN slice" warning for an undefined column
+        low, high = percentile_interval(np.array([[np.nan, 1.0], [np.nan, 3.0]]), 0.5)
+    assert np.isnan(low[0]) and np.isnan(high[0]) and (low[1], high[1]) == (1.5, 2.5)
