@@ -1191,24 +1191,8 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
                 f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
                 "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
             )
-    head = v.get("head_reference")
-    if head:
-        ref = f"the frozen head's own {head['source']} LM"
-        phrases = [_pct_phrase(m["percent"], m["percent_ci"], ref).replace(ref, "it") for m in head["models"].values()]
-        not_below = [name for name, m in head["models"].items() if m["place"] != "below"]
-        lines.append(
-            f"Frozen-head reference: the stand-in embeddings' own {head['source']} LM, trained on "
-            f"{head['train_tokens'] or 0:,.0f} tokens of the embedding slice (none of the study's training sets), "
-            f"has test PPL {head['test_ppl']:.1f} on the same test tokens. Against it ({head['interval']}): "
-            + "; ".join(f"{name} {phrase}" for name, phrase in zip(head["models"], phrases))
-            + "."
-            + (
-                f" Not clearly below it: {', '.join(not_below)} — at this size they learn nothing measurable "
-                "beyond what the frozen head already carries."
-                if not_below
-                else " Every model gets below it."
-            )
-        )
+    if v.get("head_reference"):
+        lines.append(_head_reference_line(v["head_reference"]))
     under = [u for u in v.get("undertrained", []) if u["undertrained"]]
     if under:
         lines.append(
@@ -1231,6 +1215,26 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
         )
     )
     return "\n".join(lines) + "\n"
+
+
+def _head_reference_line(head: Mapping[str, Any]) -> str:
+    """The verdict's sentence on the frozen head's own LM (:func:`_head_reference`'s numbers)."""
+    ref = f"the frozen head's own {head['source']} LM"
+    phrases = [_pct_phrase(m["percent"], m["percent_ci"], ref).replace(ref, "it") for m in head["models"].values()]
+    not_below = [name for name, m in head["models"].items() if m["place"] != "below"]
+    return (
+        f"Frozen-head reference: the stand-in embeddings' own {head['source']} LM, trained on "
+        f"{head['train_tokens'] or 0:,.0f} tokens of the embedding slice (none of the study's training sets), "
+        f"has test PPL {head['test_ppl']:.1f} on the same test tokens. Against it ({head['interval']}): "
+        + "; ".join(f"{name} {phrase}" for name, phrase in zip(head["models"], phrases))
+        + "."
+        + (
+            f" Not clearly below it: {', '.join(not_below)} — at this size they learn nothing measurable "
+            "beyond what the frozen head already carries."
+            if not_below
+            else " Every model gets below it."
+        )
+    )
 
 
 def verdict_html(markdown: str) -> str:

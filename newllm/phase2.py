@@ -407,6 +407,28 @@ def _phase2_summary(
     }
 
 
+def _dev_evaluation(block, token_input, dev, cfg, precision, head, n, losses, epoch, optimizer) -> dict[str, Any]:
+    """One history record: the dev evaluation after ``n["step"]`` steps (its seconds added to
+    ``n["eval_seconds"]``), the mean training loss of the steps since the last one
+    (``losses``, nats), the learning rate those steps ran at and the training rate."""
+    t1 = time.perf_counter()
+    dev_eval = evaluate(block, token_input, dev, cfg, precision=precision, head=head)
+    block.train()
+    n["eval_seconds"] += time.perf_counter() - t1
+    train_loss = sum(losses) / len(losses)
+    return {
+        "step": n["step"],
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_ppl": perplexity(train_loss),
+        "dev_loss": dev_eval["loss"],
+        "dev_ppl": dev_eval["ppl"],
+        "dev_accuracy": dev_eval["accuracy"],
+        "learning_rate": optimizer.param_groups[0]["lr"],
+        "tokens_per_s": n["step"] * cfg.batch_size / n["train_seconds"],
+    }
+
+
 def train_phase2(
     block: TokenBlock,
     token_input: TokenInput,
@@ -480,27 +502,12 @@ def train_phase2(
         if n["step"] % cfg.eval_every and n["step"] < cfg.max_steps:
             continue
         n["train_seconds"] += time.perf_counter() - t0
-        t1 = time.perf_counter()
-        dev_eval = evaluate(block, token_input, dev, cfg, precision=precision, head=head)
-        block.train()
-        n["eval_seconds"] += time.perf_counter() - t1
-        train_loss = sum(losses) / len(losses)
-        record = {
-            "step": n["step"],
-            "epoch": batches.epoch,
-            "train_loss": train_loss,
-            "train_ppl": perplexity(train_loss),
-            "dev_loss": dev_eval["loss"],
-            "dev_ppl": dev_eval["ppl"],
-            "dev_accuracy": dev_eval["accuracy"],
-            "learning_rate": optimizer.param_groups[0]["lr"],
-            "tokens_per_s": n["step"] * cfg.batch_size / n["train_seconds"],
-        }
+        record = _dev_evaluation(block, token_input, dev, cfg, precision, head, n, losses, batches.epoch, optimizer)
         losses = []
         state.history.append(record)
         if on_eval is not None:
             on_eval(record)
-        stopper.update(n["step"], dev_eval["loss"], block.state_dict)
+        stopper.update(n["step"], record["dev_loss"], block.state_dict)
         _anneal(optimizer, stopper, n["step"], cfg.lr_decay)
         if checkpoint and stopper.stopped_by is None and len(state.history) % checkpoint.every == 0:
             batch_state, epoch_rng = batches.state()

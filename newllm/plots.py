@@ -178,10 +178,7 @@ def plot_scaling(
             ].sort_values("tokens")
             if len(c):
                 _draw_fitted_curve(ax, c, style, color)
-        if head_reference and head_reference.get("test_ppl") is not None:
-            label = f"frozen head's own {head_reference.get('source', '')} LM (embedding slice only)"
-            ax.axhline(float(head_reference["test_ppl"]), color="0.5", ls=":", lw=1.2, label=label)
-            labels.append(label)
+        labels += _draw_head_reference(ax, head_reference)
         if len(axes) > 1 or dim:
             ax.set_title(f"context_dim {dim}" if dim else "", fontsize=10)
         log_axis(ax, "x")
@@ -199,6 +196,15 @@ def plot_scaling(
     )
     save_figure(fig, path)
     return labels
+
+
+def _draw_head_reference(ax, head_reference: dict | None) -> list[str]:
+    """A grey dotted line at the frozen head's own LM test PPL, when it has one; its label."""
+    if not head_reference or head_reference.get("test_ppl") is None:
+        return []
+    label = f"frozen head's own {head_reference.get('source', '')} LM (embedding slice only)"
+    ax.axhline(float(head_reference["test_ppl"]), color="0.5", ls=":", lw=1.2, label=label)
+    return [label]
 
 
 def plot_ppl_ratio(ratios: pd.DataFrame, path: str | Path) -> list[str]:
