@@ -1219,8 +1219,7 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
 
 def _head_reference_line(head: Mapping[str, Any]) -> str:
     """The verdict's sentence on the frozen head's own LM (:func:`_head_reference`'s numbers)."""
-    ref = f"the frozen head's own {head['source']} LM"
-    phrases = [_pct_phrase(m["percent"], m["percent_ci"], ref).replace(ref, "it") for m in head["models"].values()]
+    phrases = [_pct_phrase(m["percent"], m["percent_ci"], "it") for m in head["models"].values()]
     not_below = [name for name, m in head["models"].items() if m["place"] != "below"]
     return (
         f"Frozen-head reference: the stand-in embeddings' own {head['source']} LM, trained on "
