@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -196,6 +198,28 @@ def test_seeding_sets_the_cublas_workspace(monkeypatch):
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own choice wins
     runtime.seed_everything(0, threads=1)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+
+
+_FIRST_CALL = """
+import hashlib, sys, torch
+from newllm.runtime import seed_everything
+seed_everything(0, threads=2)
+g = torch.Generator().manual_seed(0)
+logits = torch.randn(64, 16, generator=g) @ (3 * torch.randn(16898, 16, generator=g)).t()
+shifted = logits - logits.amax(dim=1, keepdim=True)
+print(hashlib.sha256(shifted.exp_().numpy().tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the first-call difference needs two threads")
+def test_first_multithreaded_exp_in_a_process_is_reproducible():
+    """The first ``exp`` of a process after a matrix product, on two threads, gave
+    last-bit differences in about one process in four before seed_everything called the
+    math kernels once on one thread (a resumed Phase 2 job's dev PPL moved by 3e-9)."""
+    root = Path(__file__).resolve().parents[1]
+    run = [sys.executable, "-c", _FIRST_CALL]
+    digests = {subprocess.run(run, cwd=root, capture_output=True, text=True, check=True).stdout for _ in range(8)}
+    assert len(digests) == 1, digests
 
 
 # --------------------------------------------------------------------------- hub access

@@ -27,7 +27,7 @@ from newllm.embeddings import (
     word2vec_embeddings,
 )
 from newllm.io import write_json, write_npy
-from newllm.runtime import get_logger, save_weights
+from newllm.runtime import get_logger, save_weights, seed_everything
 from newllm.script import run_script
 
 
@@ -36,7 +36,7 @@ def main(smk) -> None:
     cfg, seed = smk.params.embeddings, smk.params.seed
     source = cfg["source"]
     check_embedding_config(source, cfg.get("embed_dim"))
-    torch.set_num_threads(max(1, int(smk.threads)))
+    seed_everything(seed, smk.threads)
     bigram_cfg = BigramConfig.from_dict(cfg.get("bigram"))
     pool = np.asarray(read_stream(smk.input.pool), dtype=np.int64)  # the embedding slice only
     evals = {name: np.asarray(read_stream(getattr(smk.input, name)), dtype=np.int64) for name in ("dev", "test")}
