@@ -48,7 +48,8 @@ def convergence_counts(contexts: Tensor, previous: Tensor, threshold: float = 0.
     Returns:
         ``(converged, total)`` token counts.
     """
-    per_token = (contexts - previous).pow(2).mean(dim=-1)
+    diff = contexts - previous
+    per_token = diff.mul_(diff).mean(dim=-1)  # in place: one [n, d] temporary
     return int((per_token < threshold).sum()), int(per_token.numel())
 
 

@@ -31,7 +31,7 @@ from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
 from newllm.runtime import autocast
-from newllm.solvers import StreamMap, get_solver, solve_sequential
+from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, get_solver, solve_sequential
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
@@ -208,22 +208,23 @@ def training_sweep(
         ``(new_contexts [n, d_c] detached, sums [3] = (total, cvfp, diversity) token-weighted
         means)``; one host sync per sweep, none per batch.
     """
-    stream, contexts, batches = train.stream, train.contexts, train.batches
+    stream, contexts = train.stream, train.contexts
     n = stream.shape[0]
     new_contexts = torch.empty_like(contexts)
     sums = torch.zeros(3, dtype=torch.float64, device=contexts.device)
-    for pos in batches:
-        prev = previous_contexts(contexts, pos)
+    previous = torch.cat([contexts.new_zeros(1, contexts.shape[1]), contexts[:-1]])  # [n, d_c]: C_{i-1}, C_{-1} = 0
+    for start, end in train.bounds:  # batches are consecutive: slices, not gathers
+        prev = previous[start:end]
         if cfg.context_noise > 0:
             prev = prev + cfg.context_noise * torch.randn(prev.shape, generator=gen).to(prev.device)
         with autocast(contexts.device, precision):
-            out = block(prev, token_input(stream, pos))[:, -1]  # [B, d_c]
+            out = block(prev, train.token_windows(token_input, start, end))[:, -1]  # [B, d_c]
         out = out.float()  # no-op in fp32
-        total, cvfp, div = phase1_loss(out, contexts[pos], cfg.dist_reg_weight, cfg.diversity)
-        share = pos.shape[0] / n
+        total, cvfp, div = phase1_loss(out, contexts[start:end], cfg.dist_reg_weight, cfg.diversity)
+        share = (end - start) / n
         (total * share).backward()
         sums += torch.stack([total.detach(), cvfp.detach(), div.detach()]).double() * share
-        new_contexts[pos] = out.detach()
+        new_contexts[start:end] = out.detach()
     return new_contexts, sums
 
 
@@ -273,18 +274,46 @@ def measure_sweep(
 
 @dataclass
 class StreamState:
-    """A stream being trained on or watched: token ids ``[n]``, its equal batches and its
-    current contexts ``C^k`` ``[n, d_c]`` (detached; they carry over between iterations)."""
+    """A stream being trained on or watched: token ids ``[n]``, its equal batches (and their
+    ``bounds``, ``(start, end)`` pairs), its current contexts ``C^k`` ``[n, d_c]``
+    (detached; they carry over between iterations) and, optionally, every token's ``x̃``
+    ``[n, N_in·d_e]`` embedded once."""
 
     stream: Tensor
     batches: list[Tensor]
     contexts: Tensor
+    inputs: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        # (start, end) of each batch (equal_batches are consecutive ranges), read once
+        self.bounds = [(int(b[0]), int(b[-1]) + 1) for b in self.batches]
+
+    def token_windows(self, token_input: TokenInput, start: int, end: int) -> Tensor:
+        """``x̃`` of positions ``start..end-1``, ``[end - start, N_in·d_e]``: a slice of
+        ``inputs`` (embedded once per run) when there are any, else embedded now."""
+        if self.inputs is not None:
+            return self.inputs[start:end]
+        return token_input(self.stream, torch.arange(start, end, device=self.stream.device))
 
 
-def start_stream(stream: Tensor, context_dim: int, cfg: Phase1Config, gen: torch.Generator, device: torch.device) -> StreamState:
-    """``C^0 = init_std·N(0, I)`` drawn from ``gen`` (CPU) and moved to ``device``, with the stream's batches."""
+def start_stream(
+    stream: Tensor,
+    context_dim: int,
+    cfg: Phase1Config,
+    gen: torch.Generator,
+    device: torch.device,
+    token_input: TokenInput | None = None,
+) -> StreamState:
+    """``C^0 = init_std·N(0, I)`` drawn from ``gen`` (CPU) and moved to ``device``, with the
+    stream's batches; with ``token_input``, every ``x̃`` embedded once (frozen embeddings:
+    the same rows every sweep) when ``n · N_in·d_e`` is at most
+    :data:`newllm.solvers.INPUT_CACHE_MAX_ELEMENTS`."""
     contexts = (cfg.init_std * torch.randn(stream.shape[0], context_dim, generator=gen)).to(device)
-    return StreamState(stream, equal_batches(stream.shape[0], cfg.batch_size, device), contexts)
+    state = StreamState(stream, equal_batches(stream.shape[0], cfg.batch_size, device), contexts)
+    if token_input is not None and stream.shape[0] * token_input.output_dim <= INPUT_CACHE_MAX_ELEMENTS:
+        with torch.no_grad():
+            state.inputs = token_input(stream, torch.arange(stream.shape[0], device=stream.device))
+    return state
 
 
 @dataclass
@@ -342,7 +371,8 @@ def start_phase1(
         raise ValueError("phase1.stop_rule 'val_er' needs the dev stream")
     device = stream.device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    run = Phase1Run(block, token_input, cfg, None, gen, seed, start_stream(stream, block.context_dim, cfg, gen, device))
+    train = start_stream(stream, block.context_dim, cfg, gen, device, token_input)
+    run = Phase1Run(block, token_input, cfg, None, gen, seed, train)
     run.precision = precision
     if val_stream is not None:
         val_gen = torch.Generator(device="cpu").manual_seed(seed + 1)

@@ -209,8 +209,16 @@ class StreamMap:
                 prev = torch.cat([contexts.new_zeros(1, self.context_dim), contexts[: end - 1]])
             else:
                 prev = contexts[start - 1 : end - 1]
-            out[start:end] = self.step(prev, torch.arange(start, end, device=self.device))
+            out[start:end] = self._step_range(prev, start, end)
         return out
+
+    def _step_range(self, prev_contexts: Tensor, start: int, end: int) -> Tensor:
+        """:meth:`step` for the consecutive positions ``start..end-1``: a slice of the
+        embedded windows instead of a gather when they are cached."""
+        if self._inputs is None:
+            return self.step(prev_contexts, torch.arange(start, end, device=self.device))
+        with torch.no_grad():
+            return self.block(prev_contexts, self._inputs[start:end])
 
     def run_chunks(self, starts: Tensor, length: int, first: Tensor, out: Tensor) -> None:
         """Advance ``K`` chunks in lockstep, sequentially inside each (multiple shooting).

@@ -11,7 +11,9 @@ from newllm.phase1 import (
     equal_batches,
     jacobi_sweep,
     solve_cache,
+    start_stream,
     train_phase1,
+    training_sweep,
 )
 
 
@@ -106,6 +108,32 @@ def test_n_mod_batch_size_of_one_keeps_every_loss_finite(diversity):
             out = block2(prev, token_input2(stream, pos))[:, -1]
             expected += phase1_loss(out, contexts[pos], cfg.dist_reg_weight, diversity)[0].item() * pos.numel() / 9
     assert result.history[0]["total_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("layers,n_in,noise", [(1, 1, 0.0), (2, 2, 0.05)])
+def test_training_sweep_on_embedded_windows_equals_embedding_every_batch(layers, n_in, noise):
+    """The windows embedded once per run and sliced per batch give the same sweep, bit for
+    bit, as embedding each batch's gathered positions (and the batches' bounds are theirs)."""
+    block, token_input, stream = _setup(n=23, layers=layers, n_in=n_in)
+    cfg = Phase1Config(batch_size=5, context_noise=noise)
+    results = []
+    for embed_once in (False, True):
+        gen = torch.Generator().manual_seed(4)
+        state = start_stream(stream, 6, cfg, gen, torch.device("cpu"), token_input if embed_once else None)
+        assert (state.inputs is not None) is embed_once
+        assert state.bounds == [(int(b[0]), int(b[-1]) + 1) for b in state.batches] and state.bounds[-1][1] == 23
+        block.zero_grad()
+        new, sums = training_sweep(block, token_input, state, cfg, gen)
+        results.append((new, sums, [p.grad.clone() for p in block.parameters()]))
+    (new_a, sums_a, grads_a), (new_b, sums_b, grads_b) = results
+    assert torch.equal(new_a, new_b) and torch.equal(sums_a, sums_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b))
+    # row 0 read the zero context, row i the previous iterate's context of token i - 1
+    contexts = start_stream(stream, 6, cfg, torch.Generator().manual_seed(4), torch.device("cpu")).contexts
+    if noise == 0:
+        with torch.no_grad():
+            expected = block(torch.cat([torch.zeros(1, 6), contexts[:-1]]), token_input(stream, torch.arange(23)))[:, -1]
+        assert torch.allclose(new_a, expected, atol=1e-6)
 
 
 def _train(cfg, seed=3):
