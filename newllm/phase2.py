@@ -189,16 +189,28 @@ class Phase2Config:
     """Phase 2 hyper-parameters (SPEC §7; defaults equal config/schema.yaml's, tested)."""
 
     max_steps: int = 20000
+    """Optimizer steps at most; a run that reaches it is flagged undertrained."""
     min_steps: int = 500
+    """No early stop before this many steps."""
     eval_every: int = 200
+    """Steps between dev evaluations (each one an early-stopping and annealing decision)."""
     patience: int = 3
+    """Dev evaluations without improvement before stopping."""
     min_delta: float = 0.002
+    """Dev loss improvement (nats per token) that counts."""
     learning_rate: float = 1e-3
+    """Adam's starting learning rate."""
     lr_decay: float = 0.5
+    """Factor applied to the learning rate after each dev evaluation without improvement."""
     grad_clip: float = 1.0
+    """Gradients are clipped to this global L2 norm before each step."""
     batch_size: int = 1024
+    """Training tokens (next-token targets) per optimizer step."""
     eval_batch_size: int = 4096
+    """Tokens per TokenBlock forward in an evaluation (memory only; the result does not depend on it)."""
     chunk_tokens: int | None = None
+    """Rows per chunk of the fused tied cross-entropy (``[chunk, C]`` logits in memory);
+    ``None``: chosen per device by :meth:`from_dict`."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "Phase2Config":
