@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights, tied_logits
+from newllm.solvers import unroll
 from newllm.tokenizer import EOT_ID
 from newllm.training import config_from_dict
 
@@ -101,16 +102,10 @@ def run_contexts(block: ContextBlock, token_input: TokenInput, sequences: Tensor
     Returns:
         ``(contexts [P, T, d_c], layer_outputs [P, T, L, d_c])``.
     """
-    P, T = sequences.shape
     inputs = token_input.rows(sequences)  # [P, T, N_in·d_e], windows within each sequence
-    context = torch.zeros(P, block.context_dim, device=sequences.device)
-    outputs = []
+    context = torch.zeros(sequences.shape[0], block.context_dim, device=sequences.device)
     with torch.set_grad_enabled(grad):
-        for t in range(T):
-            y = block(context.detach(), inputs[:, t])
-            outputs.append(y)
-            context = y[:, -1]
-    layers = torch.stack(outputs, dim=1)
+        layers = unroll(block, inputs, context, truncate=True)
     return layers[:, :, -1], layers
 
 

@@ -243,10 +243,31 @@ class StreamMap:
                 steps = torch.arange(t0, min(t0 + segment, length), device=self.device)
                 positions = (starts[:, None] + steps).clamp(max=self.n - 1)  # [K, S]
                 inputs = self.inputs(positions.reshape(-1)).view(K, steps.shape[0], -1)  # [K, S, N_in·d_e]
-                for s in range(steps.shape[0]):
-                    y = self.block(context, inputs[:, s])  # [K, L, d_c]
-                    out[:, t0 + s] = y
-                    context = y[:, -1]
+                out[:, t0 : t0 + steps.shape[0]] = unroll(self.block, inputs, context)
+                context = out[:, t0 + steps.shape[0] - 1, -1]
+
+
+def unroll(block: ContextBlock, inputs: Tensor, context: Tensor, *, truncate: bool = False) -> Tensor:
+    """The recurrence of SPEC §3 over ``P`` independent rows, one step at a time:
+    ``y_t = F(c_{t-1}, x̃_t)``, ``c_t = y_t[-1]`` (the sequential solver's inner loop; the
+    repetition study trains through it).
+
+    Args:
+        block: the ContextBlock ``F``.
+        inputs: ``[P, T, N_in·d_e]`` windows ``x̃_t`` of each row.
+        context: ``[P, d_c]`` the context before each row's first step.
+        truncate: feed ``c_{t-1}.detach()``, so gradients reach ``F`` through one step
+            only (CVFP's one-step gradient; the repetition study).
+
+    Returns:
+        ``[P, T, L, d_c]``: every step's layer outputs (``[:, :, -1]`` the contexts).
+    """
+    outputs = []
+    for t in range(inputs.shape[1]):
+        y = block(context.detach() if truncate else context, inputs[:, t])  # [P, L, d_c]
+        outputs.append(y)
+        context = y[:, -1]
+    return torch.stack(outputs, dim=1)
 
 
 def fixed_point_residual(stream_map: StreamMap, outputs: Tensor) -> float:

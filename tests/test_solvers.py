@@ -214,3 +214,26 @@ def test_jacobi_on_a_map_that_never_forgets_stops_at_the_default_budget():
     smap = StreamMap(RunningSum(), smap.token_input, smap.stream, 512)
     _, stats = get_solver("jacobi")(smap)
     assert stats.sweeps == 400 and not stats.converged and stats.evaluations == 400 * 450
+
+
+def test_unroll_is_the_recurrence_and_truncate_stops_gradients_after_one_step():
+    """unroll over one row equals the token-by-token reference; with ``truncate`` the
+    gradient of the last context reaches F only through its own step (CVFP's one-step
+    gradient), without it through every step."""
+    smap = make_map()
+    inputs = smap.token_input(smap.stream, torch.arange(smap.n))[None]  # [1, n, N_in·d_e]
+    with torch.no_grad():
+        assert torch.allclose(solvers.unroll(smap.block, inputs, torch.zeros(1, D_C))[0], reference(smap), atol=1e-6)
+    short = inputs[:, :5]
+    grads = {}
+    for truncate in (False, True):
+        smap.block.zero_grad()
+        solvers.unroll(smap.block, short, torch.zeros(1, D_C), truncate=truncate)[0, -1, -1].sum().backward()
+        grads[truncate] = [p.grad.clone() for p in smap.block.parameters()]
+    smap.block.zero_grad()
+    with torch.no_grad():
+        previous = solvers.unroll(smap.block, short[:, :4], torch.zeros(1, D_C))[:, -1, -1]
+    smap.block(previous, short[:, 4])[0, -1].sum().backward()  # the last step alone
+    one_step = [p.grad for p in smap.block.parameters()]
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[True], one_step))
+    assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[False], one_step))
