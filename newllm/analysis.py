@@ -1150,19 +1150,9 @@ def _fmt_ci(ci: Sequence[float | None], digits: int = 3) -> str:
     return "[n/a]" if None in ci else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
-def verdict_markdown(v: Mapping[str, Any]) -> str:
-    """The verdict as a few Markdown lines, every number taken from :func:`verdict`."""
-    name = v["reference_model"].upper() if v["reference_model"] == "cvfp" else v["reference_model"]
-    if not v.get("available"):
-        return f"# Verdict\n\nNo verdict: {v.get('reason')}.\n"
-    conf = f"{v['confidence']:.0%}".replace("%", " %")
-    tokens = f"{v['train_tokens']:,.0f}" if v.get("train_tokens") is not None else "?"
-    lines = ["# Verdict", ""]
-    lines.append(
-        f"At {tokens} training tokens ({v['samples']} conversations), {name} ({v['reference_variant']}, "
-        f"{v['reference_context_dim']}-d, chosen on dev) has test PPL {v['reference_ppl']:.1f} "
-        f"{_fmt_ci(v['reference_ppl_ci'], 1)}."
-    )
+def _comparison_lines(v: Mapping[str, Any], name: str) -> list[str]:
+    """The verdict's paired comparisons: against every model, then against the best baseline."""
+    lines = []
     if v["comparisons"]:
         parts = [
             _pct_phrase(c["percent"], c["percent_ci"], f"{c['model']}" + (f" ({c['context_dim']}-d)" if c["context_dim"] else ""))
@@ -1176,36 +1166,48 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
             f"{name} {text} the best baseline, {best['model']} (chosen on dev loss): "
             f"{_pct_phrase(best['percent'], best['percent_ci'], best['model'])}."
         )
-    if v.get("alphas"):
-        lines.append(
-            "Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): "
-            + "; ".join(
-                f"{a['model']} {a['alpha']:.3f} {_fmt_ci(a['alpha_ci'])}" + ("" if a["interval"] == "bootstrap" else " (OLS t)")
-                for a in v["alphas"]
-            )
-            + "."
+    return lines
+
+
+def _alpha_lines(alphas: list[Mapping[str, Any]]) -> list[str]:
+    """The verdict's scaling exponents with intervals, and which models' curves bend."""
+    if not alphas:
+        return []
+    lines = [
+        "Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): "
+        + "; ".join(
+            f"{a['model']} {a['alpha']:.3f} {_fmt_ci(a['alpha_ci'])}" + ("" if a["interval"] == "bootstrap" else " (OLS t)")
+            for a in alphas
         )
-        curved = [a["model"] for a in v["alphas"] if a.get("preferred_form") == "loss_form"]
-        if curved:
-            lines.append(
-                f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
-                "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
-            )
-    if v.get("head_reference"):
-        lines.append(_head_reference_line(v["head_reference"]))
-    under = [u for u in v.get("undertrained", []) if u["undertrained"]]
-    if under:
+        + "."
+    ]
+    curved = [a["model"] for a in alphas if a.get("preferred_form") == "loss_form"]
+    if curved:
         lines.append(
-            "Undertrained (stopped by max_steps, not by early stopping): "
-            + ", ".join(f"{u['model']} {u['undertrained']}/{u['runs']} runs" for u in under)
-            + "; their PPL is an upper bound."
+            f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
+            "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
         )
-    else:
-        lines.append("No run was undertrained: every trained model stopped by early stopping on dev loss.")
+    return lines
+
+
+def _training_line(undertrained: list[Mapping[str, Any]]) -> str:
+    """Which models had runs stopped by ``max_steps`` (their PPL an upper bound), or none."""
+    under = [u for u in undertrained if u["undertrained"]]
+    if not under:
+        return "No run was undertrained: every trained model stopped by early stopping on dev loss."
+    return (
+        "Undertrained (stopped by max_steps, not by early stopping): "
+        + ", ".join(f"{u['model']} {u['undertrained']}/{u['runs']} runs" for u in under)
+        + "; their PPL is an upper bound."
+    )
+
+
+def _interval_line(v: Mapping[str, Any]) -> str:
+    """How the verdict's intervals were made: bootstrap over test conversations (and seeds)."""
+    conf = f"{v['confidence']:.0%}".replace("%", " %")
     ts = v.get("test_set") or {}
     seeds = v.get("seeds")
-    lines.append("")
-    lines.append(
+    return (
         f"Intervals: {conf} percentile bootstrap over the {ts.get('conversations', '?')} test conversations "
         f"({ts.get('targets', '?')} target tokens, {v.get('resamples') or '?'} resamples, the same resamples for every model)"
         + (
@@ -1214,6 +1216,27 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
             else "; one training seed, so seed-to-seed variation is not included."
         )
     )
+
+
+def verdict_markdown(v: Mapping[str, Any]) -> str:
+    """The verdict as a few Markdown lines, every number taken from :func:`verdict`:
+    headline, paired comparisons, scaling exponents, the frozen head, training, intervals."""
+    name = v["reference_model"].upper() if v["reference_model"] == "cvfp" else v["reference_model"]
+    if not v.get("available"):
+        return f"# Verdict\n\nNo verdict: {v.get('reason')}.\n"
+    tokens = f"{v['train_tokens']:,.0f}" if v.get("train_tokens") is not None else "?"
+    lines = [
+        "# Verdict",
+        "",
+        f"At {tokens} training tokens ({v['samples']} conversations), {name} ({v['reference_variant']}, "
+        f"{v['reference_context_dim']}-d, chosen on dev) has test PPL {v['reference_ppl']:.1f} "
+        f"{_fmt_ci(v['reference_ppl_ci'], 1)}.",
+        *_comparison_lines(v, name),
+        *_alpha_lines(v.get("alphas") or []),
+    ]
+    if v.get("head_reference"):
+        lines.append(_head_reference_line(v["head_reference"]))
+    lines += [_training_line(v.get("undertrained", [])), "", _interval_line(v)]
     return "\n".join(lines) + "\n"
 
 
