@@ -144,6 +144,8 @@ def test_schema_defaults_and_the_other_config_dataclasses_agree(schema):
     # (whose defaults are the LSTM's); embeddings.bigram -> BigramConfig is tested in test_embeddings.py
     import dataclasses
 
+    import torch
+
     from newllm.baselines.models import SEQ_LEN_KEY
     from newllm.baselines.training import NeuralTrainConfig
     from newllm.repetition import RepetitionConfig
@@ -155,5 +157,8 @@ def test_schema_defaults_and_the_other_config_dataclasses_agree(schema):
     lstm = _leaf_defaults(baselines["early_stopping"]) | _leaf_defaults(baselines["lstm"])
     lstm["seq_len"] = lstm.pop(SEQ_LEN_KEY["lstm"])
     fields = {f.name: f.default for f in dataclasses.fields(NeuralTrainConfig)}
-    assert baselines["chunk_tokens"]["default"] is None and fields.pop("chunk_tokens") == 32  # null = the CPU choice
+    assert baselines["chunk_tokens"]["default"] is None and fields.pop("chunk_tokens") is None  # null = per device
+    assert NeuralTrainConfig.from_dict({}).chunk_tokens == 32
+    assert NeuralTrainConfig.from_dict({}, torch.device("cuda")).chunk_tokens == 4096  # resolution only, no GPU used
+    assert NeuralTrainConfig.from_dict({"chunk_tokens": 7}, torch.device("cuda")).chunk_tokens == 7
     assert fields == {k: lstm[k] for k in fields}

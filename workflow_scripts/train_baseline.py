@@ -36,10 +36,15 @@ def main(smk) -> None:
     torch.manual_seed(params["seed"])
     model, size = build_baseline(name, embeddings, settings, target, baselines["parameter_tolerance"])
     model.to(device)
-    chunk = baselines["chunk_tokens"] or (4096 if device.type == "cuda" else 32)
     precision = run_precision(params, device, embeddings.shape[1])
     cfg = NeuralTrainConfig.from_dict(
-        {**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]], "chunk_tokens": chunk}
+        {
+            **baselines["early_stopping"],
+            **settings,
+            "seq_len": settings[SEQ_LEN_KEY[name]],
+            "chunk_tokens": baselines["chunk_tokens"],
+        },
+        device,
     )
     log.info(
         "%s on %s (%s): %d train / %d dev / %d test tokens; size %d -> %d trainable parameters (cvfp %d, %+.1f %%); %s",
@@ -76,7 +81,7 @@ def main(smk) -> None:
         precision=precision,
     )
     t0 = time.perf_counter()
-    result = evaluate_stream(model, test, chunk, precision)
+    result = evaluate_stream(model, test, cfg.chunk_tokens, precision)
     parameters = count_parameters(model)
     summary.update(
         train_tokens=train.shape[0] - 1,
@@ -94,7 +99,12 @@ def main(smk) -> None:
         train_flops_formula="6 * parameters * tokens_processed + 6 * V * d_e * tokens_processed",
     )
     write_npy(smk.output.test_nll, result["token_nll"])
-    baseline = {"model": name, "settings": settings, "early_stopping": baselines["early_stopping"], "chunk_tokens": chunk}
+    baseline = {
+        "model": name,
+        "settings": settings,
+        "early_stopping": baselines["early_stopping"],
+        "chunk_tokens": cfg.chunk_tokens,
+    }
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device, baseline=baseline)
     log.info(
         "%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s",

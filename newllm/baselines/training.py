@@ -59,11 +59,12 @@ class NeuralTrainConfig:
     min_delta: float = 0.002
     min_steps: int = 100
     max_steps: int = 2000
-    chunk_tokens: int = 32
+    chunk_tokens: int | None = None
+    """Rows per fused tied cross-entropy chunk; ``None``: per device (:meth:`from_dict`)."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "eval_every", "max_steps", "chunk_tokens"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_delta < 0:
             raise ValueError(f"min_delta must be >= 0 nats, got {self.min_delta}")
@@ -73,9 +74,13 @@ class NeuralTrainConfig:
             raise ValueError(f"lr_decay must be in (0, 1] (1 = constant learning rate), got {self.lr_decay}")
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> "NeuralTrainConfig":
-        """From a resolved ``baselines`` section (unknown keys ignored, ``None`` = default)."""
-        return config_from_dict(cls, cfg)
+    def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "NeuralTrainConfig":
+        """From a resolved ``baselines`` section (unknown keys ignored, ``None`` = default);
+        ``chunk_tokens: null`` becomes 4096 rows on CUDA, 32 on the CPU."""
+        out = config_from_dict(cls, cfg)
+        if out.chunk_tokens is None:
+            out.chunk_tokens = 4096 if device is not None and device.type == "cuda" else 32
+        return out
 
 
 class BPTTBatches:
@@ -189,6 +194,8 @@ class NeuralTrainer:
         on_eval: Callable[[dict[str, Any]], None] | None = None,
         precision: str = "fp32",
     ) -> None:
+        if cfg.chunk_tokens is None:
+            raise ValueError("NeuralTrainConfig.chunk_tokens is None: resolve it with NeuralTrainConfig.from_dict(cfg, device)")
         self.model, self.batches, self.cfg, self.run_name, self.on_eval = model, batches, cfg, run_name, on_eval
         self.precision = precision
         self.head = tied_head(model.embeddings, precision)  # once per run: identical rows merged, bf16 rows for bf16
