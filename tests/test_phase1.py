@@ -265,3 +265,317 @@ def test_phase1_config_from_dict_and_solve_cache_defaults():
     # a warm start is passed on to the solver: the exact answer converges in one Jacobi sweep
     warm, info = solve_cache(block, token_input, stream, "jacobi", init=exact[:, -1], tolerance=1e-10)
     assert info["sweeps"] == 1 and info["warm_start"] and torch.allclose(warm, exact, atol=1e-6)
+
+
+# --- expected values from the definitions (issue 14: mutation testing) ---------------------
+
+
+def test_phase1_config_defaults_are_the_schema_defaults():
+    # the dataclass defaults are SPEC §4's as config/schema.yaml states them (er_max_rows: SPEC §5)
+    from pathlib import Path
+
+    from newllm.config import load_schema, section_defaults
+    from newllm.metrics import ER_MAX_ROWS
+
+    schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
+    assert Phase1Config() == Phase1Config(**section_defaults(schema, "phase1"), er_max_rows=ER_MAX_ROWS)
+
+
+def test_previous_contexts_reads_row_i_minus_1_and_zero_for_position_0():
+    from newllm.phase1 import previous_contexts
+
+    contexts = torch.arange(1.0, 9.0).reshape(4, 2)  # rows [1,2], [3,4], [5,6], [7,8]
+    out = previous_contexts(contexts, torch.tensor([2, 0, 3, 1]))
+    assert torch.equal(out, torch.tensor([[3.0, 4.0], [0.0, 0.0], [5.0, 6.0], [1.0, 2.0]]))
+
+
+def test_convergence_record_by_hand():
+    from newllm.phase1 import convergence_record
+
+    old = torch.zeros(4, 2)
+    # per-token mean squared change: 0, 0.02, 0.03 (not below the threshold), 0.5
+    new = torch.tensor([[0.0, 0.0], [0.2, 0.0], [0.0, 0.06**0.5], [1.0, 0.0]])
+    assert convergence_record(new, old, 0.03) == {
+        "converged": 2,
+        "tokens": 4,
+        "convergence_rate": 0.5,
+        "convergence": "50.0 % (2/4)",
+    }
+    keys = {"val_converged", "val_tokens", "val_convergence_rate", "val_convergence"}
+    assert set(convergence_record(new, old, 0.6, "val_")) == keys
+    assert convergence_record(new, old, 0.6, "val_")["val_converged"] == 4
+
+
+def _sweep_reference(block, token_input, stream, contexts, batches, cfg):
+    """One Jacobi sweep written out from the definition: new contexts and the token-weighted
+    (total, cvfp, diversity) losses over ``batches``."""
+    n = stream.shape[0]
+    shifted = torch.cat([torch.zeros(1, contexts.shape[1]), contexts[:-1]])
+    with torch.no_grad():
+        new = block(shifted, token_input(stream, torch.arange(n)))[:, -1]
+    losses = [0.0, 0.0, 0.0]
+    for pos in batches:
+        parts = phase1_loss(new[pos], contexts[pos], cfg.dist_reg_weight, cfg.diversity)
+        losses = [acc + float(p) * pos.numel() / n for acc, p in zip(losses, parts)]
+    return new, losses
+
+
+def test_measure_sweep_is_one_sweep_with_token_weighted_losses_and_seeded_er():
+    from newllm.metrics import convergence_counts, effective_rank
+    from newllm.phase1 import measure_sweep
+
+    block, token_input, stream = _setup(n=13, d_c=6)
+    contexts = torch.randn(13, 6, generator=torch.Generator().manual_seed(2))
+    cfg = Phase1Config(er_max_rows=7, convergence_threshold=2.0)
+    batches = equal_batches(13, 4)  # 4 + 3 + 3 + 3
+    new, record = measure_sweep(block, token_input, stream, contexts, batches, cfg, seed=5, prefix="val_")
+    expected, (total, cvfp, div) = _sweep_reference(block, token_input, stream, contexts, batches, cfg)
+    assert torch.allclose(new, expected, atol=1e-6)
+    assert record["val_total_loss"] == pytest.approx(total, rel=1e-5)
+    assert record["val_cvfp_loss"] == pytest.approx(cvfp, rel=1e-5)
+    assert record["val_diversity_loss"] == pytest.approx(div, rel=1e-5)
+    conv, tokens = convergence_counts(new, contexts, 2.0)
+    assert 0 < conv < tokens == 13 and record["val_converged"] == conv and record["val_convergence_rate"] == conv / 13
+    # 7 of 13 rows sampled with the given seed (another seed samples other rows)
+    assert record["val_effective_rank"] == effective_rank(new, 7, 5) != effective_rank(new, 7, 0)
+    # a one-batch sweep gives the same contexts (the batching only splits the positions)
+    one, _ = measure_sweep(block, token_input, stream, contexts, [torch.arange(13)], cfg, seed=5)
+    assert torch.allclose(one, new, atol=1e-6)
+
+
+def test_needs_er_every_er_every_iterations_at_the_last_one_and_always_for_val_er():
+    from newllm.phase1 import Phase1Run
+
+    run = Phase1Run(None, None, Phase1Config(er_every=3, max_iterations=7), None, None, 0, None)
+    assert [i for i in range(1, 8) if run.needs_er(i)] == [3, 6, 7]
+    run.cfg = Phase1Config(er_every=3, max_iterations=7, stop_rule="val_er")
+    assert all(run.needs_er(i) for i in range(1, 8))
+
+
+def test_phase1_summary_by_hand():
+    from newllm.phase1 import ConvergenceRateStop, ValERStop, phase1_summary
+
+    history = [{"iteration": 4, "seconds": 0.5}, {"iteration": 5, "seconds": 1.5}]
+    final = {
+        "cvfp_loss": 0.25,
+        "diversity_loss": -0.5,
+        "convergence_rate": 0.75,
+        "convergence": "75.0 % (30/40)",
+        "effective_rank": 3.0,
+        "val_convergence_rate": 0.5,
+        "val_convergence": "50.0 % (10/20)",
+        "val_effective_rank": 2.0,
+        "total_loss": 9.0,
+    }
+    budget = ConvergenceRateStop(0.99, 1)
+    summary = phase1_summary(history, final, budget, Phase1Config(), {"iteration": 3}, n=40, context_dim=8)
+    assert summary == {
+        "iterations": 5,
+        "best_iteration": 5,
+        "stop_rule": "convergence_rate",
+        "stopped_by": "max_iterations",
+        "stop_rule_met": False,
+        "undertrained": True,
+        "resumed_from_iteration": 4,
+        "final_cvfp_loss": 0.25,
+        "final_diversity_loss": -0.5,
+        "train_convergence_rate": 0.75,
+        "train_convergence": "75.0 % (30/40)",
+        "train_effective_rank": 3.0,
+        "train_effective_rank_pct": 37.5,
+        "val_convergence_rate": 0.5,
+        "val_convergence": "50.0 % (10/20)",
+        "val_effective_rank": 2.0,
+        "seconds": 2.0,
+        "tokens_per_s": 40.0,  # 40 tokens x 2 iterations in 2 s
+        "precision": "fp32",
+    }
+    er = ValERStop(2, 1)
+    er.best_iteration, er.stopped_by = 4, "val_er"
+    no_dev = {k: v for k, v in final.items() if not k.startswith("val_")}
+    other = phase1_summary(history, no_dev, er, Phase1Config(stop_rule="val_er"), None, 40, 8, "bf16")
+    assert other["best_iteration"] == 4 and other["stopped_by"] == "val_er" and other["stop_rule_met"] is True
+    assert other["undertrained"] is False and other["resumed_from_iteration"] is None and other["precision"] == "bf16"
+    assert "val_effective_rank" not in other and other["stop_rule"] == "val_er"
+
+
+def test_with_frozen_weights_every_record_describes_successive_jacobi_sweeps():
+    """Learning rate 0: Adam never moves the weights, so iteration k's train contexts are
+    k Jacobi sweeps from C^0 = init_std·N(0, I) (seed), the dev ones k sweeps from the
+    seed + 1 draw, and every record and the summary follow from those sweeps."""
+    from newllm.metrics import convergence_counts, effective_rank
+
+    block, token_input, stream = _setup(n=20, d_c=6, seed=2)
+    val = torch.randint(0, 30, (17,), generator=torch.Generator().manual_seed(9))
+    cfg = Phase1Config(
+        max_iterations=4, min_iterations=1, batch_size=8, learning_rate=0.0, stop_convergence_rate=1.1,
+        er_every=3, er_max_rows=9, convergence_threshold=0.02, init_std=0.5,
+    )  # fmt: skip
+    seen = []
+    result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=3, on_iteration=seen.append)
+    assert seen == result.history and [r["iteration"] for r in seen] == [1, 2, 3, 4]
+    train = [0.5 * torch.randn(20, 6, generator=torch.Generator().manual_seed(3))]
+    dev = [0.5 * torch.randn(17, 6, generator=torch.Generator().manual_seed(4))]
+    rates = []
+    for k, record in enumerate(result.history, start=1):
+        new, (total, cvfp, div) = _sweep_reference(block, token_input, stream, train[-1], equal_batches(20, 8), cfg)
+        new_val = jacobi_sweep(block, token_input, val, dev[-1], 5)
+        assert record["total_loss"] == pytest.approx(total, rel=1e-5)
+        assert record["cvfp_loss"] == pytest.approx(cvfp, rel=1e-5)
+        assert record["diversity_loss"] == pytest.approx(div, rel=1e-5)
+        assert (record["converged"], record["tokens"]) == convergence_counts(new, train[-1], 0.02)
+        assert (record["val_converged"], record["val_tokens"]) == convergence_counts(new_val, dev[-1], 0.02)
+        rates += [record["convergence_rate"], record["val_convergence_rate"]]
+        train.append(new)
+        dev.append(new_val)
+        if k in (3, 4):  # er_every = 3, and the last iteration
+            assert record["effective_rank"] == pytest.approx(effective_rank(new, 9, 3), rel=1e-6)
+            assert record["val_effective_rank"] == pytest.approx(effective_rank(new_val, 9, 3), rel=1e-6)
+        else:
+            assert "effective_rank" not in record and "val_effective_rank" not in record
+        assert record["tokens_per_s"] == pytest.approx(20 / record["seconds"])
+    assert any(0 < r < 1 for r in rates)  # the threshold separates tokens
+    # the summary is one more sweep of each stream with the (unchanged) weights
+    final, (_, cvfp, div) = _sweep_reference(block, token_input, stream, train[-1], equal_batches(20, 8), cfg)
+    final_val = jacobi_sweep(block, token_input, val, dev[-1], 5)
+    s = result.summary
+    assert torch.allclose(result.extra["contexts"], final, atol=1e-6)
+    assert s["final_cvfp_loss"] == pytest.approx(cvfp, rel=1e-5) and s["final_diversity_loss"] == pytest.approx(div, rel=1e-5)
+    conv, _ = convergence_counts(final, train[-1], 0.02)
+    val_conv, _ = convergence_counts(final_val, dev[-1], 0.02)
+    assert s["train_convergence_rate"] == conv / 20 and s["val_convergence_rate"] == val_conv / 17
+    assert s["train_effective_rank"] == pytest.approx(effective_rank(final, 9, 3), rel=1e-6)
+    assert s["val_effective_rank"] == pytest.approx(effective_rank(final_val, 9, 3), rel=1e-6)
+    assert s["seconds"] == pytest.approx(sum(r["seconds"] for r in seen)) and s["precision"] == "fp32"
+    assert s["iterations"] == 4 and s["resumed_from_iteration"] is None
+
+
+def test_the_recorded_grad_norm_is_the_norm_of_the_sweeps_gradient_before_clipping():
+    from newllm.phase1 import start_stream as start
+
+    block, token_input, stream = _setup(n=20, d_c=6, seed=2)
+    cfg = Phase1Config(max_iterations=1, min_iterations=1, batch_size=8, grad_clip=1e-3, learning_rate=0.0)
+    state = start(stream, 6, cfg, torch.Generator().manual_seed(3), torch.device("cpu"), token_input)
+    block.zero_grad()
+    training_sweep(block, token_input, state, cfg, torch.Generator())
+    norm = float(torch.cat([p.grad.flatten() for p in block.parameters()]).norm())
+    result = train_phase1(block, token_input, stream, cfg, seed=3)
+    assert norm > 1e-3 and result.history[0]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+
+
+def test_training_sweep_with_context_noise_written_out_by_hand():
+    """Each batch's previous contexts plus ``noise·N(0, I)`` drawn in batch order from the
+    generator; the gradient is that of the token-weighted mean loss over the batches."""
+    block, token_input, stream = _setup(n=11, d_c=6, seed=4)
+    cfg = Phase1Config(batch_size=4, context_noise=0.3, dist_reg_weight=0.5)
+    state = start_stream(stream, 6, cfg, torch.Generator().manual_seed(1), torch.device("cpu"), token_input)
+    block.zero_grad()
+    new, sums = training_sweep(block, token_input, state, cfg, torch.Generator().manual_seed(8))
+    grads = [p.grad.clone() for p in block.parameters()]
+
+    gen, contexts = torch.Generator().manual_seed(8), state.contexts
+    shifted = torch.cat([torch.zeros(1, 6), contexts[:-1]])
+    block.zero_grad()
+    outs, objective, expected = [], 0.0, torch.zeros(3, dtype=torch.float64)
+    for pos in equal_batches(11, 4):  # 4 + 4 + 3
+        out = block(shifted[pos] + 0.3 * torch.randn(pos.numel(), 6, generator=gen), token_input(stream, pos))[:, -1]
+        parts = phase1_loss(out, contexts[pos], 0.5, cfg.diversity)
+        objective = objective + parts[0] * pos.numel() / 11
+        expected += torch.stack(parts).detach().double() * pos.numel() / 11
+        outs.append(out.detach())
+    objective.backward()
+    assert torch.allclose(new, torch.cat(outs), atol=1e-6) and torch.allclose(sums, expected, rtol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
+    # without noise the generator is never drawn from (its state is checkpointed for resumes)
+    quiet, gen = Phase1Config(batch_size=4), torch.Generator().manual_seed(8)
+    before = gen.get_state()
+    training_sweep(block, token_input, state, quiet, gen)
+    assert torch.equal(gen.get_state(), before)
+
+
+def test_start_phase1_draws_train_contexts_from_seed_and_dev_contexts_from_seed_plus_one():
+    from newllm.phase1 import start_phase1
+
+    block, token_input, stream = _setup(n=10, d_c=6)
+    val = torch.randint(0, 30, (7,))
+    cfg = Phase1Config(init_std=0.2, learning_rate=0.125, batch_size=4)
+    run = start_phase1(block, token_input, stream, val, cfg, seed=5, precision="bf16")
+    assert torch.equal(run.train.contexts, 0.2 * torch.randn(10, 6, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(run.dev.contexts, 0.2 * torch.randn(7, 6, generator=torch.Generator().manual_seed(6)))
+    assert torch.equal(run.dev.stream, val) and [b.tolist() for b in run.dev.batches] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert run.train.inputs is not None and run.dev.inputs is None and run.dev_map.n == 7
+    assert run.seed == 5 and run.precision == "bf16" and run.optimizer.param_groups[0]["lr"] == 0.125
+    # the noise generator continues after the train draw
+    gen = torch.Generator().manual_seed(5)
+    torch.randn(10, 6, generator=gen)
+    assert torch.equal(run.gen.get_state(), gen.get_state())
+    assert start_phase1(block, token_input, stream, None, cfg, seed=5).dev is None
+    with pytest.raises(ValueError, match="phase1.stop_rule 'patience' is not one of"):
+        start_phase1(block, token_input, stream, val, Phase1Config(stop_rule="patience"), seed=5)
+
+
+def test_inputs_are_embedded_once_up_to_the_cache_limit_inclusive(monkeypatch):
+    import newllm.phase1 as phase1
+
+    block, token_input, stream = _setup(n=10, d_c=6, n_in=2)  # 10 tokens x 8 = 80 elements
+    cfg = Phase1Config(batch_size=4)
+    monkeypatch.setattr(phase1, "INPUT_CACHE_MAX_ELEMENTS", 80)
+    state = start_stream(stream, 6, cfg, torch.Generator(), torch.device("cpu"), token_input)
+    assert torch.equal(state.inputs, token_input(stream, torch.arange(10)))
+    monkeypatch.setattr(phase1, "INPUT_CACHE_MAX_ELEMENTS", 79)
+    assert start_stream(stream, 6, cfg, torch.Generator(), torch.device("cpu"), token_input).inputs is None
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    """Killed after the checkpoint of iteration 4 (every 2 iterations, never at the last),
+    the resumed run continues from iteration 5 with the saved contexts, dev contexts,
+    noise generator, weights and optimizer, and ends with the same numbers."""
+    from newllm.checkpoint import CheckpointSpec
+
+    cfg = Phase1Config(max_iterations=6, min_iterations=1, batch_size=8, stop_convergence_rate=1.1, context_noise=0.1)
+    val = torch.randint(0, 30, (12,), generator=torch.Generator().manual_seed(5))
+
+    def run(spec):
+        block, token_input, stream = _setup(n=20, d_c=6, seed=1)
+        return block, train_phase1(block, token_input, stream, cfg, val_stream=val, seed=2, checkpoint=spec)
+
+    saves = []
+    block, whole = run(CheckpointSpec(tmp_path / "a.safetensors", "x", every=2, on_save=saves.append))
+    assert saves == [2, 4]
+
+    def kill(records):
+        if records == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(CheckpointSpec(tmp_path / "b.safetensors", "x", every=2, on_save=kill))
+    resumed_block, resumed = run(CheckpointSpec(tmp_path / "b.safetensors", "x", every=2))
+    assert resumed.summary["resumed_from_iteration"] == 5 and whole.summary["resumed_from_iteration"] is None
+    timing = {"seconds", "tokens_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k not in timing} for r in whole.history
+    ]
+    assert {k: v for k, v in resumed.summary.items() if k not in timing | {"resumed_from_iteration"}} == {
+        k: v for k, v in whole.summary.items() if k not in timing | {"resumed_from_iteration"}
+    }
+    assert torch.equal(resumed.extra["contexts"], whole.extra["contexts"])
+    assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), resumed_block.state_dict().values()))
+
+
+def test_a_non_finite_loss_names_the_last_finite_record():
+    block, token_input, stream = _setup(n=20)
+
+    def poison(record):  # the weights become NaN after iteration 2's step: iteration 3 diverges
+        if record["iteration"] == 2:
+            with torch.no_grad():
+                block.layers[0].ffn[0].weight.fill_(float("nan"))
+
+    cfg = Phase1Config(max_iterations=5, min_iterations=1, batch_size=8, stop_convergence_rate=1.1)
+    message = r"iteration 3: non-finite loss nan; last finite values: \[\{'iteration': 2,"
+    with pytest.raises(TrainingDivergedError, match=message) as err:
+        train_phase1(block, token_input, stream, cfg, on_iteration=poison)
+    assert "'iteration': 1," not in str(err.value)
+    block, token_input, stream = _setup(n=20)
+    block.layers[0].ffn[0].weight.data.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"iteration 1: non-finite loss nan; last finite values: None$"):
+        train_phase1(block, token_input, stream, cfg)
