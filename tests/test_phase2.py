@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from newllm.model import TokenBlock, TokenInput, init_weights, tied_logits
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_head, tied_token_nll, train_phase2
+from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, TiedHead, evaluate, tied_head, tied_token_nll, train_phase2
 from newllm.training import EarlyStopping
 
 
@@ -231,3 +231,240 @@ def test_a_zero_learning_rate_epoch_reports_the_evaluated_losses():
         assert record["dev_accuracy"] == dev_eval["accuracy"] and record["learning_rate"] == 0.0
     assert result.summary["best_step"] == 4 and result.summary["stopped_by"] == "max_steps"  # an equal loss is no improvement
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+
+
+# --- expected values from the definitions (issue 14: mutation testing) ---------------------
+
+
+def test_phase2_config_defaults_are_the_schema_defaults_and_chunk_tokens_per_device():
+    from pathlib import Path
+
+    from newllm.config import load_schema, section_defaults
+
+    schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
+    assert Phase2Config() == Phase2Config(**section_defaults(schema, "phase2"))
+    assert Phase2Config.from_dict({}).chunk_tokens == 64
+    assert Phase2Config.from_dict({"chunk_tokens": None}, torch.device("cpu")).chunk_tokens == 64
+    assert Phase2Config.from_dict({"chunk_tokens": None}, torch.device("cuda")).chunk_tokens == 4096
+    assert Phase2Config.from_dict({"chunk_tokens": 8, "batch_size": None}, torch.device("cuda")) == Phase2Config(chunk_tokens=8)
+
+
+def test_bf16_head_target_logit_is_exact_and_the_rest_rounded_by_hand():
+    # h·E_0 = 1 + 2^-9 rounds to 1.0 in bf16 (spacing 2^-7 near 1); h·E_1 = 1 exactly.
+    # The target logit is recomputed exactly: NLL = log(e^(1+2^-9) + e^1) - (1+2^-9)
+    E = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    head = tied_head(E, "bf16")
+    assert head.rows.dtype == torch.bfloat16 and torch.equal(head.rows.float(), E) and head.log_mult is None
+    assert tied_head(E).rows.dtype == torch.float32
+    h, eps = torch.tensor([[1.0, 2.0**-9]]), 2.0**-9
+    nll, correct = tied_token_nll(h, head, torch.tensor([0]), chunk_tokens=4)
+    assert nll.item() == pytest.approx(math.log1p(math.exp(-eps)), rel=1e-6) and correct.tolist() == [True]
+    # the fused loss: the same value; ∂L/∂h = (Σ_c e_c E_c) / Z - E_y with e = (1, e^-eps) rounded to bf16 (1, 1)
+    hidden = h.clone().requires_grad_(True)
+    loss = TiedCrossEntropy.apply(hidden, head, torch.tensor([0]), 4)
+    loss.backward()
+    z = 1 + math.exp(-eps)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-eps)), rel=1e-6)
+    assert torch.allclose(hidden.grad, torch.tensor([[2 / z - 1, 1 / z - 1]]), atol=1e-7)
+    # a bf16 hidden state gets a bf16 gradient
+    bf = h.bfloat16().requires_grad_(True)
+    TiedCrossEntropy.apply(bf, head, torch.tensor([0]), 4).backward()
+    assert bf.grad.dtype == torch.bfloat16
+
+
+def test_a_merged_bf16_head_keeps_the_multiplicities():
+    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # ids 1..3 share a row
+    head = tied_head(E, "bf16")
+    assert head.rows.dtype == torch.bfloat16 and torch.equal(head.rows.float()[head.class_of], E)
+    assert torch.allclose(head.log_mult.exp(), torch.tensor([1.0, 3.0])[head.classes(torch.tensor([0, 1]))])
+    # h = (2, 0): logits (2, 0, 0, 0): NLL of id 0 = log(e^2 + 3) - 2, of id 2 = log(e^2 + 3)
+    nll, correct = tied_token_nll(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), head, torch.tensor([0, 2]), 1)
+    assert torch.allclose(nll, torch.tensor([math.log(math.e**2 + 3) - 2, math.log(math.e**2 + 3)]), atol=1e-6)
+    assert correct.tolist() == [True, False]
+
+
+def test_tied_token_nll_counts_an_exact_tie_for_the_maximum_as_a_hit():
+    E = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    nll, correct = tied_token_nll(torch.tensor([[3.0, 1.0]]), TiedHead(E), torch.tensor([1]), chunk_tokens=2)
+    assert correct.tolist() == [True]
+    assert nll.item() == pytest.approx(math.log(2 * math.e**3 + math.e) - 3, rel=1e-6)
+
+
+def test_split_batch_reads_the_cache_rows_and_the_next_tokens():
+    import numpy as np
+
+    stream = torch.tensor([5, 6, 7, 8, 9])
+    cache = torch.arange(40.0).reshape(5, 2, 4)
+    split = Split(stream, cache)
+    token_input = TokenInput(torch.arange(30.0).reshape(10, 3), 1)
+    pos = torch.tensor([3, 0])
+    ctx, x, y = split.batch(pos, token_input, 2, 4)
+    assert split.targets == 4 and torch.equal(ctx, cache[[3, 0]]) and y.tolist() == [9, 6]
+    assert torch.equal(x, token_input(stream, pos))
+    ctx_np, x_np, y_np = Split(stream, cache.numpy()).batch(pos, token_input, 2, 4)  # a memory map is gathered per batch
+    assert torch.equal(ctx_np, ctx) and torch.equal(x_np, x) and torch.equal(y_np, y)
+    assert isinstance(np.asarray(cache.numpy()), np.ndarray)
+    zeros, _, _ = Split(stream, None).batch(pos, token_input, 2, 4)
+    assert torch.equal(zeros, torch.zeros(2, 2, 4))
+
+
+def test_accumulated_micro_batches_give_the_whole_batchs_loss_and_gradient():
+    block, token_input, stream, cache = _phase2_setup(n=30)
+    split, pos = Split(stream, cache), torch.tensor([3, 17, 0, 28, 9, 11, 4, 21, 5, 13])
+    from newllm.phase2 import accumulate_step
+
+    block.zero_grad()
+    loss = accumulate_step(block, token_input, split, pos, micro=3, chunk_tokens=2)  # 3 + 3 + 3 + 1
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    reference = F.cross_entropy(tied_logits(block(cache[pos], token_input(stream, pos)), token_input.weight), stream[pos + 1])
+    reference.backward()
+    assert loss == pytest.approx(reference.item(), rel=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
+
+
+def test_evaluation_reports_accuracy_and_perplexity_of_the_per_token_predictions():
+    block, token_input, stream, cache = _phase2_setup(n=40)
+    stream = torch.randint(0, 40, (40,), generator=torch.Generator().manual_seed(3))
+    result = evaluate(block, token_input, Split(stream, cache), Phase2Config(eval_batch_size=6, chunk_tokens=4))
+    with torch.no_grad():
+        logits = tied_logits(block(cache[:-1], token_input(stream, torch.arange(39))), token_input.weight)
+    loss = F.cross_entropy(logits, stream[1:]).item()
+    hits = (logits.argmax(dim=1) == stream[1:]).sum().item()
+    assert 0 < hits < 39 and result["accuracy"] == hits / 39 and result["tokens"] == 39
+    assert result["loss"] == pytest.approx(loss, rel=1e-6) and result["ppl"] == math.exp(result["loss"])
+    assert "token_nll" not in result and block.training is False
+
+
+def test_shuffled_batches_cover_each_epoch_once_and_resume_mid_epoch():
+    from newllm.phase2 import _Batches
+
+    batches = _Batches(5, 2, seed=7, device=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(7)
+    first, second = torch.randperm(5, generator=gen), torch.randperm(5, generator=gen)
+    drawn = [batches.next().tolist() for _ in range(3)]
+    assert drawn == [first[:2].tolist(), first[2:4].tolist(), first[4:].tolist()] and batches.epoch == 1
+    assert batches.next().tolist() == second[:2].tolist() and batches.state()[0] == {"epoch": 2, "offset": 2}
+    state, epoch_rng = batches.state()
+    rest = [batches.next().tolist() for _ in range(4)]
+    again = _Batches(5, 2, seed=0, device=torch.device("cpu"))
+    again.restore(state, epoch_rng)
+    assert again.state()[0] == {"epoch": 2, "offset": 2} and torch.equal(again.state()[1], epoch_rng)
+    assert [again.next().tolist() for _ in range(4)] == rest
+
+
+def test_anneal_multiplies_the_rate_only_after_an_evaluation_that_did_not_improve():
+    from newllm.phase2 import _anneal
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.8)
+    stopper = EarlyStopping(patience=5, min_steps=0, max_steps=100)
+    stopper.update(10, 1.0)
+    _anneal(optimizer, stopper, 10, 0.25)  # step 10 is the best: no change
+    assert optimizer.param_groups[0]["lr"] == 0.8
+    stopper.update(20, 1.5)
+    _anneal(optimizer, stopper, 20, 0.25)
+    assert optimizer.param_groups[0]["lr"] == 0.2
+
+
+def test_phase2_summary_and_dev_record_by_hand():
+    from types import SimpleNamespace
+
+    from newllm.phase2 import _dev_evaluation, _phase2_summary
+
+    block, token_input, stream, cache = _phase2_setup(n=21)
+    dev = Split(stream, cache)
+    cfg = Phase2Config(batch_size=8, chunk_tokens=16)
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.3)
+    n = {"step": 30, "train_seconds": 2.0, "eval_seconds": 1.0}
+    block.eval()
+    record = _dev_evaluation(block, token_input, dev, cfg, "fp32", None, n, [1.0, 2.0], 4, optimizer)
+    assert block.training and n["eval_seconds"] > 1.0  # back to training after the evaluation
+    dev_eval = evaluate(block, token_input, dev, cfg)
+    assert record == {
+        "step": 30,
+        "epoch": 4,
+        "train_loss": 1.5,
+        "train_ppl": math.exp(1.5),
+        "dev_loss": dev_eval["loss"],
+        "dev_ppl": dev_eval["ppl"],
+        "dev_accuracy": dev_eval["accuracy"],
+        "learning_rate": 0.3,
+        "tokens_per_s": 120.0,  # 30 steps x 8 tokens in 2 s
+    }
+    history = [dict(record, step=10, dev_loss=9.0), record]
+    state = SimpleNamespace(history=history, optimizer=optimizer)
+    stopper = SimpleNamespace(best_step=30, stopped_by="max_steps", undertrained=True)
+    counters = {"step": 40, "train_seconds": 4.0, "eval_seconds": 1.5, "resumed_from_step": 20, "micro": 4}
+    summary = _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "bf16")
+    assert summary == {
+        "steps": 40,
+        "epochs": 4.0,  # 40 x 8 tokens over 80 targets
+        "best_step": 30,
+        "stopped_by": "max_steps",
+        "undertrained": True,
+        "resumed_from_step": 20,
+        "micro_batch_size": 4,
+        "dev_loss": dev_eval["loss"],
+        "dev_ppl": dev_eval["ppl"],
+        "dev_accuracy": dev_eval["accuracy"],
+        "train_ppl": math.exp(1.5),
+        "final_learning_rate": 0.3,
+        "train_tokens": 80,
+        "dev_tokens": 20,
+        "train_seconds": 4.0,
+        "eval_seconds": 1.5,
+        "tokens_per_s": 80.0,
+        "precision": "bf16",
+    }
+    counters["train_seconds"] = 0.0  # a clock that did not move: no division by zero
+    assert (
+        _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 320 / 1e-9
+    )
+
+
+def test_a_resumed_phase2_run_equals_the_uninterrupted_one(tmp_path):
+    from newllm.checkpoint import CheckpointSpec
+
+    cfg = Phase2Config(max_steps=12, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8, learning_rate=1e-2)
+
+    def run(spec, on_batch=None):
+        block, token_input, stream, cache = _phase2_setup(n=41)
+        dev = Split(stream.flip(0), cache)
+        result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=3, checkpoint=spec, on_batch=on_batch)
+        return block, result
+
+    saves, sizes = [], []
+    block, whole = run(CheckpointSpec(tmp_path / "a.safetensors", "x", every=2, on_save=saves.append), sizes.append)
+    assert saves == [2, 4] and whole.summary["stopped_by"] == "max_steps"  # never at the stop (records 6)
+    assert sizes == [16, 16, 8] * 4  # 40 targets: two full batches and the rest, epoch after epoch
+
+    def kill(records):
+        if records == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(CheckpointSpec(tmp_path / "b.safetensors", "x", every=2, on_save=kill))
+    resumed_block, resumed = run(CheckpointSpec(tmp_path / "b.safetensors", "x", every=2))
+    assert resumed.summary["resumed_from_step"] == 8 and whole.summary["resumed_from_step"] is None
+    timing = {"tokens_per_s", "train_seconds", "eval_seconds", "resumed_from_step"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.history] == [
+        {k: v for k, v in r.items() if k not in timing} for r in whole.history
+    ]
+    assert {k: v for k, v in resumed.summary.items() if k not in timing} == {
+        k: v for k, v in whole.summary.items() if k not in timing
+    }
+    assert all(torch.equal(a, b) for a, b in zip(block.state_dict().values(), resumed_block.state_dict().values()))
+
+
+def test_an_out_of_memory_runtime_error_is_retried_down_to_one_token_then_raised():
+    block, token_input, stream, cache = _phase2_setup(n=50)
+
+    def oom(contexts, x):
+        raise RuntimeError("CUDA error: Out Of Memory while allocating")
+
+    block.forward = oom
+    sizes = []
+    cfg = Phase2Config(max_steps=1, min_steps=0, batch_size=16, chunk_tokens=8)
+    with pytest.raises(RuntimeError, match="Out Of Memory"):
+        train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0, on_oom=sizes.append)
+    assert sizes == [8, 4, 2, 1]
