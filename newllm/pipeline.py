@@ -62,8 +62,9 @@ def build_model(
 def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:
     """The resumable checkpoint of a training job.
 
-    Its fingerprint covers the run's resolved config, the rule's code hash
-    (``params.code``: the ``newllm`` modules the job runs, newllm.provenance) and the size
+    Its fingerprint covers every param of the rule but the checkpoint folder — the run's
+    resolved config, other settings it reads (e.g. ``baselines``), the rule's code hash
+    (``params.code``: the ``newllm`` modules the job runs, newllm.provenance) — and the size
     and modification time of every input file, so changed settings, changed code or
     rewritten inputs never resume.  (``stat``, not a hash: context caches reach GBs, and
     token streams are already hash-checked when read.)
@@ -75,7 +76,8 @@ def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointS
     """
     inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in smk.input.items()}
     params = dict(smk.params.items()) if hasattr(smk.params, "items") else dict(vars(smk.params))
-    parts = [params["run"], inputs] if params.get("code") is None else [params["run"], inputs, params["code"]]
+    settings = {k: v for k, v in params.items() if k != "checkpoints"}  # run config, code hash, e.g. baselines
+    parts = [settings, inputs]
     folder = Path(output_path).parent
     store = params.get("checkpoints")
     if store is not None:

@@ -41,9 +41,9 @@ rule baseline_lm:
         test_meta="results/{study}/data/test.json",
         embeddings="results/{study}/embeddings/token_embeddings.safetensors",
     output:
-        metrics="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/metrics.json",
-        test_nll="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/test_token_nll.npy",
-        history="results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}/lm/history.csv",
+        metrics=f"{RUN_DIR}/lm/metrics.json",
+        test_nll=f"{RUN_DIR}/lm/test_token_nll.npy",
+        history=f"{RUN_DIR}/lm/history.csv",
     log:
         log_path("baseline_lm", RUN_NAME),
     benchmark:
@@ -58,6 +58,7 @@ rule baseline_lm:
     params:
         run=run_params,
         baselines=config["baselines"],
+        checkpoints=CHECKPOINT_STORE,
         code=code_hash("train_baseline"),
     script:
         "../workflow_scripts/train_baseline.py"

@@ -79,12 +79,16 @@ def test_checkpoint_fingerprint_and_place_follow_code_and_store(tmp_path):
     run = {"model": "cvfp", "variant": "base", "samples": 6, "context_dim": 16, "seed": 0}
     store = str(tmp_path / "results/s/checkpoints")
 
-    def spec(code, checkpoints=store):
-        params = SimpleNamespace(run={"run": run}, code=code, checkpoints=checkpoints)
+    def spec(code, checkpoints=store, **settings):
+        params = SimpleNamespace(run={"run": run}, code=code, checkpoints=checkpoints, **settings)
         return run_checkpoint(SimpleNamespace(params=params, input={"train": str(stream)}), out, every=1)
 
     a, b = spec("aaaa"), spec("bbbb")
     assert a.fingerprint != b.fingerprint  # a checkpoint made by other code is not resumed
+    # nor one made with other settings the rule reads beside its run config (baseline_lm: baselines)
+    small, large = ({"lstm": {"hidden": h}} for h in (8, 9))
+    assert spec("aaaa", baselines=small).fingerprint != spec("aaaa", baselines=large).fingerprint
+    assert spec("aaaa", checkpoints=None).fingerprint == a.fingerprint  # the checkpoint folder is no setting
     assert a.path == tmp_path / "results/s/checkpoints/cvfp/base/samples6_ctx16_seed0/phase2/checkpoint.safetensors"
     assert spec("aaaa", checkpoints=None).path == out.parent / "checkpoint.safetensors"
 

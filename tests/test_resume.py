@@ -38,6 +38,17 @@ SCRIPT = textwrap.dedent(
         result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=3, checkpoint=spec)
         numbers = [[r["total_loss"], r["val_effective_rank"], r["converged"]] for r in result.history]
         summary = result.summary
+    elif phase in ("lstm", "transformer"):
+        from newllm.baselines.models import LSTMLM, TransformerLM
+        from newllm.baselines.training import NeuralTrainConfig, train_neural_lm
+
+        model = LSTMLM(token_input.weight, 8) if phase == "lstm" else TransformerLM(
+            token_input.weight, 8, num_layers=1, num_heads=2, block_size=12, dropout=0.1)
+        cfg = NeuralTrainConfig(batch_size=3, seq_len=12, eval_every=5, patience=50, min_steps=0, max_steps=40,
+                                chunk_tokens=16)
+        history, summary = train_neural_lm(model, stream, val, cfg, seed=5, stateful=phase == "lstm", checkpoint=spec)
+        numbers = [[r["train_loss"], r["dev_loss"], r["dev_accuracy"]] for r in history]
+        block = model
     else:
         block = TokenBlock(4, 6, 6)
         init_weights(block)
@@ -64,7 +75,7 @@ def _run(tmp_path, phase, ckpt, out, kill_at=None):
 
 
 # kill_at: the number of history records (Phase 1 iterations, Phase 2 evaluations) saved
-@pytest.mark.parametrize("phase,kill_at", [("phase1", 5), ("phase2", 3)])
+@pytest.mark.parametrize("phase,kill_at", [("phase1", 5), ("phase2", 3), ("lstm", 3), ("transformer", 3)])
 def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
     reference = _run(tmp_path, phase, "-", tmp_path / "reference.json")
     assert reference.returncode == 0, reference.stderr
@@ -79,7 +90,9 @@ def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
     assert a["numbers"] == b["numbers"]  # every iteration/epoch, bit for bit
     assert a["weights"] == b["weights"]
     key = "resumed_from_iteration" if phase == "phase1" else "resumed_from_step"
-    resumed_at = kill_at + 1 if phase == "phase1" else kill_at * 7  # Phase 2: the step of the 3rd evaluation
+    # the record the kill followed: Phase 1 iteration; Phase 2 evaluation every 7 steps; the
+    # baselines' evaluations at steps 0, 5, 10, ... (the 3rd at step 10)
+    resumed_at = {"phase1": kill_at + 1, "phase2": kill_at * 7}.get(phase, (kill_at - 1) * 5)
     assert a["summary"].pop(key) is None and b["summary"].pop(key) == resumed_at
     assert a["summary"] == b["summary"]
 

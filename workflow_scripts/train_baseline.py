@@ -13,9 +13,11 @@ from newllm.baselines.models import SEQ_LEN_KEY, build_baseline, cvfp_parameter_
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
 from newllm.io import write_npy
 from newllm.model import count_parameters
-from newllm.pipeline import load_stream, run_precision, write_run_outputs
+from newllm.pipeline import load_stream, run_checkpoint, run_precision, write_run_outputs
 from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
 from newllm.script import run_script
+
+CHECKPOINT_EVERY = 1  # dev evaluations; a killed job resumes from the last checkpoint
 
 
 def main(smk) -> None:
@@ -61,6 +63,7 @@ def main(smk) -> None:
         cfg,
     )
 
+    checkpoint = run_checkpoint(smk, smk.output.metrics, every=CHECKPOINT_EVERY)
     history, summary = train_neural_lm(
         model,
         train,
@@ -79,6 +82,7 @@ def main(smk) -> None:
             r["seconds"],
         ),
         precision=precision,
+        checkpoint=checkpoint,
     )
     t0 = time.perf_counter()
     result = evaluate_stream(model, test, cfg.chunk_tokens, precision)
@@ -106,6 +110,7 @@ def main(smk) -> None:
         "chunk_tokens": cfg.chunk_tokens,
     }
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device, baseline=baseline)
+    checkpoint.path.unlink(missing_ok=True)
     log.info(
         "%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, test acc %.2f %%, %.1f s",
         label,

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.phase2 import TiedCrossEntropy, TiedHead, tied_head, tied_token_nll
 from newllm.runtime import autocast
@@ -106,6 +107,7 @@ class BPTTBatches:
         self._start_pass()
 
     def _start_pass(self) -> None:
+        self.pass_rng = self.gen.get_state()  # what restore() replays
         offset = int(torch.randint(self.seq_len, (1,), generator=self.gen))
         usable = (self.stream.shape[0] - 1 - offset) // self.batch_size
         self.lanes = self.stream[offset : offset + usable * self.batch_size + 1]
@@ -122,6 +124,16 @@ class BPTTBatches:
         self.position += self.seq_len
         reset, self.fresh = self.fresh, False
         return inputs, targets, reset
+
+    def state(self) -> tuple[dict[str, Any], Tensor]:
+        """``({position, fresh}, generator state at the start of this pass)`` for a checkpoint."""
+        return {"position": self.position, "fresh": self.fresh}, self.pass_rng
+
+    def restore(self, state: dict[str, Any], rng: Tensor) -> None:
+        """Undo :meth:`state`: replay the pass's random offset, then its position."""
+        self.gen.set_state(rng)
+        self._start_pass()
+        self.position, self.fresh = state["position"], state["fresh"]
 
 
 class RandomWindows:
@@ -140,6 +152,14 @@ class RandomWindows:
         starts = torch.randint(self.stream.shape[0] - self.seq_len, (self.batch_size,), generator=self.gen).to(self.stream.device)
         idx = starts[:, None] + torch.arange(self.seq_len, device=self.stream.device)[None, :]
         return self.stream[idx], self.stream[idx + 1], True
+
+    def state(self) -> tuple[dict[str, Any], Tensor]:
+        """``({}, generator state)`` for a checkpoint."""
+        return {}, self.gen.get_state()
+
+    def restore(self, state: dict[str, Any], rng: Tensor) -> None:
+        """Undo :meth:`state`."""
+        self.gen.set_state(rng)
 
 
 def evaluate_stream(
@@ -209,6 +229,45 @@ class NeuralTrainer:
         self.state, self.last_finite = None, None  # carried LSTM state, last finite training loss
         self.t_start = time.perf_counter()
         self.eval_seconds, self.step_seconds = 0.0, 0.0
+        self.resumed_from_step: int | None = None
+
+    def save(self, spec: CheckpointSpec, step: int) -> None:
+        """Checkpoint after the evaluation at ``step``: weights, Adam, stop rule and best
+        weights, history, batch stream position, carried LSTM state, torch's RNG."""
+        state = TrainState(self.model, self.optimizer, self.stopper)
+        state.history = self.history
+        batch_state, batch_rng = self.batches.state()
+        extra = {"batch_rng": batch_rng, "torch_rng": torch.get_rng_state()}
+        if self.state is not None:
+            extra.update({f"carry.{i}": t for i, t in enumerate(_detach(self.state))})
+        counters = {
+            "step": step,
+            "batches": batch_state,
+            "carry": 0 if self.state is None else len(self.state),
+            "last_finite": self.last_finite,
+            "seconds": time.perf_counter() - self.t_start,
+            "eval_seconds": self.eval_seconds,
+            "step_seconds": self.step_seconds,
+        }
+        state.save(spec, counters, extra)
+
+    def resume(self, spec: CheckpointSpec | None) -> int:
+        """Restore from a matching checkpoint; returns the step it was saved after (0: none)."""
+        state = TrainState(self.model, self.optimizer, self.stopper)
+        counters = state.load(spec)
+        if not counters:
+            return 0
+        device = next(self.model.parameters()).device
+        self.history = state.history
+        self.batches.restore(counters["batches"], state.extra_tensors["batch_rng"])
+        torch.set_rng_state(state.extra_tensors["torch_rng"])
+        carry = [state.extra_tensors[f"carry.{i}"].to(device) for i in range(counters["carry"])]
+        self.state = tuple(carry) if carry else None
+        self.last_finite = counters["last_finite"]
+        self.t_start = time.perf_counter() - counters["seconds"]
+        self.eval_seconds, self.step_seconds = counters["eval_seconds"], counters["step_seconds"]
+        self.resumed_from_step = counters["step"]
+        return counters["step"]
 
     def snapshot(self) -> dict[str, Tensor]:
         """A copy of the weights (the stop rule keeps the best)."""
@@ -278,6 +337,7 @@ class NeuralTrainer:
             "best_step": self.stopper.best_step,
             "stopped_by": stopped_by,
             "undertrained": stopped_by == "max_steps",
+            "resumed_from_step": self.resumed_from_step,
             "dev_loss": best["dev_loss"],
             "dev_ppl": best["dev_ppl"],
             "dev_accuracy": best["dev_accuracy"],
@@ -304,6 +364,7 @@ def train_neural_lm(
     run_name: str = "",
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     precision: str = "fp32",
+    checkpoint: CheckpointSpec | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train ``model`` (LSTM: ``stateful=True``; Transformer: False) to its best dev loss.
 
@@ -318,6 +379,8 @@ def train_neural_lm(
             ``bf16`` runs the model's forward under ``torch.autocast`` and the tied
             head's matmuls on a bf16 copy of the embeddings made once per run; the
             loss, log-sum-exp, weights and Adam stay float32.
+        checkpoint: where to checkpoint after every ``checkpoint.every`` evaluations and
+            resume from (a killed run resumes to identical numbers, tested); ``None``: off.
 
     Returns:
         ``(history, summary)``: one record per evaluation (``step``, ``tokens``,
@@ -336,15 +399,19 @@ def train_neural_lm(
     batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
     run = NeuralTrainer(model, batches, cfg, run_name, on_eval, precision)
     model.train()
-    run.evaluate(0, dev_stream, None)
-    window_losses, step = [], 0
-    for step in range(1, cfg.max_steps + 1):
+    step = run.resume(checkpoint)
+    if step == 0:
+        run.evaluate(0, dev_stream, None)
+    window_losses = []
+    for step in range(step + 1, cfg.max_steps + 1):
         window_losses.append(run.train_step(step))
         if step % run.eval_every == 0 or step == cfg.max_steps:
             stop = run.evaluate(step, dev_stream, float(np.mean(window_losses)))
             window_losses = []
             if stop:
                 break
+            if checkpoint is not None and len(run.history) % checkpoint.every == 0:
+                run.save(checkpoint, step)
     stopped_by = run.stopper.finish(step)
     model.load_state_dict(run.stopper.best_state)
     return run.history, run.summary(step, stopped_by)
