@@ -59,6 +59,12 @@ def build_model(
     return context_block.to(device), token_block.to(device)
 
 
+def _named(entries: Any) -> dict[str, Any]:
+    """A rule's named ``input``/``params`` (Snakemake's Namedlist, or a namespace when a
+    script runs without Snakemake) as a dict."""
+    return dict(entries.items()) if hasattr(entries, "items") else dict(vars(entries))
+
+
 def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointSpec:
     """The resumable checkpoint of a training job.
 
@@ -74,8 +80,8 @@ def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointS
     ``{checkpoints}/{run}/{phase}/checkpoint.safetensors``, where ``{run}/{phase}`` is the
     output folder's path below ``results/{study}/runs/``; otherwise beside ``output_path``.
     """
-    inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in smk.input.items()}
-    params = dict(smk.params.items()) if hasattr(smk.params, "items") else dict(vars(smk.params))
+    inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in _named(smk.input).items()}
+    params = _named(smk.params)
     settings = {k: v for k, v in params.items() if k != "checkpoints"}  # run config, code hash, e.g. baselines
     parts = [settings, inputs]
     folder = Path(output_path).parent

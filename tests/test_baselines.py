@@ -223,7 +223,8 @@ def _build(kind, embeddings, seed):
 def test_training_lowers_dev_loss_and_stops_early(kind, toy_data):
     embeddings, train, dev, test = toy_data
     model = _build(kind, embeddings, 0)
-    history, summary = train_neural_lm(model, train, dev, CFG, seed=0, stateful=kind == "lstm")
+    result = train_neural_lm(model, train, dev, CFG, seed=0, stateful=kind == "lstm")
+    history, summary = result.history, result.summary
     assert history[0]["step"] == 0 and history[0]["dev_loss"] > math.log(V_TOY) - 0.5  # about uniform at init
     assert summary["dev_loss"] < math.log(2) + 0.6  # most of the way from ln 40 = 3.7 to the floor ln 2
     assert summary["stopped_by"] == "early_stopping" and not summary["undertrained"]
@@ -250,7 +251,7 @@ def test_training_is_deterministic_per_seed(kind, toy_data):
     runs = []
     for seed in (0, 0, 1):
         model = _build(kind, embeddings, seed)
-        history, _ = train_neural_lm(model, train, dev, cfg, seed=seed, stateful=kind == "lstm")
+        history = train_neural_lm(model, train, dev, cfg, seed=seed, stateful=kind == "lstm").history
         runs.append(([r["dev_loss"] for r in history], evaluate_stream(model, test, cfg.chunk_tokens)["token_nll"]))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])

@@ -192,7 +192,8 @@ def test_baseline_bf16_and_fp32_dev_ppl_agree(kind):
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = LSTMLM(E, 24) if kind == "lstm" else TransformerLM(E, 24, num_layers=1, num_heads=2, block_size=16)
-        history, summary = train_neural_lm(model, train, dev, cfg, seed=0, stateful=kind == "lstm", precision=precision)
+        result = train_neural_lm(model, train, dev, cfg, seed=0, stateful=kind == "lstm", precision=precision)
+        history, summary = result.history, result.summary
         assert summary["precision"] == precision
         results[precision] = (history, summary, model)
     (h32, s32, model32), (h16, s16, _) = results["fp32"], results["bf16"]

@@ -46,7 +46,8 @@ SCRIPT = textwrap.dedent(
             token_input.weight, 8, num_layers=1, num_heads=2, block_size=12, dropout=0.1)
         cfg = NeuralTrainConfig(batch_size=3, seq_len=12, eval_every=5, patience=50, min_steps=0, max_steps=40,
                                 chunk_tokens=16)
-        history, summary = train_neural_lm(model, stream, val, cfg, seed=5, stateful=phase == "lstm", checkpoint=spec)
+        result = train_neural_lm(model, stream, val, cfg, seed=5, stateful=phase == "lstm", checkpoint=spec)
+        history, summary = result.history, result.summary
         numbers = [[r["train_loss"], r["dev_loss"], r["dev_accuracy"]] for r in history]
         block = model
     else:

@@ -64,7 +64,7 @@ def main(smk) -> None:
     )
 
     checkpoint = run_checkpoint(smk, smk.output.metrics, every=CHECKPOINT_EVERY)
-    history, summary = train_neural_lm(
+    trained = train_neural_lm(
         model,
         train,
         dev,
@@ -84,6 +84,7 @@ def main(smk) -> None:
         precision=precision,
         checkpoint=checkpoint,
     )
+    history, summary = trained.history, trained.summary
     t0 = time.perf_counter()
     result = evaluate_stream(model, test, cfg.chunk_tokens, precision)
     parameters = count_parameters(model)

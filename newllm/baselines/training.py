@@ -42,7 +42,7 @@ from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.phase2 import TiedCrossEntropy, TiedHead, tied_head, tied_token_nll
 from newllm.runtime import autocast
-from newllm.training import EarlyStopping, check_finite, config_from_dict
+from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
 
 
 @dataclass
@@ -365,7 +365,7 @@ def train_neural_lm(
     on_eval: Callable[[dict[str, Any]], None] | None = None,
     precision: str = "fp32",
     checkpoint: CheckpointSpec | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> TrainResult:
     """Train ``model`` (LSTM: ``stateful=True``; Transformer: False) to its best dev loss.
 
     Args:
@@ -383,7 +383,7 @@ def train_neural_lm(
             resume from (a killed run resumes to identical numbers, tested); ``None``: off.
 
     Returns:
-        ``(history, summary)``: one record per evaluation (``step``, ``tokens``,
+        :class:`newllm.training.TrainResult` with ``history``: one record per evaluation (``step``, ``tokens``,
         ``train_loss`` = mean over the steps since the last evaluation, ``dev_loss``,
         ``dev_ppl``, ``dev_accuracy``, ``seconds``); summary ``steps``, ``best_step``,
         ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the
@@ -414,4 +414,4 @@ def train_neural_lm(
                 run.save(checkpoint, step)
     stopped_by = run.stopper.finish(step)
     model.load_state_dict(run.stopper.best_state)
-    return run.history, run.summary(step, stopped_by)
+    return TrainResult(history=run.history, summary=run.summary(step, stopped_by))
