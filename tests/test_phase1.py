@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -326,11 +327,19 @@ def test_measure_sweep_is_one_sweep_with_token_weighted_losses_and_seeded_er():
 
     block, token_input, stream = _setup(n=13, d_c=6)
     contexts = torch.randn(13, 6, generator=torch.Generator().manual_seed(2))
-    cfg = Phase1Config(er_max_rows=7, convergence_threshold=2.0)
+    cfg = Phase1Config(er_max_rows=7, convergence_threshold=2.0, diversity="odcm", dist_reg_weight=0.4)
     batches = equal_batches(13, 4)  # 4 + 3 + 3 + 3
     new, record = measure_sweep(block, token_input, stream, contexts, batches, cfg, seed=5, prefix="val_")
     expected, (total, cvfp, div) = _sweep_reference(block, token_input, stream, contexts, batches, cfg)
     assert torch.allclose(new, expected, atol=1e-6)
+    # the token-weighted sums are accumulated in float64: bit for bit the same batch forwards summed in Python floats
+    sums = [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        for pos in batches:
+            prev = torch.cat([torch.zeros(1, 6), contexts[:-1]])[pos]
+            parts = phase1_loss(block(prev, token_input(stream, pos))[:, -1], contexts[pos], 0.4, "odcm")
+            sums = [acc + float(p) * (pos.numel() / 13) for acc, p in zip(sums, parts)]
+    assert [record["val_total_loss"], record["val_cvfp_loss"], record["val_diversity_loss"]] == sums
     assert record["val_total_loss"] == pytest.approx(total, rel=1e-5)
     assert record["val_cvfp_loss"] == pytest.approx(cvfp, rel=1e-5)
     assert record["val_diversity_loss"] == pytest.approx(div, rel=1e-5)
@@ -412,7 +421,9 @@ def test_with_frozen_weights_every_record_describes_successive_jacobi_sweeps():
         er_every=3, er_max_rows=9, convergence_threshold=0.02, init_std=0.5,
     )  # fmt: skip
     seen = []
+    t0 = time.perf_counter()
     result = train_phase1(block, token_input, stream, cfg, val_stream=val, seed=3, on_iteration=seen.append)
+    assert 0 < sum(r["seconds"] for r in seen) <= time.perf_counter() - t0
     assert seen == result.history and [r["iteration"] for r in seen] == [1, 2, 3, 4]
     train = [0.5 * torch.randn(20, 6, generator=torch.Generator().manual_seed(3))]
     dev = [0.5 * torch.randn(17, 6, generator=torch.Generator().manual_seed(4))]
@@ -509,7 +520,8 @@ def test_start_phase1_draws_train_contexts_from_seed_and_dev_contexts_from_seed_
     gen = torch.Generator().manual_seed(5)
     torch.randn(10, 6, generator=gen)
     assert torch.equal(run.gen.get_state(), gen.get_state())
-    assert start_phase1(block, token_input, stream, None, cfg, seed=5).dev is None
+    plain = start_phase1(block, token_input, stream, None, cfg, seed=5)
+    assert plain.dev is None and plain.precision == "fp32"
     with pytest.raises(ValueError, match="phase1.stop_rule 'patience' is not one of"):
         start_phase1(block, token_input, stream, val, Phase1Config(stop_rule="patience"), seed=5)
 
@@ -565,17 +577,100 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
 def test_a_non_finite_loss_names_the_last_finite_record():
     block, token_input, stream = _setup(n=20)
 
-    def poison(record):  # the weights become NaN after iteration 2's step: iteration 3 diverges
-        if record["iteration"] == 2:
-            with torch.no_grad():
-                block.layers[0].ffn[0].weight.fill_(float("nan"))
+    def poison_after(iteration):  # the weights become NaN after this iteration's step: the next one diverges
+        def poison(record):
+            if record["iteration"] == iteration:
+                with torch.no_grad():
+                    block.layers[0].ffn[0].weight.fill_(float("nan"))
+
+        return poison
 
     cfg = Phase1Config(max_iterations=5, min_iterations=1, batch_size=8, stop_convergence_rate=1.1)
-    message = r"iteration 3: non-finite loss nan; last finite values: \[\{'iteration': 2,"
+    message = r"^Phase 1 , iteration 3: non-finite loss nan; last finite values: \[\{'iteration': 2,"
     with pytest.raises(TrainingDivergedError, match=message) as err:
-        train_phase1(block, token_input, stream, cfg, on_iteration=poison)
+        train_phase1(block, token_input, stream, cfg, on_iteration=poison_after(2))
     assert "'iteration': 1," not in str(err.value)
+    block, token_input, stream = _setup(n=20)
+    message = r"^Phase 1 , iteration 2: non-finite loss nan; last finite values: \[\{'iteration': 1,"
+    with pytest.raises(TrainingDivergedError, match=message):
+        train_phase1(block, token_input, stream, cfg, on_iteration=poison_after(1))
     block, token_input, stream = _setup(n=20)
     block.layers[0].ffn[0].weight.data.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match=r"iteration 1: non-finite loss nan; last finite values: None$"):
         train_phase1(block, token_input, stream, cfg)
+
+
+def test_a_fresh_convergence_rate_stop_has_seen_no_iteration():
+    from newllm.phase1 import ConvergenceRateStop
+
+    assert ConvergenceRateStop(0.5, 2).state_dict() == {"stopped_by": None, "best_iteration": 0}
+
+
+def test_final_measurement_reports_no_dev_losses():
+    from newllm.phase1 import final_measurement, start_phase1
+
+    block, token_input, stream = _setup(n=12, d_c=6)
+    run = start_phase1(block, token_input, stream, torch.randint(0, 30, (9,)), Phase1Config(batch_size=5), seed=1)
+    _, final = final_measurement(run)
+    train_keys = {"total_loss", "cvfp_loss", "diversity_loss", "converged", "tokens", "convergence_rate", "convergence"}
+    dev_keys = {"val_converged", "val_tokens", "val_convergence_rate", "val_convergence", "val_effective_rank"}
+    assert set(final) == train_keys | dev_keys | {"effective_rank"} and final["val_tokens"] == 9
+
+
+def test_phase1_iteration_returns_the_pre_step_weights_only_for_val_er():
+    from newllm.phase1 import phase1_iteration, start_phase1
+
+    block, token_input, stream = _setup(n=12, d_c=6)
+    val = torch.randint(0, 30, (9,))
+    run = start_phase1(block, token_input, stream, val, Phase1Config(batch_size=5), seed=1)
+    assert phase1_iteration(run, 1, "x", None)[1] is None
+    run = start_phase1(block, token_input, stream, val, Phase1Config(batch_size=5, stop_rule="val_er"), seed=1)
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    _, kept = phase1_iteration(run, 1, "x", None)
+    assert all(torch.equal(kept[k], v) for k, v in before.items())
+    assert not all(torch.equal(v, block.state_dict()[k]) for k, v in before.items())  # the step moved the weights
+
+
+def test_bf16_training_sweeps_run_the_block_under_autocast():
+    """``precision='bf16'``: each training sweep is the bf16 sweep (the dev sweeps and the
+    final measurement stay float32), and the summary says so."""
+    from newllm.phase1 import start_stream as start
+
+    block, token_input, stream = _setup(n=12, d_c=6)
+    cfg = Phase1Config(max_iterations=1, min_iterations=1, batch_size=5, learning_rate=0.0)
+    state = start(stream, 6, cfg, torch.Generator().manual_seed(2), torch.device("cpu"), token_input)
+    _, bf16 = training_sweep(block, token_input, state, cfg, torch.Generator(), "bf16")
+    _, fp32 = training_sweep(block, token_input, state, cfg, torch.Generator())
+    result = train_phase1(block, token_input, stream, cfg, seed=2, precision="bf16")
+    assert result.history[0]["total_loss"] == bf16[0].item() != fp32[0].item()
+    assert result.summary["precision"] == "bf16"
+
+
+def test_a_run_embedding_every_batch_equals_one_embedding_the_stream_once(monkeypatch):
+    import newllm.phase1 as phase1
+
+    cfg = Phase1Config(max_iterations=3, min_iterations=1, batch_size=5, stop_convergence_rate=1.1, context_noise=0.05)
+    histories = []
+    for limit in (phase1.INPUT_CACHE_MAX_ELEMENTS, 0):  # 0: nothing cached, windows embedded per batch
+        monkeypatch.setattr(phase1, "INPUT_CACHE_MAX_ELEMENTS", limit)
+        block, token_input, stream = _setup(n=12, d_c=6, n_in=2)
+        result = train_phase1(block, token_input, stream, cfg, seed=4)
+        histories.append([r["total_loss"] for r in result.history] + [result.summary["final_cvfp_loss"]])
+    assert histories[0] == histories[1]
+
+
+def test_the_default_seed_is_0():
+    cfg = Phase1Config(max_iterations=1, min_iterations=1, batch_size=5)
+    losses = []
+    for kwargs in ({}, {"seed": 0}, {"seed": 1}):
+        block, token_input, stream = _setup(n=12, d_c=6)
+        losses.append(train_phase1(block, token_input, stream, cfg, **kwargs).history[0]["total_loss"])
+    assert losses[0] == losses[1] != losses[2]
+
+
+def test_solve_cache_passes_its_tolerance_and_sweep_budget_to_the_solver():
+    block, token_input, stream = _setup(n=3)
+    _, info = solve_cache(block, token_input, stream, "jacobi", tolerance=0.0)  # never met: the whole budget runs
+    assert info["fallback_from"]["sweeps"] == 400 and info["fallback_from"]["tol"] == 0.0
+    _, info = solve_cache(block, token_input, stream, "jacobi", max_sweeps=7, tolerance=1e-12)
+    assert info["tol"] == 1e-12 and info["converged"] and info["sweeps"] <= 4  # exact after n = 3 sweeps
