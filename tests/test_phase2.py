@@ -1,4 +1,5 @@
 import math
+import time
 
 import pytest
 import torch
@@ -377,8 +378,10 @@ def test_phase2_summary_and_dev_record_by_hand():
     optimizer = torch.optim.SGD(block.parameters(), lr=0.3)
     n = {"step": 30, "train_seconds": 2.0, "eval_seconds": 1.0}
     block.eval()
+    t0 = time.perf_counter()
     record = _dev_evaluation(block, token_input, dev, cfg, "fp32", None, n, [1.0, 2.0], 4, optimizer)
-    assert block.training and n["eval_seconds"] > 1.0  # back to training after the evaluation
+    assert 1.0 < n["eval_seconds"] <= 1.0 + time.perf_counter() - t0  # its own time added
+    assert block.training  # back to training after the evaluation
     dev_eval = evaluate(block, token_input, dev, cfg)
     assert record == {
         "step": 30,
@@ -468,3 +471,48 @@ def test_an_out_of_memory_runtime_error_is_retried_down_to_one_token_then_raised
     with pytest.raises(RuntimeError, match="Out Of Memory"):
         train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0, on_oom=sizes.append)
     assert sizes == [8, 4, 2, 1]
+
+
+def test_the_tied_head_is_made_once_per_run(monkeypatch):
+    import newllm.phase2 as phase2
+
+    made = []
+
+    def counted(*args, **kwargs):
+        made.append(args[1:] + tuple(kwargs.values()))
+        return tied_head(*args, **kwargs)
+
+    monkeypatch.setattr(phase2, "tied_head", counted)
+    block, token_input, stream, cache = _phase2_setup(n=41)
+    cfg = Phase2Config(max_steps=6, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8)
+    train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0, precision="bf16")
+    assert made == [("bf16",)]  # 6 steps and 3 evaluations share it
+
+
+def test_a_bf16_run_evaluates_in_bf16():
+    # learning rate 0: the weights never move, so every dev loss is the bf16 evaluation of the start weights
+    block, token_input, stream, cache = _phase2_setup(n=41)
+    dev = Split(stream.flip(0), cache)
+    cfg = Phase2Config(max_steps=4, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8, learning_rate=0.0)
+    bf16 = evaluate(block, token_input, dev, cfg, precision="bf16")["loss"]
+    fp32 = evaluate(block, token_input, dev, cfg)["loss"]
+    result = train_phase2(block, token_input, Split(stream, cache), dev, cfg, seed=0, precision="bf16")
+    assert [r["dev_loss"] for r in result.history] == [bf16, bf16] and bf16 != fp32
+    assert result.summary["precision"] == "bf16"
+
+
+def test_one_optimizer_step_with_the_default_precision_and_head_is_the_fp32_batch_gradient():
+    from newllm.phase2 import _optimizer_step
+
+    block, token_input, stream, cache = _phase2_setup(n=30)
+    pos = torch.tensor([3, 17, 0, 28, 9])
+    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
+    for p in block.parameters():
+        p.grad = torch.ones_like(p)  # stale gradients are cleared first
+    loss, micro = _optimizer_step(block, token_input, Split(stream, cache), pos, optimizer, 2, Phase2Config(chunk_tokens=4), None)
+    grads = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    reference = F.cross_entropy(tied_logits(block(cache[pos], token_input(stream, pos)), token_input.weight), stream[pos + 1])
+    reference.backward()
+    assert micro == 2 and loss == pytest.approx(reference.item(), rel=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
