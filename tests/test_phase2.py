@@ -1,4 +1,5 @@
 import math
+import re
 import time
 
 import pytest
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from newllm.model import TokenBlock, TokenInput, init_weights, tied_logits
 from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, TiedHead, evaluate, tied_head, tied_token_nll, train_phase2
-from newllm.training import EarlyStopping
+from newllm.training import EarlyStopping, TrainingDivergedError
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 64])
@@ -516,3 +517,102 @@ def test_one_optimizer_step_with_the_default_precision_and_head_is_the_fp32_batc
     reference.backward()
     assert micro == 2 and loss == pytest.approx(reference.item(), rel=1e-6)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
+
+
+def test_training_and_evaluation_time_are_accumulated_apart_and_carried_over_a_resume(monkeypatch, tmp_path):
+    """A clock that ticks 1 s per reading: each evaluation closes a training interval of
+    one tick and takes one tick itself, so 3 evaluations are 3 s of each; a run killed
+    after the checkpoint of evaluation 2 resumes with the 2 s it had saved."""
+    import itertools
+    from types import SimpleNamespace
+
+    import newllm.phase2 as phase2
+    from newllm.checkpoint import CheckpointSpec
+
+    ticks = itertools.count()
+    monkeypatch.setattr(phase2, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    cfg = Phase2Config(max_steps=6, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8)
+
+    def run(spec, on_eval=None):
+        block, token_input, stream, cache = _phase2_setup(n=41)
+        split = Split(stream, cache)
+        return train_phase2(block, token_input, split, split, cfg, seed=0, checkpoint=spec, on_eval=on_eval)
+
+    seen = []
+    whole = run(None, seen.append)
+    assert seen == whole.history and [r["tokens_per_s"] for r in seen] == [32.0, 32.0, 32.0]  # 2k steps x 16 in k s
+    assert (whole.summary["train_seconds"], whole.summary["eval_seconds"], whole.summary["tokens_per_s"]) == (3.0, 3.0, 32.0)
+
+    def kill(records):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(CheckpointSpec(tmp_path / "c.safetensors", "x", every=2, on_save=kill))
+    resumed = run(CheckpointSpec(tmp_path / "c.safetensors", "x", every=2)).summary
+    assert resumed["resumed_from_step"] == 4 and (resumed["train_seconds"], resumed["eval_seconds"]) == (3.0, 3.0)
+
+
+def test_a_non_finite_phase2_loss_names_the_step_and_the_last_finite_evaluation():
+    cfg = Phase2Config(max_steps=6, min_steps=0, eval_every=1, patience=9, batch_size=16, chunk_tokens=8)
+
+    def train_until_nan_after(step):
+        block, token_input, stream, cache = _phase2_setup(n=41)
+
+        def poison(record):  # the weights become NaN after this step: the next step diverges
+            if record["step"] == step:
+                with torch.no_grad():
+                    block.layers[0].ffn[0].weight.fill_(float("nan"))
+
+        split = Split(stream, cache)
+        with pytest.raises(TrainingDivergedError) as err:
+            train_phase2(block, token_input, split, split, cfg, seed=0, on_eval=poison)
+        return str(err.value)
+
+    message = train_until_nan_after(2)
+    assert re.match(r"Phase 2 , step 3: non-finite loss nan; last finite values: \[\{'step': 2,", message)
+    assert "'step': 1," not in message
+    assert re.match(r"Phase 2 , step 2: non-finite loss nan; last finite values: \[\{'step': 1,", train_until_nan_after(1))
+
+
+def test_min_delta_decides_what_counts_as_an_improvement():
+    # the dev loss of a learnable stream falls, but never by 100 nats: no evaluation after
+    # the first is an improvement, so the run stops after `patience` evaluations
+    block, token_input, stream, cache = _phase2_setup()
+    cfg = Phase2Config(
+        max_steps=100, min_steps=0, eval_every=2, patience=2, batch_size=32, chunk_tokens=16, learning_rate=1e-2, min_delta=100.0
+    )
+    result = train_phase2(block, token_input, Split(stream, cache), Split(stream, cache), cfg, seed=0)
+    assert result.history[-1]["dev_loss"] < result.history[0]["dev_loss"]
+    assert result.summary["best_step"] == 2 and result.summary["steps"] == 6 and result.summary["stopped_by"] == "early_stopping"
+
+
+def test_no_context_training_equals_training_on_zero_contexts():
+    cfg = Phase2Config(max_steps=4, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8, learning_rate=1e-2)
+    losses = []
+    for zeros in (False, True):
+        block, token_input, stream, cache = _phase2_setup(n=41)
+        split = Split(stream, torch.zeros_like(cache) if zeros else None)
+        result = train_phase2(block, token_input, split, split, cfg, seed=0)
+        losses.append([(r["train_loss"], r["dev_loss"]) for r in result.history])
+    assert losses[0] == losses[1]
+
+
+def test_the_default_phase2_seed_is_0():
+    cfg = Phase2Config(max_steps=2, min_steps=0, eval_every=2, patience=9, batch_size=8, chunk_tokens=8, learning_rate=1e-2)
+    losses = []
+    for kwargs in ({}, {"seed": 0}, {"seed": 1}):
+        block, token_input, stream, cache = _phase2_setup(n=41)
+        split = Split(stream, cache)
+        losses.append(train_phase2(block, token_input, split, split, cfg, **kwargs).history[0]["train_loss"])
+    assert losses[0] == losses[1] != losses[2]
+
+
+def test_accumulate_step_in_bf16_makes_the_bf16_head_itself():
+    from newllm.phase2 import accumulate_step
+
+    block, token_input, stream, cache = _phase2_setup(n=30)
+    split, pos = Split(stream, cache), torch.tensor([3, 17, 0, 28, 9])
+    made = accumulate_step(block, token_input, split, pos, 2, 4, "bf16")
+    given = accumulate_step(block, token_input, split, pos, 2, 4, "bf16", tied_head(token_input.weight, "bf16"))
+    fp32_rows = accumulate_step(block, token_input, split, pos, 2, 4, "bf16", tied_head(token_input.weight))
+    assert made == given != fp32_rows
