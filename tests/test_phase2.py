@@ -616,3 +616,30 @@ def test_accumulate_step_in_bf16_makes_the_bf16_head_itself():
     given = accumulate_step(block, token_input, split, pos, 2, 4, "bf16", tied_head(token_input.weight, "bf16"))
     fp32_rows = accumulate_step(block, token_input, split, pos, 2, 4, "bf16", tied_head(token_input.weight))
     assert made == given != fp32_rows
+
+
+def test_a_bf16_hidden_state_gets_the_float32_loss_and_the_rounded_float32_gradient():
+    # the head's matmuls cast the hidden state to bf16 anyway, so a bf16 hidden state and
+    # its float32 copy give the same float32 loss; the bf16 gradient is the float32 one rounded once
+    E = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    head = tied_head(E, "bf16")
+    y = torch.tensor([1, 5, 7, 19, 0, 3])
+    h16 = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).bfloat16().requires_grad_(True)
+    h32 = h16.detach().float().requires_grad_(True)
+    loss16, loss32 = TiedCrossEntropy.apply(h16, head, y, 4), TiedCrossEntropy.apply(h32, head, y, 4)
+    assert loss16.dtype == torch.float32 and loss16.item() == loss32.item()
+    (1.7 * loss16).backward()
+    (1.7 * loss32).backward()
+    assert h16.grad.dtype == torch.bfloat16 and torch.equal(h16.grad, h32.grad.bfloat16())
+
+
+def test_evaluation_runs_each_target_once_in_batches_and_chunks(monkeypatch):
+    import newllm.phase2 as phase2
+
+    block, token_input, stream, cache = _phase2_setup(n=11)  # 10 targets
+    batches, chunks = [], []
+    forward, chunk_logits = block.forward, phase2._chunk_logits
+    block.forward = lambda ctx, x: batches.append(x.shape[0]) or forward(ctx, x)
+    monkeypatch.setattr(phase2, "_chunk_logits", lambda h, rows, y: chunks.append(h.shape[0]) or chunk_logits(h, rows, y))
+    evaluate(block, token_input, Split(stream, cache), Phase2Config(eval_batch_size=4, chunk_tokens=3))
+    assert batches == [4, 4, 2] and chunks == [3, 1, 3, 1, 2]
