@@ -399,7 +399,8 @@ def _phase2_summary(
     best = next(r for r in state.history if r["step"] == stopper.best_step)
     return {
         "steps": step,
-        "epochs": step * cfg.batch_size / train.targets,
+        "epochs": counters["tokens"] / train.targets,
+        "tokens_processed": counters["tokens"],
         "best_step": stopper.best_step,
         "stopped_by": stopper.stopped_by,
         "undertrained": stopper.undertrained,
@@ -414,7 +415,7 @@ def _phase2_summary(
         "dev_tokens": dev.targets,
         "train_seconds": train_seconds,
         "eval_seconds": counters["eval_seconds"],
-        "tokens_per_s": step * cfg.batch_size / max(train_seconds, 1e-9),
+        "tokens_per_s": counters["tokens"] / max(train_seconds, 1e-9),
         "precision": precision,
     }
 
@@ -437,7 +438,7 @@ def _dev_evaluation(block, token_input, dev, cfg, precision, head, n, losses, ep
         "dev_ppl": dev_eval["ppl"],
         "dev_accuracy": dev_eval["accuracy"],
         "learning_rate": optimizer.param_groups[0]["lr"],
-        "tokens_per_s": n["step"] * cfg.batch_size / n["train_seconds"],
+        "tokens_per_s": n["tokens"] / n["train_seconds"],
     }
 
 
@@ -492,10 +493,10 @@ def train_phase2(
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     batches = _Batches(train.targets, cfg.batch_size, seed, train.stream.device)
     state = TrainState(block, optimizer, stopper)
-    n = {"step": 0, "micro": cfg.batch_size, "train_seconds": 0.0, "eval_seconds": 0.0, "resumed_from_step": None}
+    n = {"step": 0, "tokens": 0, "micro": cfg.batch_size, "train_seconds": 0.0, "eval_seconds": 0.0, "resumed_from_step": None}
     resumed = state.load(checkpoint)
     if resumed:
-        n.update(step=resumed["step"], train_seconds=resumed["train_seconds"], eval_seconds=resumed["eval_seconds"])
+        n.update({k: resumed[k] for k in ("step", "tokens", "train_seconds", "eval_seconds")})
         n["resumed_from_step"] = resumed["step"]
         batches.restore(resumed["batches"], state.extra_tensors["epoch_rng"])
     losses: list[float] = []
@@ -508,6 +509,7 @@ def train_phase2(
         torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
         optimizer.step()
         n["step"] += 1
+        n["tokens"] += pos.shape[0]  # an epoch's last batch may be short
         losses.append(value)
         if on_batch is not None:
             on_batch(pos.shape[0])
@@ -523,7 +525,7 @@ def train_phase2(
         _anneal(optimizer, stopper, n["step"], cfg.lr_decay)
         if checkpoint and stopper.stopped_by is None and len(state.history) % checkpoint.every == 0:
             batch_state, epoch_rng = batches.state()
-            counters = {k: n[k] for k in ("step", "train_seconds", "eval_seconds")}
+            counters = {k: n[k] for k in ("step", "tokens", "train_seconds", "eval_seconds")}
             state.save(checkpoint, {**counters, "batches": batch_state}, {"epoch_rng": epoch_rng})
         t0 = time.perf_counter()
     block.load_state_dict(stopper.best_state)

@@ -377,7 +377,7 @@ def test_phase2_summary_and_dev_record_by_hand():
     dev = Split(stream, cache)
     cfg = Phase2Config(batch_size=8, chunk_tokens=16)
     optimizer = torch.optim.SGD(block.parameters(), lr=0.3)
-    n = {"step": 30, "train_seconds": 2.0, "eval_seconds": 1.0}
+    n = {"step": 30, "tokens": 240, "train_seconds": 2.0, "eval_seconds": 1.0}
     block.eval()
     t0 = time.perf_counter()
     record = _dev_evaluation(block, token_input, dev, cfg, "fp32", None, n, [1.0, 2.0], 4, optimizer)
@@ -393,16 +393,18 @@ def test_phase2_summary_and_dev_record_by_hand():
         "dev_ppl": dev_eval["ppl"],
         "dev_accuracy": dev_eval["accuracy"],
         "learning_rate": 0.3,
-        "tokens_per_s": 120.0,  # 30 steps x 8 tokens in 2 s
+        "tokens_per_s": 120.0,  # 240 tokens trained in 2 s
     }
     history = [dict(record, step=10, dev_loss=9.0), record]
     state = SimpleNamespace(history=history, optimizer=optimizer)
     stopper = SimpleNamespace(best_step=30, stopped_by="max_steps", undertrained=True)
-    counters = {"step": 40, "train_seconds": 4.0, "eval_seconds": 1.5, "resumed_from_step": 20, "micro": 4}
+    # 300 tokens in 40 steps of at most 8: short last batches of epochs count what they hold
+    counters = {"step": 40, "tokens": 300, "train_seconds": 4.0, "eval_seconds": 1.5, "resumed_from_step": 20, "micro": 4}
     summary = _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "bf16")
     assert summary == {
         "steps": 40,
-        "epochs": 4.0,  # 40 x 8 tokens over 80 targets
+        "epochs": 3.75,  # 300 tokens over 80 targets
+        "tokens_processed": 300,
         "best_step": 30,
         "stopped_by": "max_steps",
         "undertrained": True,
@@ -417,12 +419,12 @@ def test_phase2_summary_and_dev_record_by_hand():
         "dev_tokens": 20,
         "train_seconds": 4.0,
         "eval_seconds": 1.5,
-        "tokens_per_s": 80.0,
+        "tokens_per_s": 75.0,
         "precision": "bf16",
     }
     counters["train_seconds"] = 0.0  # a clock that did not move: no division by zero
     assert (
-        _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 320 / 1e-9
+        _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 300 / 1e-9
     )
 
 
@@ -540,8 +542,10 @@ def test_training_and_evaluation_time_are_accumulated_apart_and_carried_over_a_r
 
     seen = []
     whole = run(None, seen.append)
-    assert seen == whole.history and [r["tokens_per_s"] for r in seen] == [32.0, 32.0, 32.0]  # 2k steps x 16 in k s
-    assert (whole.summary["train_seconds"], whole.summary["eval_seconds"], whole.summary["tokens_per_s"]) == (3.0, 3.0, 32.0)
+    # 40 targets in batches of 16, 16, 8 per epoch: 32, 56, 80 tokens trained after 1, 2, 3 s
+    assert seen == whole.history and [r["tokens_per_s"] for r in seen] == [32.0, 28.0, 80 / 3]
+    assert (whole.summary["train_seconds"], whole.summary["eval_seconds"], whole.summary["tokens_per_s"]) == (3.0, 3.0, 80 / 3)
+    assert (whole.summary["tokens_processed"], whole.summary["epochs"]) == (80, 2.0)
 
     def kill(records):
         raise KeyboardInterrupt
@@ -550,6 +554,7 @@ def test_training_and_evaluation_time_are_accumulated_apart_and_carried_over_a_r
         run(CheckpointSpec(tmp_path / "c.safetensors", "x", every=2, on_save=kill))
     resumed = run(CheckpointSpec(tmp_path / "c.safetensors", "x", every=2)).summary
     assert resumed["resumed_from_step"] == 4 and (resumed["train_seconds"], resumed["eval_seconds"]) == (3.0, 3.0)
+    assert resumed["tokens_processed"] == 80  # the tokens before the kill are carried over
 
 
 def test_a_non_finite_phase2_loss_names_the_step_and_the_last_finite_evaluation():

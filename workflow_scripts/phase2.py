@@ -108,9 +108,7 @@ def main(smk) -> None:
         "parameters": parameters,
         # 6·N·D for the trained TokenBlock plus the tied head's two matmuls (fwd logits and
         # ∂L/∂h; E is frozen): 4·V·d_e per token; the ContextBlock is not trained here
-        "train_flops": float(
-            result.summary["steps"] * cfg.batch_size * (6 * count_parameters(token_block) + 4 * vocab * embed_dim)
-        ),
+        "train_flops": float(result.summary["tokens_processed"] * (6 * count_parameters(token_block) + 4 * vocab * embed_dim)),
         "selection": "best dev step; test scored once with the selected weights",
     }
     if summary["undertrained"]:
