@@ -237,3 +237,211 @@ def test_unroll_is_the_recurrence_and_truncate_stops_gradients_after_one_step():
     one_step = [p.grad for p in smap.block.parameters()]
     assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[True], one_step))
     assert not all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[False], one_step))
+
+
+# ------------------------------------------------------------------ mutation-testing cases (issue 14)
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_every_solver_reaches_the_recurrence_when_windows_are_embedded_per_call(name, monkeypatch):
+    """Above INPUT_CACHE_MAX_ELEMENTS nothing is cached: every step embeds its own windows
+    (sweeps in batches of 32, shooting chunks, the sequential pass) and the result is the same."""
+    monkeypatch.setattr(solvers, "INPUT_CACHE_MAX_ELEMENTS", 0)
+    smap = make_map()
+    out, _ = get_solver(name)(smap, **EXACT[name])
+    assert smap._inputs is None
+    torch.testing.assert_close(out, reference(smap), atol=1e-5, rtol=0)
+
+
+def test_windows_are_cached_up_to_the_limit_inclusive(monkeypatch):
+    smap = make_map(n=10)
+    size = smap.n * smap.token_input.output_dim
+    monkeypatch.setattr(solvers, "INPUT_CACHE_MAX_ELEMENTS", size - 1)
+    smap.inputs(torch.tensor([3]))
+    assert smap._inputs is None  # one element too many
+    monkeypatch.setattr(solvers, "INPUT_CACHE_MAX_ELEMENTS", size)
+    got = smap.inputs(torch.tensor([3, 0]))
+    torch.testing.assert_close(smap._inputs, smap.token_input(smap.stream, torch.arange(10)), atol=0, rtol=0)
+    torch.testing.assert_close(got, smap.token_input(smap.stream, torch.tensor([3, 0])), atol=0, rtol=0)
+
+
+def test_a_jacobi_sweep_in_batches_of_one_token():
+    smap = make_map(n=9)
+    one = StreamMap(smap.block, smap.token_input, smap.stream, batch_size=1)
+    out, _ = get_solver("jacobi")(one, max_iter=10, tol=0.0)
+    torch.testing.assert_close(out, reference(smap), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        StreamMap(smap.block, smap.token_input, smap.stream, batch_size=0)
+
+
+def test_shooting_argument_checks_one_at_a_time():
+    smap = make_map(n=20)
+    with pytest.raises(ValueError, match="burn_in"):
+        get_solver("shooting")(smap, burn_in=-1)
+    with pytest.raises(ValueError, match="skip_below"):
+        get_solver("shooting")(smap, skip_below=-1e-3)
+    out, stats = get_solver("shooting")(smap, chunk_size=4, skip_below=0.0, tol=1e-13)  # 0 = re-run on any move
+    torch.testing.assert_close(out, reference(smap), atol=1e-5, rtol=0)
+    assert stats.converged and stats.tol == 1e-13
+    assert get_solver("shooting")(smap)[1].tol == 1e-5  # the documented default
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_reported_seconds_lie_within_the_measured_wall_time(name):
+    import time
+
+    smap = make_map(n=20)
+    t0 = time.perf_counter()
+    _, stats = get_solver(name)(smap)
+    assert 0 <= stats.seconds <= time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("name", ["jacobi", "shooting"])
+def test_warm_start_reduces_all_layers_to_the_final_one_and_casts_to_float32(name):
+    """Three layers (layer 1 is not layer -1) and a float64 init: the warm start is the
+    final layer's contexts as float32, so the exact solution converges in one sweep."""
+    torch.manual_seed(3)
+    smap = make_map()
+    deep = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream, 32)
+    init_weights(deep.block)
+    exact, _ = get_solver("sequential")(deep)
+    extra = {"chunk_size": CHUNK, "burn_in": 0} if name == "shooting" else {}
+    out, stats = get_solver(name)(deep, init=exact.double(), tol=1e-10, **extra)
+    assert stats.sweeps == 1 and stats.converged and stats.evaluations == N
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=0)
+
+
+def test_shooting_warm_start_is_the_first_residuals_c0():
+    """init = the exact solution with row 5 moved by delta (not a chunk boundary): round 1
+    recomputes every row exactly, so its residual is mean_d delta² (the change from init)."""
+    smap = make_map()
+    exact = reference(smap)
+    init = exact.clone()
+    delta = torch.linspace(-0.05, 0.05, D_C)
+    init[5, -1] += delta
+    expected = float(delta.pow(2).mean())
+    out, stats = get_solver("shooting")(smap, init=init, tol=2 * expected, chunk_size=CHUNK)
+    assert stats.sweeps == 1 and stats.converged and stats.residual == pytest.approx(expected, rel=1e-3)
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=0)
+
+
+class Forgets(nn.Module):
+    """A map that forgets at once: ``c_i = x_i / 10`` (one layer; ``keep = 1``: the running
+    sum ``c_i = c_{i-1} + x_i / 10``).  Forgetting at once, a chunk is exact after one step
+    from any boundary and a burn-in of one token already finds the exact boundary."""
+
+    context_dim, num_layers = D_E, 1
+
+    def __init__(self, keep: float = 0.0):
+        super().__init__()
+        self.keep = keep
+
+    def forward(self, context, token_input):
+        return (self.keep * context + 0.1 * token_input).unsqueeze(1)
+
+
+def forgetting_map(n: int) -> StreamMap:
+    torch.manual_seed(4)
+    token_input = TokenInput(torch.randn(VOCAB, D_E), 1)  # LayerNorm'd rows: mean_d x² just below 1
+    return StreamMap(Forgets(), token_input, torch.randint(0, VOCAB, (n,)), 32)
+
+
+@pytest.mark.parametrize("n,burn_in", [(N, 1), (N, 4), (20, 4)])
+def test_shooting_with_an_exact_burn_in_stops_after_one_round(n, burn_in):
+    """Burn-in boundaries are exact, so no boundary moves after round 1: one round, residual
+    0 (the kept moves), evaluations = (K-1)·W burn-in tokens + n (no padding counted)."""
+    smap = forgetting_map(n)
+    K = -(-n // CHUNK)
+    out, stats = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=burn_in, tol=1e-13)
+    torch.testing.assert_close(out[:, -1], 0.1 * smap.inputs(torch.arange(n)), atol=0, rtol=0)
+    assert (stats.sweeps, stats.residual, stats.converged, stats.sequential_tokens) == (1, 0.0, True, 0)
+    assert stats.evaluations == (K - 1) * burn_in + n
+
+
+def test_shooting_from_zero_boundaries_by_hand():
+    """No burn-in: round 1 computes every chunk exactly from a zero boundary (c_i = x_i), its
+    residual is the change from C^0 = 0: max_i mean_d c_i² (about 0.01); round 2 re-runs chunks 1..K-1
+    (chunk 0's boundary never moves), changes nothing, and stops: evaluations = 2n - T."""
+    smap = forgetting_map(N)
+    x = 0.1 * smap.inputs(torch.arange(N))
+    _, first = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=0, max_iter=1, tol=1e9)
+    assert first.sweeps == 1 and first.converged and first.evaluations == N
+    assert first.residual == pytest.approx(float(x.pow(2).mean(dim=-1).max()), rel=1e-6)
+    for skip_below in (0.0, solvers.ROUNDING_NOISE):
+        out, stats = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=0, tol=1e-13, skip_below=skip_below)
+        torch.testing.assert_close(out[:, -1], x, atol=0, rtol=0)
+        assert (stats.sweeps, stats.residual, stats.converged, stats.sequential_tokens) == (2, 0.0, True, 0)
+        assert stats.evaluations == 2 * N - CHUNK
+
+
+def test_shooting_kept_chunks_report_their_boundary_move():
+    """skip_below above every move: after round 1 (zero boundaries) nothing is re-run, and the
+    residual is the largest kept boundary move, max_k mean_d c_{kT-1}² (chunk k-1's last
+    context against the zero boundary of chunk k)."""
+    smap = make_map()
+    out, stats = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=0, tol=1e-13, skip_below=1e9)
+    ends = out[CHUNK - 1 :: CHUNK, -1][: -(-N // CHUNK) - 1]  # the last context of chunks 0 .. K-2
+    assert stats.sweeps == 1 and stats.converged and stats.evaluations == N
+    assert stats.residual == pytest.approx(float(ends.pow(2).mean(dim=-1).max()), rel=1e-5)
+
+
+def test_shooting_residual_exactly_at_the_tolerance_is_not_converged():
+    smap = make_map()
+    kwargs = {"chunk_size": CHUNK, "burn_in": 0, "max_iter": 1, "fallback": False}
+    first = get_solver("shooting")(smap, tol=0.0, **kwargs)[1].residual
+    _, edge = get_solver("shooting")(smap, tol=first, **kwargs)
+    assert not edge.converged and edge.sweeps == 1 and edge.residual == first
+
+
+def test_shooting_finishes_sequentially_from_the_first_moved_boundary():
+    """max_iter = 1 with zero boundaries: chunk 0 is the only consistent chunk (its boundary
+    never moves, even with skip_below = 0), so tokens T..n-1 are finished sequentially:
+    evaluations n + (n - T), residual = chunk 0's move = 0."""
+    smap = make_map()
+    out, stats = get_solver("shooting")(smap, chunk_size=CHUNK, burn_in=0, max_iter=1, tol=1e-13, skip_below=0.0)
+    torch.testing.assert_close(out, reference(smap), atol=1e-5, rtol=0)
+    assert (stats.sweeps, stats.residual, stats.converged) == (1, 0.0, True)
+    assert (stats.sequential_tokens, stats.evaluations) == (N - CHUNK, 2 * N - CHUNK)
+
+
+def test_shooting_stall_rule_by_hand():
+    """The running sum c_i = c_{i-1} + x/10 over one repeated token (x = ±1 alternating, so
+    mean_d x² = m ≈ 1): c_i = (i+1)·x/10.  With n = 64, T = 16, W = 4 the burn-in boundaries
+    are 4x/10 (largest move 0.16 m); round 1 moves boundaries 2, 3 to 20x/10 (move 2.56 m >
+    0.5 · 0.16 m): it stalls, tokens 16..63 are finished sequentially.  Evaluations:
+    3·4 burn-in + 64 + 48."""
+    token_input = TokenInput(torch.tensor([[1.0, -1.0] * (D_E // 2)] * VOCAB), 1)
+    smap = StreamMap(Forgets(keep=1.0), token_input, torch.zeros(64, dtype=torch.long), 32)
+    out, stats = get_solver("shooting")(smap, chunk_size=16, burn_in=4)
+    x = smap.inputs(torch.tensor([0]))
+    torch.testing.assert_close(out[:, -1], 0.1 * torch.arange(1, 65, dtype=torch.float32)[:, None] * x, atol=1e-5, rtol=0)
+    assert (stats.sweeps, stats.residual, stats.converged) == (1, 0.0, True)
+    assert (stats.sequential_tokens, stats.evaluations) == (48, 3 * 4 + 64 + 48)
+
+
+def test_shooting_does_not_stall_while_each_round_shrinks_the_largest_move():
+    """c_i = a·c_{i-1} + u (u = x/10, one repeated token, a = 0.66), n = 4 chunks of one token,
+    burn-in 1.  Burn-in boundaries b_k = u (largest move m = mean_d u², chunk 0's zero boundary
+    included).  Round 1 moves b_2, b_3 by a·u (a² m = 0.44 m < m/2: no stall), round 2 moves b_3
+    by a²·u (a⁴ m < a² m/2), round 3 moves nothing: 3 rounds, no sequential finish,
+    evaluations 3 burn-in + 4 + 2 + 1."""
+    a = 0.66
+    token_input = TokenInput(torch.tensor([[1.0, -1.0] * (D_E // 2)] * VOCAB), 1)
+    smap = StreamMap(Forgets(keep=a), token_input, torch.zeros(4, dtype=torch.long), 32)
+    out, stats = get_solver("shooting")(smap, chunk_size=1, burn_in=1)
+    u = 0.1 * smap.inputs(torch.tensor([0]))
+    expected = torch.cat([sum(a**j for j in range(i + 1)) * u for i in range(4)])
+    torch.testing.assert_close(out[:, -1], expected, atol=1e-6, rtol=0)
+    assert (stats.sweeps, stats.residual, stats.converged) == (3, 0.0, True)
+    assert (stats.sequential_tokens, stats.evaluations) == (0, 3 + 4 + 2 + 1)
+
+
+def test_unroll_defaults_to_the_full_gradient():
+    smap = make_map()
+    short = smap.token_input(smap.stream, torch.arange(5))[None]
+    smap.block.zero_grad()
+    solvers.unroll(smap.block, short, torch.zeros(1, D_C))[0, -1, -1].sum().backward()
+    default = [p.grad.clone() for p in smap.block.parameters()]
+    smap.block.zero_grad()
+    solvers.unroll(smap.block, short, torch.zeros(1, D_C), truncate=False)[0, -1, -1].sum().backward()
+    assert all(torch.equal(a, p.grad) for a, p in zip(default, smap.block.parameters()))
