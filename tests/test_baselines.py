@@ -413,3 +413,70 @@ def test_kn_size_counts_stored_probabilities_and_back_off_weights_by_hand():
     contexts = unigram.stream_contexts(TOY)
     assert contexts.shape == (5, 0) and contexts.dtype == np.int64  # no history at order 1
     assert unigram.num_ngrams() == [3] and unigram.effective_parameters() == 3 + 1
+
+
+# ------------------------------------------------------------------ Kneser-Ney: more cases by hand (issue 14)
+
+
+def test_modified_discounts_fall_back_to_one_clipped_discount():
+    # n1 = n2 = 1, n3 = 2, n4 = 1: Y = 1/3, D(2) = 2 - 3·(1/3)·2/1 = 0 leaves (0, 2] -> Y three times
+    assert modified_kn_discounts(np.array([1, 2, 3, 3, 4])) == pytest.approx((1 / 3,) * 3)
+    # n1 = n2 = n3 = 1, n4 = 3: D(3+) = 3 - 4·(1/3)·3/1 = -1 -> Y
+    assert modified_kn_discounts(np.array([1, 2, 3, 4, 4, 4])) == pytest.approx((1 / 3,) * 3)
+    # n1 = n2 = n3 = n4 = 1: Y = 1/3, D = (1 - 2/3, 2 - 1, 3 - 4/3), all inside (0, r]
+    assert modified_kn_discounts(np.array([1, 2, 3, 4])) == pytest.approx((1 / 3, 1.0, 5 / 3))
+    assert modified_kn_discounts(np.array([1, 1, 3, 4])) == pytest.approx((0.9,) * 3)  # Y = 1 clipped to 0.9
+    assert modified_kn_discounts(np.array([1] + [2] * 10)) == pytest.approx((0.1,) * 3)  # Y = 1/21 clipped to 0.1
+    assert modified_kn_discounts(np.array([3, 4, 5, 0])) == (0.75, 0.75, 0.75)  # n1 = n2 = 0
+    assert modified_kn_discounts(np.array([2, 2, 0])) == pytest.approx((0.1,) * 3)  # n1 = 0: Y = 0 clipped
+
+
+def test_kn_unigram_model_uses_one_discount_per_count_class():
+    """Order 1 = raw counts.  Words 0-3 once, 4-5 twice, 6 three times, 7 four times over V = 10
+    (N = 15, 8 types): modified discounts D = (0.5, 1.25, 1.0) (see above), gamma = (4·0.5 +
+    2·1.25 + 1 + 1)/15, p(w) = (c - D(c))/15 + gamma/10."""
+    stream = np.array([0, 1, 2, 3, 4, 4, 5, 5, 6, 6, 6, 7, 7, 7, 7])
+    counts = np.bincount(stream, minlength=10)
+    discount = np.select([counts >= 3, counts == 2, counts == 1], [1.0, 1.25, 0.5], 0.0)
+    gamma = (4 * 0.5 + 2 * 1.25 + 1 + 1) / 15
+    expected = (counts - discount) / 15 + gamma / 10
+    lm = KneserNeyLM(order=1, vocab_size=10).fit(stream)
+    assert lm.levels[0].discounts == pytest.approx((0.5, 1.25, 1.0))
+    np.testing.assert_allclose(lm.unigram, expected, rtol=0, atol=1e-12)
+    assert expected.sum() == pytest.approx(1.0, abs=1e-12)
+    # order 1 ignores any context, of any width
+    np.testing.assert_allclose(lm.prob(np.array([[5, 6], [0, 0]]), [7, 9]), expected[[7, 9]], atol=1e-12)
+    # a fixed discount of 0.75 for every count: gamma = 8·0.75/15
+    fixed = KneserNeyLM(order=1, discount=0.75, vocab_size=10).fit(stream)
+    np.testing.assert_allclose(fixed.unigram, np.where(counts > 0, counts - 0.75, 0) / 15 + 8 * 0.75 / 15 / 10, atol=1e-12)
+
+
+def test_kn_contexts_are_the_last_order_minus_1_tokens_left_padded():
+    lm = KneserNeyLM(order=3, discount=0.5, vocab_size=4).fit(TOY)
+    full = lm.prob(np.array([[0, 1]]), [0])
+    # a 1-D context is one row; only the last 2 tokens of a longer one count
+    np.testing.assert_allclose(lm.prob(np.array([0, 1]), [0]), full, atol=0)
+    np.testing.assert_allclose(lm.prob(np.array([[3, 2, 0, 1]]), [0]), full, atol=0)
+    # a one-token context is padded with "no token": the start of a stream
+    np.testing.assert_allclose(lm.prob(np.array([[0]]), [1]), lm.prob(np.array([[-1, 0]]), [1]), atol=0)
+    assert lm.stream_contexts(TOY).tolist() == [[-1, 0], [0, 1], [1, 0], [0, 2], [2, 0]]
+    with pytest.raises(ValueError, match="id -2"):
+        lm.prob(np.array([[-2, 0]]), [0])
+    with pytest.raises(ValueError, match="id 4"):
+        lm.prob(np.array([[4, 0]]), [0])
+    with pytest.raises(ValueError, match="id 4"):
+        lm.prob(np.array([[0, 0]]), [4])
+    with pytest.raises(ValueError, match="2 contexts but 1 targets"):
+        lm.prob(np.array([[0, 0], [1, 0]]), [0])
+
+
+def test_kn_scoring_in_chunks_of_one_history_matches_one_chunk():
+    lm = KneserNeyLM(order=3, discount=0.5, vocab_size=4).fit(TOY)
+    stream = np.array([0, 1, 0, 2, 0, 1, 3, 3, 0, 1, 0])
+    nll, correct = lm.score_stream(stream)
+    nll_1, correct_1 = lm.score_stream(stream, chunk=1)
+    np.testing.assert_array_equal(nll, nll_1)
+    np.testing.assert_array_equal(correct, correct_1)
+    dist = lm.distribution(lm.stream_contexts(stream))
+    np.testing.assert_allclose(nll, -np.log(dist[np.arange(10), stream[1:]]), atol=1e-12)
+    np.testing.assert_array_equal(correct, dist.argmax(axis=1) == stream[1:])

@@ -312,9 +312,12 @@ def test_warm_start_reduces_all_layers_to_the_final_one_and_casts_to_float32(nam
 
 
 def test_shooting_warm_start_is_the_first_residuals_c0():
-    """init = the exact solution with row 5 moved by delta (not a chunk boundary): round 1
+    """Three layers; init = the exact solution with row 5 moved by delta (not a chunk boundary): round 1
     recomputes every row exactly, so its residual is mean_d delta² (the change from init)."""
+    torch.manual_seed(3)
     smap = make_map()
+    smap = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream, 32)
+    init_weights(smap.block)
     exact = reference(smap)
     init = exact.clone()
     delta = torch.linspace(-0.05, 0.05, D_C)
@@ -434,6 +437,28 @@ def test_shooting_does_not_stall_while_each_round_shrinks_the_largest_move():
     torch.testing.assert_close(out[:, -1], expected, atol=1e-6, rtol=0)
     assert (stats.sweeps, stats.residual, stats.converged) == (3, 0.0, True)
     assert (stats.sequential_tokens, stats.evaluations) == (0, 3 + 4 + 2 + 1)
+
+
+class HalfForgets(nn.Module):
+    """``c_i = diag(1, 0) c_{i-1} + (1, 1)``: coordinate 0 counts tokens, coordinate 1 forgets."""
+
+    context_dim, num_layers = 2, 1
+
+    def forward(self, context, token_input):
+        return (context * torch.tensor([1.0, 0.0]) + 1.0).unsqueeze(1)
+
+
+def test_shooting_halving_the_largest_move_exactly_is_no_stall():
+    """n = 4 chunks of one token, burn-in 1: boundaries b_k = (1, 1), largest move 1.  Round 1
+    moves b_2, b_3 to (2, 1): mean_d δ² = 0.5, exactly half, so round 2 runs (re-running chunks
+    2, 3); it moves b_3 to (3, 1), again 0.5 > 0.5 · 0.5: a stall, token 3 is finished
+    sequentially.  Evaluations 3 + 4 + 2 + 1, all values exact in float32."""
+    token_input = TokenInput(torch.randn(VOCAB, D_E), 1)
+    smap = StreamMap(HalfForgets(), token_input, torch.zeros(4, dtype=torch.long), 32)
+    out, stats = get_solver("shooting")(smap, chunk_size=1, burn_in=1)
+    assert out[:, -1].tolist() == [[1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0]]
+    assert (stats.sweeps, stats.residual, stats.converged) == (2, 0.0, True)
+    assert (stats.sequential_tokens, stats.evaluations) == (1, 3 + 4 + 2 + 1)
 
 
 def test_unroll_defaults_to_the_full_gradient():
