@@ -429,6 +429,13 @@ def test_modified_discounts_fall_back_to_one_clipped_discount():
     assert modified_kn_discounts(np.array([1] + [2] * 10)) == pytest.approx((0.1,) * 3)  # Y = 1/21 clipped to 0.1
     assert modified_kn_discounts(np.array([3, 4, 5, 0])) == (0.75, 0.75, 0.75)  # n1 = n2 = 0
     assert modified_kn_discounts(np.array([2, 2, 0])) == pytest.approx((0.1,) * 3)  # n1 = 0: Y = 0 clipped
+    assert modified_kn_discounts(np.array([2, 3, 4])) == pytest.approx((0.1,) * 3)  # n1 = 0 (no D(1) = 1 - 2Y n2/0)
+    assert modified_kn_discounts(np.array([1, 2, 4])) == pytest.approx((1 / 3,) * 3)  # n3 = 0
+    assert modified_kn_discounts(np.array([1, 2, 3])) == pytest.approx((1 / 3,) * 3)  # n4 = 0
+    assert modified_kn_discounts(np.array([1, 3])) == pytest.approx((0.9,) * 3)  # n1 + n2 = 1: Y = 1
+    assert modified_kn_discounts(np.array([2, 3])) == pytest.approx((0.1,) * 3)  # n1 = 0, n2 = 1: Y = 0
+    # n1 = 4, n2 = 2, n3 = 2, n4 = 1: Y = 0.5, D = (1 - 0.5, 2 - 3·0.5·2/2, 3 - 4·0.5·1/2)
+    assert modified_kn_discounts(np.array([1, 1, 1, 1, 2, 2, 3, 3, 4])) == pytest.approx((0.5, 0.5, 2.0))
 
 
 def test_kn_unigram_model_uses_one_discount_per_count_class():
@@ -448,6 +455,7 @@ def test_kn_unigram_model_uses_one_discount_per_count_class():
     np.testing.assert_allclose(lm.prob(np.array([[5, 6], [0, 0]]), [7, 9]), expected[[7, 9]], atol=1e-12)
     # a fixed discount of 0.75 for every count: gamma = 8·0.75/15
     fixed = KneserNeyLM(order=1, discount=0.75, vocab_size=10).fit(stream)
+    assert fixed.levels[0].discounts == (0.75, 0.75, 0.75)
     np.testing.assert_allclose(fixed.unigram, np.where(counts > 0, counts - 0.75, 0) / 15 + 8 * 0.75 / 15 / 10, atol=1e-12)
 
 
@@ -460,12 +468,23 @@ def test_kn_contexts_are_the_last_order_minus_1_tokens_left_padded():
     # a one-token context is padded with "no token": the start of a stream
     np.testing.assert_allclose(lm.prob(np.array([[0]]), [1]), lm.prob(np.array([[-1, 0]]), [1]), atol=0)
     assert lm.stream_contexts(TOY).tolist() == [[-1, 0], [0, 1], [1, 0], [0, 2], [2, 0]]
-    with pytest.raises(ValueError, match="id -2"):
+    with pytest.raises(ValueError, match="context holds id -2"):
         lm.prob(np.array([[-2, 0]]), [0])
-    with pytest.raises(ValueError, match="id 4"):
+    with pytest.raises(ValueError, match="context holds id 4"):
         lm.prob(np.array([[4, 0]]), [0])
-    with pytest.raises(ValueError, match="id 4"):
+    with pytest.raises(ValueError, match="targets holds id 4"):
         lm.prob(np.array([[0, 0]]), [4])
+    with pytest.raises(ValueError, match="training stream holds id 9"):
+        KneserNeyLM(vocab_size=4).fit(np.array([0, 1, 9]))
+    with pytest.raises(ValueError, match="scored stream holds id 7"):
+        lm.score_stream(np.array([0, 7, 1]))
+    with pytest.raises(ValueError, match="1-D array"):
+        lm.score_stream(np.array([[0, 1, 2]]))
+    # two rows of one token each are both padded
+    np.testing.assert_allclose(lm.prob(np.array([[0], [1]]), [1, 0]), lm.prob(np.array([[-1, 0], [-1, 1]]), [1, 0]), atol=0)
+    # targets as a column are the same [B] targets
+    two = np.array([[0, 1], [1, 0]])
+    np.testing.assert_allclose(lm.prob(two, np.array([[0], [2]])), lm.prob(two, [0, 2]), atol=0)
     with pytest.raises(ValueError, match="2 contexts but 1 targets"):
         lm.prob(np.array([[0, 0], [1, 0]]), [0])
 
@@ -480,3 +499,65 @@ def test_kn_scoring_in_chunks_of_one_history_matches_one_chunk():
     dist = lm.distribution(lm.stream_contexts(stream))
     np.testing.assert_allclose(nll, -np.log(dist[np.arange(10), stream[1:]]), atol=1e-12)
     np.testing.assert_array_equal(correct, dist.argmax(axis=1) == stream[1:])
+
+
+def test_kn_smallest_vocabulary_and_stream_by_hand():
+    """V = 2, stream 0 1, D = 0.5: bigram (0,1) once -> alpha = 0.5, gamma(0) = 0.5; unigram
+    continuation counts (0, 1) -> p1 = (0.5 · 1/2, 0.5 + 0.5 · 1/2) = (0.25, 0.75)."""
+    assert KneserNeyLM().order == 3  # the documented default
+    with pytest.raises(ValueError, match="vocab_size"):
+        KneserNeyLM(vocab_size=1)
+    with pytest.raises(ValueError, match="discount"):
+        KneserNeyLM(discount=0)
+    lm = KneserNeyLM(order=2, discount=1, vocab_size=2).fit(np.array([0, 1]))  # D = 1 is allowed
+    np.testing.assert_allclose(lm.unigram, [0.5, 0.5], atol=1e-12)  # all mass backed off: uniform
+    lm = KneserNeyLM(order=2, discount=0.5, vocab_size=2).fit(np.array([0, 1]))
+    np.testing.assert_allclose(lm.unigram, [0.25, 0.75], atol=1e-12)
+    np.testing.assert_allclose(lm.prob(np.array([[0], [0], [1]]), [1, 0, 1]), [0.875, 0.125, 0.75], atol=1e-12)
+    nll, correct = lm.score_stream(np.array([0, 1]))
+    np.testing.assert_allclose(nll, [-np.log(0.875)], atol=1e-12)
+    assert correct.tolist() == [True]
+
+
+def test_kn_one_bigram_type_and_a_top_unigram_other_than_id_0():
+    """Stream 2 2 2 over V = 4, D = 0.5: the single bigram (2,2) twice -> alpha = 1.5/2,
+    gamma = 0.5/2; unigram continuation counts (0, 0, 1, 0) -> p1 = (1/8, 1/8, 5/8, 1/8)."""
+    lm = KneserNeyLM(order=2, discount=0.5, vocab_size=4).fit(np.array([2, 2, 2]))
+    np.testing.assert_allclose(lm.unigram, [0.125, 0.125, 0.625, 0.125], atol=1e-12)
+    got = lm.prob(np.array([[2], [2], [0]]), [2, 0, 2])  # history 0 never seen: p1
+    np.testing.assert_allclose(got, [0.75 + 0.25 * 0.625, 0.25 * 0.125, 0.625], atol=1e-12)
+    assert lm.argmax(np.array([[0], [2], [-1]])).tolist() == [2, 2, 2]
+
+
+def test_kn_trigram_histories_are_the_seen_bigrams():
+    """Stream 0 1 0 1, D = 0.5: trigram histories (0,1) and (1,0), each followed once ->
+    p(w | h) = 0.5·[w follows h] + 0.5 · p2(w | last token)."""
+    lm = KneserNeyLM(order=3, discount=0.5, vocab_size=4).fit(np.array([0, 1, 0, 1]))
+    contexts, targets = np.array([[0, 1], [1, 0], [0, 1]]), np.array([0, 1, 3])
+    lower = lm.prob(np.array([[-1, 1], [-1, 0], [-1, 1]]), targets)
+    np.testing.assert_allclose(lm.prob(contexts, targets), [0.5, 0.5, 0.0] + 0.5 * lower, atol=1e-12)
+
+
+def test_kn_argmax_backs_off_when_the_support_is_spread_thin():
+    """History 1 is followed by 10 different words once each (D = 0.9: 0.01 each), while 0
+    follows 18 different tokens: p(0 | 1) = gamma · p1(0) beats every seen continuation."""
+    stream = np.array([t for w in range(2, 12) for t in (1, w)] + [t for k in range(12, 30) for t in (k, 0)])
+    lm = KneserNeyLM(order=2, discount=0.9, vocab_size=30).fit(stream)
+    dist = lm.distribution(np.array([[1]]))
+    assert dist[0].argmax() == 0 and lm.argmax(np.array([[1]])).tolist() == [0]
+
+
+def test_kn_uint16_streams_as_stored_give_the_same_model():
+    """Token streams are stored as uint16; ids times V overflow 16 bits if not widened."""
+    train, test = _zipf_stream(3000, 5), _zipf_stream(500, 6)
+    wide = KneserNeyLM(order=3).fit(train)
+    narrow = KneserNeyLM(order=3).fit(train.astype(np.uint16))
+    for a, b in zip(wide.levels, narrow.levels):
+        np.testing.assert_array_equal(a.keys, b.keys)
+        np.testing.assert_array_equal(a.alpha, b.alpha)
+    nll, correct = wide.score_stream(test)
+    nll16, correct16 = wide.score_stream(test.astype(np.uint16))
+    np.testing.assert_array_equal(nll, nll16)
+    np.testing.assert_array_equal(correct, correct16)
+    contexts, targets = wide.stream_contexts(test)[1:51], test[2:52]  # full histories (no -1)
+    np.testing.assert_array_equal(wide.prob(contexts.astype(np.uint16), targets), wide.prob(contexts, targets))
