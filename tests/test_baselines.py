@@ -561,3 +561,20 @@ def test_kn_uint16_streams_as_stored_give_the_same_model():
     np.testing.assert_array_equal(correct, correct16)
     contexts, targets = wide.stream_contexts(test)[1:51], test[2:52]  # full histories (no -1)
     np.testing.assert_array_equal(wide.prob(contexts.astype(np.uint16), targets), wide.prob(contexts, targets))
+
+
+def test_no_token_is_a_valid_id_only_in_histories():
+    """``NO_TOKEN`` (-1) pads a history before the stream's start; as a target, in a scored
+    stream or in the training stream it is a bad id, refused with the input named (it was
+    scored silently as id V-1 through negative indexing)."""
+    from newllm.baselines.ngram import NO_TOKEN, KneserNeyLM
+
+    lm = KneserNeyLM(order=2, discount=0.5, vocab_size=4).fit(np.array([0, 1, 0, 2, 0, 1]))
+    assert lm.prob(np.array([[NO_TOKEN]]), [1])[0] == pytest.approx(lm.prob(np.array([[3]]), [1])[0])  # unseen history
+    for call, what in [
+        (lambda: lm.prob(np.array([[0]]), [NO_TOKEN]), "targets"),
+        (lambda: lm.score_stream(np.array([0, NO_TOKEN, 1])), "scored stream"),
+        (lambda: KneserNeyLM(order=2, vocab_size=4).fit(np.array([0, NO_TOKEN, 1, 2])), "training stream"),
+    ]:
+        with pytest.raises(ValueError, match=rf"{what} holds id -1; allowed: 0\.\.3$"):
+            call()

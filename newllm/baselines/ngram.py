@@ -156,13 +156,14 @@ class KneserNeyLM:
 
     # ---------------------------------------------------------------- scoring
 
-    def _check_ids(self, ids: np.ndarray, what: str) -> None:
-        real = ids[ids != NO_TOKEN]
+    def _check_ids(self, ids: np.ndarray, what: str, history: bool = False) -> None:
+        """Raise ``ValueError`` naming ``what`` unless every id is in ``0..V-1``
+        (``NO_TOKEN`` is also allowed in a ``history``: a context before the stream's start)."""
+        real = ids[ids != NO_TOKEN] if history else ids
         if real.size and (real.min() < 0 or real.max() >= self.vocab_size):
             bad = real[(real < 0) | (real >= self.vocab_size)][0]
-            raise ValueError(
-                f"{what} holds id {int(bad)}; allowed: 0..{self.vocab_size - 1} (and {NO_TOKEN} for 'no token' in histories)"
-            )
+            extra = f" (and {NO_TOKEN} for 'no token')" if history else ""
+            raise ValueError(f"{what} holds id {int(bad)}; allowed: 0..{self.vocab_size - 1}{extra}")
 
     def _history_ids(self, contexts: np.ndarray) -> list[np.ndarray]:
         """Dense history id per order: entry ``k-1`` is ``[B]`` ids of the last ``k-1``
@@ -203,7 +204,7 @@ class KneserNeyLM:
         if ctx.shape[1] < width:  # left-pad short histories with "no token"
             ctx = np.concatenate([np.full((ctx.shape[0], width - ctx.shape[1]), NO_TOKEN), ctx], axis=1)
         ctx = ctx[:, ctx.shape[1] - width :] if width else ctx[:, :0]
-        self._check_ids(ctx, "context")
+        self._check_ids(ctx, "context", history=True)
         return ctx
 
     def prob(self, contexts: np.ndarray, targets: np.ndarray) -> np.ndarray:
