@@ -392,8 +392,8 @@ def _anneal(optimizer: torch.optim.Optimizer, stopper: EarlyStopping, step: int,
 
 
 def _phase2_summary(
-    state: TrainState, stopper: EarlyStopping, counters: dict[str, Any], cfg: Phase2Config, train, dev, precision: str
-):
+    state: TrainState, stopper: EarlyStopping, counters: dict[str, Any], train: Split, dev: Split, precision: str
+) -> dict[str, Any]:
     """The run's summary (keys in :func:`train_phase2`) from its best dev evaluation."""
     step, train_seconds = counters["step"], counters["train_seconds"]
     best = next(r for r in state.history if r["step"] == stopper.best_step)
@@ -529,4 +529,4 @@ def train_phase2(
             state.save(checkpoint, {**counters, "batches": batch_state}, {"epoch_rng": epoch_rng})
         t0 = time.perf_counter()
     block.load_state_dict(stopper.best_state)
-    return TrainResult(history=state.history, summary=_phase2_summary(state, stopper, n, cfg, train, dev, precision))
+    return TrainResult(history=state.history, summary=_phase2_summary(state, stopper, n, train, dev, precision))

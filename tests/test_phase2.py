@@ -400,7 +400,7 @@ def test_phase2_summary_and_dev_record_by_hand():
     stopper = SimpleNamespace(best_step=30, stopped_by="max_steps", undertrained=True)
     # 300 tokens in 40 steps of at most 8: short last batches of epochs count what they hold
     counters = {"step": 40, "tokens": 300, "train_seconds": 4.0, "eval_seconds": 1.5, "resumed_from_step": 20, "micro": 4}
-    summary = _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "bf16")
+    summary = _phase2_summary(state, stopper, counters, Split(torch.arange(81), None), dev, "bf16")
     assert summary == {
         "steps": 40,
         "epochs": 3.75,  # 300 tokens over 80 targets
@@ -423,9 +423,7 @@ def test_phase2_summary_and_dev_record_by_hand():
         "precision": "bf16",
     }
     counters["train_seconds"] = 0.0  # a clock that did not move: no division by zero
-    assert (
-        _phase2_summary(state, stopper, counters, cfg, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 300 / 1e-9
-    )
+    assert _phase2_summary(state, stopper, counters, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 300 / 1e-9
 
 
 def test_a_resumed_phase2_run_equals_the_uninterrupted_one(tmp_path):
