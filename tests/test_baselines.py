@@ -468,7 +468,7 @@ def test_kn_contexts_are_the_last_order_minus_1_tokens_left_padded():
     # a one-token context is padded with "no token": the start of a stream
     np.testing.assert_allclose(lm.prob(np.array([[0]]), [1]), lm.prob(np.array([[-1, 0]]), [1]), atol=0)
     assert lm.stream_contexts(TOY).tolist() == [[-1, 0], [0, 1], [1, 0], [0, 2], [2, 0]]
-    with pytest.raises(ValueError, match="context holds id -2"):
+    with pytest.raises(ValueError, match=r"context holds id -2; allowed: 0\.\.3 \(and -1 for 'no token'\)$"):
         lm.prob(np.array([[-2, 0]]), [0])
     with pytest.raises(ValueError, match="context holds id 4"):
         lm.prob(np.array([[4, 0]]), [0])
