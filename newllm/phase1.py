@@ -31,7 +31,7 @@ from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
 from newllm.runtime import autocast
-from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, get_solver, solve_sequential
+from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, embed_windows, get_solver, solve_sequential
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
@@ -325,9 +325,8 @@ def start_stream(
     :data:`newllm.solvers.INPUT_CACHE_MAX_ELEMENTS`."""
     contexts = (cfg.init_std * torch.randn(stream.shape[0], context_dim, generator=gen)).to(device)
     state = StreamState(stream, equal_batches(stream.shape[0], cfg.batch_size, device), contexts)
-    if token_input is not None and stream.shape[0] * token_input.output_dim <= INPUT_CACHE_MAX_ELEMENTS:
-        with torch.no_grad():
-            state.inputs = token_input(stream, torch.arange(stream.shape[0], device=stream.device))
+    if token_input is not None:
+        state.inputs = embed_windows(token_input, stream, INPUT_CACHE_MAX_ELEMENTS)
     return state
 
 

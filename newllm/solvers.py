@@ -131,6 +131,16 @@ class SolverStats:
         return asdict(self)
 
 
+def embed_windows(token_input: TokenInput, stream: Tensor, max_elements: int) -> Tensor | None:
+    """Every position's window ``x̃`` of ``stream`` (``[n]`` int64), ``[n, N_in·d_e]``
+    float32, embedded once without gradient (the embeddings are frozen), or ``None`` when
+    ``n · N_in·d_e`` exceeds ``max_elements`` (callers then embed per batch)."""
+    if stream.shape[0] * token_input.output_dim > max_elements:
+        return None
+    with torch.no_grad():
+        return token_input(stream, torch.arange(stream.shape[0], device=stream.device))
+
+
 class StreamMap:
     """The ContextBlock as a map over one token stream (SPEC §3, §4): no gradient.
 
@@ -175,9 +185,8 @@ class StreamMap:
         All ``n`` windows are embedded once on first use when they fit
         :data:`INPUT_CACHE_MAX_ELEMENTS`; later calls gather rows.
         """
-        if self._inputs is None and self.n * self.token_input.output_dim <= INPUT_CACHE_MAX_ELEMENTS:
-            with torch.no_grad():
-                self._inputs = self.token_input(self.stream, torch.arange(self.n, device=self.device))
+        if self._inputs is None:
+            self._inputs = embed_windows(self.token_input, self.stream, INPUT_CACHE_MAX_ELEMENTS)
         if self._inputs is not None:
             return self._inputs[positions]
         with torch.no_grad():
