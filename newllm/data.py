@@ -273,15 +273,33 @@ def build_corpus_cache(
     return write_corpus_cache(out_dir, tally, extra_manifest)
 
 
-def load_corpus_cache(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def load_corpus_cache(
+    cache_dir: str | Path, corpus: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read ``tokens.npy`` (memory-mapped), ``offsets.npy`` and the manifest, verifying hashes.
 
+    Args:
+        cache_dir: the folder ``cache_corpus`` wrote.
+        corpus: the ``corpus`` config the caller expects; when given, the cache must have
+            been built from exactly these settings (the manifest records them).  Snakemake
+            reruns ``cache_corpus`` when they change; this guards against a cache that was
+            not rebuilt (metadata wiped, ``--rerun-triggers mtime``, a copied folder).
+
     Raises:
-        DataError: a file is missing or its SHA-256 differs from the manifest.
+        DataError: a file is missing or its SHA-256 differs from the manifest, or the cache
+            was built from other corpus settings (naming each differing key).
     """
     cache_dir = Path(cache_dir)
     manifest = read_json(cache_dir / "manifest.json")
     verify_files(cache_dir, manifest["files"])
+    if corpus is not None and manifest.get("corpus") != corpus:
+        built = manifest.get("corpus") or {}
+        keys = sorted(k for k in set(built) | set(corpus) if built.get(k) != corpus.get(k))
+        differ = [f"{k}: {built.get(k)!r} in the cache, {corpus.get(k)!r} in the config" for k in keys]
+        raise DataError(
+            f"the token cache in {cache_dir} was built from other corpus settings ({'; '.join(differ)}); "
+            f"rerun cache_corpus (snakemake --forcerun cache_corpus)"
+        )
     tokens = np.load(cache_dir / "tokens.npy", mmap_mode="r")
     offsets = np.load(cache_dir / "offsets.npy")
     return tokens, offsets, manifest

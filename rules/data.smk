@@ -66,6 +66,7 @@ rule make_heldout:
             "embedding": config["validation"]["embedding_samples"],
         },
         seed=config["validation"]["seed"],
+        corpus=config["corpus"],
         code=code_hash("make_heldout"),
     script:
         "../workflow_scripts/make_heldout.py"

@@ -64,6 +64,17 @@ def test_corrupted_cache_is_detected(local_jsonl, tokenizer, tmp_path):
         load_corpus_cache(tmp_path / "cache")
 
 
+def test_a_cache_from_other_corpus_settings_is_refused(local_jsonl, tokenizer, tmp_path):
+    corpus = {"source": "local", "path": str(local_jsonl), "max_samples": 3}
+    dataset = load_corpus_dataset(corpus, tmp_path / "stage")
+    build_corpus_cache(dataset, tokenizer, tmp_path / "cache", max_samples=3, extra_manifest={"corpus": corpus})
+    assert load_corpus_cache(tmp_path / "cache", corpus=dict(corpus))[2]["corpus"] == corpus
+    with pytest.raises(DataError, match=r"max_samples: 3 in the cache, 2 in the config.*--forcerun cache_corpus"):
+        load_corpus_cache(tmp_path / "cache", corpus={**corpus, "max_samples": 2})
+    with pytest.raises(DataError, match=r"split: None in the cache, 'train' in the config"):
+        load_corpus_cache(tmp_path / "cache", corpus={**corpus, "split": "train"})
+
+
 def test_missing_local_corpus_is_named(tmp_path):
     with pytest.raises(DataError, match="nope.jsonl"):
         load_corpus_dataset({"source": "local", "path": str(tmp_path / "nope.jsonl")}, tmp_path)

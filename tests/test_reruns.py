@@ -169,8 +169,15 @@ def test_other_data_for_an_existing_study_is_refused_and_nothing_deleted(study, 
         assert text in out, (text, out[-3000:])
     assert _snapshot(work / "results") == before
     # the explicit way out plans the rebuild
-    _, out = _snakemake(project, work, "-n", "--config", "rebuild_data=True", configs=[changed])
-    assert {"data_provenance", "cache_corpus", "make_heldout", "phase1", "phase2"} <= set(_planned(out))
+    rebuild = ("--config", "rebuild_data=True")
+    _, out = _snakemake(project, work, "-n", *rebuild, configs=[changed])
+    expected = {"data_provenance", "cache_corpus", "make_heldout", "phase1", "phase2"}
+    if not expected <= set(_planned(out)):  # say why: the job table, the reasons, the recorded params
+        _, changes = _snakemake(project, work, "--list-changes", "params", *rebuild, configs=[changed], check=False)
+        table = re.search(r"^job\s+count$.*?^total.*?$", out, re.M | re.S)
+        reasons = re.findall(r"^rule (\w+):$.*?^    reason: (.*?)$", out, re.M | re.S)
+        table = table and table.group(0)
+        pytest.fail(f"planned {_planned(out)}\ntable:\n{table}\nreasons: {reasons}\nparams changed:\n{changes[-3000:]}")
 
 
 def test_a_missing_local_corpus_is_a_dag_error_even_with_a_cache(study, tmp_path):

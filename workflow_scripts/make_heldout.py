@@ -18,7 +18,7 @@ from newllm.script import run_script
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    tokens, offsets, manifest = load_corpus_cache(Path(smk.input.manifest).parent)
+    tokens, offsets, manifest = load_corpus_cache(Path(smk.input.manifest).parent, corpus=dict(smk.params.corpus))
     ids = np.asarray(manifest["sample_ids"])
     seed = smk.params.seed
     parts = split_samples(manifest["num_samples"], smk.params.sizes, seed)
