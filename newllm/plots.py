@@ -476,27 +476,40 @@ def _phase1_axes(axes, run: pd.DataFrame, label: str | None, style: str = "-") -
             ax.set_yscale("log")
 
 
+def phase1_overview_runs(history: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the Phase 1 overview: one per sample size, of ``cvfp`` (or the first
+    model when there is none) at the largest context_dim, first variant, lowest seed, so
+    the panels stay readable for any study (every run has its own figure)."""
+    if not len(history):
+        return history
+    model = "cvfp" if "cvfp" in set(history["model"]) else sorted(history["model"].unique())[0]
+    runs = history[(history["model"] == model) & (history["variant"] == history["variant"].iloc[0])]
+    runs = runs[runs["seed"] == runs["seed"].min()]
+    return runs[runs["context_dim"] == runs["context_dim"].max()]
+
+
 def plot_phase1_curves(history: pd.DataFrame, path: str | Path, run_dir: str | Path | None = None) -> list[str]:
     """Phase 1 per iteration (CVFP loss, diversity loss, train convergence rate, ER % of
-    context_dim).  ``path``: an overview of the first variant's first seed, one line per
-    (context_dim, size).  ``run_dir``: one figure per run, named by
-    :func:`run_figure_name` (the report lists them with model/variant/size/seed labels)."""
+    context_dim).  ``path``: an overview, one line per sample size
+    (:func:`phase1_overview_runs`); returns its line labels.  ``run_dir``: one figure per
+    run, named by :func:`run_figure_name` (the report lists them with
+    model/variant/size/seed labels)."""
     history = history.copy()
     if "effective_rank_pct" not in history and "effective_rank" in history:
         history["effective_rank_pct"] = 100.0 * history["effective_rank"] / history["context_dim"]
     labels = []
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    if len(history):
-        first = history[(history["variant"] == history["variant"].iloc[0]) & (history["seed"] == history["seed"].min())]
-        dims = sorted(first["context_dim"].unique())
-        styles = dict(zip(dims, ["-", "--", ":", "-."] * 4))
-        for (model, dim, samples), run in first.groupby(["model", "context_dim", "samples"]):
-            label = f"{model} {dim}-d, {samples} samples"
-            _phase1_axes(axes, run, label, styles[dim])
-            labels.append(label)
+    overview = phase1_overview_runs(history)
+    if len(overview):
+        for samples, run in overview.groupby("samples"):
+            labels.append(f"{samples} samples")
+            _phase1_axes(axes, run, labels[-1])
         axes[0, 0].legend(fontsize=7, ncol=2)
+        first = overview.iloc[0]
         fig.suptitle(
-            f"Phase 1 (variant {first['variant'].iloc[0]}, seed {first['seed'].min()}); every run: report entries", fontsize=10
+            f"Phase 1 of {first['model']}, {first['context_dim']}-d (variant {first['variant']}, seed {first['seed']}); "
+            "every run: report entries",
+            fontsize=10,
         )
     for ax in axes[1]:
         ax.set_xlabel("iteration (Jacobi sweep)")

@@ -482,6 +482,24 @@ def test_verdict_places_every_model_against_the_frozen_heads_own_lm():
 
 
 # ----------------------------------------------------------------------------- figures
+def test_phase1_overview_draws_one_line_per_size_whatever_the_study(tmp_path):
+    """30 runs (2 models x 3 context_dims x 5 sizes) and a second seed: the overview shows
+    the 5 cvfp runs at the largest context_dim (every run has its own figure: the e2e test)."""
+    from newllm.plots import plot_phase1_curves
+
+    rows = [
+        {"model": m, "variant": "base", "context_dim": d, "samples": n, "seed": seed, "iteration": it, "cvfp_loss": 1.0 / it}
+        for m in ("untrained_context", "cvfp")
+        for d in (768, 1537, 1200)
+        for n in (50, 100, 200, 400, 800)
+        for seed in (1, 0)
+        for it in (1, 2, 3)
+    ]
+    labels = plot_phase1_curves(pd.DataFrame(rows), tmp_path / "overview.png")
+    assert labels == [f"{n} samples" for n in (50, 100, 200, 400, 800)]
+    assert "cvfp, 1537-d" in (tmp_path / "overview.svg").read_text() and "seed 0" in (tmp_path / "overview.svg").read_text()
+
+
 def test_figures_show_every_model_and_write_svg(tmp_path):
     from newllm.plots import _errorbars, format_count, plot_ppl_ratio, plot_scaling, plot_sliding_alpha
 
