@@ -483,8 +483,8 @@ def phase1_overview_runs(history: pd.DataFrame) -> pd.DataFrame:
     if not len(history):
         return history
     model = "cvfp" if "cvfp" in set(history["model"]) else sorted(history["model"].unique())[0]
-    runs = history[(history["model"] == model) & (history["variant"] == history["variant"].iloc[0])]
-    runs = runs[runs["seed"] == runs["seed"].min()]
+    runs = history[history["model"] == model]
+    runs = runs[(runs["variant"] == runs["variant"].iloc[0]) & (runs["seed"] == runs["seed"].min())]
     return runs[runs["context_dim"] == runs["context_dim"].max()]
 
 
