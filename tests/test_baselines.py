@@ -578,3 +578,234 @@ def test_no_token_is_a_valid_id_only_in_histories():
     ]:
         with pytest.raises(ValueError, match=rf"{what} holds id -1; allowed: 0\.\.3$"):
             call()
+
+
+# ------------------------------------------------------------------ neural models by hand (issue 14)
+
+
+def test_embed_is_an_affine_free_layer_norm_of_the_rows():
+    from newllm.baselines.models import embed
+
+    emb = torch.tensor([[1.0, 2.0, 3.0, 6.0], [0.0, 0.0, 4.0, 0.0]])
+    out = embed(emb, torch.tensor([[1, 0, 1]]))
+    # row 0: mean 3, variance (4 + 1 + 0 + 9)/4 = 3.5; row 1: mean 1, variance (1 + 1 + 9 + 1)/4 = 3
+    row0 = (torch.tensor([1.0, 2.0, 3.0, 6.0]) - 3.0) / math.sqrt(3.5 + 1e-5)
+    row1 = (torch.tensor([0.0, 0.0, 4.0, 0.0]) - 1.0) / math.sqrt(3.0 + 1e-5)
+    assert out.shape == (1, 3, 4)
+    torch.testing.assert_close(out[0], torch.stack([row1, row0, row1]))
+
+
+def test_neural_baselines_reject_bad_sizes():
+    emb = torch.zeros(10, 8)
+    with pytest.raises(ValueError, match="hidden_size"):
+        LSTMLM(emb, 0)
+    with pytest.raises(ValueError, match="embeddings"):
+        LSTMLM(torch.zeros(2, 10, 8), 4)
+    with pytest.raises(ValueError, match="embeddings"):
+        TransformerLM(torch.zeros(10), 8)
+    for kwargs in ({"width": 0}, {"num_layers": 0}, {"num_heads": 0}, {"block_size": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be >= 1"):
+            TransformerLM(emb, **({"width": 8} | kwargs))
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerLM(emb, 6, num_heads=4)
+    for stride in (-1, 9):
+        with pytest.raises(ValueError, match="eval_stride"):
+            TransformerLM(emb, 8, block_size=8, eval_stride=stride)
+    # the stride may be the whole block (non-overlapping windows); none: half the block, at least 1
+    assert TransformerLM(emb, 8, block_size=8, eval_stride=8).eval_stride == 8
+    assert TransformerLM(emb, 8, block_size=8).eval_stride == 4
+    assert TransformerLM(emb, 8, block_size=1).eval_stride == 1
+    default = TransformerLM(emb, 8)  # 2 layers of 2 heads over 64 tokens, stride 32
+    assert (len(default.blocks), default.blocks[0].attn.num_heads, default.block_size, default.eval_stride) == (2, 2, 64, 32)
+    assert LSTMLM(emb, 1).hidden_size == 1  # the smallest LSTM
+    model = TransformerLM(emb, 8, block_size=4)
+    assert model(torch.zeros(2, 4, dtype=torch.long))[0].shape == (2, 4, 8)  # a full block is fine
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        model(torch.zeros(1, 5, dtype=torch.long))
+
+
+def test_parameter_counts_by_hand_and_frozen_embeddings():
+    # LSTM d_e = 2, H = 3: 4·3·(2 + 3) + 8·3 = 84, readout 3·2 + 2 + 2·2 = 12 -> 96
+    assert LSTMLM.parameter_count(2, 3) == 96
+    emb = torch.randn(5, 2, dtype=torch.float64)
+    lstm = LSTMLM(emb, 3)
+    assert count_parameters(lstm) == 96 and sum(p.numel() for p in lstm.parameters()) == 96
+    assert "embeddings" not in lstm.state_dict()  # frozen and not saved: the pipeline's matrix
+    assert lstm.embeddings.dtype == torch.float32 and torch.equal(lstm.embeddings, emb.float())
+    # Transformer d_e = 4, W = 8, L = 1, block 3: input 4·8 + 8 = 40, positions 24,
+    # block 12·64 + 13·8 = 872, readout 8·4 + 4 + 2·4 = 44 -> 980; W = d_e = 8: no input layer
+    assert TransformerLM.parameter_count(4, 8, 1, 3) == 980
+    assert TransformerLM.parameter_count(8, 8, 1, 3) == 24 + 872 + 8 * 8 + 24
+    model = TransformerLM(torch.zeros(5, 4), 8, num_layers=1, num_heads=2, block_size=3)
+    assert count_parameters(model) == 980 and "embeddings" not in model.state_dict()
+    assert isinstance(TransformerLM(torch.zeros(5, 8), 8, num_layers=1).input, torch.nn.Identity)
+
+
+def test_transformer_init_is_nanogpt():
+    torch.manual_seed(0)
+    model = TransformerLM(torch.zeros(10, 32), 64, num_layers=2, num_heads=2, block_size=64)
+    stds = {name: float(p.detach().std()) for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        if "ln" in name or name.startswith("readout.1"):  # LayerNorms keep weight 1, bias 0
+            assert torch.all(p == (1.0 if name.endswith("weight") else 0.0)), name
+        elif name.endswith("bias"):
+            assert torch.all(p == 0.0), name
+        elif name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
+            assert stds[name] == pytest.approx(0.02 / math.sqrt(4), rel=0.1), name
+        else:  # input, qkv, MLP up, readout Linear and positions
+            assert stds[name] == pytest.approx(0.02, rel=0.1), name
+            assert abs(float(p.detach().mean())) < 0.002, name
+
+
+def test_causal_self_attention_equals_the_softmax_formula():
+    from newllm.baselines.models import CausalSelfAttention
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(8, 2, 0.3).eval()  # evaluation: no attention dropout
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(8, dim=2)
+        heads = []
+        for h in range(2):
+            sl = slice(4 * h, 4 * h + 4)  # head h: features 4h..4h+3
+            scores = q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(4)
+            scores = scores.masked_fill(torch.ones(5, 5).triu(1).bool(), -math.inf)  # no look-ahead
+            heads.append(scores.softmax(-1) @ v[..., sl])
+        expected = torch.cat(heads, dim=2) @ attn.proj.weight.T + attn.proj.bias
+        torch.testing.assert_close(attn(x), expected)
+        attn.train()  # training: dropout on the attention weights
+        torch.manual_seed(1)
+        assert not torch.allclose(attn(x), expected)
+
+
+def test_transformer_block_is_pre_layer_norm_with_a_4x_mlp():
+    from newllm.baselines.models import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(8, 2, 0.0)
+    assert block.mlp[0].out_features == 32 and block.mlp[2].in_features == 32
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        h = x + block.attn(block.ln1(x))
+        torch.testing.assert_close(block(x), h + block.mlp(block.ln2(h)))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_dropout_acts_in_training_only(kind):
+    emb = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def build(dropout):
+        torch.manual_seed(0)
+        if kind == "lstm":
+            return LSTMLM(emb, 16, dropout=dropout)
+        return TransformerLM(emb, 16, num_layers=1, num_heads=2, block_size=8, dropout=dropout)
+
+    plain, dropped = build(0.0).eval(), build(0.5).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(tokens)[0], plain(tokens)[0])  # eval: no dropout at all
+        dropped.train()
+        torch.manual_seed(2)
+        a = dropped(tokens)[0]
+        torch.manual_seed(3)
+        b = dropped(tokens)[0]
+    assert not torch.allclose(a, b) and not torch.allclose(a, plain(tokens)[0])
+
+
+@pytest.mark.parametrize("length,stride", [(31, 3), (30, 3), (31, 8), (6, 2)])
+def test_transformer_stream_scores_each_target_with_the_first_window_that_reaches_it(length, stride):
+    # windows of T = min(8, n - 1) tokens start every `stride` (and one ends at the stream's
+    # end); target i is scored by the first window covering it: window 0 for i < T, else the
+    # first start s with s + T > i
+    emb = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = TransformerLM(emb, 16, num_layers=1, num_heads=2, block_size=8, eval_stride=stride).eval()
+    stream = torch.randint(0, 20, (length,), generator=torch.Generator().manual_seed(1))
+    M, T = length - 1, min(8, length - 1)
+    hidden = model.stream_hidden(stream)
+    assert hidden.shape == (M, 8)
+    starts = sorted(set(range(0, M - T + 1, stride)) | {M - T})
+    with torch.no_grad():
+        for i in range(M):
+            s = 0 if i < T else next(s for s in starts if s + T > i)
+            window, _ = model(stream[None, s : s + T])
+            torch.testing.assert_close(hidden[i], window[0, i - s])
+    torch.testing.assert_close(model.stream_hidden(stream, windows_per_batch=1), hidden)
+
+
+def test_size_matching_is_the_closest_size_by_brute_force():
+    from newllm.baselines.models import SizeMatch, _closest
+
+    for target, d_e in ((1120, 16), (50_000, 64), (2_363_904, 768)):
+        best = min(range(1, 3000), key=lambda h: abs(LSTMLM.parameter_count(d_e, h) / target - 1))
+        assert match_lstm(target, d_e, tolerance=1.0).size == best
+        widths = range(2, 4000, 2)
+        best = min(widths, key=lambda w: abs(TransformerLM.parameter_count(d_e, w, 1, 32) / target - 1))
+        match = match_transformer(target, d_e, num_layers=1, num_heads=2, block_size=32, tolerance=1.0)
+        assert (match.size, match.parameters) == (best, TransformerLM.parameter_count(d_e, best, 1, 32))
+    assert SizeMatch(3, 110, 100).relative_gap == pytest.approx(0.1)
+    # ties go to the smaller size; a gap equal to the tolerance is accepted
+    assert _closest(100, [1, 2], lambda s: {1: 80, 2: 120}[s], 0.5, "x").size == 1
+    assert _closest(100, [1], lambda s: 125, 0.25, "x").parameters == 125
+    with pytest.raises(ValueError, match="within"):
+        _closest(100, [1], lambda s: 125, 0.2, "x")
+    with pytest.raises(ValueError, match="target must be >= 1"):
+        match_lstm(0, 16)
+
+
+def test_build_baseline_sizes_and_configures_each_model():
+    from newllm.baselines.models import build_baseline
+
+    emb = torch.zeros(30, 16)
+    target = TransformerLM.parameter_count(16, 48, 1, 32)  # a width-48 Transformer exactly
+    model, size = build_baseline("lstm", emb, {"dropout": 0.25}, target, 0.1)
+    assert isinstance(model, LSTMLM) and size == match_lstm(target, 16)
+    assert model.hidden_size == size.size and model.dropout.p == 0.25 and count_parameters(model) == size.parameters
+    settings = {"dropout": 0.1, "num_layers": 1, "num_heads": 4, "block_size": 32, "eval_stride": 5}
+    model, size = build_baseline("transformer", emb, settings, target, 0.1)
+    assert (size.size, size.parameters, size.target) == (48, target, target)
+    assert isinstance(model, TransformerLM) and model.width == 48 and count_parameters(model) == target
+    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.block_size, model.eval_stride) == (1, 4, 32, 5)
+    assert model.drop.p == 0.1 and model.blocks[0].attn.dropout == 0.1
+    with pytest.raises(ValueError, match="neural baselines"):
+        build_baseline("gru", emb, settings, target, 0.1)
+
+
+def test_train_flops_with_another_vocabulary():
+    assert train_flops(10, 3, embed_dim=4, vocab_size=7) == 6 * 10 * 3 + 6 * 7 * 4 * 3
+
+
+def test_transformer_forward_adds_positions_then_runs_the_blocks_and_the_readout():
+    from newllm.baselines.models import embed
+
+    torch.manual_seed(0)
+    emb = torch.randn(20, 8)
+    model = TransformerLM(emb, 16, num_layers=2, num_heads=2, block_size=8).eval()
+    tokens = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]])
+    with torch.no_grad():
+        x = model.input(embed(emb, tokens)) + model.position.weight[:6]
+        for block in model.blocks:
+            x = block(x)
+        torch.testing.assert_close(model(tokens)[0], model.readout(x))
+
+
+def test_size_matching_tolerances_and_the_smallest_sizes():
+    from newllm.baselines.models import build_baseline
+
+    # LSTM at d_e = 16: 4H² + 88H + 48 = 140, 240 for H = 1, 2; a target of 180: H = 1 misses by 22 %
+    with pytest.raises(ValueError, match="no LSTM hidden size matches 180 .* within 10%"):
+        match_lstm(180, 16)
+    assert match_lstm(180, 16, tolerance=0.3).size == 1
+    # sizes start at 1 even when a smaller target would be closer to "size 0"
+    assert match_lstm(1, 16, tolerance=1000.0).size == 1
+    # Transformer d_e = 16, L = 1, block 4: 12W² + 50W + 48 = 196, 440 for W = 2, 4 -> 300 misses by 35 %
+    with pytest.raises(ValueError, match="no Transformer width size matches 300 .* within 10%"):
+        match_transformer(300, 16, num_layers=1, num_heads=2, block_size=4)
+    assert match_transformer(300, 16, num_layers=1, num_heads=2, block_size=4, tolerance=0.5).size == 2
+    # build_baseline passes its tolerance on
+    emb = torch.zeros(30, 16)
+    model, size = build_baseline("lstm", emb, {"dropout": 0.0}, 180, 0.3)
+    assert size.size == 1 and model.hidden_size == 1
+    settings = {"dropout": 0.0, "num_layers": 1, "num_heads": 2, "block_size": 4, "eval_stride": None}
+    model, size = build_baseline("transformer", emb, settings, 300, 0.5)
+    assert size.size == 2 and model.width == 2 and model.eval_stride == 2

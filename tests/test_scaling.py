@@ -352,12 +352,13 @@ def test_information_criteria_of_a_group_at_the_minimum_sizes():
         assert all(math.isnan(fit[c]) for c in ("alpha_boot_se", "alpha_boot_ci_low", "alpha_boot_ci_high"))
 
 
-def test_loss_form_standard_errors_are_the_asymptotic_formula_at_the_optimum():
+@pytest.mark.parametrize("e_true", [2.0, 0.3])  # 0.3: an irreducible loss below 1 nat
+def test_loss_form_standard_errors_are_the_asymptotic_formula_at_the_optimum(e_true):
     from newllm.scaling import fit_loss_form
 
     rng = np.random.default_rng(6)
     tokens = np.geomspace(1e3, 1e6, 8)
-    losses = 2.0 + 30.0 * tokens**-0.4 + rng.normal(0, 0.01, 8)
+    losses = e_true + 30.0 * tokens**-0.4 + rng.normal(0, 0.01, 8)
     fit = fit_loss_form(tokens, losses)
     assert not fit["beta_at_bound"] and not fit["E_at_bound"] and fit["n_points"] == 8
     e, b, beta = fit["E"], fit["B"], fit["beta"]
@@ -431,3 +432,180 @@ def test_fitted_curves_and_their_bands_on_the_grid():
     # without a bootstrap the bands are NaN, the curves are still there
     _, _, bare = fit_points(points, None, curve_points=7, extrapolate=[1e6])
     assert set(bare["form"]) == {"power_law", "loss_form"} and bare["ci_low"].isna().all() and bare["ci_high"].isna().all()
+
+
+def test_loss_form_input_checks_and_a_token_count_of_one():
+    losses = [3.0, 2.5, 2.2, 2.0]
+    with pytest.raises(ValueError, match="tokens must be > 0"):
+        fit_loss_form([0.0, 10.0, 100.0, 1000.0], losses)
+    with pytest.raises(ValueError, match="tokens must be > 0"):
+        fit_loss_form([1.0, 10.0, 100.0, 1000.0], [3.0, math.nan, 2.2, 2.0])
+    # T = 1 is a valid count: L = 1 + 2·T^(-1/2) through T = 1, 4, 16, 64 (L = 3, 2, 1.5, 1.25)
+    fit = fit_loss_form([1.0, 4.0, 16.0, 64.0], [3.0, 2.0, 1.5, 1.25])
+    assert (fit["E"], fit["B"], fit["beta"]) == pytest.approx((1.0, 2.0, 0.5), rel=1e-6)
+
+
+def test_loss_form_honours_narrower_beta_bounds():
+    # the data's β = 0.3 lies below the bounds [0.5, 1]: the RSS grows with β beyond 0.3, so the
+    # fit sits at β = 0.5 with the least-squares (E, B) of that β (both positive here)
+    tokens = np.geomspace(1e3, 1e6, 6)
+    losses = 2.0 + 50.0 * tokens**-0.3
+    fit = fit_loss_form(tokens, losses, bounds=(0.5, 1.0))
+    assert fit["beta"] == pytest.approx(0.5, rel=1e-6) and fit["beta_at_bound"]
+    design = np.column_stack([np.ones(6), tokens**-0.5])
+    (e, b), *_ = np.linalg.lstsq(design, losses, rcond=None)
+    assert e > 0 and b > 0
+    assert (fit["E"], fit["B"]) == pytest.approx((e, b), rel=1e-5)
+    assert fit["rss"] == pytest.approx(float(((losses - design @ [e, b]) ** 2).sum()), rel=1e-6)
+    assert math.isnan(fit["E_stderr"]) and math.isnan(fit["beta_stderr"])
+
+
+def test_loss_form_extrapolation_and_criteria_at_the_smallest_sizes():
+    # exact points of L = 2 + 60·T^(-1/2): with 4 sizes the loss form is recovered, so its PPL at
+    # 10⁶ tokens is exp(2 + 60/1000); with 2 or 3 sizes it is not fitted (NaN), and with 2 sizes
+    # the power law has no residual degree of freedom, so no AIC/BIC either
+    for n in (2, 3, 4):
+        tokens = np.geomspace(1e4, 1e6, n)
+        row = fit_scaling_group(tokens, 2.0 + 60.0 * tokens**-0.5)
+        if n == 4:
+            assert row["ppl_at_1M_loss_form"] == pytest.approx(math.exp(2.06), rel=1e-6)
+            assert row["ppl_at_10M_loss_form"] == pytest.approx(math.exp(2.0 + 60.0 / math.sqrt(1e7)), rel=1e-6)
+        else:
+            assert math.isnan(row["ppl_at_1M_loss_form"]) and math.isnan(row["ppl_at_10M_loss_form"])
+        if n == 2:
+            assert all(math.isnan(row[c]) for c in ("aic_power_law", "bic_power_law", "delta_aic"))
+            assert row["preferred_form"] == "neither" and row["preferred_form_bic"] == "neither"
+        else:
+            assert np.isfinite(row["aic_power_law"]) and np.isfinite(row["bic_power_law"])
+
+
+def test_fit_points_sorts_groups_keeps_two_size_groups_and_uses_the_targets():
+    # rows arrive unsorted; the one-size group sorts first and is skipped without ending the
+    # loop; a group of 2 sizes gets the power law (no loss form); one target, 2·10⁵ tokens
+    rows = [{"model": "lstm", "train_tokens": t, "test_loss": 9.0 - 0.4 * math.log(t)} for t in (2e4, 1e4)]
+    rows += [{"model": "cvfp", "train_tokens": t, "test_loss": 9.0 - 0.3 * math.log(t)} for t in (8e4, 1e4, 4e4, 2e4)]
+    rows += [{"model": "bigram", "train_tokens": 1e4, "test_loss": 7.0}]
+    points = pd.DataFrame(rows)
+    fits, extrap, curves = fit_points(points, None, group_by=["model"], extrapolate=[2e5])
+    assert list(fits["model"]) == ["cvfp", "lstm"]
+    fits = fits.set_index("model")
+    assert fits.loc["lstm", "alpha"] == pytest.approx(-0.4) and fits.loc["cvfp", "alpha"] == pytest.approx(-0.3)
+    assert fits.loc["lstm", "n_points"] == 2 and math.isnan(fits.loc["lstm", "E"])
+    assert fits.loc["cvfp", "ppl_at_200k"] == pytest.approx(math.exp(9.0 - 0.3 * math.log(2e5)))
+    # one row per (group, form, target), for every group
+    assert sorted(zip(extrap["model"], extrap["form"])) == [
+        ("cvfp", "loss_form"),
+        ("cvfp", "power_law"),
+        ("lstm", "loss_form"),
+        ("lstm", "power_law"),
+    ]
+    assert (extrap["tokens"] == 2e5).all() and extrap["extrapolation"].all()
+    lstm_rows = extrap[extrap["model"] == "lstm"].set_index("form")
+    assert lstm_rows.loc["power_law", "ppl"] == pytest.approx(math.exp(9.0 - 0.4 * math.log(2e5)))
+    assert math.isnan(lstm_rows.loc["loss_form", "ppl"])
+    # default curve: 60 log-spaced points from the smallest size to the target, plus the largest size
+    assert set(curves.groupby(["model", "form"]).size().items()) == {
+        (("cvfp", "power_law"), 61),
+        (("cvfp", "loss_form"), 61),
+        (("lstm", "power_law"), 61),
+    }
+
+
+def test_fit_table_sorts_groups_and_checks_each_ppl():
+    tokens = np.array([1e4, 2e4, 4e4])
+    runs = pd.DataFrame(
+        {
+            "variant": ["base"] * 6,
+            "context_dim": [128] * 3 + [64] * 3,
+            "train_tokens": np.r_[tokens, tokens],
+            "val_ppl": np.r_[4e4 / tokens, 1e4 * tokens**-0.3],  # 4, 2, 1: a PPL of 1 is a perfect model
+        }
+    )
+    table = fit_table(runs, ["variant", "context_dim"])
+    assert list(table["context_dim"]) == [64, 128]
+    assert table["alpha"].tolist() == pytest.approx([-0.3, -1.0]) and table["A"].iloc[1] == pytest.approx(4e4)
+    runs.loc[5, "val_ppl"] = 0.0
+    with pytest.raises(ValueError, match=r"group \('base', 64\): perplexity must be > 0"):
+        fit_table(runs, ["variant", "context_dim"])
+
+
+def test_power_law_rejects_zero_counts_and_has_no_stderr_from_two_points():
+    with pytest.raises(ValueError, match="finite and > 0"):
+        fit_power_law([0.0, 1e3, 1e4], [30.0, 20.0, 10.0])
+    with pytest.raises(ValueError, match="finite and > 0"):
+        fit_power_law([1e2, 1e3, 1e4], [30.0, 0.0, 10.0])
+    with pytest.raises(ValueError, match="equal length"):
+        fit_power_law([1e2, 1e3, 1e4], [30.0, 20.0])
+    # two points: an exact line, no residual degree of freedom for a standard error
+    fit = fit_power_law([1e3, 1e4], [100.0, 50.0])
+    assert math.isnan(fit["alpha_stderr"]) and fit["rss"] == pytest.approx(0.0, abs=1e-20) and fit["n_points"] == 2
+
+
+def test_nonnegative_line_cases_near_the_bounds_and_row_by_row():
+    x = np.array([1.0, 2.0, 3.0])
+    # y = 0.5 + x: the interior optimum has 0 < E < 1
+    e, b, rss = _nonneg_line(x, 0.5 + x)
+    assert (float(e), float(b), float(rss)) == pytest.approx((0.5, 1.0, 0.0), abs=1e-12)
+    # y = -0.5 + 0.7x: E < 0 is infeasible; face E = 0: B = x·y/x·x = 6.8/14 < 1,
+    # RSS = 3.41 - 6.8²/14 = 0.1071 beats face B = 0 (E = 0.9, RSS = S_yy = 0.98)
+    e, b, rss = _nonneg_line(x, np.array([0.2, 0.9, 1.6]))
+    assert float(e) == 0.0 and float(b) == pytest.approx(6.8 / 14) and float(rss) == pytest.approx(3.41 - 6.8**2 / 14)
+    # y = 1.2 - 0.3x: B < 0 is infeasible; face B = 0: E = ȳ = 0.6 < 1, RSS = S_yy = 0.18
+    # beats face E = 0 (B = 3/14, RSS = 1.26 - 9/14 = 0.617)
+    e, b, rss = _nonneg_line(x, np.array([0.9, 0.6, 0.3]))
+    assert (float(e), float(b), float(rss)) == pytest.approx((0.6, 0.0, 0.18))
+    # broadcast over leading axes: the same as one row at a time, for x and y both batched
+    xs = np.array([[1.0, 2.0, 3.0], [1.0, 4.0, 9.0]])
+    ys = np.array([[0.2, 0.9, 1.6], [0.9, 0.6, 0.3]])
+    batched = _nonneg_line(xs, ys)
+    for i in range(2):
+        np.testing.assert_allclose([v[i] for v in batched], _nonneg_line(xs[i], ys[i]), rtol=1e-12, atol=1e-15)
+
+
+def test_nonnegative_line_with_a_constant_regressor_fits_the_mean_quietly():
+    # x = (T/T_ref)^(-β) = 1 when every token count is T_ref: no slope to fit (B = 0), E = ȳ
+    import warnings
+
+    y = np.array([2.0, 3.0, 4.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        e, b, rss = _nonneg_line(np.ones(3), y)
+    assert (float(e), float(b), float(rss)) == pytest.approx((3.0, 0.0, 2.0))
+
+
+def test_model_fit_table_keeps_the_keys_and_summary_columns_in_order():
+    from newllm.scaling import MODEL_FIT_COLUMNS, model_fit_table
+
+    tokens = np.geomspace(1e4, 8e4, 4)
+    points = pd.DataFrame(
+        {
+            "model": "cvfp",
+            "variant": "base",
+            "context_dim": 16,
+            "train_tokens": tokens,
+            "test_loss": 2.0 + 40.0 * tokens**-0.3,
+            "undertrained_runs": [1, 0, 0, 0],
+        }
+    )
+    fits, _, _ = fit_points(points, None)
+    table = model_fit_table(fits)
+    assert list(table.columns) == ["model", "variant", "context_dim", *MODEL_FIT_COLUMNS]
+    assert table.iloc[0]["undertrained_points"] == 1 and table.iloc[0]["n_points"] == 4
+    # without variant / context_dim / undertrained counts: only the columns there
+    fits, _, _ = fit_points(points.drop(columns="undertrained_runs"), None, group_by=["model"])
+    assert list(model_fit_table(fits).columns) == ["model", *MODEL_FIT_COLUMNS[:-1]]
+
+
+def test_loss_form_flags_a_decay_faster_than_the_upper_beta_bound():
+    # L = 2 + 10¹²·T^(-4): β = 4 lies above BETA_BOUNDS[1] = 3; the RSS falls with β up to the
+    # bound, so the fit sits at β = 3 (flagged, no standard errors)
+    tokens = np.geomspace(1e3, 1e5, 5)
+    losses = 2.0 + 1e12 * tokens**-4.0
+    fit = fit_loss_form(tokens, losses)
+    assert fit["beta"] == pytest.approx(3.0, rel=1e-6) and fit["beta_at_bound"] and not fit["E_at_bound"]
+    assert math.isnan(fit["E_stderr"]) and math.isnan(fit["beta_stderr"])
+    batch = fit_loss_form_batch(tokens, losses)
+    assert batch["beta"][0] == pytest.approx(3.0, rel=1e-6)
+    design = np.column_stack([np.ones(5), tokens**-3.0])  # least squares of (E, B) at β = 3
+    (e, b), *_ = np.linalg.lstsq(design, losses, rcond=None)
+    assert (fit["E"], fit["B"]) == pytest.approx((e, b), rel=1e-6)
