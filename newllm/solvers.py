@@ -31,8 +31,8 @@ SPEC §6 (no shift; row ``i`` has seen tokens ``0 … i`` only).
   (default float32 rounding noise, :data:`ROUNDING_NOISE`) are re-run; a kept chunk's
   outputs stand.  It is Jacobi over chunks: after ``r`` rounds chunks ``0 … r-1`` are
   exact.  A trained map forgets within a few hundred tokens, so one or two rounds
-  suffice.  If a round fails to halve the largest boundary move (:data:`STALL_FACTOR`:
-  the map does not forget, e.g. an expansive untrained block) or ``max_iter`` rounds
+  suffice.  If a round's largest boundary move is more than half the previous round's
+  (:data:`STALL_FACTOR`: the map does not forget, e.g. an expansive untrained block) or ``max_iter`` rounds
   pass, the stream after the last consistent chunk is finished sequentially from that
   chunk's last context, so the result is always the exact recurrence.
 
@@ -85,9 +85,9 @@ are LayerNorm outputs, O(1) per coordinate, float32 resolution ~1e-7): such a ch
 not re-run."""
 
 STALL_FACTOR = 0.5
-"""A shooting round must shrink the largest boundary move below this fraction of the
-previous one (the burn-in's move away from the zero context counts as round 0);
-otherwise the map is not forgetting and the rest is solved sequentially."""
+"""A shooting round must shrink the largest boundary move to at most this fraction of the
+previous one (the burn-in's move away from the zero context counts as round 0); a larger
+move means the map is not forgetting, and the rest is solved sequentially."""
 
 
 @dataclass
