@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from newllm.analysis import (
+    NO_P_VALUES,
     baselines_table,
     comparison_table,
     effective_n,
@@ -19,6 +21,7 @@ from newllm.analysis import (
     run_key,
     run_rows,
     sliding_window_fits,
+    tag_history,
     verdict,
     verdict_html,
     verdict_markdown,
@@ -552,3 +555,735 @@ def test_figures_show_every_model_and_write_svg(tmp_path):
     plot_sliding_alpha(windows, tmp_path / "sliding.png")
     assert (tmp_path / "sliding.svg").exists()
     assert [format_count(v) for v in (500, 2e4, 1e6, 1.5e6, 3e9)] == ["500", "20k", "1M", "1.5M", "3G"]
+
+
+# ----------------------------------------------------------------------------- runs table, every column
+def test_run_rows_copies_every_phase1_cache_and_diagnostics_field():
+    d = "results/s/runs"
+    cvfp = f"{d}/cvfp/base/samples20_ctx16_seed1"
+    summary = dict(SUMMARY, undertrained=0, context_block_parameters=111, token_block_parameters=222)
+    metrics = {
+        f"{d}/cvfp/base/samples40_ctx16_seed0/phase2/metrics.json": _metrics("cvfp"),
+        f"{cvfp}/phase2/metrics.json": {"run": {"model": "cvfp", "seed": "1", "samples": 20}, "summary": summary},
+        f"{d}/mystery/base/samples10_ctx16_seed0/lm/metrics.json": _metrics("mystery"),
+        f"{d}/lstm/base/samples10_ctx16_seed0/lm/metrics.json": _metrics("lstm"),
+    }
+    phase1 = {
+        f"{cvfp}/phase1/metrics.json": {
+            "config": {
+                "model": {"num_input_tokens": 2, "num_layers": 3, "ffn_layers": 4, "activation": "gelu"},
+                "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"},
+            },
+            "summary": {
+                "iterations": 17,
+                "stopped_by": "val_er",
+                "final_cvfp_loss": 0.01,
+                "final_diversity_loss": -0.5,
+                "train_convergence_rate": 0.93,
+                "train_convergence": 0.91,
+                "val_convergence_rate": 0.83,  # written before the validation -> dev rename
+                "val_convergence": 0.81,
+                "seconds": 12.5,
+                "tokens_per_s": 1000.0,
+            },
+        }
+    }
+    caches = {
+        f"{cvfp}/context_cache/cache.json": {
+            "method": "jacobi",
+            "train": {"effective_rank": 12.0, "effective_rank_pct": 75.0, "converged": True},
+            "dev": {"effective_rank": 11.0, "effective_rank_pct": 68.75, "converged": False},
+        }
+    }
+    criteria = [{"name": "max_abs_diff", "value": 1e-6, "passed": True}, {"name": "cosine", "value": 0.5, "passed": False}]
+    diagnostics = {
+        f"{cvfp}/diagnostics/phase1_diagnostics.json": {
+            "identity_check": {"passed": False, "criteria": criteria},
+            "cvfp_convergence_check": {"verdict": "converged", "slope": -0.1, "std": 0.02},
+            "quality": {"band": "good", "overfitting_suspected": True},
+            "train_effective_rank_pct": 75.0,
+            "val_effective_rank_pct": 68.75,
+            "train_convergence": 0.91,
+            "val_convergence": 0.81,
+            "final_cvfp_loss": 0.01,
+            "iterations": 17,
+        }
+    }
+    runs, diag = run_rows(metrics, phase1, caches, diagnostics)
+    # study order, then samples; an unknown model last
+    assert list(zip(runs["model"], runs["samples"])) == [("cvfp", 20), ("cvfp", 40), ("lstm", 10), ("mystery", 10)]
+    row = runs.iloc[0].to_dict()
+    expected = {
+        "seed": 1,
+        "undertrained": False,
+        "context_block_parameters": 111,
+        "token_block_parameters": 222,
+        "num_input_tokens": 2,
+        "num_layers": 3,
+        "ffn_layers": 4,
+        "activation": "gelu",
+        "dist_reg_weight": 0.9,
+        "diversity": "mcdl",
+        "phase1_iterations": 17,
+        "phase1_stopped_by": "val_er",
+        "phase1_final_cvfp_loss": 0.01,
+        "phase1_final_diversity_loss": -0.5,
+        "train_convergence_rate": 0.93,
+        "train_convergence": 0.91,
+        "dev_convergence_rate": 0.83,
+        "dev_convergence": 0.81,
+        "phase1_seconds": 12.5,
+        "phase1_tokens_per_s": 1000.0,
+        "cache_method": "jacobi",
+        "cache_converged": False,  # dev did not converge
+        "train_er": 12.0,
+        "train_er_pct": 75.0,
+        "dev_er": 11.0,
+        "dev_er_pct": 68.75,
+        "train_dev_er_gap_pct": 6.25,
+        "identity_check": "FAIL",
+        "cvfp_verdict": "converged",
+        "quality_band": "good",
+    }
+    assert {k: row[k] for k in expected} == expected
+    assert runs["undertrained"].dtype == bool and runs["undertrained"].tolist() == [False, True, True, True]  # 0 -> False
+    assert len(diag) == 1
+    assert diag.iloc[0].to_dict() == {
+        "model": "cvfp",
+        "variant": "base",
+        "samples": 20,
+        "context_dim": 16,
+        "seed": 1,
+        "train_er_pct": 75.0,
+        "dev_er_pct": 68.75,
+        "train_convergence": 0.91,
+        "dev_convergence": 0.81,
+        "final_cvfp_loss": 0.01,
+        "iterations": 17,
+        "identity_check": "FAIL",
+        "max_abs_diff": 1e-6,
+        "cosine": 0.5,
+        "max_abs_diff_passed": True,
+        "cosine_passed": False,
+        "cvfp_verdict": "converged",
+        "cvfp_slope": -0.1,
+        "cvfp_std": 0.02,
+        "quality_band": "good",
+        "overfitting_suspected": True,
+    }
+    # the current key names read the same; a cache without "converged" flags counts as converged
+    new_p1 = {k: {**v, "summary": {"dev_convergence_rate": 0.7, "dev_convergence": 0.6}} for k, v in phase1.items()}
+    passed = {k: {**v, "identity_check": {**v["identity_check"], "passed": True}} for k, v in diagnostics.items()}
+    plain = {k: {"train": {"effective_rank_pct": 70.0}, "dev": {"effective_rank_pct": 60.0}} for k in caches}
+    row = run_rows(metrics, new_p1, plain, passed)[0].iloc[0]
+    assert (row["dev_convergence_rate"], row["dev_convergence"], row["identity_check"]) == (0.7, 0.6, "PASS")
+    assert row["cache_converged"] == True and row["train_dev_er_gap_pct"] == 10.0  # noqa: E712
+    # a cache with only one effective rank has no gap
+    half = {k: {"train": {"effective_rank_pct": 70.0}} for k in caches}
+    assert "train_dev_er_gap_pct" not in run_rows(metrics, None, half)[0]
+    # the diagnostics file's current key names; a phase1 file without config, a cache with only dev
+    renamed = {
+        k: {**v, "dev_effective_rank_pct": 61.0, "dev_convergence": 0.71, "val_effective_rank_pct": 1.0, "val_convergence": 1.0}
+        for k, v in diagnostics.items()
+    }
+    bare_p1 = {k: {"summary": {"iterations": 5}} for k in phase1}
+    dev_only = {k: {"dev": {"effective_rank_pct": 60.0, "converged": True}, "train": {"converged": False}} for k in caches}
+    runs, diag = run_rows(metrics, bare_p1, dev_only, renamed)
+    assert (diag.iloc[0]["dev_er_pct"], diag.iloc[0]["dev_convergence"]) == (61.0, 0.71)
+    row = runs.iloc[0]
+    assert row["phase1_iterations"] == 5 and pd.isna(row["num_layers"]) and row["cache_converged"] == False  # noqa: E712
+    no_train = {k: {"dev": {"effective_rank_pct": 60.0}} for k in caches}
+    assert run_rows(metrics, None, no_train)[0].iloc[0]["dev_er_pct"] == 60.0
+
+
+def test_run_rows_edge_cases_and_tag_history():
+    runs, diag = run_rows({})
+    assert len(runs) == 0 and list(runs.columns) == ["model", "variant", "samples", "context_dim", "seed", *SUMMARY]
+    assert len(diag) == 0 and list(diag.columns) == ["model", "variant", "samples", "context_dim", "seed"]
+    path = "results/s/runs/lstm/base/samples20_ctx16_seed0/lm/metrics.json"
+    with pytest.raises(ValueError, match="two metrics files"):
+        run_rows({path: _metrics("lstm"), "other/" + path: _metrics("lstm")})
+    history = tag_history(pd.DataFrame({"step": [1, 2], "loss": [3.0, 2.5]}), path)
+    assert list(history.columns) == ["model", "variant", "samples", "context_dim", "seed", "step", "loss"]
+    assert history.iloc[1].tolist() == ["lstm", "base", 20, 16, 0, 2, 2.5]
+    assert run_key("runs/a/b/samples1_ctx2_seed3")["seed"] == 3  # the run directory itself
+    with pytest.raises(ValueError):
+        run_key("runs/a/b/samples1_ctx2_seed3x/metrics.json")
+
+
+# ----------------------------------------------------------------------------- verdict text
+def _verdict_dict(**changes):
+    v = {
+        "reference_model": "cvfp",
+        "reference_variant": "base",
+        "available": True,
+        "confidence": 0.9,
+        "test_set": {},
+        "resamples": None,
+        "seeds": 3,
+        "samples": 20,
+        "train_tokens": 12345.0,
+        "reference_context_dim": 16,
+        "reference_ppl": 100.04,
+        "reference_ppl_ci": [None, None],
+        "comparisons": [
+            {"model": "lstm", "context_dim": 16, "percent": -12.04, "percent_ci": [-16.2, -8.1]},
+            {"model": "ngram", "context_dim": 0, "percent": 5.0, "percent_ci": [2.0, 8.0]},
+            {"model": "transformer", "context_dim": 16, "percent": -1.0, "percent_ci": [-2.0, 0.0]},
+            {"model": "untrained_context", "context_dim": 16, "percent": 1.0, "percent_ci": [0.0, 3.0]},
+            {"model": "no_context", "context_dim": 16, "percent": -3.0, "percent_ci": [None, None]},
+        ],
+        "best_baseline": {"model": "transformer", "outcome": "inconclusive", "percent": -1.0, "percent_ci": [-2.0, 0.0]},
+        "alphas": [
+            {
+                "model": "cvfp",
+                "alpha": -0.31234,
+                "alpha_ci": [-0.4, -0.2],
+                "interval": "bootstrap",
+                "preferred_form": "loss_form",
+            },
+            {"model": "lstm", "alpha": -0.2, "alpha_ci": [None, None], "interval": "ols_t", "preferred_form": "power_law"},
+        ],
+        "undertrained": [{"model": "cvfp", "undertrained": 0, "runs": 3}],
+        "head_reference": None,
+    }
+    return v | changes
+
+
+def test_verdict_markdown_every_sentence_by_hand():
+    # an interval touching 0 is no clear difference; a missing interval says so
+    assert verdict_markdown(_verdict_dict()) == (
+        "# Verdict\n\n"
+        "At 12,345 training tokens (20 conversations), CVFP (base, 16-d, chosen on dev) has test PPL 100.0 [n/a].\n"
+        "Its test PPL is 12.0 % [8.1, 16.2] below lstm (16-d); 5.0 % [2.0, 8.0] above ngram; "
+        "within [-2.0 %, +0.0 %] of transformer (16-d) (no clear difference); "
+        "within [+0.0 %, +3.0 %] of untrained_context (16-d) (no clear difference); "
+        "3.0 % below no_context (16-d) (no interval).\n"
+        "CVFP cannot be told apart from the best baseline, transformer (chosen on dev loss): "
+        "within [-2.0 %, +0.0 %] of transformer (no clear difference).\n"
+        "Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): "
+        "cvfp -0.312 [-0.400, -0.200]; lstm -0.200 [n/a] (OLS t).\n"
+        "For cvfp the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): their log-log "
+        "curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv).\n"
+        "No run was undertrained: every trained model stopped by early stopping on dev loss.\n\n"
+        "Intervals: 90 % percentile bootstrap over the ? test conversations (? target tokens, ? resamples, the same "
+        "resamples for every model) and over the 3 training seeds per point.\n"
+    )
+    head = {
+        "source": "bigram",
+        "train_tokens": 464000,
+        "test_ppl": 96.0,
+        "interval": "paired bootstrap",
+        "models": {
+            "lstm": {"percent": -10.0, "percent_ci": [-12.0, -8.0], "place": "below"},
+            "cvfp": {"percent": -4.0, "percent_ci": [-5.0, -3.0], "place": "below"},
+        },
+    }
+    v = _verdict_dict(
+        reference_model="lstm",
+        train_tokens=None,
+        reference_ppl_ci=[90.04, 110.06],
+        comparisons=[],
+        best_baseline={"model": "ngram", "outcome": "beats", "percent": -12.04, "percent_ci": [-16.2, -8.1]},
+        alphas=[],
+        head_reference=head,
+        undertrained=[
+            {"model": "cvfp", "undertrained": 0, "runs": 3},
+            {"model": "ngram", "undertrained": 1, "runs": 2},
+            {"model": "transformer", "undertrained": 2, "runs": 2},
+        ],
+        confidence=0.95,
+        test_set={"conversations": 50, "targets": 9000},
+        resamples=1000,
+        seeds=1,
+    )
+    assert verdict_markdown(v) == (
+        "# Verdict\n\n"
+        "At ? training tokens (20 conversations), lstm (base, 16-d, chosen on dev) has test PPL 100.0 [90.0, 110.1].\n"
+        "lstm beats the best baseline, ngram (chosen on dev loss): 12.0 % [8.1, 16.2] below ngram.\n"
+        "Frozen-head reference: the stand-in embeddings' own bigram LM, trained on 464,000 tokens of the embedding slice "
+        "(none of the study's training sets), has test PPL 96.0 on the same test tokens. Against it (paired bootstrap): "
+        "lstm 10.0 % [8.0, 12.0] below it; cvfp 4.0 % [3.0, 5.0] below it. Every model gets below it.\n"
+        "Undertrained (stopped by max_steps, not by early stopping): ngram 1/2 runs, transformer 2/2 runs; "
+        "their PPL is an upper bound.\n\n"
+        "Intervals: 95 % percentile bootstrap over the 50 test conversations (9000 target tokens, 1000 resamples, the "
+        "same resamples for every model); one training seed, so seed-to-seed variation is not included.\n"
+    )
+    head["train_tokens"] = None
+    head["models"]["cvfp"] = {"percent": 4.0, "percent_ci": [None, None], "place": "above"}
+    text = verdict_markdown(v | {"best_baseline": None, "seeds": None})
+    assert "trained on 0 tokens" in text and "cvfp 4.0 % above it (no interval)." in text
+    assert "Not clearly below it: cvfp — at this size they learn nothing measurable" in text and "best baseline" not in text
+    assert "one training seed" in text
+    assert verdict_markdown({"reference_model": "cvfp", "reason": "no cvfp runs in this study"}) == (
+        "# Verdict\n\nNo verdict: no cvfp runs in this study.\n"
+    )
+
+
+def test_verdict_html_escapes_and_drops_blank_lines():
+    page = verdict_html("# A <b>\n\nx & y\n  \nlast\n")
+    assert page.startswith('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Verdict</title>')
+    assert page.endswith("</head>\n<body>\n<h2>A &lt;b&gt;</h2>\n<p>x &amp; y</p>\n<p>last</p>\n</body></html>\n")
+
+
+def test_verdict_without_reference_runs_and_with_several_seeds():
+    points, boot, fits, runs = _verdict_inputs()
+    lstm_only = points[points["model"] == "lstm"]
+    v = verdict(lstm_only, boot[:, lstm_only.index], fits, runs, "base")
+    assert v == {
+        "reference_model": "cvfp",
+        "reference_variant": "base",
+        "confidence": 0.95,
+        "test_set": {},
+        "resamples": None,
+        "seeds": 1,
+        "available": False,
+        "reason": "no cvfp runs in this study",
+    }
+    points["n_seeds"] = [3, 2] * 6
+    v = verdict(points, boot, fits, runs, "base", reference="lstm", confidence=0.9)
+    assert v["seeds"] == 3 and v["reference_context_dim"] == 16 and v["reference_ppl"] == pytest.approx(80.0)
+    assert v["train_tokens"] == 20000 and v["reference_ppl_ci"] == pytest.approx([72.0, 88.0])
+    comps = {c["model"]: c for c in v["comparisons"]}
+    assert list(comps) == ["cvfp", "no_context", "ngram", "transformer"]  # study order, the reference left out
+    # cvfp at lstm's context_dim (16), though its 32-d configuration has the better test PPL
+    assert comps["cvfp"]["context_dim"] == 16 and comps["cvfp"]["percent"] == pytest.approx(100 * (80 / 100 - 1))
+    assert comps["cvfp"]["ppl"] == pytest.approx(100.0) and comps["cvfp"]["ppl_ci"] == pytest.approx([90.0, 110.0])
+    assert comps["cvfp"]["dev_loss"] == pytest.approx(4.0) and comps["cvfp"]["variant"] == "base"
+    assert v["best_baseline"] == {
+        "model": "transformer",
+        "context_dim": 16,
+        "chosen_on": "dev loss",
+        "outcome": "loses",
+        "percent": pytest.approx(100 * (80 / 70 - 1)),
+        "percent_ci": pytest.approx([100 * (80 / 70 - 1)] * 2),
+    }
+    assert [u for u in v["undertrained"]] == [
+        {"model": "cvfp", "undertrained": 0, "runs": 1},
+        {"model": "lstm", "undertrained": 1, "runs": 2},
+    ]
+    alpha = v["alphas"][0]
+    assert alpha == {
+        "model": "lstm",
+        "variant": "base",
+        "context_dim": 16,
+        "alpha": pytest.approx(-0.4),
+        "alpha_ci": pytest.approx([-0.41, -0.39]),
+        "interval": "bootstrap",
+        "preferred_form": "power_law",
+        "n_points": 2,
+    }
+    # without a bootstrap interval: the OLS t interval
+    fits["alpha_boot_ci_low"] = np.nan
+    fits["alpha_ci_low"], fits["alpha_ci_high"] = fits["alpha"] - 0.05, fits["alpha"] + 0.05
+    alpha = verdict(points, boot, fits, runs, "base")["alphas"][0]
+    assert alpha["interval"] == "ols_t" and alpha["alpha_ci"] == pytest.approx([-0.15, -0.05])
+
+
+def test_best_baseline_ignores_controls_and_missing_dev_loss():
+    points, boot, fits, runs = _verdict_inputs()
+    points.loc[points["model"] == "lstm", "dev_loss"] = np.nan  # no dev loss: chosen last
+    v = verdict(points, boot, fits, runs, "base")
+    assert v["best_baseline"]["model"] == "transformer"  # dev 3.5 < ngram's 6.0; no_context (dev 5) is no baseline
+    assert v["best_baseline"]["percent"] == pytest.approx(100 * (100 / 70 - 1))
+    assert {c["model"]: c["dev_loss"] for c in v["comparisons"]}["lstm"] is None
+    controls = points[~points["model"].isin(["lstm", "transformer", "ngram"])]
+    assert verdict(controls, boot[:, controls.index], fits, runs, "base")["best_baseline"] is None
+
+
+def test_head_reference_unpaired_when_the_head_resamples_do_not_match():
+    points, boot, fits, runs = _verdict_inputs()
+    head = {"source": "bigram", "test_ppl": "115", "train_tokens": "464000", "test_tokens": 9000}
+    v = verdict(points, boot, fits, runs, "base", head_reference=head, head_boot=np.zeros(7))
+    h = v["head_reference"]
+    assert h["interval"] == "the model's own interval" and h["test_ppl"] == 115.0
+    assert (h["source"], h["train_tokens"], h["test_tokens"]) == ("bigram", 464000.0, 9000.0)
+    assert list(h["models"]) == ["cvfp", "no_context", "ngram", "lstm", "transformer"]
+    assert h["models"]["lstm"]["ppl"] == pytest.approx(80.0) and h["models"]["lstm"]["place"] == "below"
+    assert h["models"]["ngram"]["percent_ci"] == pytest.approx([100 * (144 / 115 - 1), 100 * (176 / 115 - 1)])
+    # no interval at all: placed by the point value
+    no_ci = points.drop(columns=["test_ppl_ci_low"])
+    models = verdict(no_ci, boot, fits, runs, "base", head_reference=head)["head_reference"]["models"]
+    assert models["no_context"]["percent_ci"] == [None, None] and models["no_context"]["place"] == "above"
+    assert models["cvfp"]["place"] == "below"
+    assert verdict(points, boot, fits, runs, "base", head_reference={"test_ppl": float("nan")})["head_reference"] is None
+
+
+# ----------------------------------------------------------------------------- sliding windows, more
+def test_window_fits_steps_and_refuses_too_small_windows():
+    x = np.arange(7.0)
+    y = np.array([[0.0, 1.0, 2.5, 2.9, 4.2, 5.0, 6.1], [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0]])
+    fit = window_fits(x, y, 3, 2)
+    assert fit["start"].tolist() == [0, 2, 4]
+    # window 1 covers x = 2, 3, 4: c = (-1, 0, 1)/2; intercept from the means
+    np.testing.assert_allclose(fit["weights"][1], [0, 0, -0.5, 0, 0.5, 0, 0])
+    np.testing.assert_allclose(fit["alpha"][:, 1], [(4.2 - 2.5) / 2, 0.0])
+    np.testing.assert_allclose(fit["intercept"][:, 1], [(2.5 + 2.9 + 4.2) / 3 - 0.85 * 3, 2 / 3])
+    resid = np.array([2.5, 2.9, 4.2]) - (3.2 - 0.85 * 3) - 0.85 * np.array([2.0, 3.0, 4.0])
+    assert fit["rss"][0, 1] == pytest.approx((resid**2).sum())
+    assert fit["rss"][1, 1] == pytest.approx(2 * (1 / 3) ** 2 + (2 / 3) ** 2)  # flat: residuals about the mean 2/3
+    assert fit["alpha_stderr"][0, 1] == pytest.approx(math.sqrt((resid**2).sum() / 1 / 2))  # dof 1, S_xx 2
+    # windows 1 and 2 share x = 4: c_2 − c_1 = (0, 0, 0.5, 0, −1, 0, 0.5), pooled σ̂² = (RSS_1 + RSS_2)/2
+    diff = np.array([0, 0, 0.5, 0, -1, 0, 0.5])
+    np.testing.assert_allclose(fit["weights"][2] - fit["weights"][1], diff)
+    sigma2 = (fit["rss"][:, 1] + fit["rss"][:, 2]) / 2
+    np.testing.assert_allclose(fit["delta_alpha_stderr"][:, 2], np.sqrt(sigma2 * (diff**2).sum()))
+    np.testing.assert_allclose(fit["delta_alpha"][:, 2], fit["alpha"][:, 2] - fit["alpha"][:, 1])
+    assert np.isnan(fit["delta_alpha"][:, 0]).all() and np.isnan(fit["delta_alpha_stderr"][:, 0]).all()
+    single = window_fits(x[:3], y[:, :3], 3)
+    assert single["start"].tolist() == [0] and np.isnan(single["delta_alpha_stderr"]).all()
+    for window, step in ((2, 1), (3, 0)):
+        with pytest.raises(ValueError, match="window must be >= 3"):
+            window_fits(x, y, window, step)
+
+
+def test_sliding_windows_per_group_with_bootstrap_intervals():
+    tokens = np.array([1e4, 2e4, 4e4, 8e4, 1.6e5])
+    rows = []
+    for variant, alpha in (("b", -0.3), ("a", -0.5)):
+        for t in tokens[::-1]:  # unsorted input
+            rows.append({"model": "cvfp", "variant": variant, "train_tokens": t, "test_ppl": 2e3 * t**alpha})
+    points = pd.DataFrame(rows)
+    boot = np.log(points["test_ppl"].to_numpy()) + np.random.default_rng(3).normal(0, 0.05, (500, len(points)))
+    windows = sliding_window_fits(points, ["model", "variant"], window=4, boot=boot, confidence=0.9)
+    assert list(windows.columns[:2]) == ["model", "variant"] and list(windows["variant"]) == ["a", "a", "b", "b"]
+    a = windows[windows["variant"] == "a"].reset_index(drop=True)
+    assert a["alpha"].tolist() == pytest.approx([-0.5, -0.5]) and a["A"].tolist() == pytest.approx([2e3, 2e3])
+    assert a["r2"].tolist() == pytest.approx([1.0, 1.0]) and a["tokens_min"].tolist() == [1e4, 2e4]
+    assert a["delta_alpha"].iloc[1] == pytest.approx(0.0, abs=1e-12) and a["shared_points"].tolist() == [0, 3]
+    # the bootstrap columns from the same resamples, sorted by tokens like the data
+    idx = points.index[points["variant"] == "a"].to_numpy()[::-1]
+    bfit = window_fits(np.log(tokens), boot[:, idx], 4)
+    d = bfit["alpha"][:, 1] - bfit["alpha"][:, 0]
+    assert a["alpha_ci_low"].iloc[0] == pytest.approx(np.percentile(bfit["alpha"][:, 0], 5))
+    assert a["alpha_ci_high"].iloc[1] == pytest.approx(np.percentile(bfit["alpha"][:, 1], 95))
+    assert a["delta_alpha_boot_se"].iloc[1] == pytest.approx(d.std(ddof=1))
+    assert a["delta_alpha_ci_low"].iloc[1] == pytest.approx(np.percentile(d, 5))
+    assert a["delta_alpha_ci_high"].iloc[1] == pytest.approx(np.percentile(d, 95))
+    assert math.isnan(a["delta_alpha_boot_se"].iloc[0]) and math.isnan(a["delta_alpha_ci_low"].iloc[0])
+    assert a["alpha_ci_low"].iloc[0] < -0.5 < a["alpha_ci_high"].iloc[0]
+    stepped = sliding_window_fits(points, ["variant"], window=4, step=5, min_points=4)
+    assert stepped["shared_points"].tolist() == [0, 0] and math.isnan(stepped["alpha_ci_low"].iloc[0])
+    assert len(sliding_window_fits(points, ["variant"], window=3, min_points=3)) == 6
+    with pytest.raises(ValueError, match="step >= 1"):
+        sliding_window_fits(points, ["variant"], window=4, step=0)
+
+
+# ----------------------------------------------------------------------------- points tables, more
+def test_ratio_table_pairs_every_point_with_its_reference_by_hand():
+    keys = [
+        ("lstm", "base", 16, 20, 3.0),
+        ("cvfp", "base", 16, 10, 3.5),
+        ("cvfp", "base", 32, 10, 3.4),
+        ("ngram", "base", 0, 10, 4.0),
+        ("cvfp", "base", 16, 20, 2.9),
+        ("lstm", "base", 64, 10, 3.3),  # no cvfp at 64-d: no row
+        ("cvfp", "tok2", 16, 10, 3.6),  # another cvfp variant is compared like any model
+    ]
+    points = pd.DataFrame(keys, columns=["model", "variant", "context_dim", "samples", "test_loss"])
+    points["train_tokens"] = points["samples"] * 1000
+    boot = points["test_loss"].to_numpy() + np.random.default_rng(4).normal(0, 0.1, (400, len(points)))
+    table = ratio_table(points, boot, "base", confidence=0.8)
+    got = list(zip(table["model"], table["variant"], table["context_dim"], table["samples"], table["reference_context_dim"]))
+    assert got == [
+        ("cvfp", "tok2", 16, 10, 16),
+        ("ngram", "base", 0, 10, 16),
+        ("ngram", "base", 0, 10, 32),
+        ("lstm", "base", 16, 20, 16),
+    ]
+    assert table["ratio"].tolist() == pytest.approx(np.exp([0.1, 0.5, 0.6, 0.1]).tolist())
+    assert table["ppl"].tolist() == pytest.approx(np.exp([3.6, 4.0, 4.0, 3.0]).tolist())
+    assert table["reference_ppl"].tolist() == pytest.approx(np.exp([3.5, 3.5, 3.4, 2.9]).tolist())
+    assert table["train_tokens"].tolist() == [10000, 10000, 10000, 20000]
+    d = boot[:, 3] - boot[:, 2]  # ngram against cvfp 32-d
+    lo, hi = np.percentile(d, [10, 90])
+    row = table.iloc[2]
+    assert (row["ratio_ci_low"], row["ratio_ci_high"]) == pytest.approx((math.exp(lo), math.exp(hi)))
+    assert row["percent_difference"] == pytest.approx(100 * (math.exp(0.6) - 1))
+    assert row["percent_difference_ci_low"] == pytest.approx(100 * (math.exp(lo) - 1))
+    assert row["percent_difference_ci_high"] == pytest.approx(100 * (math.exp(hi) - 1))
+    only_reference = ratio_table(points.iloc[[1, 2]].reset_index(drop=True), boot[:, [1, 2]], "base")
+    assert len(only_reference) == 0 and list(only_reference.columns[-3:]) == [
+        "percent_difference",
+        "percent_difference_ci_low",
+        "percent_difference_ci_high",
+    ]
+
+
+def test_baselines_table_keeps_a_measured_dev_ppl_and_sorts_by_every_key():
+    points = _points([3.0, 3.1, 3.2], dims=[32, 16, 16], samples=[10, 20, 10], dev_ppl=[1.0, 2.0, 3.0], dev_loss=[9.0] * 3)
+    table = baselines_table(points)
+    assert list(zip(table["context_dim"], table["samples"])) == [(16, 10), (16, 20), (32, 10)]
+    assert table["dev_ppl"].tolist() == [3.0, 2.0, 1.0] and "dev_loss" not in table
+    assert list(table.columns) == ["model", "variant", "context_dim", "samples", "n_seeds", "test_ppl", "test_loss", "dev_ppl"]
+
+
+def test_matched_values_coverage_ties_duplicates_and_bootstrap():
+    boot_b = np.array([[3.0, 2.0], [4.0, 2.0]])
+    curves = {
+        "A": ([1.0, 10.0], [3.0, 2.0], None),
+        "B": ([5.0, 20.0], [3.0, 2.0], boot_b),
+        "C": ([100.0], [1.0], None),
+        "D": ([np.nan, -1.0], [1.0, 1.0], None),
+    }
+    # 5 and 10 are covered by A and B: the larger wins
+    x_star, values = matched_values(curves)
+    assert x_star == 10.0 and values["A"]["loss"] == pytest.approx(2.0)
+    w = math.log(10 / 5) / math.log(20 / 5)
+    assert values["B"]["loss"] == pytest.approx(3.0 - w) and values["B"]["how"] == "interpolated"
+    np.testing.assert_allclose(values["B"]["boot"], [3.0 - w, 4.0 - 2 * w])
+    assert values["C"] == {"loss": pytest.approx(math.nan, nan_ok=True), "boot": None, "how": "not covered"}
+    assert values["D"]["how"] == "not covered" and math.isnan(values["D"]["loss"]) and values["A"]["boot"] is None
+    # repeated x are averaged before interpolating: D at 1 is (3.0 + 3.2)/2, at 2 halfway in ln x to 4
+    x_star, values = matched_values({"D": ([1.0, 4.0, 1.0], [3.0, 2.0, 3.2], None), "E": ([2.0], [9.0], None)})
+    assert x_star == 2.0 and values["D"]["loss"] == pytest.approx(2.55) and values["E"]["loss"] == 9.0
+    # outside the range but within the tolerance: the nearest point, with its resamples
+    boot_h = np.array([[1.0, 2.0], [3.0, 4.0]])
+    x_star, values = matched_values(
+        {"H": ([100.0, 105.0, 0.0], [2.0, 1.0, 7.0], np.c_[boot_h, [9, 9]]), "I": ([112.0], [5.0], None)}
+    )
+    assert x_star == 112.0 and values["H"]["how"] == "within 10 %" and values["H"]["loss"] == 1.0
+    np.testing.assert_array_equal(values["H"]["boot"], [2.0, 4.0])
+    x_star, values = matched_values({"F": ([100.0], [2.0], None), "G": ([140.0], [3.0], None)}, tolerance=0.5)
+    assert x_star == 140.0 and values["F"] == {"loss": 2.0, "boot": None, "how": "within 50 %"}
+    x_star, values = matched_values({"F": ([100.0], [2.0], None), "G": ([140.0], [3.0], None)})
+    assert x_star == 140.0 and values["F"]["how"] == "not covered"  # 40 % apart: one curve each, the larger
+    x_star, values = matched_values({"K": ([np.nan], [1.0], None)})
+    assert math.isnan(x_star) and values["K"]["how"] == "not covered" and math.isnan(values["K"]["loss"])
+
+
+def test_comparison_table_largest_size_columns_and_run_settings():
+    pts = [
+        (16, 10, 1e4, 4.0, 4.1, 5000, 1.0e9, 2),
+        (16, 20, 2e4, 3.5, 3.6, 5000, 2.0e9, 2),
+        (32, 10, 1e4, 4.2, 4.3, 9000, 1.8e9, 1),
+        (32, 20, 2e4, 3.4, 3.3, 9000, 3.6e9, 1),
+    ]
+    cols = ["context_dim", "samples", "train_tokens", "test_loss", "dev_loss", "parameters", "train_flops", "n_seeds"]
+    points = pd.DataFrame(pts, columns=cols).assign(model="cvfp", variant="base").iloc[::-1]
+    points["test_ppl"] = np.exp(points["test_loss"])
+    runs = pd.DataFrame(
+        {
+            "model": "cvfp",
+            "variant": "base",
+            "context_dim": [16, 16, 16, 16, 32, 32],
+            "samples": [10, 10, 20, 20, 10, 20],
+            "dev_er_pct": [50.0, 52.0, 60.0, 64.0, 70.0, np.nan],
+            "train_er_pct": [55.0, 57.0, 65.0, 69.0, 75.0, np.nan],
+            "phase1_iterations": [10, 20, 30, 40, 50, 60],
+            "num_layers": [3, 3, 3, 3, 5, 5],
+            "activation": [None] * 4 + ["gelu"] * 2,
+            "undertrained": [True, False, True, True, False, False],
+        }
+    )
+    fits = pd.DataFrame({"model": ["cvfp"], "variant": ["base"], "context_dim": [32], "alpha": [-0.3], "r2": [0.9]})
+    table = comparison_table(runs, points, None, fits)
+    assert table["context_dim"].tolist() == [16, 32]
+    small, big = table.iloc[0], table.iloc[1]
+    assert (small["n_seeds"], small["samples_largest"], small["train_tokens_largest"]) == (2, 20, 2e4)
+    assert small["test_ppl_largest"] == pytest.approx(math.exp(3.5)) and small["dev_ppl_largest"] == pytest.approx(math.exp(3.6))
+    assert (small["parameters"], small["train_flops_largest"], small["num_layers"]) == (5000, 2e9, 3)
+    assert (small["dev_er_pct"], small["train_er_pct"], small["phase1_iterations"]) == (62.0, 67.0, 25.0)
+    assert small["undertrained_runs"] == 3 and big["undertrained_runs"] == 0 and big["activation"] == "gelu"
+    assert "activation" not in small or pd.isna(small["activation"])
+    assert math.isnan(big["dev_er_pct"]) and big["phase1_iterations"] == 55.0  # the largest size has no ER
+    assert math.isnan(small["alpha"]) and (big["alpha"], big["r2"]) == (-0.3, 0.9) and math.isnan(big["E"])
+    # parameters at the largest size: 5000 and 9000 on one (model, variant) curve -> 9000, as measured
+    assert (small["matched_parameters"], big["parameters_match"]) == (9000, "interpolated")
+    assert small["ppl_at_matched_parameters"] == pytest.approx(math.exp(3.4))
+    assert math.isnan(small["ppl_at_matched_parameters_ci_low"]) and math.isnan(small["ppl_at_matched_parameters_ci_high"])
+    # FLOPs: 1.8e9 and 2e9 are covered by both configurations; at 2e9 the 32-d one is interpolated
+    w = math.log(2.0 / 1.8) / math.log(2.0)
+    assert small["matched_flops"] == 2e9 and small["ppl_at_matched_flops"] == pytest.approx(math.exp(3.5))
+    assert big["ppl_at_matched_flops"] == pytest.approx(math.exp(4.2 - 0.8 * w)) and big["flops_match"] == "interpolated"
+    bare = comparison_table(runs.drop(columns=["phase1_iterations", "undertrained"]), points.drop(columns="dev_loss"), None, fits)
+    assert math.isnan(bare["dev_ppl_largest"].iloc[0]) and math.isnan(bare["phase1_iterations"].iloc[0])
+    assert bare["undertrained_runs"].tolist() == [0, 0]
+
+
+# ----------------------------------------------------------------------------- prediction, more
+def test_intraclass_correlation_unbalanced_and_undefined_cases():
+    # a: 1, 3; b: 5, 7, 9 -> MSB = 30, MSW = 10/3, m0 = (5 - 13/5)/1 = 2.4: ICC = (80/3)/(104/3)
+    values, clusters = np.array([1.0, 3.0, 5.0, 7.0, 9.0]), np.array(["a", "a", "b", "b", "b"])
+    assert intraclass_correlation(values, clusters) == pytest.approx(10 / 13)
+    # effective n by hand: 5 / (1 + (2.5 - 1)·ICC_x·ICC_y), y = 2x + 1 has the same ICC
+    assert effective_n(values, 2 * values + 1, clusters) == pytest.approx(5 / (1 + 1.5 * (10 / 13) ** 2))
+    assert intraclass_correlation(np.array([1.0, 1.0, 5.0, 5.0]), np.array([0, 0, 1, 1])) == 1.0  # no within variance
+    assert math.isnan(intraclass_correlation(values, np.zeros(5)))  # one cluster
+    assert math.isnan(intraclass_correlation(values, np.arange(5)))  # every cluster a single run
+    assert math.isnan(intraclass_correlation(np.full(4, 2.0), np.array([0, 0, 1, 1])))  # no variance at all
+    # one singleton cluster among pairs: a: 1, 3; b: 5, 7; c: 11 (grand mean 5.4) -> m0 = (5 - 9/5)/2 = 1.6
+    msb, msw = (2 * 3.4**2 + 2 * 0.6**2 + 5.6**2) / 2, 4 / 2
+    got = intraclass_correlation(np.array([1.0, 3.0, 5.0, 7.0, 11.0]), np.array([0, 0, 1, 1, 2]))
+    assert got == pytest.approx((msb - msw) / (msb + 0.6 * msw))
+    assert effective_n(values, values, np.zeros(5)) == 5.0  # ICC undefined: independent runs
+    assert effective_n(values, np.full(5, 2.0), clusters) == 5.0  # undefined for one of the two is enough
+
+
+def test_fisher_interval_other_confidence_and_undefined_cases():
+    lo, hi = fisher_interval(-0.3, 19, confidence=0.9)  # dof 16: half-width 1.644854 / 4
+    assert (lo, hi) == pytest.approx((math.tanh(math.atanh(-0.3) - 1.644854 / 4), math.tanh(math.atanh(-0.3) + 1.644854 / 4)))
+    lo, hi = fisher_interval(0.2, 3.25)  # dof 0.25: still defined
+    assert lo == pytest.approx(math.tanh(math.atanh(0.2) - 1.959964 * 2), rel=1e-6)
+    for r, n_eff in ((math.nan, 30), (1.0, 30), (-1.0, 30), (0.5, 3)):
+        assert all(math.isnan(v) for v in fisher_interval(r, n_eff))
+
+
+def _log_linear_runs(n_per_cluster=2, clusters=4, seed=6):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(clusters):
+        for k in range(n_per_cluster):
+            tokens = 1e4 * 2 ** (k + c % 2)
+            er = 50 + 3 * c + rng.normal(0, 1)
+            loss = -0.3 * math.log(tokens) - 0.01 * er + 8 + rng.normal(0, 0.05) + 0.03 * c
+            rows.append(
+                {"variant": "base", "context_dim": 16 * (c + 1), "train_tokens": tokens, "dev_er_pct": er, "test_loss": loss}
+            )
+    return pd.DataFrame(rows)
+
+
+def test_log_linear_fit_standard_errors_by_the_textbook_formulas():
+    runs = _log_linear_runs()
+    ll = prediction_analysis(runs, predictors=[])["log_linear"]
+    X = np.column_stack([np.log(runs["train_tokens"]), runs["dev_er_pct"], np.ones(len(runs))])
+    y = runs["test_loss"].to_numpy()
+    coef = np.linalg.solve(X.T @ X, X.T @ y)  # normal equations
+    e = y - X @ coef
+    n, k, g = 8, 3, 4
+    bread = np.linalg.inv(X.T @ X)
+    ols = np.sqrt(np.diag(e @ e / (n - k) * bread))
+    meat = np.zeros((3, 3))
+    for c in runs["context_dim"].unique():
+        s = X[runs["context_dim"] == c].T @ e[runs["context_dim"] == c]
+        meat += np.outer(s, s)
+    cr1 = np.sqrt(np.diag(g / (g - 1) * (n - 1) / (n - k) * bread @ meat @ bread))
+    for i, name in enumerate(("alpha", "beta", "gamma")):
+        assert ll[name] == pytest.approx(coef[i], rel=1e-8)
+        assert ll[f"{name}_stderr"] == pytest.approx(ols[i], rel=1e-8)
+        assert ll[f"{name}_cluster_stderr"] == pytest.approx(cr1[i], rel=1e-8)
+    assert ll["r2"] == pytest.approx(1 - e @ e / ((y - y.mean()) ** 2).sum()) and 0 < ll["r2"] < 1
+    assert (ll["n"], ll["n_clusters"]) == (8, 4)
+    # one cluster: OLS errors but no cluster-robust ones; a constant ER or <= 3 runs: nothing
+    one = prediction_analysis(runs, predictors=[], cluster_by=["variant"])["log_linear"]
+    assert one["alpha_stderr"] == pytest.approx(ols[0]) and math.isnan(one["alpha_cluster_stderr"]) and one["n_clusters"] == 1
+    for broken in (runs.assign(dev_er_pct=60.0), runs.iloc[:3], runs.assign(dev_er_pct=[np.nan] + [60.0] * 7)):
+        ll = prediction_analysis(broken, predictors=[])["log_linear"]
+        assert all(math.isnan(ll[key]) for key in ("alpha", "beta_stderr", "gamma_cluster_stderr", "r2"))
+        assert ll["n"] == len(broken)
+
+
+def test_linear_fit_and_correlations_on_partial_data():
+    runs = _log_linear_runs()
+    result = prediction_analysis(
+        runs.drop(columns="test_loss").assign(test_ppl=np.exp(runs["test_loss"])), predictors=["dev_er_pct"]
+    )
+    ref = prediction_analysis(runs, predictors=["dev_er_pct"])
+    assert result["log_linear"]["alpha"] == pytest.approx(ref["log_linear"]["alpha"])  # ln test_ppl when no test_loss
+    fit = stats.linregress(runs["dev_er_pct"], np.exp(runs["test_loss"]))
+    lin = ref["linear"]
+    assert (lin["a"], lin["b"], lin["r2"], lin["n"]) == pytest.approx((fit.intercept, fit.slope, fit.rvalue**2, 8))
+    assert ref["er_column"] == "dev_er_pct"
+    for broken in (runs.iloc[:2], runs.assign(dev_er_pct=60.0), runs.assign(dev_er_pct=[np.nan] + [60.0, 61.0] * 3 + [62.0])):
+        lin = prediction_analysis(broken, predictors=[])["linear"]
+        assert math.isnan(lin["a"]) and math.isnan(lin["b"]) and math.isnan(lin["r2"]) and lin["n"] == len(broken)
+    three = prediction_analysis(runs.iloc[:3], predictors=[])["linear"]
+    assert np.isfinite(three["b"])  # 3 runs with 2 distinct ER suffice for a line
+    # a predictor with missing values: counted runs and correlations over the finite ones only
+    x = runs["dev_er_pct"].to_numpy().copy()
+    x[[0, 5]] = np.nan
+    row = prediction_analysis(runs.assign(gap=x), predictors=["gap", "absent"])["correlations"]
+    ok = np.isfinite(x)
+    assert row[0]["n_runs"] == 6 and row[0]["pearson_r"] == pytest.approx(np.corrcoef(x[ok], runs["test_loss"][ok])[0, 1])
+    assert row[0]["spearman_rho"] == pytest.approx(stats.spearmanr(x[ok], runs["test_loss"][ok])[0])
+    assert row[0]["n_configurations"] == 4 and np.isfinite(row[0]["partial_r"]) and np.isfinite(row[0]["config_r"])
+    assert row[1]["predictor"] == "absent" and row[1]["n_runs"] == 0 and math.isnan(row[1]["pearson_r"])
+    assert math.isnan(row[1]["partial_r"]) and math.isnan(row[1]["n_eff"]) and row[1]["n_configurations"] == 0
+    # 3 runs: a correlation, but too few for a partial one; 2 runs: none at all
+    three = prediction_analysis(runs.iloc[:3], predictors=["dev_er_pct"])["correlations"][0]
+    assert np.isfinite(three["pearson_r"]) and math.isnan(three["partial_r"]) and math.isnan(three["partial_r_ci_low"])
+    assert three["spearman_rho"] == pytest.approx(stats.spearmanr(runs["dev_er_pct"][:3], runs["test_loss"][:3])[0])
+    two = prediction_analysis(runs.iloc[:2], predictors=["dev_er_pct"])["correlations"][0]
+    assert math.isnan(two["pearson_r"]) and math.isnan(two["spearman_rho"])
+
+
+def test_matched_values_range_edges_and_the_tolerance_boundary():
+    # a curve's own smallest x counts as inside its range (interpolated), a value below it does not
+    x_star, values = matched_values({"A": ([1.0, 10.0], [3.0, 2.0], None), "B": ([10.0, 20.0], [2.5, 2.0], None)})
+    assert x_star == 10.0 and values["B"] == {"loss": 2.5, "boot": None, "how": "interpolated"}
+    x_star, values = matched_values(
+        {"K": ([np.nan], [1.0], None), "P": ([1.0, 2.0], [3.0, 2.0], None), "Q": ([10.0, 20.0], [1, 0], None)}
+    )
+    assert x_star == 20.0 and values["P"] == {"loss": pytest.approx(math.nan, nan_ok=True), "boot": None, "how": "not covered"}
+    assert values["K"] == values["P"] and values["Q"]["loss"] == 0.0
+    # x = 0 is no budget: the curve is a single point, matched only within the tolerance
+    x_star, values = matched_values({"A": ([0.0, 4.0], [9.0, 3.0], None), "B": ([2.0], [4.0], None)})
+    assert x_star == 4.0 and values["A"]["how"] == "within 10 %" and values["B"]["how"] == "not covered"
+    # exactly 10 % apart is within 10 %
+    x_star, values = matched_values({"F": ([100.0], [2.0], None), "G": ([110.0], [3.0], None)})
+    assert x_star == 110.0 and values["F"] == {"loss": 2.0, "boot": None, "how": "within 10 %"}
+    assert matched_values({"K": ([0.0], [1.0], None)})[1] == {
+        "K": {"loss": pytest.approx(math.nan, nan_ok=True), "boot": None, "how": "not covered"}
+    }
+
+
+def test_comparison_table_largest_of_three_sizes_and_bootstrap_intervals():
+    points = pd.DataFrame(
+        {
+            "model": ["cvfp"] * 3 + ["lstm"],
+            "variant": "base",
+            "context_dim": 16,
+            "samples": [30, 10, 20, 10],
+            "test_loss": [3.0, 4.0, 3.5, 3.8],
+            "test_accuracy": [0.3, 0.1, 0.2, 0.15],
+            "parameters": 5000,
+            "train_flops": [3e9, 1e9, 2e9, 1e9],
+            "n_seeds": 1,
+        }
+    )
+    points["test_ppl"] = np.exp(points["test_loss"])
+    points["test_ppl_ci_low"], points["test_ppl_ci_high"] = points["test_ppl"] - 1, points["test_ppl"] + 1
+    boot = points["test_loss"].to_numpy() + np.random.default_rng(7).normal(0, 0.1, (300, 4))
+    runs = points[["model", "variant", "context_dim", "samples"]]
+    fits = pd.DataFrame(columns=["model", "variant", "context_dim"])
+    table = comparison_table(runs, points, boot, fits, confidence=0.8).set_index("model")
+    cvfp = table.loc["cvfp"]
+    assert (cvfp["samples_largest"], cvfp["test_accuracy_largest"]) == (30, 0.3)
+    assert (cvfp["test_ppl_largest_ci_low"], cvfp["test_ppl_largest_ci_high"]) == pytest.approx(
+        (math.exp(3) - 1, math.exp(3) + 1)
+    )
+    # parameters at the largest size (30 samples): the lstm has none -> not covered
+    assert cvfp["parameters_match"] == "within 10 %" and cvfp["matched_parameters"] == 5000
+    lo, hi = np.percentile(boot[:, 0], [10, 90])
+    assert (cvfp["ppl_at_matched_parameters_ci_low"], cvfp["ppl_at_matched_parameters_ci_high"]) == pytest.approx(
+        (math.exp(lo), math.exp(hi))
+    )
+    lstm = table.loc["lstm"]
+    assert lstm["parameters_match"] == "not covered" and math.isnan(lstm["ppl_at_matched_parameters"])
+    assert math.isnan(lstm["ppl_at_matched_parameters_ci_low"]) and lstm["matched_parameters"] == 5000
+    # FLOPs: 1e9 is covered by both (cvfp at its smallest size), 2e9 and 3e9 by cvfp only... the most curves win
+    assert cvfp["matched_flops"] == 1e9 and lstm["flops_match"] == "within 10 %"
+    lo, hi = np.percentile(boot[:, 3], [10, 90])
+    assert (lstm["ppl_at_matched_flops_ci_low"], lstm["ppl_at_matched_flops_ci_high"]) == pytest.approx(
+        (math.exp(lo), math.exp(hi))
+    )
+    assert cvfp["ppl_at_matched_flops"] == pytest.approx(math.exp(4.0))
+
+
+def test_sliding_window_bootstrap_follows_the_step_and_default_confidence():
+    tokens = 1e4 * 2.0 ** np.arange(6)
+    points = pd.DataFrame({"g": "x", "train_tokens": tokens, "test_ppl": 50 * tokens**-0.2})
+    boot = np.log(points["test_ppl"].to_numpy()) + np.random.default_rng(8).normal(0, 0.05, (400, 6))
+    windows = sliding_window_fits(points, ["g"], window=4, step=2, boot=boot)
+    assert len(windows) == 2 and windows["shared_points"].tolist() == [0, 2]
+    bfit = window_fits(np.log(tokens), boot, 4, 2)
+    d = bfit["alpha"][:, 1] - bfit["alpha"][:, 0]
+    assert windows["alpha_ci_high"].iloc[1] == pytest.approx(np.percentile(bfit["alpha"][:, 1], 97.5))
+    assert windows["delta_alpha_ci_low"].iloc[1] == pytest.approx(np.percentile(d, 2.5))
+
+
+def test_prediction_analysis_note_and_a_missing_er_column():
+    runs = _log_linear_runs()
+    result = prediction_analysis(runs, predictors=[], er="absent")
+    assert result["note"] == NO_P_VALUES and result["er_column"] == "absent" and result["correlations"] == []
+    assert math.isnan(result["linear"]["b"]) and math.isnan(result["log_linear"]["alpha"]) and result["linear"]["n"] == 8
