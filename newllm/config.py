@@ -9,8 +9,9 @@ settings are ordered.  Every error names the key, the bad value and what is allo
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 import yaml
@@ -20,6 +21,11 @@ from newllm.io import read_json
 
 SECTIONS = ("model", "phase1", "phase2")
 
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+"""The study config's JSON schema: the one source of every default (issue 11 §4)."""
+
+_JSON_TYPES: dict[str, type] = {"integer": int, "number": float, "string": str, "boolean": bool}
+
 
 class ConfigError(ValueError):
     """An invalid configuration; raised before any job starts."""
@@ -28,6 +34,63 @@ class ConfigError(ValueError):
 def load_schema(path: str | Path) -> dict[str, Any]:
     """Read the YAML schema."""
     return yaml.safe_load(Path(path).read_text())
+
+
+def _field_type(key: str, spec: dict[str, Any]) -> Any:
+    """The Python type of a schema property: its JSON ``type`` (a ``[t, "null"]`` list
+    gives ``t | None``) or the one type of its ``enum`` values."""
+    if "enum" in spec:
+        types = {type(v) for v in spec["enum"]}
+        if len(types) == 1:
+            return types.pop()
+    names = spec.get("type")
+    names = [names] if isinstance(names, str) else list(names or [])
+    known = [_JSON_TYPES[n] for n in names if n in _JSON_TYPES]
+    if len(known) != 1 or not set(names) <= {*_JSON_TYPES, "null"}:
+        raise ConfigError(
+            f"schema property {key!r}: type {spec.get('type')!r} has no dataclass type; "
+            f"allowed: one of {sorted(_JSON_TYPES)}, optionally with 'null'"
+        )
+    return known[0] | None if "null" in names else known[0]
+
+
+def schema_dataclass(
+    section: str, schema: dict[str, Any] | None = None, **extra: tuple[type, Any, str]
+) -> Callable[[type], type]:
+    """Class decorator: a dataclass whose fields are the properties of the schema's
+    ``$defs.<section>`` — their names, types, defaults and descriptions — so the trainers'
+    config classes and ``config/schema.yaml`` cannot disagree (issue 11 §4; pypsa-eur
+    derives its config defaults and schema from one model the same way).
+
+    The decorated class contributes its docstring and methods; ``extra`` adds fields the
+    schema does not expose, as ``name=(type, default, description)``.  The class
+    docstring gains a field list (name, type, default, description) for ``help()``.
+
+    Raises:
+        ConfigError: a property without a ``default``, or with a type that maps to no
+        single Python type.
+    """
+    schema = load_schema(SCHEMA_PATH) if schema is None else schema
+
+    def decorate(cls: type) -> type:
+        specs = {
+            key: (_field_type(key, spec), spec, spec.get("description", ""))
+            for key, spec in schema["$defs"][section]["properties"].items()
+        }
+        specs.update({key: (typ, {"default": default}, text) for key, (typ, default, text) in extra.items()})
+        fields, docs = [], []
+        for key, (typ, spec, text) in specs.items():
+            if "default" not in spec:
+                raise ConfigError(f"schema property {section}.{key} has no default; every trainer setting needs one")
+            fields.append((key, typ, dataclasses.field(default=spec["default"])))
+            docs.append(f"    {key} ({getattr(typ, '__name__', typ)}, default {spec['default']!r}): {' '.join(text.split())}")
+        # the class body's docstring, methods and module; make_dataclass adds the fields
+        namespace = {k: v for k, v in vars(cls).items() if k not in {"__dict__", "__weakref__", "__annotations__"}}
+        namespace["__doc__"] = f"{cls.__doc__ or ''}\n\n    Fields (``config/schema.yaml`` ``$defs.{section}``):\n\n"
+        namespace["__doc__"] += "\n".join(docs)
+        return dataclasses.make_dataclass(cls.__name__, fields, namespace=namespace)
+
+    return decorate
 
 
 def section_defaults(schema: dict[str, Any], section: str) -> dict[str, Any]:

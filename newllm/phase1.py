@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from newllm.checkpoint import CheckpointSpec, TrainState
+from newllm.config import schema_dataclass
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
@@ -35,40 +36,14 @@ from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, embed_windows, g
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
-@dataclass
+@schema_dataclass(
+    "phase1",
+    er_max_rows=(int, ER_MAX_ROWS, "rows sampled for the Effective Rank of a context matrix (newllm.metrics.effective_rank)"),
+)
 class Phase1Config:
-    """Phase 1 hyper-parameters (SPEC §4 defaults; equal to config/schema.yaml's, tested)."""
-
-    max_iterations: int = 60
-    """Iterations at most; one iteration = one training sweep over the stream + one Adam step."""
-    min_iterations: int = 5
-    """No stop rule ends the run before this many iterations."""
-    convergence_threshold: float = 0.03
-    """A token has converged when ``mean_d (C^k_i − C^{k−1}_i)² <`` this (context units squared)."""
-    stop_convergence_rate: float = 0.99
-    """``convergence_rate`` rule: stop once this fraction of training tokens has converged."""
-    dist_reg_weight: float = 0.9
-    """``w`` in ``L = (1 − w)·MSE(C^k, C^{k−1}) + w·D(C^k)``."""
-    diversity: str = "mcdl"
-    """The diversity loss ``D`` (a key of :data:`newllm.losses.DIVERSITY_LOSSES`)."""
-    learning_rate: float = 2e-3
-    """Adam's learning rate."""
-    grad_clip: float = 2.0
-    """Gradients are clipped to this global L2 norm before each step."""
-    batch_size: int = 4096
-    """Tokens per batch of a sweep (``D`` is a statistic of each batch; :func:`equal_batches`)."""
-    context_noise: float = 0.0
-    """Standard deviation of the Gaussian noise added to the previous contexts in training sweeps."""
-    init_std: float = 0.01
-    """Standard deviation of the start contexts ``C^0``."""
-    er_max_rows: int = ER_MAX_ROWS
-    """Rows sampled for the Effective Rank of a context matrix (:func:`newllm.metrics.effective_rank`)."""
-    stop_rule: str = "convergence_rate"
-    """``convergence_rate`` or ``val_er`` (:data:`STOP_RULES`)."""
-    er_patience: int = 3
-    """``val_er`` rule: iterations without a better dev Effective Rank before stopping."""
-    er_every: int = 5
-    """Effective Rank is measured every this many iterations (and at the last)."""
+    """Phase 1 hyper-parameters (SPEC §4 defaults): the fields of ``config/schema.yaml``'s
+    ``phase1`` section, generated from it (:func:`newllm.config.schema_dataclass`), plus
+    ``er_max_rows`` (SPEC §5, not a config key)."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":

@@ -30,10 +30,11 @@ import torch
 from torch import Tensor
 
 from newllm.checkpoint import CheckpointSpec, TrainState
+from newllm.config import schema_dataclass
 from newllm.metrics import perplexity
 from newllm.model import TokenBlock, TokenInput
 from newllm.runtime import PRECISIONS, autocast
-from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
+from newllm.training import EarlyStopping, ResumableBatches, TrainResult, check_finite, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -184,33 +185,10 @@ ContextCache = np.ndarray | Tensor | None
 the no_context control (the TokenBlock reads zeros)."""
 
 
-@dataclass
+@schema_dataclass("phase2")
 class Phase2Config:
-    """Phase 2 hyper-parameters (SPEC §7; defaults equal config/schema.yaml's, tested)."""
-
-    max_steps: int = 20000
-    """Optimizer steps at most; a run that reaches it is flagged undertrained."""
-    min_steps: int = 500
-    """No early stop before this many steps."""
-    eval_every: int = 200
-    """Steps between dev evaluations (each one an early-stopping and annealing decision)."""
-    patience: int = 3
-    """Dev evaluations without improvement before stopping."""
-    min_delta: float = 0.002
-    """Dev loss improvement (nats per token) that counts."""
-    learning_rate: float = 1e-3
-    """Adam's starting learning rate."""
-    lr_decay: float = 0.5
-    """Factor applied to the learning rate after each dev evaluation without improvement."""
-    grad_clip: float = 1.0
-    """Gradients are clipped to this global L2 norm before each step."""
-    batch_size: int = 1024
-    """Training tokens (next-token targets) per optimizer step."""
-    eval_batch_size: int = 4096
-    """Tokens per TokenBlock forward in an evaluation (memory only; the result does not depend on it)."""
-    chunk_tokens: int | None = None
-    """Rows per chunk of the fused tied cross-entropy (``[chunk, C]`` logits in memory);
-    ``None``: chosen per device by :meth:`from_dict`."""
+    """Phase 2 hyper-parameters (SPEC §7 defaults): the fields of ``config/schema.yaml``'s
+    ``phase2`` section, generated from it (:func:`newllm.config.schema_dataclass`)."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "Phase2Config":
@@ -319,38 +297,30 @@ def evaluate(
     return out
 
 
-class _Batches:
-    """Seeded shuffled batches of training positions, epoch after epoch, resumable.
+class _Batches(ResumableBatches):
+    """Seeded shuffled batches of training positions, epoch after epoch, resumable
+    (:class:`newllm.training.ResumableBatches`: the generator's state at the start of
+    each epoch and ``(epoch, offset)`` restore the exact position in the stream of batches)."""
 
-    The generator's state is saved at the start of each epoch; ``(epoch_state, offset)``
-    restores the exact position in the stream of batches."""
+    COUNTERS = ("epoch", "offset")
 
     def __init__(self, n_targets: int, batch_size: int, seed: int, device: torch.device) -> None:
         self.n, self.batch_size, self.device = n_targets, batch_size, device
         self.gen = torch.Generator().manual_seed(seed)
         self.epoch, self.offset = 0, 0
-        self._new_epoch()
+        self._start_pass()
 
-    def _new_epoch(self) -> None:
-        self.epoch_state = self.gen.get_state()
+    def _new_pass(self) -> None:
         self.order = torch.randperm(self.n, generator=self.gen).to(self.device)
         self.epoch += 1
         self.offset = 0
 
     def next(self) -> Tensor:
         if self.offset >= self.n:
-            self._new_epoch()
+            self._start_pass()
         pos = self.order[self.offset : self.offset + self.batch_size]
         self.offset += pos.shape[0]
         return pos
-
-    def state(self) -> tuple[dict[str, Any], Tensor]:
-        return {"epoch": self.epoch, "offset": self.offset}, self.epoch_state
-
-    def restore(self, state: dict[str, Any], epoch_state: Tensor) -> None:
-        self.gen.set_state(epoch_state)
-        self._new_epoch()
-        self.epoch, self.offset = state["epoch"], state["offset"]
 
 
 def _optimizer_step(

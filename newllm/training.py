@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -30,6 +33,40 @@ def config_from_dict(cls: type, cfg: dict[str, Any]) -> Any:
     not know are ignored, ``None`` means the dataclass default (one rule for every phase)."""
     known = set(cls.__dataclass_fields__)
     return cls(**{k: v for k, v in cfg.items() if k in known and v is not None})
+
+
+class ResumableBatches:
+    """Base of the seeded batch samplers (Phase 2's shuffled positions, the baselines'
+    truncated-BPTT windows), resumable bit for bit.
+
+    Every pass over the data (an epoch) starts by saving the generator's state, so a
+    checkpoint of ``(counters, pass_rng)`` restores the exact stream of batches: replay
+    the pass's start from ``pass_rng``, then set the counters.  A subclass sets ``gen``
+    (a ``torch.Generator``) and ``COUNTERS`` (the attributes that locate the next batch
+    within a pass), implements ``_new_pass`` and calls ``_start_pass`` to begin one.
+    """
+
+    COUNTERS: tuple[str, ...] = ()
+    gen: "torch.Generator"
+    pass_rng: "torch.Tensor"
+
+    def _start_pass(self) -> None:
+        self.pass_rng = self.gen.get_state()  # what restore() replays
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        raise NotImplementedError
+
+    def state(self) -> tuple[dict[str, Any], "torch.Tensor"]:
+        """``({counter: value}, generator state at the start of this pass)`` for a checkpoint."""
+        return {name: getattr(self, name) for name in self.COUNTERS}, self.pass_rng
+
+    def restore(self, state: dict[str, Any], rng: "torch.Tensor") -> None:
+        """Undo :meth:`state`: replay the pass's start from ``rng``, then set the counters."""
+        self.gen.set_state(rng)
+        self._start_pass()
+        for name in self.COUNTERS:
+            setattr(self, name, state[name])
 
 
 class EarlyStopping:

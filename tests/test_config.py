@@ -119,20 +119,80 @@ def test_bad_config_fails_at_dag_construction(repo, tmp_path, overrides, message
 
 
 @pytest.mark.parametrize("section,cls_path", [("phase1", "newllm.phase1.Phase1Config"), ("phase2", "newllm.phase2.Phase2Config")])
-def test_schema_defaults_and_trainer_dataclasses_agree(schema, section, cls_path):
-    # one source of defaults: a dataclass default that drifts from the schema fails here
+def test_trainer_dataclasses_are_the_schema_sections(schema, section, cls_path):
+    # one source of defaults (issue 11 §4): the fields are the schema's properties, in order,
+    # with its defaults and types; Phase1Config adds er_max_rows, which is no config key
     import dataclasses
     import importlib
 
     from newllm.config import section_defaults
+    from newllm.metrics import ER_MAX_ROWS
 
     module, name = cls_path.rsplit(".", 1)
     cls = getattr(importlib.import_module(module), name)
     fields = {f.name: f.default for f in dataclasses.fields(cls)}
-    defaults = section_defaults(schema, section)
-    shared = set(fields) & set(defaults)
-    assert shared == set(defaults) - {"stop_rule"} | ({"stop_rule"} & set(fields)), sorted(set(defaults) ^ set(fields))
-    assert {k: fields[k] for k in shared} == {k: defaults[k] for k in shared}
+    extra = {"er_max_rows": ER_MAX_ROWS} if section == "phase1" else {}
+    assert list(fields.items()) == list(section_defaults(schema, section).items()) + list(extra.items())
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    assert types["learning_rate"] is float and types["batch_size"] is int
+    if section == "phase1":
+        assert types["diversity"] is str and types["er_max_rows"] is int
+    else:
+        assert types["chunk_tokens"] == (int | None)
+    assert cls.__module__ == module and cls.__name__ == name
+    for key, spec in schema["$defs"][section]["properties"].items():  # every field documented in help()
+        assert f"{key} ({getattr(types[key], '__name__', types[key])}, default {spec['default']!r}): " in cls.__doc__
+
+
+def test_schema_dataclass_by_hand():
+    import dataclasses
+
+    from newllm.config import schema_dataclass
+
+    schema = {
+        "$defs": {
+            "s": {
+                "properties": {
+                    "steps": {"type": "integer", "default": 3, "description": "optimizer\n  steps"},
+                    "rate": {"type": "number", "default": 0.5},
+                    "mode": {"enum": ["a", "b"], "default": "a"},
+                    "flag": {"type": "boolean", "default": False},
+                    "chunk": {"type": ["integer", "null"], "default": None},
+                }
+            }
+        }
+    }
+
+    @schema_dataclass("s", schema, rows=(int, 7, "rows sampled"))
+    class Settings:
+        """Hand settings."""
+
+        def doubled(self) -> int:
+            return 2 * self.steps
+
+    assert [(f.name, f.type, f.default) for f in dataclasses.fields(Settings)] == [
+        ("steps", int, 3),
+        ("rate", float, 0.5),
+        ("mode", str, "a"),
+        ("flag", bool, False),
+        ("chunk", int | None, None),
+        ("rows", int, 7),
+    ]
+    assert Settings(steps=4).doubled() == 8 and Settings() == Settings(3, 0.5, "a", False, None, 7)
+    assert Settings.__doc__.startswith("Hand settings.") and "steps (int, default 3): optimizer steps" in Settings.__doc__
+    assert "rows (int, default 7): rows sampled" in Settings.__doc__
+    assert Settings.__module__ == __name__ and Settings.__qualname__ == "Settings"
+
+    props = schema["$defs"]["s"]["properties"]
+    del props["steps"]["default"]
+    with pytest.raises(ConfigError, match=r"s\.steps has no default"):
+        schema_dataclass("s", schema)(type("X", (), {}))
+    props["steps"] = {"type": ["integer", "number"], "default": 1}
+    with pytest.raises(ConfigError, match=r"'steps': type \['integer', 'number'\] has no dataclass type"):
+        schema_dataclass("s", schema)(type("X", (), {}))
+    props["steps"] = {"type": "array", "default": []}
+    with pytest.raises(ConfigError, match="'steps': type 'array'"):
+        schema_dataclass("s", schema)(type("X", (), {}))
 
 
 def _leaf_defaults(node):

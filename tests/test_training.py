@@ -60,3 +60,38 @@ def test_config_from_dict_none_means_default_and_unknown_keys_are_ignored():
 
     assert config_from_dict(Cfg, {"lr": None, "steps": 7, "other": 1}) == Cfg(lr=0.1, steps=7)
     assert config_from_dict(Cfg, {"lr": 0.5, "steps": None}) == Cfg(lr=0.5, steps=5)
+
+
+def test_resumable_batches_replays_the_pass_and_sets_the_counters():
+    import pytest
+    import torch
+
+    from newllm.training import ResumableBatches
+
+    class Draws(ResumableBatches):
+        COUNTERS = ("taken",)
+
+        def __init__(self) -> None:
+            self.gen = torch.Generator().manual_seed(3)
+            self._start_pass()
+
+        def _new_pass(self) -> None:
+            self.values, self.taken = torch.rand(4, generator=self.gen).tolist(), 0
+
+        def next(self) -> float:
+            if self.taken == 4:
+                self._start_pass()
+            self.taken += 1
+            return self.values[self.taken - 1]
+
+    draws = Draws()
+    [draws.next() for _ in range(6)]  # into the second pass
+    state, rng = draws.state()
+    assert state == {"taken": 2}
+    rest = [draws.next() for _ in range(5)]
+    other = Draws()
+    other.restore(state, rng)
+    assert other.state()[0] == {"taken": 2} and torch.equal(other.state()[1], rng)
+    assert [other.next() for _ in range(5)] == rest
+    with pytest.raises(NotImplementedError):
+        type("Bare", (ResumableBatches,), {"gen": torch.Generator()})()._start_pass()  # no _new_pass

@@ -42,7 +42,7 @@ from newllm.checkpoint import CheckpointSpec, TrainState
 from newllm.metrics import perplexity
 from newllm.phase2 import TiedCrossEntropy, TiedHead, tied_head, tied_token_nll
 from newllm.runtime import autocast
-from newllm.training import EarlyStopping, TrainResult, check_finite, config_from_dict
+from newllm.training import EarlyStopping, ResumableBatches, TrainResult, check_finite, config_from_dict
 
 
 @dataclass
@@ -84,7 +84,7 @@ class NeuralTrainConfig:
         return out
 
 
-class BPTTBatches:
+class BPTTBatches(ResumableBatches):
     """Consecutive ``[B, seq_len]`` windows of ``B`` parallel lanes of one stream (truncated BPTT).
 
     ``B`` is ``batch_size``, or fewer when the stream is too short for that many lanes of
@@ -92,9 +92,14 @@ class BPTTBatches:
     returns ``(inputs, targets, reset)``; ``reset`` is True at the first window of a
     pass (the caller drops the carried state).
 
+    Resumable (:class:`newllm.training.ResumableBatches`): the generator's state at the
+    start of each pass (which draws the pass's random offset) and ``(position, fresh)``.
+
     Raises:
         ValueError: the stream is too short for even one lane of ``seq_len`` tokens.
     """
+
+    COUNTERS = ("position", "fresh")
 
     def __init__(self, stream: Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> None:
         lanes = min(batch_size, (stream.shape[0] - seq_len) // seq_len)  # every lane >= seq_len after any pass offset
@@ -106,8 +111,7 @@ class BPTTBatches:
         self.stream, self.batch_size, self.seq_len, self.gen = stream, lanes, seq_len, generator
         self._start_pass()
 
-    def _start_pass(self) -> None:
-        self.pass_rng = self.gen.get_state()  # what restore() replays
+    def _new_pass(self) -> None:
         offset = int(torch.randint(self.seq_len, (1,), generator=self.gen))
         usable = (self.stream.shape[0] - 1 - offset) // self.batch_size
         self.lanes = self.stream[offset : offset + usable * self.batch_size + 1]
@@ -124,16 +128,6 @@ class BPTTBatches:
         self.position += self.seq_len
         reset, self.fresh = self.fresh, False
         return inputs, targets, reset
-
-    def state(self) -> tuple[dict[str, Any], Tensor]:
-        """``({position, fresh}, generator state at the start of this pass)`` for a checkpoint."""
-        return {"position": self.position, "fresh": self.fresh}, self.pass_rng
-
-    def restore(self, state: dict[str, Any], rng: Tensor) -> None:
-        """Undo :meth:`state`: replay the pass's random offset, then its position."""
-        self.gen.set_state(rng)
-        self._start_pass()
-        self.position, self.fresh = state["position"], state["fresh"]
 
 
 class RandomWindows:
