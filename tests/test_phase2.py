@@ -646,3 +646,50 @@ def test_evaluation_runs_each_target_once_in_batches_and_chunks(monkeypatch):
     monkeypatch.setattr(phase2, "_chunk_logits", lambda h, rows, y: chunks.append(h.shape[0]) or chunk_logits(h, rows, y))
     evaluate(block, token_input, Split(stream, cache), Phase2Config(eval_batch_size=4, chunk_tokens=3))
     assert batches == [4, 4, 2] and chunks == [3, 1, 3, 1, 2]
+
+
+def test_sample_shifted_chunk_equals_the_max_shifted_one_with_and_without_multiplicities():
+    from newllm.phase2 import SHIFT_SAMPLE_ROWS, _max_shifted_chunk, _sample_shifted_chunk
+
+    gen = torch.Generator().manual_seed(0)
+    distinct = torch.randn(600, 8, generator=gen) * 2
+    merged = torch.cat([distinct[:400], distinct[:1].expand(200, 8)])  # one row 201 times
+    for embeddings in (distinct, merged):
+        head = tied_head(embeddings)
+        assert (head.log_mult is None) == (embeddings is distinct)
+        sample, sample_log_mult = head.shift_rows
+        assert sample.shape[0] >= SHIFT_SAMPLE_ROWS
+        h, ids = torch.randn(16, 8, generator=gen) * 3, torch.randint(0, 600, (16,), generator=gen)
+        y = head.classes(ids)
+        fast, exact = _sample_shifted_chunk(h, head, y), _max_shifted_chunk(h, head, y)
+        assert torch.allclose(fast[0], exact[0], atol=1e-5) and torch.allclose(fast[1], exact[1], atol=1e-5)
+        # and both are the float64 cross-entropy over all 600 ids
+        logits = h.double() @ embeddings.double().t()
+        expected = torch.logsumexp(logits, dim=1) - logits[torch.arange(16), ids]
+        assert torch.allclose(fast[0].double(), expected, atol=1e-4)
+    # the largest multiplicity is in the sample: ln 201 is the merged head's largest ln m
+    assert torch.isclose(sample_log_mult.max(), torch.tensor(201.0).log())
+
+
+def test_sample_shifted_chunk_falls_back_where_the_sample_misses_the_maximum(monkeypatch):
+    # 300 long rows orthogonal to h1 = (200, 0) fill the sample (logit 0); the short row (1, 0)
+    # outside it has logit 200, so exp(z - shift) overflows and that row takes the exact path
+    from newllm import phase2
+    from newllm.phase2 import SHIFT_SAMPLE_ROWS, _sample_shifted_chunk
+
+    long_rows = torch.stack([torch.zeros(300), 10 + torch.arange(300.0) / 100], dim=1)
+    rows = torch.cat([long_rows, torch.tensor([[1.0, 0.0]])])
+    head = tied_head(rows)
+    assert SHIFT_SAMPLE_ROWS < 300 and not (head.shift_rows[0][:, 0] != 0).any()  # the short row is not sampled
+    h = torch.tensor([[200.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([300, 5])
+    exact_rows = []
+    real = phase2._max_shifted_chunk
+    monkeypatch.setattr(phase2, "_max_shifted_chunk", lambda h, head, y: exact_rows.append(h) or real(h, head, y))
+    nll, grad = _sample_shifted_chunk(h, head, y)
+    assert len(exact_rows) == 1 and torch.equal(exact_rows[0], h[:1])  # only the overflowing row
+    logits = h.double() @ rows.double().t()
+    expected = torch.logsumexp(logits, dim=1) - logits[torch.arange(2), y]
+    assert torch.isfinite(nll).all() and torch.allclose(nll.double(), expected, atol=1e-5)
+    p = torch.softmax(logits, dim=1)
+    assert torch.allclose(grad.double(), p @ rows.double() - rows.double()[y], atol=1e-5)
