@@ -693,3 +693,30 @@ def test_sample_shifted_chunk_falls_back_where_the_sample_misses_the_maximum(mon
     assert torch.isfinite(nll).all() and torch.allclose(nll.double(), expected, atol=1e-5)
     p = torch.softmax(logits, dim=1)
     assert torch.allclose(grad.double(), p @ rows.double() - rows.double()[y], atol=1e-5)
+
+
+def test_tied_cross_entropy_chunks_rows_and_picks_the_path_by_the_rows_dtype(monkeypatch):
+    # fp32 rows: ceil(B / chunk) calls of the sample-shifted chunk on consecutive row blocks,
+    # never the max pass; bf16 rows: the max-shifted chunk; both equal the float64 loss
+    from newllm import phase2
+
+    gen = torch.Generator().manual_seed(1)
+    E, h, y = torch.randn(50, 8, generator=gen), torch.randn(7, 8, generator=gen), torch.randint(0, 50, (7,), generator=gen)
+    logits = h.double() @ E.double().t()
+    expected = (torch.logsumexp(logits, dim=1) - logits[torch.arange(7), y]).mean()
+    calls = {"sample": [], "max": []}
+    real_sample, real_max = phase2._sample_shifted_chunk, phase2._max_shifted_chunk
+    monkeypatch.setattr(phase2, "_sample_shifted_chunk", lambda h, head, y: calls["sample"].append(h) or real_sample(h, head, y))
+    monkeypatch.setattr(phase2, "_max_shifted_chunk", lambda h, head, y: calls["max"].append(h) or real_max(h, head, y))
+    loss = TiedCrossEntropy.apply(h, tied_head(E), y, 3)
+    assert [part.shape[0] for part in calls["sample"]] == [3, 3, 1] and not calls["max"]
+    assert torch.equal(torch.cat(calls["sample"]), h) and torch.isclose(loss.double(), expected, atol=1e-6)
+    calls["sample"].clear()
+    hidden = h.clone().requires_grad_(True)
+    loss = TiedCrossEntropy.apply(hidden, tied_head(E, "bf16"), y, 4)
+    loss.backward()
+    assert [part.shape[0] for part in calls["max"]] == [4, 3] and not calls["sample"]
+    assert torch.isclose(loss.double(), expected, rtol=2e-2)  # bf16 matmul operands: ~3 significant digits
+    p = torch.softmax(logits, dim=1)
+    exact_grad = (p @ E.double() - E.double()[y]) / 7
+    assert hidden.grad.dtype == torch.float32 and torch.allclose(hidden.grad.double(), exact_grad, atol=5e-3)
