@@ -34,7 +34,16 @@ from newllm.losses import phase1_loss
 from newllm.metrics import convergence_counts, effective_rank
 from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, accumulate_step, tied_head, train_phase2
+from newllm.phase2 import (
+    Phase2Config,
+    Split,
+    TiedCrossEntropy,
+    _max_shifted_chunk,
+    _sample_shifted_chunk,
+    accumulate_step,
+    tied_head,
+    train_phase2,
+)
 from newllm.runtime import resolve_device, resolve_precision
 from newllm.tokenizer import VOCAB_SIZE
 
@@ -223,6 +232,17 @@ def main() -> None:
         f"reference step (F.cross_entropy on full logits): {B / ref:,.0f} tok/s; fused step on the merged head alone "
         f"{B / fused:,.0f} tok/s "
         f"({ref / fused:.2f}x)"
+    )
+
+    # the loss of one chunk: the softmax shift from a sample of rows folded into the matmul
+    # (what float32 rows use) against the row maximum (bf16 rows, and the fallback)
+    h = block(cache[pos], token_input(stream, pos)).detach()[: cfg2.chunk_tokens]
+    ys = head.classes(y[: cfg2.chunk_tokens])
+    sample = _timeit(lambda: _sample_shifted_chunk(h, head, ys), device, args.repeats * 5, rounds=5)
+    rowmax = _timeit(lambda: _max_shifted_chunk(h, head, ys), device, args.repeats * 5, rounds=5)
+    print(
+        f"loss of one {h.shape[0]}-row chunk (two matmuls + softmax): sample shift {sample * 1e6:,.0f} us vs row-maximum "
+        f"shift {rowmax * 1e6:,.0f} us = {rowmax / sample:.2f}x (best of 5 rounds each)"
     )
 
     # --- 2. Phase 1 iteration: train_phase1 vs the c602e35 implementation, same shapes
