@@ -75,13 +75,14 @@ class TiedHead:
     def shift_rows(self) -> tuple[Tensor, Tensor]:
         """The rows that set a training chunk's softmax shift (:class:`TiedCrossEntropy`):
         the :data:`SHIFT_SAMPLE_ROWS` largest-norm rows and the 32 largest multiplicities,
-        as ``([K, d_e] rows, [K] ln multiplicity)`` float32.  Made once per head."""
-        rows = self.rows.float()
-        log_mult = self.log_mult if self.log_mult is not None else rows.new_zeros(rows.shape[0])
-        pick = rows.norm(dim=1).topk(min(SHIFT_SAMPLE_ROWS, rows.shape[0])).indices
+        as ``([K, d_e] rows, [K] ln multiplicity)`` float32 (columns of
+        :attr:`shifted_rows_t`).  Made once per head."""
+        aug = self.shifted_rows_t  # [d_e + 2, C]
+        d, C = aug.shape[0] - 2, aug.shape[1]
+        pick = aug[:d].norm(dim=0).topk(min(SHIFT_SAMPLE_ROWS, C)).indices
         if self.log_mult is not None:
-            pick = torch.cat([pick, log_mult.topk(min(32, rows.shape[0])).indices]).unique()
-        return rows[pick], log_mult[pick]
+            pick = torch.cat([pick, aug[d].topk(min(32, C)).indices]).unique()
+        return aug[:d, pick].t(), aug[d, pick]
 
     @cached_property
     def shifted_rows_t(self) -> Tensor:

@@ -65,6 +65,17 @@ def test_run_key_parses_the_contract_directory():
         run_key("results/s/tables/runs.csv")
 
 
+def _phase1_record(num_layers: int, ffn_layers: int, **summary) -> dict:
+    """A cvfp run's phase1/metrics.json: N_in 2, 17 iterations stopped by val_er, plus ``summary``."""
+    return {
+        "config": {
+            "model": {"num_input_tokens": 2, "num_layers": num_layers, "ffn_layers": ffn_layers, "activation": "gelu"},
+            "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"},
+        },
+        "summary": {"iterations": 17, "stopped_by": "val_er", **summary},
+    }
+
+
 def test_run_rows_maps_every_model_and_merges_cvfp_files():
     d = "results/s/runs"
     cvfp = f"{d}/cvfp/base/samples20_ctx16_seed1"
@@ -72,15 +83,7 @@ def test_run_rows_maps_every_model_and_merges_cvfp_files():
         f"{cvfp}/phase2/metrics.json": _metrics("cvfp", seed=1),
         f"{d}/ngram/base/samples20_ctx0_seed0/lm/metrics.json": _metrics("ngram"),
     }
-    phase1 = {
-        f"{cvfp}/phase1/metrics.json": {
-            "config": {
-                "model": {"num_input_tokens": 2, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"},
-                "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"},
-            },
-            "summary": {"iterations": 17, "stopped_by": "val_er"},
-        }
-    }
+    phase1 = {f"{cvfp}/phase1/metrics.json": _phase1_record(num_layers=1, ffn_layers=1)}
     caches = {
         f"{cvfp}/context_cache/cache.json": {
             "method": "jacobi",
@@ -569,24 +572,18 @@ def test_run_rows_copies_every_phase1_cache_and_diagnostics_field():
         f"{d}/lstm/base/samples10_ctx16_seed0/lm/metrics.json": _metrics("lstm"),
     }
     phase1 = {
-        f"{cvfp}/phase1/metrics.json": {
-            "config": {
-                "model": {"num_input_tokens": 2, "num_layers": 3, "ffn_layers": 4, "activation": "gelu"},
-                "phase1": {"dist_reg_weight": 0.9, "diversity": "mcdl"},
-            },
-            "summary": {
-                "iterations": 17,
-                "stopped_by": "val_er",
-                "final_cvfp_loss": 0.01,
-                "final_diversity_loss": -0.5,
-                "train_convergence_rate": 0.93,
-                "train_convergence": 0.91,
-                "val_convergence_rate": 0.83,  # written before the validation -> dev rename
-                "val_convergence": 0.81,
-                "seconds": 12.5,
-                "tokens_per_s": 1000.0,
-            },
-        }
+        f"{cvfp}/phase1/metrics.json": _phase1_record(
+            num_layers=3,
+            ffn_layers=4,
+            final_cvfp_loss=0.01,
+            final_diversity_loss=-0.5,
+            train_convergence_rate=0.93,
+            train_convergence=0.91,
+            val_convergence_rate=0.83,  # written before the validation -> dev rename
+            val_convergence=0.81,
+            seconds=12.5,
+            tokens_per_s=1000.0,
+        )
     }
     caches = {
         f"{cvfp}/context_cache/cache.json": {
