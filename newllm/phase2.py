@@ -39,6 +39,8 @@ from newllm.model import TokenBlock, TokenInput
 from newllm.runtime import PRECISIONS, autocast
 from newllm.training import EarlyStopping, ResumableBatches, TrainResult, check_finite, config_from_dict
 
+HEAD_PAD_MULTIPLE = 64
+"""On CUDA the tied head's row count is padded to a multiple of this (:func:`tied_head`)."""
 SHIFT_SAMPLE_ROWS = 256
 """Largest-norm head rows whose logits set a training chunk's softmax shift (see
 :class:`TiedCrossEntropy`; any shift is exact, this one only avoids the max pass)."""
@@ -56,16 +58,25 @@ class TiedHead:
     top-1 hit (the raw ``z`` is compared).  Exact up to floating-point summation order;
     the vocabulary matmuls shrink by ``V/C`` (3.0× on the default corpus).
 
+    The head may end in ``pad`` zero rows that no id maps to, so that the vocabulary
+    matmuls' ``[c, C]`` logits have a row length that is a multiple of 64 (see
+    :func:`tied_head`); every chunk sets their logits to ``−inf``, so they add nothing to
+    the softmax, the gradient or the top-1 comparison.
+
     Attributes:
-        rows: ``[C, d_e]`` distinct rows, float32 or bfloat16 (the matmul dtype).
-        log_mult: ``[C]`` float32 ``ln`` of each row's multiplicity, or ``None`` when every
-            row is distinct (then ``rows`` is the embedding matrix itself, ``C = V``).
+        rows: ``[C, d_e]`` distinct rows (then ``pad`` zero rows), float32 or bfloat16
+            (the matmul dtype).
+        log_mult: ``[C]`` float32 ``ln`` of each row's multiplicity (0 for the padding
+            rows), or ``None`` when every row is distinct (then ``rows`` is the embedding
+            matrix itself, ``C = V``, plus any padding).
         class_of: ``[V]`` int64 row index of each token id, or ``None`` (identity).
+        pad: padding rows at the end of ``rows`` (``0``: none).
     """
 
     rows: Tensor
     log_mult: Tensor | None = None
     class_of: Tensor | None = None
+    pad: int = 0
 
     def classes(self, targets: Tensor) -> Tensor:
         """Row index of each target id: ``[B]`` int64 -> ``[B]`` int64."""
@@ -90,21 +101,44 @@ class TiedHead:
         without multiplicities) and a row of ones, so that ``[h, 1, −s] @ this`` is
         ``z_c + ln m_c − s`` in one matmul (:class:`TiedCrossEntropy`).  Made once per head."""
         rows = self.rows.float()
-        log_mult = self.log_mult if self.log_mult is not None else rows.new_zeros(rows.shape[0])
+        log_mult = self.log_mult.clone() if self.log_mult is not None else rows.new_zeros(rows.shape[0])
+        if self.pad:  # padding rows: z + ln m − s = −inf, so e^(…) = 0 (no 0·inf: ln m multiplies the 1 column)
+            log_mult[-self.pad :] = float("-inf")
         return torch.cat([rows.t(), log_mult[None, :], rows.new_ones(1, rows.shape[0])]).contiguous()
 
 
-def tied_head(embeddings: Tensor, precision: str = "fp32") -> TiedHead:
+def head_pad_multiple(device: torch.device) -> int:
+    """The default row multiple of the tied head on ``device``: :data:`HEAD_PAD_MULTIPLE`
+    on CUDA, 1 (no padding, results bit-identical to an unpadded head) elsewhere."""
+    return HEAD_PAD_MULTIPLE if device.type == "cuda" else 1
+
+
+def tied_head(embeddings: Tensor, precision: str = "fp32", pad_multiple: int | None = None) -> TiedHead:
     """The tied head of ``[V, d_e]`` float32 ``embeddings`` for ``precision``, made once
     per run: identical rows merged (:class:`TiedHead`), the rows kept float32 (``fp32``)
     or copied to bfloat16 (``bf16``).  :class:`TiedCrossEntropy` and
-    :func:`tied_token_nll` run their matmuls in the rows' dtype."""
+    :func:`tied_token_nll` run their matmuls in the rows' dtype.
+
+    ``pad_multiple``: zero rows are appended until the row count is a multiple of it
+    (:attr:`TiedHead.pad`); ``None`` = :func:`head_pad_multiple` of their device.  As
+    nanoGPT pads GPT-2's 50,257 ids to 50,304: on an H200 (torch 2.11, cuBLAS) the bf16
+    products ``[B, 768] @ [768, 50257]`` and ``[B, 50257] @ [50257, 768]``
+    ran at 49–139 TFLOP/s and at 50,304 columns at 652–767 (B = 1,024–8,192), so a
+    Phase 2 step ran 1.8–2.1× faster (benchmarks/gpu_study.py).  The loss, gradient and
+    top-1 hits are those of the unpadded head up to float32 summation order (tested).
+    """
     rows, class_of, counts = torch.unique(embeddings, dim=0, return_inverse=True, return_counts=True)
     if rows.shape[0] == embeddings.shape[0]:  # all distinct: the matrix itself, in its own order
         rows, log_mult, class_of = embeddings, None, None
     else:
         log_mult = counts.float().log()
-    return TiedHead(rows if precision == "fp32" else rows.to(PRECISIONS[precision]), log_mult, class_of)
+    if pad_multiple is None:
+        pad_multiple = head_pad_multiple(embeddings.device)
+    pad = -rows.shape[0] % pad_multiple
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros(pad, rows.shape[1])])
+        log_mult = None if log_mult is None else torch.cat([log_mult, log_mult.new_zeros(pad)])
+    return TiedHead(rows if precision == "fp32" else rows.to(PRECISIONS[precision]), log_mult, class_of, pad)
 
 
 def _as_head(head: TiedHead | Tensor) -> TiedHead:
@@ -112,9 +146,10 @@ def _as_head(head: TiedHead | Tensor) -> TiedHead:
     return head if isinstance(head, TiedHead) else TiedHead(head)
 
 
-def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor, pad: int = 0) -> tuple[Tensor, Tensor]:
     """float32 logits ``[c, C]`` of one chunk of ``[c, d_e]`` hidden states against the
-    head's ``rows`` and the target logits ``[c]`` (``targets`` are row indices).
+    head's ``rows`` and the target logits ``[c]`` (``targets`` are row indices); the last
+    ``pad`` columns (the head's padding rows) set to ``−inf``.
 
     float32 rows: ``hidden @ rowsᵀ`` and a gather.  bfloat16 rows: the matmul in bf16
     (fp32 accumulation, bf16 output: ~3 significant digits, ±0.03 at a logit of 8) cast to
@@ -124,11 +159,14 @@ def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor) -> tuple[Tensor
     """
     if rows.dtype == torch.float32:
         logits = hidden.float() @ rows.t()
-        return logits, logits.gather(1, targets[:, None]).squeeze(1)
-    h = hidden.to(rows.dtype)
-    logits = (h @ rows.t()).float()
-    target = (h.float() * rows[targets].float()).sum(dim=1)
-    logits.scatter_(1, targets[:, None], target[:, None])
+        target = logits.gather(1, targets[:, None]).squeeze(1)
+    else:
+        h = hidden.to(rows.dtype)
+        logits = (h @ rows.t()).float()
+        target = (h.float() * rows[targets].float()).sum(dim=1)
+        logits.scatter_(1, targets[:, None], target[:, None])
+    if pad:
+        logits[:, -pad:] = float("-inf")
     return logits, target
 
 
@@ -148,7 +186,7 @@ def _max_shifted_chunk(hidden: Tensor, head: TiedHead, y: Tensor) -> tuple[Tenso
     One pass over the logits: ``e = m·exp(z − max z)`` in place; ``Z = Σ e``;
     ``loss = max + log Z − z_y``; ``∂L/∂h = (e E) / Z − E[y]`` (softmax never divided out).
     """
-    logits, target = _chunk_logits(hidden, head.rows, y)  # [c, C] float32
+    logits, target = _chunk_logits(hidden, head.rows, y, head.pad)  # [c, C] float32
     top = logits.amax(dim=1)
     z = _shifted_exp(logits, top, head.log_mult).sum(dim=1)
     e_times_e = (logits.to(head.rows.dtype) @ head.rows).float()  # [c, d_e]
@@ -237,7 +275,7 @@ def tied_token_nll(hidden: Tensor, head: TiedHead | Tensor, targets: Tensor, chu
     with torch.no_grad():
         for s in range(0, hidden.shape[0], chunk_tokens):
             y = classes[s : s + chunk_tokens]
-            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], head.rows, y)  # [chunk, C] float32
+            logits, target = _chunk_logits(hidden[s : s + chunk_tokens], head.rows, y, head.pad)  # [chunk, C] float32
             top = logits.amax(dim=1)
             correct[s : s + chunk_tokens] = target >= top
             nll[s : s + chunk_tokens] = top + _shifted_exp(logits, top, head.log_mult).sum(dim=1).log() - target
@@ -301,15 +339,23 @@ def accumulate_step(
     chunk_tokens: int,
     precision: str = "fp32",
     head: TiedHead | None = None,
-) -> float:
+) -> Tensor:
     """Forward + backward of one training batch in micro-batches of ``micro`` tokens with
     gradient accumulation: the gradient equals that of the whole batch (each part's
     mean loss weighted by its share).  ``bf16``: the TokenBlock forward under autocast
     and the head's matmuls in bf16 (``head`` from :func:`tied_head`, made once per run;
-    default: made here); the loss stays float32.  Returns the batch's mean loss (nats)."""
+    default: made here); the loss stays float32.
+
+    Returns:
+        the batch's mean loss (nats) as a 0-dim tensor on the batch's device, float64
+        (float32 on ``mps``, which has no float64), not copied to the host: the trainer
+        reads a whole evaluation interval's losses with one host sync (issue 10), so a GPU
+        is not stalled after every step.  The value equals the float64 sum of the parts'
+        mean losses times their sizes over the batch size.
+    """
     head = tied_head(token_input.weight, precision) if head is None else head
     device = split.stream.device
-    total = 0.0
+    total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     n = positions.shape[0]
     for start in range(0, n, micro):
         pos = positions[start : start + micro]
@@ -318,7 +364,7 @@ def accumulate_step(
             hidden = block(ctx, x)  # [micro, d_e]
         loss = TiedCrossEntropy.apply(hidden, head, y, chunk_tokens)
         (loss * (pos.shape[0] / n)).backward()
-        total += float(loss.detach()) * pos.shape[0]
+        total += loss.detach().to(total.dtype) * pos.shape[0]
     return total / n
 
 
@@ -402,11 +448,11 @@ def _optimizer_step(
     on_oom,
     precision: str = "fp32",
     head: TiedHead | None = None,
-) -> tuple[float, int]:
+) -> tuple[Tensor, int]:
     """Forward/backward of one batch, redone in micro-batches of half the size with
     gradient accumulation (the same optimizer step) on out-of-memory, halving until it
-    fits.  Returns ``(mean loss in nats, micro-batch size in use)``; the step itself is
-    not taken (the caller checks the loss first)."""
+    fits.  Returns ``(mean loss in nats, a 0-dim tensor as from`` :func:`accumulate_step`
+    ``, micro-batch size in use)``; the step itself is not taken."""
     while True:
         optimizer.zero_grad(set_to_none=True)
         try:
@@ -458,6 +504,20 @@ def _phase2_summary(
     }
 
 
+def _interval_losses(pending: list[Tensor], step: int, run_name: str, last_finite: Any) -> list[float]:
+    """The losses (nats) of the steps ``step - len(pending) + 1 … step``, read from the
+    device with one host sync.
+
+    Raises:
+        TrainingDivergedError: naming the first step whose loss is NaN/Inf (the steps after
+            it ran on diverged weights and are discarded with the run).
+    """
+    values = torch.stack(pending).tolist()
+    for offset, value in enumerate(values):
+        check_finite(value, f"Phase 2 {run_name}, step {step - len(values) + 1 + offset}", last_finite)
+    return values
+
+
 def _dev_evaluation(block, token_input, dev, cfg, precision, head, n, losses, epoch, optimizer) -> dict[str, Any]:
     """One history record: the dev evaluation after ``n["step"]`` steps (its seconds added to
     ``n["eval_seconds"]``), the mean training loss of the steps since the last one
@@ -504,8 +564,10 @@ def train_phase2(
 
     Loop (one optimizer step each): next shuffled batch → forward/backward
     (:func:`_optimizer_step`, micro-batched on out-of-memory, ``on_oom`` called with each
-    new micro-batch size) → finite check → clip → step → every ``eval_every`` steps: dev
-    evaluation, early-stopping update, annealing, checkpoint.  The block ends with the
+    new micro-batch size) → clip → step → every ``eval_every`` steps: the interval's
+    losses read with one host sync (a NaN/Inf raises, naming its step), dev
+    evaluation, early-stopping update, annealing, checkpoint.  On CUDA, Adam is the fused
+    single-kernel one (same update rule).  The block ends with the
     best step's weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold
     everything the next step reads, so a killed run resumes to identical numbers.
 
@@ -527,7 +589,8 @@ def train_phase2(
         TrainingDivergedError: a NaN/Inf loss.
     """
     head = tied_head(token_input.weight, precision)  # once per run: identical rows merged, bf16 rows for bf16
-    optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate)
+    fused = True if train.stream.device.type == "cuda" else None  # CPU: torch's default, results unchanged
+    optimizer = torch.optim.Adam(block.parameters(), lr=cfg.learning_rate, fused=fused)
     stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
     batches = _Batches(train.targets, cfg.batch_size, seed, train.stream.device)
     state = TrainState(block, optimizer, stopper)
@@ -537,25 +600,25 @@ def train_phase2(
         n.update({k: resumed[k] for k in ("step", "tokens", "train_seconds", "eval_seconds")})
         n["resumed_from_step"] = resumed["step"]
         batches.restore(resumed["batches"], state.extra_tensors["epoch_rng"])
-    losses: list[float] = []
+    pending: list[Tensor] = []  # the steps' losses since the last evaluation, on the device
     block.train()
     t0 = time.perf_counter()
     while stopper.stopped_by is None:
         pos = batches.next()
         value, n["micro"] = _optimizer_step(block, token_input, train, pos, optimizer, n["micro"], cfg, on_oom, precision, head)
-        check_finite(value, f"Phase 2 {run_name}, step {n['step'] + 1}", state.history[-1:] or None)
         torch.nn.utils.clip_grad_norm_(block.parameters(), cfg.grad_clip)
         optimizer.step()
         n["step"] += 1
         n["tokens"] += pos.shape[0]  # an epoch's last batch may be short
-        losses.append(value)
+        pending.append(value)
         if on_batch is not None:
             on_batch(pos.shape[0])
         if n["step"] % cfg.eval_every and n["step"] < cfg.max_steps:
             continue
+        losses = _interval_losses(pending, n["step"], run_name, state.history[-1:] or None)  # one host sync
+        pending = []
         n["train_seconds"] += time.perf_counter() - t0
         record = _dev_evaluation(block, token_input, dev, cfg, precision, head, n, losses, batches.epoch, optimizer)
-        losses = []
         state.history.append(record)
         if on_eval is not None:
             on_eval(record)

@@ -285,6 +285,44 @@ def test_a_merged_bf16_head_keeps_the_multiplicities():
     assert correct.tolist() == [True, False]
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("shared", [0, 25])
+def test_a_padded_head_gives_the_loss_gradient_and_hits_of_the_unpadded_one(precision, shared):
+    # 60 ids (36 distinct rows with 25 shared) padded to 64 rows: the padding rows' logits
+    # are -inf in every chunk, so they never enter the softmax, the gradient or the top-1
+    # comparison -- even where every real logit is negative and a padding row's raw logit
+    # (0) would be the largest
+    E = _head_with_shared_rows(shared=shared) if shared else torch.randn(60, 6, generator=torch.Generator().manual_seed(3))
+    plain, padded = tied_head(E, precision), tied_head(E, precision, pad_multiple=64)
+    assert plain.pad == 0 and padded.pad == 64 - plain.rows.shape[0] and padded.rows.shape[0] == 64
+    assert torch.equal(padded.rows[: plain.rows.shape[0]], plain.rows) and not padded.rows[-padded.pad :].any()
+    assert tied_head(E, precision, pad_multiple=plain.rows.shape[0]).pad == 0
+    gen = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 60, (20,), generator=gen)
+    h = 3 * torch.randn(20, 6, generator=gen)
+    h[:5] = -10 * E[y[:5]] / E[y[:5]].norm(dim=1, keepdim=True)  # strongly negative logits for some rows
+    for chunk in (1, 7, 64):
+        results = []
+        for head in (plain, padded):
+            hidden = h.clone().requires_grad_(True)
+            loss = TiedCrossEntropy.apply(hidden, head, y, chunk)
+            loss.backward()
+            results.append((loss.detach(), hidden.grad, *tied_token_nll(h, head, y, chunk)))
+        (l1, g1, n1, c1), (l2, g2, n2, c2) = results
+        assert torch.allclose(l1, l2, rtol=1e-6) and torch.allclose(g1, g2, atol=1e-6)
+        assert torch.allclose(n1, n2, rtol=1e-6, atol=1e-6) and torch.equal(c1, c2)
+    assert torch.isfinite(padded.shifted_rows_t[:, : plain.rows.shape[0]]).all()
+    assert padded.shifted_rows_t[6, -padded.pad :].eq(float("-inf")).all()  # ln m row of the padding
+
+
+def test_the_head_is_padded_to_a_multiple_of_64_on_cuda_only():
+    from newllm.phase2 import head_pad_multiple
+
+    assert head_pad_multiple(torch.device("cuda")) == 64 and head_pad_multiple(torch.device("cpu")) == 1
+    assert tied_head(torch.randn(70, 4)).pad == 0  # CPU: results stay those of an unpadded head, bit for bit
+    assert tied_head(torch.randn(70, 4), pad_multiple=64).rows.shape == (128, 4)
+
+
 def test_tied_token_nll_counts_an_exact_tie_for_the_maximum_as_a_hit():
     E = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     nll, correct = tied_token_nll(torch.tensor([[3.0, 1.0]]), TiedHead(E), torch.tensor([1]), chunk_tokens=2)
@@ -321,7 +359,9 @@ def test_accumulated_micro_batches_give_the_whole_batchs_loss_and_gradient():
     block.zero_grad()
     reference = F.cross_entropy(tied_logits(block(cache[pos], token_input(stream, pos)), token_input.weight), stream[pos + 1])
     reference.backward()
-    assert loss == pytest.approx(reference.item(), rel=1e-6)
+    # a 0-dim float64 tensor, left on the device until the trainer reads an interval's losses
+    assert loss.shape == () and loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
 
 
@@ -643,7 +683,7 @@ def test_evaluation_runs_each_target_once_in_batches_and_chunks(monkeypatch):
     batches, chunks = [], []
     forward, chunk_logits = block.forward, phase2._chunk_logits
     block.forward = lambda ctx, x: batches.append(x.shape[0]) or forward(ctx, x)
-    monkeypatch.setattr(phase2, "_chunk_logits", lambda h, rows, y: chunks.append(h.shape[0]) or chunk_logits(h, rows, y))
+    monkeypatch.setattr(phase2, "_chunk_logits", lambda h, *rest: chunks.append(h.shape[0]) or chunk_logits(h, *rest))
     evaluate(block, token_input, Split(stream, cache), Phase2Config(eval_batch_size=4, chunk_tokens=3))
     assert batches == [4, 4, 2] and chunks == [3, 1, 3, 1, 2]
 
