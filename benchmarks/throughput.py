@@ -109,11 +109,11 @@ def precision_step_seconds(d_e: int, d_c: int, B: int, chunk: int, precision: st
         losses.append(accumulate_step(block, token_input, split, pos, B, chunk, precision, head))
         opt.step()
 
-    rows = head.rows  # [V, d_e]: random rows are all distinct
+    rows = head.rows  # [V, d_e]: random rows are all distinct (padded to a multiple of 64 on CUDA)
     h = torch.randn(B, d_e, device=device).to(rows.dtype)
-    g = torch.randn(B, V, device=device).to(rows.dtype)
+    g = torch.randn(B, rows.shape[0], device=device).to(rows.dtype)
     matmuls = _timeit(lambda: (h @ rows.t(), g @ rows), device, repeats)
-    return _timeit(step, device, repeats), matmuls, losses[0]
+    return _timeit(step, device, repeats), matmuls, float(losses[0])
 
 
 def precision_comparison(d_e: int, d_c: int, B: int, chunk: int, device, repeats: int) -> None:
