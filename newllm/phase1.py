@@ -100,6 +100,18 @@ def solve_cache(
     return outputs, info
 
 
+def fallback_message(info: dict[str, Any]) -> str | None:
+    """The warning for a :func:`solve_cache` result that fell back to the sequential
+    recurrence (its ``info["fallback_from"]``), or ``None`` when the first solve converged."""
+    failed = info.get("fallback_from")
+    if failed is None:
+        return None
+    return (
+        f"{failed['method']} did not reach tolerance {failed['tol']:.1e} in {failed['sweeps']} sweeps "
+        f"(residual {failed['residual']:.2e}): solved sequentially"
+    )
+
+
 def equal_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
     """Positions ``0..n-1`` in ``ceil(n / batch_size)`` consecutive batches of (nearly)
     equal size (sizes differ by at most one), so no batch is a 1-token remainder: ODCM and

@@ -10,6 +10,7 @@ from newllm.phase1 import (
     Phase1Config,
     TrainingDivergedError,
     equal_batches,
+    fallback_message,
     jacobi_sweep,
     solve_cache,
     start_stream,
@@ -80,6 +81,12 @@ def test_a_cache_that_does_not_converge_is_solved_sequentially_and_recorded():
     assert info["fallback_from"]["method"] == "jacobi" and info["fallback_from"]["converged"] is False
     assert info["fallback_from"]["sweeps"] == 3 and info["fallback_from"]["residual"] > 1e-12
     assert torch.equal(cache, exact)
+    # the export rule's warning names the failed method, tolerance, sweeps and residual
+    residual = info["fallback_from"]["residual"]
+    assert fallback_message(info) == (
+        f"jacobi did not reach tolerance 1.0e-12 in 3 sweeps (residual {residual:.2e}): solved sequentially"
+    )
+    assert fallback_message(solve_cache(block, token_input, stream, "sequential")[1]) is None
     with pytest.raises(ValueError, match="unknown context solver 'newton'"):
         solve_cache(block, token_input, stream, "newton")
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
-from newllm.phase1 import solve_cache
+from newllm.phase1 import fallback_message, solve_cache
 from newllm.pipeline import build_model, load_stream, start_run
 from newllm.script import run_script
 
@@ -36,16 +36,8 @@ def main(smk) -> None:
             cache_cfg["tolerance"],
             params["phase1"]["batch_size"],
         )
-        if "fallback_from" in info:
-            failed = info["fallback_from"]
-            log.warning(
-                "%s: %s did not reach tolerance %.1e in %d sweeps (max residual %.2e): solved sequentially",
-                split,
-                failed["method"],
-                cache_cfg["tolerance"],
-                failed["sweeps"],
-                failed["max_residual"],
-            )
+        if fallback_message(info):
+            log.warning("%s: %s", split, fallback_message(info))
         er = effective_rank(outputs[:, -1], seed=params["seed"])
         info.update(effective_rank=er, effective_rank_pct=100.0 * er / block.context_dim, tokens=int(stream.shape[0]))
         cache = outputs.cpu().numpy().astype(np.float32)
