@@ -62,7 +62,8 @@ def resolve_precision(name: str, device: torch.device, embed_dim: int | None = N
     ``auto`` -> what measures fastest on ``device`` at equal results: ``bf16`` on CUDA,
     ``fp32`` on the CPU and on ``mps`` (untested there).  On an H200 (torch 2.11) a whole
     Phase 2 step at batch 1,024 ran 2.33x / 1.41x the fp32 rate at d_e 768 / 256, with the
-    first step's loss within 1.2e-5 of fp32's (benchmarks/throughput.py ``--precision``).  On the 2-core AVX512-BF16 CPU of issue 10 a whole Phase 2 step in
+    first step's loss within 1.2e-5 of fp32's (benchmarks/throughput.py ``--precision``).
+    On the 2-core AVX512-BF16 CPU of issue 10 a whole Phase 2 step in
     bf16 ran 0.52x / 0.92x / 0.93x the fp32 rate at d_e 64 / 256 / 768 although its two
     vocabulary matmuls alone ran 1.2x / 1.8x / 2.6x: the fp32 <-> bf16 passes over the
     ``[chunk, V]`` logits cost what the matmuls save (benchmarks/throughput.py
