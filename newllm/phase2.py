@@ -122,11 +122,11 @@ def tied_head(embeddings: Tensor, precision: str = "fp32", pad_multiple: int | N
     ``pad_multiple``: zero rows are appended until the row count is a multiple of it
     (:attr:`TiedHead.pad`); ``None`` = :func:`head_pad_multiple` of their device.  As
     nanoGPT pads GPT-2's 50,257 ids to 50,304: on an H200 (torch 2.11, cuBLAS) the bf16
-    products ``[B, 768] @ [768, 50257]`` and ``[B, 50257] @ [50257, 768]``
-    ran at 49–139 TFLOP/s and at 50,304 columns at 652–767 (B = 1,024–8,192), and
+    products ``[B, 768] @ [768, 50257]`` and ``[B, 50257] @ [50257, 768]`` ran at
+    49–139 TFLOP/s and at 50,304 columns at 652–767 (B = 1,024–8,192), and
     ``train_phase2`` at batch 8,192 ran 1.8× faster in the same process (0.40M → 0.74M
-    tokens/s).  The loss, gradient and
-    top-1 hits are those of the unpadded head up to float32 summation order (tested).
+    tokens/s).  The loss, gradient and top-1 hits are those of the unpadded head up to
+    float32 summation order (tested).
     """
     rows, class_of, counts = torch.unique(embeddings, dim=0, return_inverse=True, return_counts=True)
     if rows.shape[0] == embeddings.shape[0]:  # all distinct: the matrix itself, in its own order
@@ -452,8 +452,9 @@ def _optimizer_step(
 ) -> tuple[Tensor, int]:
     """Forward/backward of one batch, redone in micro-batches of half the size with
     gradient accumulation (the same optimizer step) on out-of-memory, halving until it
-    fits.  Returns ``(mean loss in nats, a 0-dim tensor as from`` :func:`accumulate_step`
-    ``, micro-batch size in use)``; the step itself is not taken."""
+    fits.  Returns ``(loss, micro)``: the batch's mean loss (nats, a 0-dim tensor on the
+    device, as from :func:`accumulate_step`) and the micro-batch size in use; the step
+    itself is not taken."""
     while True:
         optimizer.zero_grad(set_to_none=True)
         try:
@@ -566,11 +567,11 @@ def train_phase2(
     Loop (one optimizer step each): next shuffled batch → forward/backward
     (:func:`_optimizer_step`, micro-batched on out-of-memory, ``on_oom`` called with each
     new micro-batch size) → clip → step → every ``eval_every`` steps: the interval's
-    losses read with one host sync (a NaN/Inf raises, naming its step), dev
-    evaluation, early-stopping update, annealing, checkpoint.  On CUDA, Adam is the fused
-    single-kernel one (same update rule).  The block ends with the
-    best step's weights.  Checkpoints (every ``checkpoint.every`` evaluations) hold
-    everything the next step reads, so a killed run resumes to identical numbers.
+    losses read with one host sync (a NaN/Inf raises, naming its step), dev evaluation,
+    early-stopping update, annealing, checkpoint.  On CUDA, Adam is the fused
+    single-kernel one (same update rule).  The block ends with the best step's weights.
+    Checkpoints (every ``checkpoint.every`` evaluations) hold everything the next step
+    reads, so a killed run resumes to identical numbers.
 
     ``precision`` (``fp32`` | ``bf16``, resolved by :func:`newllm.runtime.resolve_precision`):
     ``bf16`` runs the TokenBlock forward under ``torch.autocast`` and the tied head's two
