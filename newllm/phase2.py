@@ -147,7 +147,7 @@ def _as_head(head: TiedHead | Tensor) -> TiedHead:
     return head if isinstance(head, TiedHead) else TiedHead(head)
 
 
-def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor, pad: int = 0) -> tuple[Tensor, Tensor]:
+def _chunk_logits(hidden: Tensor, rows: Tensor, targets: Tensor, pad: int) -> tuple[Tensor, Tensor]:
     """float32 logits ``[c, C]`` of one chunk of ``[c, d_e]`` hidden states against the
     head's ``rows`` and the target logits ``[c]`` (``targets`` are row indices); the last
     ``pad`` columns (the head's padding rows) set to ``−inf``.

@@ -365,6 +365,21 @@ def test_accumulated_micro_batches_give_the_whole_batchs_loss_and_gradient():
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
 
 
+def test_one_part_batch_loss_is_the_float32_loss_exactly_and_intervals_name_the_bad_step():
+    from newllm.phase2 import _interval_losses, accumulate_step
+
+    block, token_input, stream, cache = _phase2_setup(n=30)
+    split, pos = Split(stream, cache), torch.tensor([3, 17, 0, 28, 9, 11, 4, 21, 5, 13])
+    value = accumulate_step(block, token_input, split, pos, micro=10, chunk_tokens=4)
+    ctx, x, y = split.batch(pos, token_input, block.num_layers, block.context_dim)
+    loss = TiedCrossEntropy.apply(block(ctx, x), tied_head(token_input.weight), y, 4)
+    assert value.item() == float(loss.detach())  # loss · 10 / 10 in float64 is exact; in float32 it need not be
+    pending = [torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.5, dtype=torch.float64)]
+    assert _interval_losses(pending, 12, "run", None) == [2.0, 1.5]
+    with pytest.raises(TrainingDivergedError, match=r"^Phase 2 run, step 12: non-finite loss nan; last finite values: x"):
+        _interval_losses([*pending, torch.tensor(float("nan"))][1:], 12, "run", "x")  # steps 11, 12
+
+
 def test_evaluation_reports_accuracy_and_perplexity_of_the_per_token_predictions():
     block, token_input, stream, cache = _phase2_setup(n=40)
     stream = torch.randint(0, 40, (40,), generator=torch.Generator().manual_seed(3))
