@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from throughput import _timeit  # benchmarks/ is on sys.path when run as a script
 
 from newllm.data import chitchat_json_path, chitchat_to_rows, sample_text
 from newllm.embeddings import random_embeddings, rescale_rows
@@ -69,16 +70,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def seconds(fn, device: torch.device, repeats: int = 10, warmup: int = 3) -> float:
-    """Mean seconds per call of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / repeats
+def seconds(fn, device: torch.device) -> float:
+    """Mean seconds per call of ``fn`` over 10 calls after 3 warm-up calls."""
+    return _timeit(fn, device, repeats=10, warmup=3)
 
 
 def peak_matmul_flops(device: torch.device, size: int) -> float:

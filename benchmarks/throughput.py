@@ -48,10 +48,12 @@ from newllm.runtime import PRECISIONS, resolve_device, resolve_precision
 from newllm.tokenizer import VOCAB_SIZE
 
 
-def _timeit(fn, device, repeats, rounds=1):
-    """Seconds per call of ``fn``: the mean over ``repeats`` calls, the best of ``rounds``
-    such means (``timeit.repeat``'s rule: the least disturbed round, for a limit)."""
-    fn()  # warm-up
+def _timeit(fn, device, repeats, rounds=1, warmup=1):
+    """Seconds per call of ``fn``: the mean over ``repeats`` calls after ``warmup`` calls,
+    the best of ``rounds`` such means (``timeit.repeat``'s rule: the least disturbed
+    round, for a limit)."""
+    for _ in range(warmup):
+        fn()
     best = float("inf")
     for _ in range(rounds):
         if device.type == "cuda":

@@ -220,16 +220,24 @@ def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
     assert np.allclose(np.log(cvfp["ppl"]), 9.0 - 0.3 * np.log(cvfp["tokens"]))
 
 
-def test_fit_table_groups_runs():
-    tokens = np.array([1e4, 2e4, 4e4])
-    runs = pd.DataFrame(
+SIZES = np.array([1e4, 2e4, 4e4])
+
+
+def _two_group_runs(context_dims: tuple[int, int], ppl_first, ppl_second) -> pd.DataFrame:
+    """Runs of one variant at two context_dims, each at the three :data:`SIZES`."""
+    return pd.DataFrame(
         {
             "variant": ["base"] * 6,
-            "context_dim": [64] * 3 + [128] * 3,
-            "train_tokens": np.r_[tokens, tokens],
-            "val_ppl": np.r_[1e4 * tokens**-0.3, 2e4 * tokens**-0.4],
+            "context_dim": [context_dims[0]] * 3 + [context_dims[1]] * 3,
+            "train_tokens": np.r_[SIZES, SIZES],
+            "val_ppl": np.r_[ppl_first, ppl_second],
         }
     )
+
+
+def test_fit_table_groups_runs():
+    tokens = SIZES
+    runs = _two_group_runs((64, 128), 1e4 * tokens**-0.3, 2e4 * tokens**-0.4)
     table = fit_table(runs, ["variant", "context_dim"]).set_index("context_dim")
     assert table.loc[64, "alpha"] == pytest.approx(-0.3)
     assert table.loc[128, "A"] == pytest.approx(2e4)
@@ -512,15 +520,8 @@ def test_fit_points_sorts_groups_keeps_two_size_groups_and_uses_the_targets():
 
 
 def test_fit_table_sorts_groups_and_checks_each_ppl():
-    tokens = np.array([1e4, 2e4, 4e4])
-    runs = pd.DataFrame(
-        {
-            "variant": ["base"] * 6,
-            "context_dim": [128] * 3 + [64] * 3,
-            "train_tokens": np.r_[tokens, tokens],
-            "val_ppl": np.r_[4e4 / tokens, 1e4 * tokens**-0.3],  # 4, 2, 1: a PPL of 1 is a perfect model
-        }
-    )
+    tokens = SIZES
+    runs = _two_group_runs((128, 64), 4e4 / tokens, 1e4 * tokens**-0.3)  # 4, 2, 1: a PPL of 1 is a perfect model
     table = fit_table(runs, ["variant", "context_dim"])
     assert list(table["context_dim"]) == [64, 128]
     assert table["alpha"].tolist() == pytest.approx([-0.3, -1.0]) and table["A"].iloc[1] == pytest.approx(4e4)

@@ -36,8 +36,9 @@ def main(smk) -> None:
             cache_cfg["tolerance"],
             params["phase1"]["batch_size"],
         )
-        if fallback_message(info):
-            log.warning("%s: %s", split, fallback_message(info))
+        fallback = fallback_message(info)
+        if fallback:
+            log.warning("%s: %s", split, fallback)
         er = effective_rank(outputs[:, -1], seed=params["seed"])
         info.update(effective_rank=er, effective_rank_pct=100.0 * er / block.context_dim, tokens=int(stream.shape[0]))
         cache = outputs.cpu().numpy().astype(np.float32)
