@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from newllm.metrics import effective_rank
-from newllm.model import ContextBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 from newllm.solvers import StreamMap, fixed_point_residual, get_solver
 from newllm.tokenizer import EOT_ID, VOCAB_SIZE
 
@@ -196,7 +196,7 @@ def main() -> None:
     for d_c in args.context_dims:
         for kind in args.blocks:
             torch.manual_seed(0)
-            block = ContextBlock(d_c, token_input.output_dim)
+            block = ContextBlock(ModelConfig(d_c, token_input.embed_dim, token_input.num_input_tokens))
             init_weights(block)
             block.eval()
             print(f"d_c {d_c}, {kind} block")

@@ -53,7 +53,7 @@ from throughput import _timeit  # benchmarks/ is on sys.path when run as a scrip
 
 from newllm.data import chitchat_json_path, chitchat_to_rows, sample_text
 from newllm.embeddings import random_embeddings, rescale_rows
-from newllm.model import TokenInput, build_blocks
+from newllm.model import ModelConfig, TokenInput, build_blocks
 from newllm.phase1 import Phase1Config, solve_cache, train_phase1
 from newllm.phase2 import Phase2Config, Split, accumulate_step, tied_head, train_phase2
 from newllm.runtime import PRECISIONS, resolve_device, resolve_precision, seed_everything
@@ -229,7 +229,7 @@ def one_config(d_c, n_in, E, stream, dev, small, args, precision, device) -> dic
     token_input = TokenInput(E, n_in).to(device)
     model = {"context_dim": d_c, "num_input_tokens": n_in, "num_layers": 1, "ffn_layers": 1, "activation": "relu"}
     torch.manual_seed(0)
-    context_block, token_block = build_blocks(model, E.shape[1])
+    context_block, token_block = build_blocks(ModelConfig.from_dict(model, E.shape[1]))
     context_block, token_block = context_block.to(device), token_block.to(device)
     out = {"context_dim": d_c, "num_input_tokens": n_in}
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from newllm.losses import phase1_loss
 from newllm.metrics import convergence_counts, effective_rank
-from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
 from newllm.phase2 import (
     Phase2Config,
@@ -99,7 +99,7 @@ def precision_step_seconds(d_e: int, d_c: int, B: int, chunk: int, precision: st
     E = (torch.randn(V, d_e) / d_e**0.5).to(device)
     token_input = TokenInput(E).to(device)
     head = tied_head(token_input.weight, precision)  # once per run, as train_phase2 does
-    block = TokenBlock(d_c, d_e, d_e).to(device)
+    block = TokenBlock(ModelConfig(d_c, d_e)).to(device)
     init_weights(block)
     split = Split(torch.randint(0, V, (n,), device=device), torch.randn(n, 1, d_c, device=device))
     pos = torch.randint(0, n - 1, (B,), device=device)
@@ -193,7 +193,7 @@ def main() -> None:
     limit = limits[V]
 
     # --- 1. Phase 2 in the trainer, gathering from a cache, with and without dev evaluation
-    block = TokenBlock(d_c, d_e, d_e).to(device)
+    block = TokenBlock(ModelConfig(d_c, d_e)).to(device)
     init_weights(block)
     cache, dev_cache = torch.randn(args.tokens, 1, d_c, device=device), torch.randn(args.dev_tokens, 1, d_c, device=device)
     cfg = Phase2Config(
@@ -255,9 +255,9 @@ def main() -> None:
     # --- 2. Phase 1 iteration: train_phase1 vs the c602e35 implementation, same shapes
     cfg1 = Phase1Config(max_iterations=args.iterations, min_iterations=args.iterations, stop_convergence_rate=1.1)
     torch.manual_seed(0)
-    new_block = ContextBlock(d_c, d_e).to(device)
+    new_block = ContextBlock(ModelConfig(d_c, d_e)).to(device)
     init_weights(new_block)
-    old_block = ContextBlock(d_c, d_e).to(device)
+    old_block = ContextBlock(ModelConfig(d_c, d_e)).to(device)
     old_block.load_state_dict(new_block.state_dict())
     result = train_phase1(new_block, token_input, stream, cfg1, val_stream=dev)
     new_rate = sorted(r["tokens_per_s"] for r in result.history[1:])[len(result.history[1:]) // 2]

@@ -9,11 +9,62 @@ passed in as a tensor and never becomes a trained parameter.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of both blocks (SPEC §3): one config for ContextBlock and TokenBlock.
+
+    ``num_input_tokens``, ``num_layers``, ``ffn_layers`` and ``activation`` are the
+    ``model`` section of ``config/schema.yaml`` (same defaults; a test checks they
+    agree); ``context_dim`` is the run's wildcard and ``embed_dim`` the width of the
+    frozen embeddings, so neither has a default.
+
+    Raises:
+        ValueError: a dimension or count below 1, ``ffn_layers`` not 1 or 2, or an
+        ``activation`` not in :data:`ACTIVATIONS`, naming the bad value.
+    """
+
+    context_dim: int
+    embed_dim: int
+    num_input_tokens: int = 1
+    num_layers: int = 1
+    ffn_layers: int = 1
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        _check_positive(
+            context_dim=self.context_dim,
+            embed_dim=self.embed_dim,
+            num_input_tokens=self.num_input_tokens,
+            num_layers=self.num_layers,
+        )
+        if self.ffn_layers not in (1, 2):
+            raise ValueError(f"ffn_layers must be 1 or 2, got {self.ffn_layers}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of {sorted(ACTIVATIONS)}")
+
+    @property
+    def token_input_dim(self) -> int:
+        """``N_in · d_e``: the width of ``x̃_t``."""
+        return self.num_input_tokens * self.embed_dim
+
+    @classmethod
+    def from_dict(cls, model_cfg: dict[str, Any], embed_dim: int) -> ModelConfig:
+        """From a run's resolved ``model`` section (``context_dim``, ``num_input_tokens``,
+        ``num_layers``, ``ffn_layers``, ``activation``; other keys are ignored) and
+        ``embed_dim``.  Raises ``KeyError`` for a missing key."""
+        keys = ("context_dim", "num_input_tokens", "num_layers", "ffn_layers")
+        return cls(embed_dim=int(embed_dim), activation=model_cfg["activation"], **{k: int(model_cfg[k]) for k in keys})
 
 
 class TokenInput(nn.Module):
@@ -115,33 +166,35 @@ class ContextLayer(nn.Module):
         return self.norm(context + self.ffn(torch.cat([context, token_input], dim=-1)))
 
 
-class ContextBlock(nn.Module):
+class _LayerStack(nn.Module):
+    """What both blocks share: their :class:`ModelConfig` and ``L`` layers in order."""
+
+    def __init__(self, config: ModelConfig, layers: Iterable[nn.Module]) -> None:
+        super().__init__()
+        self.config = config
+        self.context_dim = config.context_dim
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+
+class ContextBlock(_LayerStack):
     """The recurrent map ``c_t = F(c_{t-1}, x̃_t)`` of ``L`` ContextLayers (SPEC §3).
 
     Layer 0 reads the previous token's final context; layer ``l > 0`` reads layer
     ``l-1``'s output; every layer reads ``x̃_t``.  All per-layer outputs are returned
     because the TokenBlock is E-wired to them.
 
-    Raises:
-        ValueError: a non-positive dimension or ``num_layers < 1``.
+    Args:
+        config: the blocks' shape; ``d_c`` = ``config.context_dim``, input
+            ``config.token_input_dim`` = ``N_in·d_e``, ``config.num_layers`` layers.
     """
 
-    def __init__(
-        self,
-        context_dim: int,
-        token_input_dim: int,
-        num_layers: int = 1,
-        ffn_layers: int = 1,
-        activation: str = "gelu",
-    ) -> None:
-        super().__init__()
-        _check_positive(context_dim=context_dim, token_input_dim=token_input_dim, num_layers=num_layers)
-        self.context_dim = context_dim
-        self.layers = nn.ModuleList(ContextLayer(context_dim, token_input_dim, ffn_layers, activation) for _ in range(num_layers))
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def __init__(self, config: ModelConfig) -> None:
+        layer = (config.context_dim, config.token_input_dim, config.ffn_layers, config.activation)
+        super().__init__(config, (ContextLayer(*layer) for _ in range(config.num_layers)))
 
     def forward(self, context: Tensor, token_input: Tensor) -> Tensor:
         """Args: ``context`` ``[B, d_c]``, ``token_input`` ``[B, N_in·d_e]``.
@@ -169,32 +222,19 @@ class TokenLayer(nn.Module):
         return self.norm(self.residual(hidden) + self.ffn(torch.cat([context, hidden], dim=-1)))
 
 
-class TokenBlock(nn.Module):
+class TokenBlock(_LayerStack):
     """``L`` TokenLayers, E-wired: layer ``l`` reads ContextBlock layer ``l``'s output (SPEC §3).
 
     ``h_0 = x̃_t`` (``N_in·d_e``); every layer outputs ``d_e`` so the tied head applies.
+
+    Args:
+        config: the blocks' shape (the same :class:`ModelConfig` as the ContextBlock's).
     """
 
-    def __init__(
-        self,
-        context_dim: int,
-        token_input_dim: int,
-        embed_dim: int,
-        num_layers: int = 1,
-        ffn_layers: int = 1,
-        activation: str = "gelu",
-    ) -> None:
-        super().__init__()
-        _check_positive(context_dim=context_dim, token_input_dim=token_input_dim, embed_dim=embed_dim, num_layers=num_layers)
-        dims = [token_input_dim] + [embed_dim] * num_layers
-        self.context_dim = context_dim
-        self.layers = nn.ModuleList(
-            TokenLayer(context_dim, dims[i], dims[i + 1], ffn_layers, activation) for i in range(num_layers)
-        )
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def __init__(self, config: ModelConfig) -> None:
+        dims = [config.token_input_dim] + [config.embed_dim] * config.num_layers
+        layer = (config.ffn_layers, config.activation)
+        super().__init__(config, (TokenLayer(config.context_dim, *dims[i : i + 2], *layer) for i in range(config.num_layers)))
 
     def forward(self, contexts: Tensor, token_input: Tensor) -> Tensor:
         """Args: ``contexts`` ``[B, L, d_c]`` (ContextBlock layer outputs), ``token_input`` ``[B, N_in·d_e]``.
@@ -227,20 +267,11 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_blocks(model_cfg: dict, embed_dim: int) -> tuple[ContextBlock, TokenBlock]:
-    """Build both blocks from a resolved ``model`` config section (initialised per SPEC §3).
-
-    Keys: ``context_dim``, ``num_input_tokens``, ``num_layers``, ``ffn_layers``,
-    ``activation``.  Call ``torch.manual_seed`` first for a reproducible init.
-    """
-    token_input_dim = int(model_cfg["num_input_tokens"]) * embed_dim
-    kwargs = dict(
-        num_layers=int(model_cfg["num_layers"]),
-        ffn_layers=int(model_cfg["ffn_layers"]),
-        activation=model_cfg["activation"],
-    )
-    context_block = ContextBlock(int(model_cfg["context_dim"]), token_input_dim, **kwargs)
-    token_block = TokenBlock(int(model_cfg["context_dim"]), token_input_dim, embed_dim, **kwargs)
+def build_blocks(config: ModelConfig) -> tuple[ContextBlock, TokenBlock]:
+    """The one factory of both blocks, initialised per SPEC §3: ContextBlock first, then
+    TokenBlock, from torch's global RNG (call ``torch.manual_seed`` first for a
+    reproducible init).  A run's dict config goes through :meth:`ModelConfig.from_dict`."""
+    context_block, token_block = ContextBlock(config), TokenBlock(config)
     init_weights(context_block)
     init_weights(token_block)
     return context_block, token_block

@@ -12,7 +12,7 @@ import torch
 from newllm.checkpoint import CheckpointSpec, fingerprint
 from newllm.data import read_stream
 from newllm.io import write_csv, write_json
-from newllm.model import ContextBlock, TokenBlock, TokenInput, build_blocks
+from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, build_blocks
 from newllm.runtime import get_logger, load_weights, provenance, resolve_device, resolve_precision, seed_everything
 
 CACHE_IN_MEMORY_BYTES = 4 << 30
@@ -53,7 +53,7 @@ def build_model(
     every script): initialised per SPEC §3 from ``torch.manual_seed(params["seed"])``, the
     ContextBlock loaded from ``context_weights`` when given, both on ``device``."""
     torch.manual_seed(params["seed"])
-    context_block, token_block = build_blocks(params["model"], token_input.embed_dim)
+    context_block, token_block = build_blocks(ModelConfig.from_dict(params["model"], token_input.embed_dim))
     if context_weights is not None:
         context_block.load_state_dict(load_weights(context_weights))
     return context_block.to(device), token_block.to(device)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights, tied_logits
+from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, build_blocks, tied_logits
 from newllm.solvers import unroll
 from newllm.tokenizer import EOT_ID
 from newllm.training import config_from_dict
@@ -347,19 +347,14 @@ def verdict(summary: dict[str, Any], collapse: dict[str, Any]) -> str:
 
 
 def make_trainer_factory(model_cfg: dict[str, Any], embeddings: Tensor, cfg: RepetitionConfig, seed: int, device: torch.device):
-    """``factory(k)`` builds a freshly initialised trainer seeded by ``seed + k`` (same
-    ContextBlock/TokenBlock classes and init as the main pipeline)."""
+    """``factory(k)`` builds a freshly initialised trainer seeded by ``seed + k`` (blocks from
+    :func:`newllm.model.build_blocks`, the main pipeline's factory)."""
     token_input = TokenInput(embeddings, int(model_cfg["num_input_tokens"])).to(device)
+    config = ModelConfig.from_dict(model_cfg, token_input.embed_dim)
 
     def factory(k: int) -> RepetitionTrainer:
         torch.manual_seed(seed + k)
-        kwargs = dict(
-            num_layers=int(model_cfg["num_layers"]), ffn_layers=int(model_cfg["ffn_layers"]), activation=model_cfg["activation"]
-        )
-        block = ContextBlock(int(model_cfg["context_dim"]), token_input.output_dim, **kwargs)
-        token_block = TokenBlock(int(model_cfg["context_dim"]), token_input.output_dim, token_input.embed_dim, **kwargs)
-        init_weights(block)
-        init_weights(token_block)
+        block, token_block = build_blocks(config)
         return RepetitionTrainer(block.to(device), token_input, cfg, token_block.to(device))
 
     return factory

@@ -9,6 +9,7 @@ import torch
 from newllm.analysis import SUMMARY_COLUMNS
 from newllm.baselines.models import (
     LSTMLM,
+    TransformerConfig,
     TransformerLM,
     cvfp_parameter_target,
     match_lstm,
@@ -158,12 +159,13 @@ def test_parameter_matching_within_ten_percent(context_dim, embed_dim):
     assert count_parameters(LSTMLM(embeddings, lstm.size)) == lstm.parameters
     tf = match_transformer(target, embed_dim, num_layers=2, num_heads=2, block_size=64)
     assert abs(tf.relative_gap) <= 0.1 and tf.size % 2 == 0
-    assert count_parameters(TransformerLM(embeddings, tf.size, num_layers=2, num_heads=2, block_size=64)) == tf.parameters
+    transformer = TransformerLM(embeddings, TransformerConfig(tf.size, num_layers=2, num_heads=2, block_size=64))
+    assert count_parameters(transformer) == tf.parameters
 
 
 @pytest.mark.parametrize("width", [16, 24])  # 16 == d_e: no input projection
 def test_transformer_parameter_formula(width):
-    model = TransformerLM(torch.zeros(10, 16), width, num_layers=1, num_heads=4, block_size=8)
+    model = TransformerLM(torch.zeros(10, 16), TransformerConfig(width, num_layers=1, num_heads=4, block_size=8))
     assert count_parameters(model) == TransformerLM.parameter_count(16, width, 1, 8)
 
 
@@ -216,7 +218,7 @@ def _build(kind, embeddings, seed):
     torch.manual_seed(seed)
     if kind == "lstm":
         return LSTMLM(embeddings, 24)
-    return TransformerLM(embeddings, 24, num_layers=1, num_heads=2, block_size=16)
+    return TransformerLM(embeddings, TransformerConfig(24, num_layers=1, num_heads=2, block_size=16))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "transformer"])
@@ -601,24 +603,26 @@ def test_neural_baselines_reject_bad_sizes():
         LSTMLM(emb, 0)
     with pytest.raises(ValueError, match="embeddings"):
         LSTMLM(torch.zeros(2, 10, 8), 4)
+    shape = {"width": 8, "num_layers": 2, "num_heads": 2, "block_size": 8}
     with pytest.raises(ValueError, match="embeddings"):
-        TransformerLM(torch.zeros(10), 8)
-    for kwargs in ({"width": 0}, {"num_layers": 0}, {"num_heads": 0}, {"block_size": 0}):
-        with pytest.raises(ValueError, match=f"{next(iter(kwargs))} must be >= 1"):
-            TransformerLM(emb, **({"width": 8} | kwargs))
-    with pytest.raises(ValueError, match="divisible"):
-        TransformerLM(emb, 6, num_heads=4)
+        TransformerLM(torch.zeros(10), TransformerConfig(**shape))
+    for key in shape:
+        with pytest.raises(ValueError, match=f"transformer {key} must be >= 1, got 0"):
+            TransformerConfig(**(shape | {key: 0}))
+    with pytest.raises(ValueError, match="transformer width 6 is not divisible by num_heads 4"):
+        TransformerConfig(**(shape | {"width": 6, "num_heads": 4}))
     for stride in (-1, 9):
-        with pytest.raises(ValueError, match="eval_stride"):
-            TransformerLM(emb, 8, block_size=8, eval_stride=stride)
+        with pytest.raises(ValueError, match=f"eval_stride must be in 1..block_size=8, got {stride}"):
+            TransformerConfig(**shape, eval_stride=stride)
     # the stride may be the whole block (non-overlapping windows); none: half the block, at least 1
-    assert TransformerLM(emb, 8, block_size=8, eval_stride=8).eval_stride == 8
-    assert TransformerLM(emb, 8, block_size=8).eval_stride == 4
-    assert TransformerLM(emb, 8, block_size=1).eval_stride == 1
-    default = TransformerLM(emb, 8)  # 2 layers of 2 heads over 64 tokens, stride 32
-    assert (len(default.blocks), default.blocks[0].attn.num_heads, default.block_size, default.eval_stride) == (2, 2, 64, 32)
+    assert TransformerLM(emb, TransformerConfig(**shape, eval_stride=8)).eval_stride == 8
+    assert TransformerLM(emb, TransformerConfig(**shape)).eval_stride == 4
+    assert TransformerLM(emb, TransformerConfig(**(shape | {"block_size": 1}))).eval_stride == 1
+    model = TransformerLM(emb, TransformerConfig(8, num_layers=2, num_heads=2, block_size=64))
+    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.block_size, model.eval_stride) == (2, 2, 64, 32)
+    assert model.drop.p == 0.0  # no dropout unless configured
     assert LSTMLM(emb, 1).hidden_size == 1  # the smallest LSTM
-    model = TransformerLM(emb, 8, block_size=4)
+    model = TransformerLM(emb, TransformerConfig(8, num_layers=2, num_heads=2, block_size=4))
     assert model(torch.zeros(2, 4, dtype=torch.long))[0].shape == (2, 4, 8)  # a full block is fine
     with pytest.raises(ValueError, match="exceeds block_size"):
         model(torch.zeros(1, 5, dtype=torch.long))
@@ -636,14 +640,15 @@ def test_parameter_counts_by_hand_and_frozen_embeddings():
     # block 12·64 + 13·8 = 872, readout 8·4 + 4 + 2·4 = 44 -> 980; W = d_e = 8: no input layer
     assert TransformerLM.parameter_count(4, 8, 1, 3) == 980
     assert TransformerLM.parameter_count(8, 8, 1, 3) == 24 + 872 + 8 * 8 + 24
-    model = TransformerLM(torch.zeros(5, 4), 8, num_layers=1, num_heads=2, block_size=3)
+    model = TransformerLM(torch.zeros(5, 4), TransformerConfig(8, num_layers=1, num_heads=2, block_size=3))
     assert count_parameters(model) == 980 and "embeddings" not in model.state_dict()
-    assert isinstance(TransformerLM(torch.zeros(5, 8), 8, num_layers=1).input, torch.nn.Identity)
+    same_width = TransformerConfig(8, num_layers=1, num_heads=2, block_size=4)
+    assert isinstance(TransformerLM(torch.zeros(5, 8), same_width).input, torch.nn.Identity)
 
 
 def test_transformer_init_is_nanogpt():
     torch.manual_seed(0)
-    model = TransformerLM(torch.zeros(10, 32), 64, num_layers=2, num_heads=2, block_size=64)
+    model = TransformerLM(torch.zeros(10, 32), TransformerConfig(64, num_layers=2, num_heads=2, block_size=64))
     stds = {name: float(p.detach().std()) for name, p in model.named_parameters()}
     for name, p in model.named_parameters():
         if "ln" in name or name.startswith("readout.1"):  # LayerNorms keep weight 1, bias 0
@@ -699,7 +704,7 @@ def test_dropout_acts_in_training_only(kind):
         torch.manual_seed(0)
         if kind == "lstm":
             return LSTMLM(emb, 16, dropout=dropout)
-        return TransformerLM(emb, 16, num_layers=1, num_heads=2, block_size=8, dropout=dropout)
+        return TransformerLM(emb, TransformerConfig(16, num_layers=1, num_heads=2, block_size=8, dropout=dropout))
 
     plain, dropped = build(0.0).eval(), build(0.5).eval()
     with torch.no_grad():
@@ -719,7 +724,7 @@ def test_transformer_stream_scores_each_target_with_the_first_window_that_reache
     # first start s with s + T > i
     emb = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    model = TransformerLM(emb, 16, num_layers=1, num_heads=2, block_size=8, eval_stride=stride).eval()
+    model = TransformerLM(emb, TransformerConfig(16, num_layers=1, num_heads=2, block_size=8, eval_stride=stride)).eval()
     stream = torch.randint(0, 20, (length,), generator=torch.Generator().manual_seed(1))
     M, T = length - 1, min(8, length - 1)
     hidden = model.stream_hidden(stream)
@@ -780,7 +785,7 @@ def test_transformer_forward_adds_positions_then_runs_the_blocks_and_the_readout
 
     torch.manual_seed(0)
     emb = torch.randn(20, 8)
-    model = TransformerLM(emb, 16, num_layers=2, num_heads=2, block_size=8).eval()
+    model = TransformerLM(emb, TransformerConfig(16, num_layers=2, num_heads=2, block_size=8)).eval()
     tokens = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]])
     with torch.no_grad():
         x = model.input(embed(emb, tokens)) + model.position.weight[:6]

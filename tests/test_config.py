@@ -6,7 +6,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from newllm.config import ConfigError, check_config, load_schema, resolve_variant
+from newllm.config import ConfigError, check_config, load_schema, resolve_variant, section_defaults
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,6 @@ def test_trainer_dataclasses_are_the_schema_sections(schema, section, cls_path):
     import dataclasses
     import importlib
 
-    from newllm.config import section_defaults
     from newllm.metrics import ER_MAX_ROWS
 
     module, name = cls_path.rsplit(".", 1)
@@ -200,16 +199,26 @@ def _leaf_defaults(node):
 
 
 def test_schema_defaults_and_the_other_config_dataclasses_agree(schema):
-    # repetition -> RepetitionConfig; baselines.early_stopping + baselines.lstm -> NeuralTrainConfig
+    # model -> ModelConfig; baselines.transformer -> TransformerConfig; repetition -> RepetitionConfig;
+    # baselines.early_stopping + baselines.lstm -> NeuralTrainConfig
     # (whose defaults are the LSTM's); embeddings.bigram -> BigramConfig is tested in test_embeddings.py
     import dataclasses
 
     import torch
 
-    from newllm.baselines.models import SEQ_LEN_KEY
+    from newllm.baselines.models import SEQ_LEN_KEY, TransformerConfig
     from newllm.baselines.training import NeuralTrainConfig
+    from newllm.model import ModelConfig
     from newllm.repetition import RepetitionConfig
 
+    fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    assert (fields.pop("context_dim"), fields.pop("embed_dim")) == (dataclasses.MISSING,) * 2  # per run, no default
+    assert fields == section_defaults(schema, "model")
+    transformer = _leaf_defaults(schema["properties"]["baselines"]["properties"]["transformer"])
+    fields = {f.name: f.default for f in dataclasses.fields(TransformerConfig)}
+    required = ["width", "num_layers", "num_heads", "block_size"]  # width: matched to cvfp's parameters
+    assert [k for k, v in fields.items() if v is dataclasses.MISSING] == required
+    assert {k: v for k, v in fields.items() if k not in required} == {k: transformer[k] for k in ("dropout", "eval_stride")}
     repetition = _leaf_defaults(schema["properties"]["repetition"])
     fields = {f.name: f.default for f in dataclasses.fields(RepetitionConfig)}
     assert fields == {k: repetition[k] for k in fields}

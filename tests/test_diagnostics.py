@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from newllm.diagnostics import convergence_passes, convergence_verdict, identity_check, quality_band
-from newllm.model import ContextBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 
 
 def _criterion(result, name):
@@ -55,7 +55,7 @@ def test_convergence_verdict_rejects_short_or_nan():
 def test_convergence_passes_reach_zero_for_a_short_stream():
     torch.manual_seed(0)
     token_input = TokenInput(torch.randn(20, 4))
-    block = ContextBlock(6, 4)
+    block = ContextBlock(ModelConfig(6, 4))
     init_weights(block)
     stream = torch.randint(0, 20, (5,))
     series = convergence_passes(block, token_input, stream, passes=8)
@@ -85,12 +85,12 @@ def test_quality_band_thresholds():
 
 def test_memory_probe_matches_the_exact_recurrence_on_the_whole_perturbed_stream():
     from newllm.diagnostics import memory_probe
-    from newllm.model import ContextBlock, TokenInput, init_weights
+    from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
     from newllm.phase1 import solve_cache
 
     torch.manual_seed(0)
     token_input = TokenInput(torch.randn(30, 5), 1)
-    block = ContextBlock(6, 5)
+    block = ContextBlock(ModelConfig(6, 5))
     init_weights(block)
     stream = torch.randint(0, 30, (40,))
     probe = memory_probe(block, token_input, stream, max_lag=6, num_positions=1, seed=3)
@@ -190,7 +190,7 @@ def test_decay_lag_needs_strictly_below():
 def _probe_setup(d_c=6, d_e=5, vocab=30):
     torch.manual_seed(0)
     token_input = TokenInput(torch.randn(vocab, d_e), 1)
-    block = ContextBlock(d_c, d_e)
+    block = ContextBlock(ModelConfig(d_c, d_e))
     init_weights(block)
     return block, token_input
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from newllm.model import ContextBlock, TokenBlock, TokenInput, build_blocks, count_parameters, tied_logits
+from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, build_blocks, count_parameters, tied_logits
 
 
 def _model_cfg(**kw):
@@ -11,21 +11,21 @@ def _model_cfg(**kw):
 def test_source_parameter_count_768d():
     # SPEC §3: 1 layer, 768-d, 1 input token: ContextBlock ≈ 1.18M parameters.
     # FFN Linear(768+768 -> 768) = 1536·768 + 768, LayerNorm(768) = 2·768.
-    block = ContextBlock(768, 768)
+    block = ContextBlock(ModelConfig(768, 768))
     assert count_parameters(block) == 1536 * 768 + 768 + 2 * 768 == 1_181_952
 
 
 def test_token_block_parameter_count_with_residual_projection():
     # N_in = 2: h0 is 2·d_e wide, so R is a Linear(2·d_e -> d_e).
     d_c, d_e = 6, 4
-    block = TokenBlock(d_c, 2 * d_e, d_e)
+    block = TokenBlock(ModelConfig(d_c, d_e, num_input_tokens=2))
     ffn = (d_c + 2 * d_e) * d_e + d_e
     residual = 2 * d_e * d_e + d_e
     assert count_parameters(block) == ffn + residual + 2 * d_e
 
 
 def test_two_layer_ffn_hidden_is_four_times_input():
-    block = ContextBlock(4, 4, ffn_layers=2)
+    block = ContextBlock(ModelConfig(4, 4, ffn_layers=2))
     first = block.layers[0].ffn[0]
     assert first.in_features == 8 and first.out_features == 32
 
@@ -34,8 +34,8 @@ def test_shapes_and_e_wiring():
     d_c, d_e, L, B = 8, 4, 3, 5
     embeddings = torch.randn(50, d_e)
     token_input = TokenInput(embeddings, num_input_tokens=2)
-    ctx_block = ContextBlock(d_c, token_input.output_dim, num_layers=L)
-    tok_block = TokenBlock(d_c, token_input.output_dim, d_e, num_layers=L)
+    ctx_block = ContextBlock(ModelConfig(d_c, d_e, num_input_tokens=2, num_layers=L))
+    tok_block = TokenBlock(ModelConfig(d_c, d_e, num_input_tokens=2, num_layers=L))
     stream = torch.randint(0, 50, (20,))
     x = token_input(stream, torch.arange(B))
     assert x.shape == (B, 2 * d_e)
@@ -71,16 +71,36 @@ def test_embeddings_are_a_buffer_not_a_parameter():
 
 def test_build_blocks_init_statistics():
     torch.manual_seed(0)
-    ctx, _ = build_blocks(_model_cfg(context_dim=256), embed_dim=256)
+    ctx, tok = build_blocks(ModelConfig.from_dict(_model_cfg(context_dim=256), embed_dim=256))
     linear = ctx.layers[0].ffn[0]
     assert linear.weight.std().item() == pytest.approx(0.1, rel=0.02)
     assert linear.bias.std().item() == pytest.approx(0.01, rel=0.2)
+    assert ctx.config is tok.config and tok.config.token_input_dim == 256
 
 
-@pytest.mark.parametrize("bad", [{"context_dim": 0}, {"num_layers": 0}, {"ffn_layers": 3}, {"activation": "tanh"}])
-def test_bad_model_config_raises(bad):
-    with pytest.raises(ValueError):
-        build_blocks(_model_cfg(**bad), embed_dim=4)
+def test_model_config_from_a_run_dict():
+    config = ModelConfig.from_dict(_model_cfg(num_input_tokens=2, num_layers=3, seed=9), embed_dim=5)
+    assert config == ModelConfig(8, 5, 2, num_layers=3)  # other keys of the section are ignored
+    assert config.token_input_dim == 10
+    with pytest.raises(KeyError, match="ffn_layers"):
+        ModelConfig.from_dict({k: v for k, v in _model_cfg().items() if k != "ffn_layers"}, embed_dim=5)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"context_dim": 0}, "context_dim must be a positive integer, got 0"),
+        ({"num_layers": 0}, "num_layers must be a positive integer, got 0"),
+        ({"num_input_tokens": -1}, "num_input_tokens must be a positive integer, got -1"),
+        ({"ffn_layers": 3}, "ffn_layers must be 1 or 2, got 3"),
+        ({"activation": "tanh"}, r"activation 'tanh' is not one of \['gelu', 'relu'\]"),
+    ],
+)
+def test_bad_model_config_raises(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(_model_cfg(**bad), embed_dim=4)
+    with pytest.raises(ValueError, match="embed_dim must be a positive integer, got 0"):
+        ModelConfig(4, 0)
 
 
 def test_row_windows_do_not_cross_sequence_boundaries():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from newllm.model import TokenBlock, TokenInput, init_weights, tied_logits
+from newllm.model import ModelConfig, TokenBlock, TokenInput, init_weights, tied_logits
 from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, TiedHead, evaluate, tied_head, tied_token_nll, train_phase2
 from newllm.training import EarlyStopping, TrainingDivergedError
 
@@ -73,7 +73,7 @@ def test_per_token_nll_and_accuracy():
 def _phase2_setup(n=300, d_c=4, d_e=32, seed=0):
     torch.manual_seed(seed)
     token_input = TokenInput(torch.randn(40, d_e), 1)
-    block = TokenBlock(d_c, d_e, d_e)
+    block = TokenBlock(ModelConfig(d_c, d_e))
     init_weights(block)
     stream = torch.arange(n) % 40  # a perfectly predictable cycle
     cache = torch.randn(n, 1, d_c)

@@ -25,9 +25,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from newllm.baselines.models import LSTMLM, TransformerLM
+from newllm.baselines.models import LSTMLM, TransformerConfig, TransformerLM
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
-from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
 from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_head, tied_token_nll, train_phase2
 from newllm.pipeline import run_precision
@@ -150,7 +150,7 @@ def test_phase2_bf16_and_fp32_dev_ppl_agree_on_a_tiny_study_run(tiny_study):
     runs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        token_input, block = TokenInput(E), TokenBlock(16, 16, 16)
+        token_input, block = TokenInput(E), TokenBlock(ModelConfig(16, 16))
         init_weights(block)
         result = train_phase2(block, token_input, train, dev, cfg, precision=precision)
         assert result.summary["precision"] == precision
@@ -191,7 +191,8 @@ def test_baseline_bf16_and_fp32_dev_ppl_agree(kind):
     results = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model = LSTMLM(E, 24) if kind == "lstm" else TransformerLM(E, 24, num_layers=1, num_heads=2, block_size=16)
+        shape = TransformerConfig(24, num_layers=1, num_heads=2, block_size=16)
+        model = LSTMLM(E, 24) if kind == "lstm" else TransformerLM(E, shape)
         result = train_neural_lm(model, train, dev, cfg, seed=0, stateful=kind == "lstm", precision=precision)
         history, summary = result.history, result.summary
         assert summary["precision"] == precision
@@ -213,7 +214,7 @@ def test_phase1_bf16_training_sweeps_agree_with_fp32():
     runs = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(1)
-        block = ContextBlock(16, 16)
+        block = ContextBlock(ModelConfig(16, 16))
         init_weights(block)
         runs[precision] = train_phase1(block, token_input, stream, cfg, val_stream=stream[:500], precision=precision)
         assert runs[precision].summary["precision"] == precision

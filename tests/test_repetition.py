@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from newllm.model import ContextBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 from newllm.repetition import (
     RepetitionConfig,
     _token_rows,
@@ -168,7 +168,7 @@ def test_improvement_and_convergence_arithmetic():
 def _degenerate_block():
     """A ContextBlock that ignores its token input: every token reaches one attractor."""
     torch.manual_seed(0)
-    block = ContextBlock(8, 4)
+    block = ContextBlock(ModelConfig(8, 4))
     init_weights(block)
     with torch.no_grad():
         block.layers[0].ffn[0].weight[:, 8:] = 0.0  # columns that read x̃
@@ -193,7 +193,7 @@ def test_collapse_flag_on_a_degenerate_model():
     )
     # a model that reads its input keeps distinct fixed points
     torch.manual_seed(1)
-    healthy = ContextBlock(8, 4)
+    healthy = ContextBlock(ModelConfig(8, 4))
     init_weights(healthy)
     _, layers = run_contexts(healthy, token_input, sequences, grad=False)
     assert not collapse_check(layers[:, -1, -1], 0.01)["collapsed"]
@@ -367,8 +367,8 @@ def test_trainer_factory_builds_the_configured_blocks_seeded_by_seed_plus_k():
     embeddings = torch.randn(20, 4)
     trainer = make_trainer_factory(model, embeddings, RepetitionConfig(), seed=5, device=torch.device("cpu"))(3)
     torch.manual_seed(8)
-    block = ContextBlock(6, 8, num_layers=2, ffn_layers=2, activation="relu")
-    token_block = TokenBlock(6, 8, 4, num_layers=2, ffn_layers=2, activation="relu")
+    block = ContextBlock(ModelConfig(6, 4, 2, num_layers=2, ffn_layers=2, activation="relu"))
+    token_block = TokenBlock(ModelConfig(6, 4, 2, num_layers=2, ffn_layers=2, activation="relu"))
     init_weights(block)
     init_weights(token_block)
     assert trainer.token_input.output_dim == 8

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys, torch
     from newllm.checkpoint import CheckpointSpec
-    from newllm.model import ContextBlock, TokenBlock, TokenInput, init_weights
+    from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, init_weights
     from newllm.phase1 import Phase1Config, train_phase1
     from newllm.phase2 import Phase2Config, Split, train_phase2
 
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
 
     spec = CheckpointSpec(ckpt, "fingerprint-1", every=1, on_save=fault) if ckpt != "-" else None
     if phase == "phase1":
-        block = ContextBlock(8, 6)
+        block = ContextBlock(ModelConfig(8, 6))
         init_weights(block)
         cfg = Phase1Config(max_iterations=12, min_iterations=2, batch_size=64, stop_rule="val_er", er_patience=20,
                            context_noise=0.05)
@@ -39,11 +39,11 @@ SCRIPT = textwrap.dedent(
         numbers = [[r["total_loss"], r["val_effective_rank"], r["converged"]] for r in result.history]
         summary = result.summary
     elif phase in ("lstm", "transformer"):
-        from newllm.baselines.models import LSTMLM, TransformerLM
+        from newllm.baselines.models import LSTMLM, TransformerConfig, TransformerLM
         from newllm.baselines.training import NeuralTrainConfig, train_neural_lm
 
         model = LSTMLM(token_input.weight, 8) if phase == "lstm" else TransformerLM(
-            token_input.weight, 8, num_layers=1, num_heads=2, block_size=12, dropout=0.1)
+            token_input.weight, TransformerConfig(8, num_layers=1, num_heads=2, block_size=12, dropout=0.1))
         cfg = NeuralTrainConfig(batch_size=3, seq_len=12, eval_every=5, patience=50, min_steps=0, max_steps=40,
                                 chunk_tokens=16)
         result = train_neural_lm(model, stream, val, cfg, seed=5, stateful=phase == "lstm", checkpoint=spec)
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
         numbers = [[r["train_loss"], r["dev_loss"], r["dev_accuracy"]] for r in history]
         block = model
     else:
-        block = TokenBlock(4, 6, 6)
+        block = TokenBlock(ModelConfig(4, 6))
         init_weights(block)
         cache, val_cache = torch.randn(300, 1, 4), torch.randn(120, 1, 4)
         cfg = Phase2Config(max_steps=60, min_steps=0, eval_every=7, patience=4, batch_size=32, chunk_tokens=16)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from newllm import solvers
-from newllm.model import ContextBlock, TokenInput, init_weights
+from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 from newllm.solvers import SOLVERS, SolverStats, StreamMap, fixed_point_residual, get_solver
 
 N, VOCAB, D_E, D_C, LAYERS, CHUNK = 150, 50, 6, 8, 2, 16
@@ -16,9 +16,17 @@ N, VOCAB, D_E, D_C, LAYERS, CHUNK = 150, 50, 6, 8, 2, 16
 def make_map(num_input_tokens: int = 2, n: int = N, seed: int = 0) -> StreamMap:
     torch.manual_seed(seed)
     token_input = TokenInput(torch.randn(VOCAB, D_E), num_input_tokens)
-    block = ContextBlock(D_C, token_input.output_dim, num_layers=LAYERS)
+    block = ContextBlock(ModelConfig(D_C, D_E, num_input_tokens, num_layers=LAYERS))
     init_weights(block)
     return StreamMap(block.eval(), token_input, torch.randint(0, VOCAB, (n,)), batch_size=32)
+
+
+def deep_map(smap: StreamMap, batch_size: int = 4096) -> StreamMap:
+    """``smap``'s token input and stream under a new three-layer ContextBlock (initialised
+    from torch's global RNG), so a layer other than the last exists."""
+    block = ContextBlock(ModelConfig(D_C, D_E, smap.token_input.num_input_tokens, num_layers=3))
+    init_weights(block)
+    return StreamMap(block, smap.token_input, smap.stream, batch_size)
 
 
 def reference(smap: StreamMap) -> torch.Tensor:
@@ -203,8 +211,7 @@ def test_fixed_point_residual_is_one_sweep_over_all_layers():
     assert fixed_point_residual(smap, noisy) == pytest.approx(float((swept - noisy).pow(2).mean(dim=(1, 2)).max()), rel=1e-5)
     # three layers: the sweep starts from the final layer's contexts, not from any other layer
     torch.manual_seed(2)
-    deep = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream)
-    init_weights(deep.block)
+    deep = deep_map(smap)
     exact, _ = get_solver("sequential")(deep)
     assert fixed_point_residual(deep, exact) < 1e-12
 
@@ -302,8 +309,7 @@ def test_warm_start_reduces_all_layers_to_the_final_one_and_casts_to_float32(nam
     final layer's contexts as float32, so the exact solution converges in one sweep."""
     torch.manual_seed(3)
     smap = make_map()
-    deep = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream, 32)
-    init_weights(deep.block)
+    deep = deep_map(smap, 32)
     exact, _ = get_solver("sequential")(deep)
     extra = {"chunk_size": CHUNK, "burn_in": 0} if name == "shooting" else {}
     out, stats = get_solver(name)(deep, init=exact.double(), tol=1e-10, **extra)
@@ -316,8 +322,7 @@ def test_shooting_warm_start_is_the_first_residuals_c0():
     recomputes every row exactly, so its residual is mean_d delta² (the change from init)."""
     torch.manual_seed(3)
     smap = make_map()
-    smap = StreamMap(ContextBlock(D_C, smap.token_input.output_dim, num_layers=3), smap.token_input, smap.stream, 32)
-    init_weights(smap.block)
+    smap = deep_map(smap, 32)
     exact = reference(smap)
     init = exact.clone()
     delta = torch.linspace(-0.05, 0.05, D_C)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from newllm.model import build_blocks, count_parameters
+from newllm.model import ModelConfig, build_blocks, count_parameters
 from newllm.tokenizer import VOCAB_SIZE
 
 
@@ -128,6 +128,41 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The Transformer baseline's shape: ``width`` ``W`` (chosen by :func:`match_transformer`)
+    and config ``baselines.transformer``, whose defaults live in the schema alone (the two
+    defaults here are the schema's too: no dropout, and ``eval_stride`` ``None`` =
+    ``block_size // 2``, at least 1; see :attr:`stride`).
+
+    Raises:
+        ValueError: ``width``, ``num_layers``, ``num_heads`` or ``block_size`` < 1, ``width``
+        not divisible by ``num_heads``, or ``eval_stride`` outside ``1..block_size``,
+        naming the bad value.
+    """
+
+    width: int
+    num_layers: int
+    num_heads: int
+    block_size: int
+    dropout: float = 0.0
+    eval_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("width", "num_layers", "num_heads", "block_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"transformer {name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.num_heads:
+            raise ValueError(f"transformer width {self.width} is not divisible by num_heads {self.num_heads}")
+        if not 1 <= self.stride <= self.block_size:
+            raise ValueError(f"eval_stride must be in 1..block_size={self.block_size}, got {self.eval_stride}")
+
+    @property
+    def stride(self) -> int:
+        """The evaluation stride in tokens: ``eval_stride``, or ``max(1, block_size // 2)``."""
+        return self.eval_stride or max(1, self.block_size // 2)
+
+
 class TransformerLM(nn.Module):
     """Small causal Transformer LM (nanoGPT-style) over a fixed window of ``block_size`` tokens.
 
@@ -143,37 +178,26 @@ class TransformerLM(nn.Module):
     least ``block_size - eval_stride`` tokens of context (stride ``block_size // 2`` by
     default: 2× the forward compute of non-overlapping windows, far fewer short contexts).
 
+    Args:
+        embeddings: ``[V, d_e]`` frozen matrix (a buffer, never trained).
+        config: width, depth, heads, window, dropout and evaluation stride.
+
     Raises:
-        ValueError: sizes < 1, ``width`` not divisible by ``num_heads``, or a bad stride.
+        ValueError: embeddings not 2-D (bad sizes are refused by :class:`TransformerConfig`).
     """
 
-    def __init__(
-        self,
-        embeddings: Tensor,
-        width: int,
-        num_layers: int = 2,
-        num_heads: int = 2,
-        block_size: int = 64,
-        dropout: float = 0.0,
-        eval_stride: int | None = None,
-    ) -> None:
+    def __init__(self, embeddings: Tensor, config: TransformerConfig) -> None:
         super().__init__()
         _check_embeddings(embeddings)
-        for name, value in (("width", width), ("num_layers", num_layers), ("num_heads", num_heads), ("block_size", block_size)):
-            if value < 1:
-                raise ValueError(f"transformer {name} must be >= 1, got {value}")
-        if width % num_heads:
-            raise ValueError(f"transformer width {width} is not divisible by num_heads {num_heads}")
-        eval_stride = eval_stride or max(1, block_size // 2)
-        if not 1 <= eval_stride <= block_size:
-            raise ValueError(f"eval_stride must be in 1..block_size={block_size}, got {eval_stride}")
+        width, num_layers, block_size, dropout = config.width, config.num_layers, config.block_size, config.dropout
         embed_dim = embeddings.shape[1]
         self.register_buffer("embeddings", embeddings.detach().float(), persistent=False)
-        self.width, self.block_size, self.eval_stride = width, block_size, eval_stride
+        self.config = config
+        self.width, self.block_size, self.eval_stride = width, block_size, config.stride
         self.input = nn.Identity() if width == embed_dim else nn.Linear(embed_dim, width)
         self.position = nn.Embedding(block_size, width)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(width, num_heads, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(TransformerBlock(width, config.num_heads, dropout) for _ in range(num_layers))
         self.readout = Readout(width, embed_dim)
         self.apply(_nanogpt_init)
         for name, p in self.named_parameters():
@@ -242,7 +266,7 @@ def cvfp_parameter_target(model_cfg: dict, embed_dim: int) -> int:
     ``num_input_tokens``, ``num_layers``, ``ffn_layers``, ``activation``).
     """
     with torch.device("meta"):
-        context_block, token_block = build_blocks(model_cfg, embed_dim)
+        context_block, token_block = build_blocks(ModelConfig.from_dict(model_cfg, embed_dim))
     return count_parameters(context_block) + count_parameters(token_block)
 
 
@@ -322,15 +346,8 @@ def build_baseline(name: str, embeddings: Tensor, settings: dict, target: int, t
         size = match_lstm(target, d_e, tolerance)
         return LSTMLM(embeddings, size.size, settings["dropout"]), size
     size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
-    model = TransformerLM(
-        embeddings,
-        size.size,
-        settings["num_layers"],
-        settings["num_heads"],
-        settings["block_size"],
-        settings["dropout"],
-        settings["eval_stride"],
-    )
+    keys = ("num_layers", "num_heads", "block_size", "dropout", "eval_stride")
+    model = TransformerLM(embeddings, TransformerConfig(size.size, **{k: settings[k] for k in keys}))
     return model, size
 
 
