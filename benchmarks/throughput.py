@@ -1,6 +1,7 @@
 """Throughput benchmark: the issue-10 targets as ratios measured in one run (not a test).
 
-Prints, on one machine in one process:
+Prints, on one machine in one process, on one thread unless ``--threads`` says otherwise
+(the pipeline's training jobs run one thread each, side by side):
   1. Phase 2 inside the trainer (``train_phase2``: batches gathered from a cache, fused
      tied cross-entropy, clip, Adam, dev evaluation) against the rate of its two
      same-shape vocabulary matmuls alone (``[B, d_e] @ [d_e, V]`` for the logits and
@@ -19,6 +20,7 @@ The context-cache target (3) is printed by ``benchmarks/context_cache.py``.
 
     python benchmarks/throughput.py                         # CPU, the default study's shapes
     python benchmarks/throughput.py --precision             # ... plus the bf16/fp32 ratios
+    python benchmarks/throughput.py --threads 2             # one job given both of 2 cores
     python benchmarks/throughput.py --device cuda --embed-dim 768 --context-dim 768 --batch 8192
 """
 
@@ -151,7 +153,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--chunk", type=int, default=None, help="fused CE chunk (default: the config resolution's)")
     parser.add_argument("--iterations", type=int, default=6, help="Phase 1 iterations timed")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: a training job's, rules/common.smk TRAINING_THREADS; 0: torch's default)",
+    )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--precision", action="store_true", help="also print the bf16/fp32 ratios (target 4)")
     args = parser.parse_args()
@@ -192,9 +199,8 @@ def main() -> None:
         )
     limit = limits[V]
 
-    # --- 1. Phase 2 in the trainer, gathering from a cache, with and without dev evaluation
-    block = TokenBlock(ModelConfig(d_c, d_e)).to(device)
-    init_weights(block)
+    # --- 1. Phase 2 in the trainer, gathering from a cache, with and without dev evaluation;
+    # the best of 3 runs, as the limit above is the best of its rounds
     cache, dev_cache = torch.randn(args.tokens, 1, d_c, device=device), torch.randn(args.dev_tokens, 1, d_c, device=device)
     cfg = Phase2Config(
         max_steps=args.steps,
@@ -204,16 +210,20 @@ def main() -> None:
         batch_size=B,
         chunk_tokens=cfg2.chunk_tokens,
     )
-    t0 = time.perf_counter()
-    result = train_phase2(block, token_input, Split(stream, cache), Split(dev, dev_cache), cfg, precision=run_precision)
-    wall = time.perf_counter() - t0
-    train_rate, overall = result.summary["tokens_per_s"], args.steps * B / wall
+    train_rate = overall = 0.0
+    for _ in range(3):
+        torch.manual_seed(0)
+        block = TokenBlock(ModelConfig(d_c, d_e)).to(device)
+        init_weights(block)
+        t0 = time.perf_counter()
+        result = train_phase2(block, token_input, Split(stream, cache), Split(dev, dev_cache), cfg, precision=run_precision)
+        wall = time.perf_counter() - t0
+        train_rate, overall = max(train_rate, result.summary["tokens_per_s"]), max(overall, args.steps * B / wall)
     print(
-        f"[target 1] Phase 2 in train_phase2: {train_rate:,.0f} tok/s training steps = {train_rate / limit:.2f} of the "
-        f"full-vocabulary two-matmul limit (target >= 0.8), {train_rate / limits[C]:.2f} of its own head rows' "
-        f"(merged; padded on CUDA); with dev evaluation every {args.eval_every} steps on {args.dev_tokens} tokens: "
-        f"{overall:,.0f} tok/s = "
-        f"{overall / limit:.2f} / {overall / limits[C]:.2f}"
+        f"[target 1] Phase 2 in train_phase2 (best of 3 runs): {train_rate:,.0f} tok/s training steps = "
+        f"{train_rate / limit:.2f} of the full-vocabulary two-matmul limit (target >= 0.8), {train_rate / limits[C]:.2f} "
+        f"of its own head rows' (merged; padded on CUDA); with dev evaluation every {args.eval_every} steps on "
+        f"{args.dev_tokens} tokens: {overall:,.0f} tok/s = {overall / limit:.2f} / {overall / limits[C]:.2f}"
     )
 
     pos = torch.randint(0, args.tokens - 1, (B,), device=device)

@@ -52,7 +52,7 @@ rule baseline_lm:
         model="lstm|transformer",
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:

@@ -22,7 +22,7 @@ rule phase1:
         model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:
@@ -57,7 +57,7 @@ rule export_contexts:
         model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:
@@ -85,7 +85,7 @@ rule phase1_diagnostics:
         model="cvfp|untrained_context",
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:

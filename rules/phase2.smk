@@ -25,7 +25,7 @@ rule phase2:
         model="cvfp|untrained_context|no_context",
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:

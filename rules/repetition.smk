@@ -25,7 +25,7 @@ rule repetition_study:
         benchmark_path("repetition_study")
     conda:
         "../envs/newllm.yaml"
-    threads: 2
+    threads: TRAINING_THREADS
     resources:
         gpu=GPUS,
     params:

@@ -218,6 +218,13 @@ def test_end_to_end_produces_tables_and_figures(e2e):
         assert (results / "figures" / f"{fig}.svg").is_file(), fig
     metrics = json.loads((results / "runs/cvfp/base/samples6_ctx16_seed0/phase1/metrics.json").read_text())
     assert metrics["provenance"]["device"] == "cpu" and metrics["config"]["phase1"]["dist_reg_weight"] == 0.9
+    # training jobs run on TRAINING_THREADS = 1 thread each (issue 10), side by side under --cores 2
+    threads = {
+        json.loads(path.read_text())["provenance"]["torch_threads"]
+        for path in results.glob("runs/*/base/*/*/metrics.json")
+        if path.parent.name in ("phase1", "phase2", "lm") and "ngram" not in path.parts
+    }
+    assert threads == {1}
     assert len(metrics["history"]) == metrics["summary"]["iterations"]
     nll = np.load(results / "runs/cvfp/base/samples6_ctx16_seed0/phase2/test_token_nll.npy")
     p2 = json.loads((results / "runs/cvfp/base/samples6_ctx16_seed0/phase2/metrics.json").read_text())["summary"]
