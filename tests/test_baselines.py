@@ -618,7 +618,9 @@ def test_neural_baselines_reject_bad_sizes():
     assert TransformerLM(emb, TransformerConfig(**shape, eval_stride=8)).eval_stride == 8
     assert TransformerLM(emb, TransformerConfig(**shape)).eval_stride == 4
     assert TransformerLM(emb, TransformerConfig(**(shape | {"block_size": 1}))).eval_stride == 1
-    model = TransformerLM(emb, TransformerConfig(8, num_layers=2, num_heads=2, block_size=64))
+    shape = TransformerConfig(8, num_layers=2, num_heads=2, block_size=64)
+    model = TransformerLM(emb, shape)
+    assert model.config is shape
     assert (len(model.blocks), model.blocks[0].attn.num_heads, model.block_size, model.eval_stride) == (2, 2, 64, 32)
     assert model.drop.p == 0.0  # no dropout unless configured
     assert LSTMLM(emb, 1).hidden_size == 1  # the smallest LSTM

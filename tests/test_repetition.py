@@ -4,6 +4,7 @@ import torch
 from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 from newllm.repetition import (
     RepetitionConfig,
+    RepetitionTrainer,
     _token_rows,
     collapse_check,
     convergence_loss,
@@ -20,6 +21,7 @@ from newllm.repetition import (
     train_stages,
     verdict,
 )
+from newllm.solvers import unroll
 from newllm.tokenizer import EOT_ID
 
 
@@ -292,6 +294,39 @@ def test_token_ce_term_is_optional():
     for _ in range(20):
         with_ce.step(sequences, 2)
     assert _hand_token_ce(with_ce, sequences) < 0.9 * expected_ce
+
+
+def test_each_block_is_clipped_by_its_own_norm_and_the_ce_term_needs_a_token_block():
+    sequences = repeated_sequences([(1, 2), (3, 4)], 4)
+    model = {"context_dim": 6, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"}
+    embeddings = torch.randn(20, 4, generator=torch.Generator().manual_seed(5))
+    cfg = RepetitionConfig(repetitions=4, ce_weight=0.5, learning_rate=1e-2, grad_clip=1e-4)
+    trainer = make_trainer_factory(model, embeddings, cfg, seed=0, device=torch.device("cpu"))(0)
+    trainer.step(sequences, 2)
+    for block in (trainer.block, trainer.token_block):  # both gradients far above 1e-4 before clipping
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in block.parameters()]))
+        assert norm == pytest.approx(1e-4, rel=1e-4)
+    # ce_weight > 0 without a TokenBlock: the convergence loss alone, no CE and no TokenBlock to clip
+    alone = RepetitionTrainer(trainer.block, trainer.token_input, cfg, token_block=None)
+    assert "token_ce" not in alone.step(sequences, 2)
+
+
+def test_run_contexts_reaches_the_block_through_one_step_only():
+    torch.manual_seed(0)
+    block = ContextBlock(ModelConfig(6, 4))
+    init_weights(block)
+    token_input = TokenInput(torch.randn(30, 4))
+    sequences = torch.randint(0, 30, (2, 3))
+    contexts, _ = run_contexts(block, token_input, sequences)
+    params = list(block.parameters())
+    grads = torch.autograd.grad(contexts[:, -1].sum(), params)
+    # the last step fed the previous context as a constant: CVFP's one-step gradient
+    last = block(contexts[:, -2].detach(), token_input.rows(sequences)[:, -1])[:, -1]
+    for grad, expected in zip(grads, torch.autograd.grad(last.sum(), params)):
+        torch.testing.assert_close(grad, expected)
+    # backpropagation through all three steps would differ
+    full = unroll(block, token_input.rows(sequences), torch.zeros(2, 6))[:, -1, -1]
+    assert not all(torch.allclose(g, f) for g, f in zip(grads, torch.autograd.grad(full.sum(), params)))
 
 
 MODEL = {"context_dim": 6, "num_input_tokens": 1, "num_layers": 1, "ffn_layers": 1, "activation": "gelu"}
