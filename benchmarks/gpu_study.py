@@ -31,7 +31,7 @@ GPT-2's wte).  Per (context_dim, num_input_tokens) it runs the pipeline's own co
    the measured start-up of a job (interpreter, imports, CUDA context) × 4 GPU jobs a run.
 
     python benchmarks/gpu_study.py --json gpu_study.json           # on a CUDA machine
-    python benchmarks/gpu_study.py --device cpu --tokens 20000 --embed-dim 32 \\
+    python benchmarks/gpu_study.py --device cpu --tokens 20000 --small-tokens 5000 --embed-dim 32 \\
         --context-dims 32 --input-tokens 1 --p2-steps 20 --peak-size 512   # smoke run
 """
 
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from throughput import _timeit  # benchmarks/ is on sys.path when run as a script
 
-from newllm.data import chitchat_json_path, chitchat_to_rows, sample_text
+from newllm.data import build_corpus_cache, load_corpus_cache, load_corpus_dataset, token_stream
 from newllm.embeddings import random_embeddings, rescale_rows
 from newllm.model import ModelConfig, TokenInput, build_blocks
 from newllm.phase1 import Phase1Config, solve_cache, train_phase1
@@ -82,20 +82,17 @@ def peak_matmul_flops(device: torch.device, size: int) -> float:
 
 
 def corpus_streams(num_tokens: int, dev_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The embedded chitchat corpus, tokenised with the packaged GPT-2 BPE: the first
-    conversations up to ``num_tokens`` tokens (train) and the following ones up to
-    ``dev_tokens`` (dev); tiled when the corpus is shorter."""
+    """The embedded chitchat corpus as the pipeline makes it (``cache_corpus``:
+    :func:`newllm.data.build_corpus_cache` with the packaged GPT-2 BPE, duplicates dropped;
+    :func:`newllm.data.token_stream`: conversations joined by ``<|endoftext|>``): the first
+    ``num_tokens`` tokens (train) and the ``dev_tokens`` after them (dev); tiled when the
+    corpus is shorter."""
     with tempfile.TemporaryDirectory() as folder:
         install_tokenizer_files("packaged", folder)
-        tokenizer = load_tokenizer(folder)
-    texts = [sample_text(row) for row in chitchat_to_rows(chitchat_json_path())]
-    ids, total = [], 0
-    for text in texts:
-        ids.append(np.asarray(tokenizer(text)["input_ids"], dtype=np.int64))
-        total += ids[-1].size
-        if total >= num_tokens + dev_tokens:
-            break
-    flat = np.concatenate(ids)
+        dataset = load_corpus_dataset({"source": "chitchat_dataset"}, folder)
+        build_corpus_cache(dataset, load_tokenizer(folder), folder)
+        tokens, offsets, _ = load_corpus_cache(folder)
+        flat = token_stream(tokens, offsets, range(len(offsets) - 1)).astype(np.int64)
     flat = np.tile(flat, -(-(num_tokens + dev_tokens) // flat.size))
     return flat[:num_tokens], flat[num_tokens : num_tokens + dev_tokens]
 
@@ -363,6 +360,8 @@ def main() -> None:
     parser.add_argument("--scratch", default="/tmp")
     parser.add_argument("--json", default=None, help="write every measurement here")
     args = parser.parse_args()
+    if not 0 < args.small_tokens < args.tokens:  # the projection fits an iteration through both sizes
+        parser.error(f"--small-tokens must be in 1..--tokens - 1 = {args.tokens - 1}, got {args.small_tokens}")
 
     seed_everything(0)  # as every rule script: deterministic kernels
     device = resolve_device(args.device)
