@@ -206,6 +206,8 @@ class ContextBlock(_LayerStack):
         for layer in self.layers:
             context = layer(context, token_input)
             outputs.append(context)
+        if len(outputs) == 1:  # a view, not a copy: the common one-layer map, Phase 1's hot loop
+            return context.unsqueeze(1)
         return torch.stack(outputs, dim=1)
 
 
