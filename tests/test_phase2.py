@@ -245,8 +245,8 @@ def test_phase2_config_defaults_are_the_schema_defaults_and_chunk_tokens_per_dev
 
     schema = load_schema(Path(__file__).resolve().parents[1] / "config" / "schema.yaml")
     assert Phase2Config() == Phase2Config(**section_defaults(schema, "phase2"))
-    assert Phase2Config.from_dict({}).chunk_tokens == 64
-    assert Phase2Config.from_dict({"chunk_tokens": None}, torch.device("cpu")).chunk_tokens == 64
+    assert Phase2Config.from_dict({}).chunk_tokens == 128
+    assert Phase2Config.from_dict({"chunk_tokens": None}, torch.device("cpu")).chunk_tokens == 128
     assert Phase2Config.from_dict({"chunk_tokens": None}, torch.device("cuda")).chunk_tokens == 4096
     assert Phase2Config.from_dict({"chunk_tokens": 8, "batch_size": None}, torch.device("cuda")) == Phase2Config(chunk_tokens=8)
 
