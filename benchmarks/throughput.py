@@ -184,7 +184,7 @@ def main() -> None:
     print(
         f"device {device}, threads {torch.get_num_threads()}, d_e {d_e}, d_c {d_c}, V {V} ({C} distinct head rows), "
         f"Phase 2 batch {B}, chunk {cfg2.chunk_tokens}, precision {run_precision}, "
-        f"freed memory kept below {heap / 2**20:,.0f} MiB" if heap else "freed memory returned (no glibc)"
+        + (f"freed memory kept below {heap / 2**20:,.0f} MiB" if heap else "freed memory returned (no glibc)")
     )
 
     # --- the two vocabulary matmuls of a training step, alone, at the full vocabulary (the
@@ -197,7 +197,8 @@ def main() -> None:
     for rows in dict.fromkeys([V, C]):
         W = (head_rows if rows == C else E[:rows]).to(dtype).contiguous()
         h, g = torch.randn(B, d_e, device=device, dtype=dtype), torch.randn(B, rows, device=device, dtype=dtype)
-        operands[rows] = (W, h, g, torch.empty(B, rows, device=device, dtype=dtype), torch.empty(B, d_e, device=device, dtype=dtype))
+        outputs = torch.empty(B, rows, device=device, dtype=dtype), torch.empty(B, d_e, device=device, dtype=dtype)
+        operands[rows] = (W, h, g, *outputs)
     limits: dict[int, list[float]] = {rows: [] for rows in operands}
 
     def measure_limits() -> None:

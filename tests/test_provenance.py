@@ -219,23 +219,26 @@ run = start_phase1(block, TokenInput(torch.randn(500, 16)), torch.randint(0, 500
 for iteration in (1, 2, 3, 4):
     phase1_iteration(run, iteration, "test", None)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-training_sweep(block, run.token_input, run.train, run.cfg, run.gen)
+for _ in range(4):
+    training_sweep(block, run.token_input, run.train, run.cfg, run.gen)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or runtime.platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_a_phase1_sweep_reuses_kept_heap_memory_without_page_faults():
-    # A sweep allocates two [70,000, 128] float32 tensors (34 MiB each, above glibc's 32 MiB
-    # ceiling for its dynamic mmap threshold): by default each is mapped afresh, 2 x 8,750
-    # zero-filled 4 KiB pages per sweep; with keep_freed_memory, once the heap has grown to
-    # its steady size (four iterations here), they reuse freed heap memory.
+def test_phase1_sweeps_reuse_kept_heap_memory_instead_of_faulting_in_fresh_pages():
+    # A sweep allocates two [70,000, 128] float32 tensors (34 MiB, 8,750 pages of 4 KiB each,
+    # above glibc's 32 MiB ceiling for its dynamic mmap threshold): by default each is
+    # mapped afresh, so four sweeps fault in at least 8 x 8,750 zero-filled pages; with
+    # keep_freed_memory, once the heap has grown to its steady size (four iterations
+    # here), they reuse freed heap memory (0-500 faults in practice; the bound allows one
+    # fresh tensor, as glibc's placement of aligned blocks may still take one).
     faults = {
         mode: int(subprocess.run([sys.executable, "-c", _SWEEP_FAULTS, mode], capture_output=True, text=True, check=True).stdout)
         for mode in ("default", "keep")
     }
-    assert faults["default"] > 8750, faults
-    assert faults["keep"] < 500, faults
+    assert faults["default"] >= 8 * 8750, faults
+    assert faults["keep"] < 2 * 8750, faults
 
 
 _FIRST_CALL = """
