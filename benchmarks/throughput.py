@@ -231,7 +231,7 @@ def main() -> None:
     for rows, rates in limits.items():
         print(
             f"two-matmul limit [{B}x{d_e}]@[{d_e}x{rows}] + [{B}x{rows}]@[{rows}x{d_e}]: best {max(rates):,.0f} tok/s "
-            f"({4 * B * d_e * rows * max(rates) / B / 1e9:.1f} GFLOP/s); {len(rates)} measurements, "
+            f"({4 * d_e * rows * max(rates) / 1e9:.1f} GFLOP/s); {len(rates)} measurements, "
             f"{min(rates):,.0f}-{max(rates):,.0f}"
         )
     limit, own = max(limits[V]), max(limits[C])

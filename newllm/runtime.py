@@ -130,14 +130,16 @@ def keep_freed_memory(limit_bytes: int = HEAP_KEEP_BYTES) -> int | None:
     with ``mmap`` and unmaps it when freed, so each new tensor of that size is zero-filled
     page by page again: a Phase 1 sweep at 84k tokens allocates two ``[n, d_c]`` tensors
     (21 MiB at d_c 64, 43 MiB at 128) and took ~21,000 page faults per sweep at 128.  With
-    this setting a training iteration took none and ran 1.08-1.11x (d_c 64) and 1.13-1.21x
-    (d_c 128) as fast on one thread, with the same losses (issue 10 target 2; README, Performance).  The cost is
-    a resident size that does not shrink below the job's peak, which a training job reaches
-    anyway.  The values are the same: torch aligns every CPU block to 64 bytes either way.
+    this setting a sweep took none, and a training iteration ran 1.08-1.11x (d_c 64) and
+    1.13-1.21x (d_c 128) as fast on one thread with the same losses (issue 10 target 2;
+    README, Performance).  The cost is a resident size that does not shrink below the
+    job's peak, which a training job reaches anyway.  The kernels and values are the same:
+    torch aligns every CPU block to 64 bytes either way.
 
     Returns:
-        ``limit_bytes`` when both settings were taken, ``None`` where there is no glibc
-        (macOS, musl; nothing changes there).
+        the byte limit set (``limit_bytes``, at most ``2**31 - 1``: mallopt takes an int)
+        when both settings were taken, else the one set before (``None`` if none), e.g.
+        ``None`` where there is no glibc (macOS, musl; nothing changes there).
     """
     global _heap_keep_bytes
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
