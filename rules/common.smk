@@ -183,10 +183,9 @@ def run_params(wildcards):
 TRAINING_THREADS = 1
 """CPU threads of each training job (``phase1``, ``export_contexts``, ``phase1_diagnostics``,
 ``phase2``, ``baseline_lm``, ``repetition_study``): one, so ``--cores N`` runs N of them side
-by side.  Measured on 2 cores (benchmarks/throughput.py, issue 10): Phase 2 on one thread
-trains at 0.82–1.04 of its two vocabulary matmuls' one-thread rate, on two threads at
-0.51–0.57 of their two-thread rate (1.4× the speed for 2× the cores); Phase 1 gains
-1.35–1.55× from a second thread.  The default study ran in 524 s with one thread per job
+by side.  Measured on 2 cores (benchmarks/throughput.py, issue 10): a second thread buys
+a Phase 2 job 1.4× (while its vocabulary matmuls alone run 2× as fast) and a Phase 1 job
+1.35–1.55×.  The default study ran in 524 s with one thread per job
 against 679 s with two (same machine, same hour), its reported numbers equal to every
 printed digit (floats within 1.3e-7 relative: summation order).  Per rule:
 ``--set-threads phase2=4`` or a profile's ``set-threads``."""
