@@ -1,10 +1,13 @@
 """Shared fixtures.  All tests are offline: set HF_HUB_OFFLINE so nothing reaches the hub."""
 
 import os
+import random
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_SEED = int(os.environ.get("NEWLLM_TEST_SEED", "0"))
+"""The seed every test starts from (0; set NEWLLM_TEST_SEED to see whether a test passes
+only by its draw)."""
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +36,24 @@ def e2e(repo, tmp_path_factory):
     return workdir, workdir / "results" / "test"
 
 
+def seed_of(item: pytest.Item) -> int:
+    """The seed of one test: TEST_SEED, or under pytest-randomly (``-p randomly
+    --randomly-seed=N``) N + crc32(nodeid), the value that plugin seeds ``random`` and numpy
+    with while the test runs, so torch follows the same seed."""
+    randomly = getattr(item.config.option, "randomly_seed", None)
+    if isinstance(randomly, int):
+        return (randomly + zlib.crc32(item.nodeid.encode())) % 2**32
+    return TEST_SEED
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
-    torch.manual_seed(0)
+def _seed_and_threads(request):
+    """Every test starts from a fixed state of torch's, numpy's legacy global and
+    ``random``'s RNGs, whichever tests ran before it and in which order; torch runs on
+    one thread."""
+    seed = seed_of(request.node)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.set_num_threads(1)
     yield
