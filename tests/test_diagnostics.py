@@ -165,9 +165,12 @@ def test_identity_check_values_thresholds_and_strict_passes():
 
 
 def test_convergence_verdict_boundaries_are_strict():
-    # slope exactly ∓0.001 is neither converging/diverging nor flat: UNSTABLE
-    assert convergence_verdict([0.002, 0.001])["verdict"] == "UNSTABLE"
-    assert convergence_verdict([0.0, 0.001])["verdict"] == "UNSTABLE"
+    # slope exactly ∓0.001 is neither converging/diverging nor flat: UNSTABLE.  Two points
+    # (0, ±0.001) make every step of the least-squares slope exact (means, deviations and
+    # products are halvings of 0.001, x deviations ±0.5), so the slope is the float 0.001
+    down, up = convergence_verdict([0.001, 0.0]), convergence_verdict([0.0, 0.001])
+    assert (down["slope"], up["slope"]) == (-0.001, 0.001)
+    assert down["verdict"] == "UNSTABLE" and up["verdict"] == "UNSTABLE"
     # flat (slope 0) but std exactly 0.01: not converged
     flat = convergence_verdict([0.02, 0.0, 0.0, 0.02])
     assert abs(flat["slope"]) < 1e-15 and flat["std"] == 0.01 and flat["verdict"] == "UNSTABLE"
@@ -227,11 +230,35 @@ def decay_lag_of(relative, fraction):
 
 def test_memory_probe_of_a_block_that_ignores_its_tokens_reports_zero_effect():
     from newllm.diagnostics import memory_probe
+    from newllm.phase1 import solve_cache
 
     block, token_input = _probe_setup()
     with torch.no_grad():
         block.layers[0].ffn[0].weight[:, 6:] = 0.0  # the columns that read x̃
-    probe = memory_probe(block, token_input, torch.randint(0, 30, (20,)), max_lag=4, num_positions=3)
+    stream = torch.randint(0, 30, (20,), generator=torch.Generator().manual_seed(0))
+    probe = memory_probe(block, token_input, stream, max_lag=4, num_positions=3)
+    # Zero in exact arithmetic, but the K + 1 copies of a window are rows of one batch and
+    # the matmul may sum rows at different batch positions in different orders: each of the
+    # max_lag + 1 steps rounds every coordinate by a few ulps of the context (LayerNorm
+    # output, norm ≈ √d_c ≈ 2.4; seen: 3.3e-7).  A block that reads its tokens moves the
+    # context by ~0.2 per lag (test_memory_probe_defaults' block), 10⁴ times this bound.
+    clean, _ = solve_cache(block, token_input, stream, "sequential")
+    rounding = 8 * (4 + 1) * torch.finfo(torch.float32).eps * float(clean[:, -1].norm(dim=-1).max())
+    assert max(probe["effect"]) <= rounding
+    assert probe["lags"] == [1, 2, 3, 4]
+
+
+def test_memory_probe_of_a_block_that_ignores_its_inputs_reports_exactly_zero_effect():
+    """All FFN weights zero: every product is an exact 0, so every copy of a window computes
+    the same bits whatever its batch position; effect exactly 0, relative all 0 (no division
+    by a zero lag-1 effect) and both decay lags 1."""
+    from newllm.diagnostics import memory_probe
+
+    block, token_input = _probe_setup()
+    with torch.no_grad():
+        block.layers[0].ffn[0].weight.zero_()
+    stream = torch.randint(0, 30, (20,), generator=torch.Generator().manual_seed(0))
+    probe = memory_probe(block, token_input, stream, max_lag=4, num_positions=3)
     assert probe["effect"] == [0.0] * 4 and probe["relative"] == [0.0] * 4
     assert probe["lag_below_10pct"] == 1 and probe["lag_below_1pct"] == 1
 
