@@ -17,7 +17,6 @@ bootstrap matrix ``point_boot [B, P]`` follows the row order of the points table
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,16 +24,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from newllm import study
 from newllm.scaling import fit_power_law
+from newllm.study import RUN_KEYS, model_rank
 from newllm.uncertainty import percentile_interval
 
-MODEL_ORDER = ("cvfp", "untrained_context", "no_context", "ngram", "lstm", "transformer")
-REFERENCE_MODEL = "cvfp"
-CONTROLS = ("untrained_context", "no_context")
-"""Ablations of CVFP (random ContextBlock; no context)."""
-BASELINES = ("ngram", "lstm", "transformer")
-"""Models a researcher would pick instead of CVFP."""
-RUN_KEYS = ["model", "variant", "samples", "context_dim", "seed"]
+REFERENCE_MODEL = study.model_names(role="reference")[0]
+"""The model every comparison is made against (the catalogue's reference, cvfp)."""
 CONFIG_KEYS = ["model", "variant", "context_dim"]
 POINT_KEYS = ["model", "variant", "context_dim", "samples"]
 SUMMARY_COLUMNS = (
@@ -62,16 +58,6 @@ MIN_WINDOW_POINTS = 4
 PARAMETER_TOLERANCE = 0.10
 """A single configuration counts as parameter- (or FLOP-) matched within 10 %."""
 
-_RUN_DIR = re.compile(
-    r"runs/(?P<model>[^/]+)/(?P<variant>[^/]+)/samples(?P<samples>\d+)_ctx(?P<context_dim>\d+)_seed(?P<seed>\d+)(?:/|$)"
-)
-
-
-def model_rank(model: str) -> int:
-    """Position of a model in :data:`MODEL_ORDER` (unknown models last)."""
-    return MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER)
-
-
 def sort_models(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """``frame`` sorted by model (study order), then by the other ``keys``."""
     rank = frame["model"].map(model_rank)
@@ -86,16 +72,12 @@ def sort_models(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- runs table
 def run_key(path: str | Path) -> dict[str, Any]:
     """The run identity ``{model, variant, samples, context_dim, seed}`` of a file inside a
-    run directory ``…/runs/{model}/{variant}/samples{N}_ctx{D}_seed{S}/…``.
+    run directory (:meth:`newllm.study.RunId.parse`).
 
     Raises:
         ValueError: the path is not inside a run directory.
     """
-    match = _RUN_DIR.search(Path(path).as_posix())
-    if not match:
-        raise ValueError(f"{path} is not inside a run directory runs/{{model}}/{{variant}}/samples{{N}}_ctx{{D}}_seed{{S}}/")
-    key = match.groupdict()
-    return {k: (int(v) if k in ("samples", "context_dim", "seed") else v) for k, v in key.items()}
+    return study.RunId.parse(path).as_dict()
 
 
 def _first(mapping: Mapping[str, Any] | None, *names: str, default: Any = None) -> Any:
@@ -943,9 +925,9 @@ def _verdict_comparisons(
 
 
 def _best_baseline(comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The baseline (:data:`BASELINES`) with the lowest dev loss and whether the reference
+    """The baseline (a catalogue model of role ``baseline``) with the lowest dev loss and whether the reference
     beats it (whole interval below 0), loses (above) or is inconclusive; ``None`` without one."""
-    baselines = [c for c in comparisons if c["model"] in BASELINES]
+    baselines = [c for c in comparisons if c["model"] in study.model_names(role="baseline")]
     if not baselines:
         return None
     best = min(baselines, key=lambda c: c["dev_loss"] if c["dev_loss"] is not None else math.inf)
@@ -1034,7 +1016,7 @@ def verdict(
     taken at the same context_dim when it has it (parameter-matched baselines), else at its
     lowest-dev configuration.  For each: ``percent = 100·(PPL_ref/PPL_model − 1)`` with a
     bootstrap interval (negative = the reference is better).  The best baseline
-    (:data:`BASELINES`) is the one with the lowest dev loss; the reference *beats* it when
+    (role ``baseline`` in the catalogue) is the one with the lowest dev loss; the reference *beats* it when
     the whole interval is below 0, *loses* when above, else *inconclusive*.  Also α [CI] per
     model (bootstrap percentile interval; the OLS t interval when there is no bootstrap)
     and the undertrained runs per model.

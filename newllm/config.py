@@ -18,6 +18,7 @@ import yaml
 
 from newllm.data import DataError, count_source_samples
 from newllm.io import read_json
+from newllm.study import CATALOGUE, get_model
 
 SECTIONS = ("model", "phase1", "phase2")
 
@@ -169,6 +170,13 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
     Raises:
         ConfigError: naming the key, the value and what is allowed.
     """
+    unknown = [m for m in config["models"] if m not in CATALOGUE]
+    if unknown:
+        raise ConfigError(f"models {unknown} are not registered; allowed: {', '.join(CATALOGUE)} (newllm/study.py)")
+    for model in config["models"]:
+        partner = get_model(model).pairs_with
+        if partner is not None and partner not in config["models"]:
+            raise ConfigError(f"model {model!r} reads the runs of {partner!r}; add {partner!r} to models")
     corpus = config["corpus"]
     if corpus["source"] in ("hub", "local") and not corpus.get("path"):
         raise ConfigError(f"corpus.path is required for corpus.source {corpus['source']!r}")

@@ -389,6 +389,44 @@ def target_conversations(sample_end: Sequence[int], num_tokens: int) -> np.ndarr
     return np.searchsorted(np.asarray(sample_end), np.arange(1, num_tokens), side="left")
 
 
+def training_order(num_samples: int, seed: int) -> np.ndarray:
+    """The training seed's order of the training pool: a permutation of ``range(num_samples)``
+    drawn from ``numpy.random.default_rng(seed)``.  A seed's training set of N samples is
+    the first N in this order, so sizes are nested within a seed, and different seeds
+    train on different conversations; dev and test never depend on it (docs/method.md §2.3).
+
+    Raises:
+        DataError: ``num_samples`` < 0 or ``seed`` < 0.
+    """
+    if num_samples < 0 or seed < 0:
+        raise DataError(f"training_order needs num_samples >= 0 and seed >= 0, got {num_samples} and {seed}")
+    return np.random.default_rng(seed).permutation(num_samples)
+
+
+def stream_subset(stream: np.ndarray, sample_end: Sequence[int], indices: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+    """The samples ``indices`` of a stream built by :func:`token_stream` (their tokens
+    located by its ``sample_end``, see :func:`sample_ends`), concatenated in that order with
+    ``<|endoftext|>`` between them.
+
+    Returns:
+        ``(stream [n] uint16, sample_end of the new stream)``.
+
+    Raises:
+        DataError: an index outside ``range(len(sample_end))``.
+    """
+    ends = np.asarray(sample_end, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64)
+    bad = idx[(idx < 0) | (idx >= ends.size)]
+    if bad.size:
+        raise DataError(f"sample index {int(bad[0])} outside the stream's {ends.size} samples; allowed: 0..{ends.size - 1}")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    offsets = np.zeros(idx.size + 1, dtype=np.int64)
+    parts = [np.asarray(stream[starts[i] : ends[i]]) for i in idx]
+    offsets[1:] = np.cumsum([part.size for part in parts])
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
+    return token_stream(flat, offsets, range(idx.size)), sample_ends(np.diff(offsets))
+
+
 def token_stream(tokens: np.ndarray, offsets: np.ndarray, indices: Sequence[int]) -> np.ndarray:
     """Concatenate the given samples into one stream, separated by ``<|endoftext|>``.
 

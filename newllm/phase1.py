@@ -100,6 +100,41 @@ def solve_cache(
     return outputs, info
 
 
+def truncated_history_cache(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, history: int, batch_size: int = 4096
+) -> tuple[Tensor, dict[str, Any]]:
+    """Contexts that see only the last ``history`` tokens: ``[n, L, d_c]`` whose row ``i`` is
+    the recurrence started from a zero context at token ``i - history + 1``,
+    ``c^(k)_i = F(c^(k-1)_{i-1}, x̃_i)``, ``c^(0) = 0`` (docs/method.md §10).
+
+    ``history`` Jacobi sweeps from the zero iterate compute exactly this (after ``k``
+    sweeps, position ``i`` has read tokens ``i-k+1 … i`` and a zero context before them),
+    so ``history = 1`` gives the reset context ``F(0, x̃_i)`` of the ``reset_context`` control,
+    and a ``history`` at least the stream length gives the full cache of
+    :func:`solve_cache`.
+
+    Returns:
+        ``(cache [n, L, d_c], info)``, ``info`` with ``method`` ("truncated"), ``history``,
+        ``sweeps``, ``tokens`` and ``seconds``.
+
+    Raises:
+        ValueError: ``history < 1``.
+    """
+    if history < 1:
+        raise ValueError(f"history must be >= 1 token, got {history}")
+    start = time.perf_counter()
+    stream_map = StreamMap(block, token_input, stream, batch_size)
+    sweeps = min(history, stream_map.n)
+    outputs = stream_map.zeros()
+    buffer = stream_map.zeros()
+    for _ in range(sweeps):
+        buffer = stream_map.sweep(outputs[:, -1], out=buffer)
+        outputs, buffer = buffer, outputs
+    info = {"method": "truncated", "history": int(history), "sweeps": sweeps, "tokens": stream_map.n}
+    info["seconds"] = time.perf_counter() - start
+    return outputs, info
+
+
 def fallback_message(info: dict[str, Any]) -> str | None:
     """The warning for a :func:`solve_cache` result that fell back to the sequential
     recurrence (its ``info["fallback_from"]``), or ``None`` when the first solve converged."""

@@ -2,7 +2,9 @@
 
 Every figure is written as PNG (for the report) and as SVG beside it (same name, vector,
 for papers).  Log axes carry readable tick labels ("20k", "1M"; PPL 20, 50, 100).  Models
-keep one colour across figures (:data:`MODEL_COLORS`); a hollow marker is a point with at
+keep one colour and one marker across figures, from the model catalogue
+(:func:`newllm.study.model_style`: Okabe–Ito colours, safe for colour-blind readers); a
+variant is told apart by its line style; a hollow marker is a point with at
 least one undertrained run (stopped by ``max_steps``).  Each plotting function returns the
 legend labels it drew (what a test can check).
 """
@@ -20,13 +22,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from newllm.analysis import MODEL_ORDER, model_rank  # noqa: E402
 from newllm.io import atomic_path  # noqa: E402
+from newllm.study import RUN_KEYS, RunId, model_rank, model_style  # noqa: E402
 
-RUN_KEYS = ["model", "variant", "samples", "context_dim", "seed"]
-MODEL_COLORS = dict(zip(MODEL_ORDER, ["#1f77b4", "#17becf", "#7f7f7f", "#8c564b", "#d62728", "#2ca02c"]))
 VARIANT_STYLES = ["-", "--", ":", "-."]
-MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> list[Path]:
@@ -71,7 +70,13 @@ def log_axis(ax, which: str = "x", counts: bool = True) -> None:
 
 
 def model_color(model: str) -> str:
-    return MODEL_COLORS.get(model, "#9467bd")
+    """The model's colour in every figure (the catalogue's, :func:`newllm.study.model_style`)."""
+    return model_style(model)["color"]
+
+
+def model_marker(model: str) -> str:
+    """The model's marker in every figure (the catalogue's, :func:`newllm.study.model_style`)."""
+    return model_style(model)["marker"]
 
 
 def _series_label(model: str, variant: str, context_dim: int, variants: int) -> str:
@@ -164,7 +169,7 @@ def plot_scaling(
             )
             color = model_color(model)
             v_index = sorted(points["variant"].unique()).index(variant)
-            style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], MARKERS[v_index % len(MARKERS)]
+            style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], model_marker(model)
             fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == cdim)]
             label = _series_label(model, variant, cdim, n_variants) + _alpha_label(fit)
             _draw_points(ax, g, color, marker)
@@ -261,10 +266,8 @@ def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> list[str]:
         if len(windows)
         else []
     )
-    seen: dict[str, int] = {}
     for off, (model, variant, dim) in zip(_dodge(len(groups), 0.01), groups):
-        marker = MARKERS[seen.get(model, 0) % len(MARKERS)]
-        seen[model] = seen.get(model, 0) + 1
+        marker = model_marker(model)
         g = windows[(windows["model"] == model) & (windows["variant"] == variant) & (windows["context_dim"] == dim)]
         centre = np.sqrt(g["tokens_min"] * g["tokens_max"]).to_numpy(float) * off
         y = g["alpha"].to_numpy(float)
@@ -401,14 +404,10 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, pa
     fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8))
     labels = []
     n_variants = comparison["variant"].nunique() if len(comparison) else 1
-    marker_of = {}
-    for _, row in comparison.iterrows():
-        same_model = [k for k in marker_of if k[0] == row["model"]]
-        marker_of[(row["model"], row["variant"], row["context_dim"])] = MARKERS[len(same_model) % len(MARKERS)]
     for _, row in comparison.iterrows():
         key = (row["model"], row["variant"], row["context_dim"])
         label = _series_label(*key, n_variants)
-        if _draw_efficiency(axes, row, points, model_color(row["model"]), marker_of[key], label):
+        if _draw_efficiency(axes, row, points, model_color(row["model"]), model_marker(row["model"]), label):
             labels.append(label)
     for ax, star in ((axes[0], "matched_parameters"), (axes[1], "matched_flops")):
         if star in comparison and comparison[star].notna().any():
@@ -433,7 +432,7 @@ def plot_parameter_efficiency(comparison: pd.DataFrame, points: pd.DataFrame, pa
 def run_figure_name(model: str, variant: str, samples: int, context_dim: int, seed: int) -> str:
     """Relative path of a run's figure in a per-run figure folder (the report pattern
     ``{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png``)."""
-    return f"{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
+    return RunId(model, variant, samples, context_dim, seed).label + ".png"
 
 
 def read_history(path: str | Path) -> pd.DataFrame:

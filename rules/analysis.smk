@@ -1,20 +1,22 @@
-# Analyses after all runs (issue 9): the tidy runs table, the test-set bootstrap, scaling
+# Analyses after all runs: the tidy runs table, the test-set bootstrap, scaling
 # fits, baselines, comparisons, the verdict and the figures (drawn from tables alone).
 # Inputs from rules/common.smk: RUNS (every run, fixed order), lm_outputs(name) (a file of
 # every run's final folder, RUNS order) and cvfp_outputs(pattern, models) (CVFP-family files).
 
-CONTEXT_MODELS = tuple(m for m in ("cvfp", "untrained_context") if m in MODELS)
-"""Models with a ContextBlock: Phase 1 metrics, a context cache and diagnostics."""
+CONTEXT_MODELS = models_where(context=("phase1", "untrained"))
+"""Models with their own ContextBlock: Phase 1 metrics, a context cache and diagnostics."""
 TRAINED_HISTORIES = [
-    f"{r['dir']}/{r['final']}/history.csv" for r in RUNS if r["model"] != "ngram"
+    f"{r['dir']}/{r['final']}/history.csv"
+    for r in RUNS
+    if study.get_model(r["model"]).family != "count"
 ]
-"""history.csv of every trained run (all but the n-gram), in RUNS order."""
+"""history.csv of every trained run (all but the count models), in RUNS order."""
 BOOTSTRAP = {
     "resamples": config["analysis"].get("bootstrap_resamples", 1000),
     "seed": config["analysis"].get("bootstrap_seed", 0),
     "resample_seeds": config["analysis"].get("resample_seeds", True),
 }
-RUN_FIGURE = "{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}.png"
+RUN_FIGURE = study.RUN_FOLDER.removeprefix("runs/") + ".png"
 """Per-run figure inside a figure folder (newllm.plots.run_figure_name)."""
 RUN_LABELS = {
     "model": "{model}",
@@ -62,7 +64,10 @@ rule collect_runs:
 rule data_coverage:
     input:
         train_meta=expand(
-            rules.make_train_set.output.meta, study=STUDY, samples=SAMPLE_SIZES
+            rules.make_train_set.output.meta,
+            study=STUDY,
+            samples=SAMPLE_SIZES,
+            seed=SEEDS,
         ),
         embeddings_meta=rules.token_embeddings.output.meta,
     output:

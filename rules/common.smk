@@ -3,7 +3,6 @@
 import os
 import posixpath
 import sys
-from types import SimpleNamespace
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -24,12 +23,13 @@ from newllm.config import (
     load_schema,
     resolve_variant,
 )  # noqa: E402
+from newllm import study  # noqa: E402
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 validate(config, schema=str(SCHEMA_PATH))  # fills schema defaults into config
 SCHEMA = load_schema(SCHEMA_PATH)
 STUDY = config["study"]
-# never rebuild an existing study from other data by accident (issue 12; newllm.provenance)
+# never rebuild an existing study from other data by accident (newllm.provenance)
 from newllm.provenance import ProvenanceError, check_data_provenance  # noqa: E402
 
 try:
@@ -52,12 +52,22 @@ VARIANTS = list(config["variants"])
 SEEDS = list(config["seeds"])
 MODELS = list(config["models"])
 BASE_VARIANT = VARIANTS[0]
-"""Every model but cvfp runs for the study's first variant only."""
-CVFP_FAMILY = ("cvfp", "untrained_context", "no_context")
-"""Models trained by Phase 2 (TokenBlock on cached or zero contexts); final folder phase2/."""
-RUN_DIR = "results/{study}/runs/{model}/{variant}/samples{samples}_ctx{context_dim}_seed{seed}"
-RUN_NAME = "{model}_{variant}_samples{samples}_ctx{context_dim}_seed{seed}"
-"""A run's file name in a per-run rule's log and benchmark folders."""
+"""Models outside the context family run for the study's first variant only."""
+RUN_DIR = posixpath.join("results/{study}", study.RUN_FOLDER)
+RUN_NAME = study.RUN_NAME
+"""A run's file name in a per-rule log and benchmark folders."""
+
+
+def models_where(**where):
+    """The study's models whose catalogue entry matches ``where`` (newllm.study.model_names)."""
+    return study.model_names(MODELS, **where)
+
+
+def model_constraint(**where):
+    """A ``model`` wildcard constraint: the catalogue's models matching ``where`` (all
+    registered ones, so a rule's pattern never depends on which models a study runs)."""
+    names = study.model_names(**where)
+    return "|".join(names) if names else "(?!)"
 
 
 def log_path(*parts):
@@ -78,31 +88,15 @@ def alternatives(values):
 
 
 def study_runs():
-    """Every run of the study as a dict {model, variant, samples, context_dim, seed, dir, final}.
-
-    cvfp runs for every variant; the other models for the first variant only; ngram
-    depends on neither context_dim nor seed (context_dim 0, seed 0).  ``final`` is the
-    folder holding the run's metrics.json and test_token_nll.npy.
-    """
+    """Every run of the study as a dict {model, variant, samples, context_dim, seed, dir,
+    final}, in catalogue order (newllm.study.study_runs); ``final`` is the folder holding
+    the run's metrics.json and test_token_nll.npy."""
     runs = []
-    for model in MODELS:
-        variants = VARIANTS if model == "cvfp" else [BASE_VARIANT]
-        dims = [0] if model == "ngram" else CONTEXT_DIMS
-        seeds = [0] if model == "ngram" else SEEDS
-        for variant in variants:
-            for context_dim in dims:
-                for samples in SAMPLE_SIZES:
-                    for seed in seeds:
-                        run = dict(
-                            model=model,
-                            variant=variant,
-                            samples=samples,
-                            context_dim=context_dim,
-                            seed=seed,
-                        )
-                        run["dir"] = RUN_DIR.format(study=STUDY, **run)
-                        run["final"] = "phase2" if model in CVFP_FAMILY else "lm"
-                        runs.append(run)
+    for run_id in study.study_runs(MODELS, VARIANTS, SAMPLE_SIZES, CONTEXT_DIMS, SEEDS):
+        run = run_id.as_dict()
+        run["dir"] = RUN_DIR.format(study=STUDY, **run)
+        run["final"] = study.get_model(run_id.model).final
+        runs.append(run)
     return runs
 
 
@@ -130,8 +124,8 @@ def cvfp_outputs(pattern, models=("cvfp",)):
 
 
 def phase2_caches(wildcards):
-    """The train/dev/test context caches of a run; none for no_context."""
-    if wildcards.model == "no_context":
+    """The train/dev/test context caches of a run; none for a model without a cache."""
+    if not study.get_model(wildcards.model).has_cache:
         return {}
     names = {
         "train_cache": "train",
@@ -145,19 +139,6 @@ def phase2_caches(wildcards):
         )
         for key, name in names.items()
     }
-
-
-def ngram_run_params(wildcards):
-    """``run_params`` of an ngram run: it has no context_dim and no seed (0 in its path)."""
-    return run_params(
-        SimpleNamespace(
-            model="ngram",
-            variant=wildcards.variant,
-            samples=wildcards.samples,
-            context_dim=0,
-            seed=0,
-        )
-    )
 
 
 def run_params(wildcards):
@@ -183,12 +164,8 @@ def run_params(wildcards):
 TRAINING_THREADS = 1
 """CPU threads of each training job (``phase1``, ``export_contexts``, ``phase1_diagnostics``,
 ``phase2``, ``baseline_lm``, ``repetition_study``): one, so ``--cores N`` runs N of them side
-by side.  Measured on 2 cores (benchmarks/throughput.py, issue 10): a second thread buys
-a Phase 2 job 1.4× (while its vocabulary matmuls alone run 2× as fast) and a Phase 1 job
-1.35–1.55×.  The default study ran in 524 s with one thread per job
-against 679 s with two (same machine, same hour), its reported numbers equal to every
-printed digit (floats within 1.3e-7 relative: summation order).  Per rule:
-``--set-threads phase2=4`` or a profile's ``set-threads``."""
+by side, which uses the cores better than two threads per job (docs/performance.md).
+Per rule: ``--set-threads phase2=4`` or a profile's ``set-threads``."""
 
 GPUS = 0 if config["device"] == "cpu" else config["gpus_per_job"]
 """GPUs each training job asks for (resource ``gpu``): config ``gpus_per_job``, none when
@@ -210,7 +187,7 @@ def final_outputs():
     )
 
 
-# --------------------------------------------------------------- reruns, hub, caches (issue 12)
+# --------------------------------------------------------------- reruns, hub, caches
 from newllm.hub import record_hub_access  # noqa: E402
 from newllm.provenance import code_hash as script_code_hash  # noqa: E402
 

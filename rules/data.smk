@@ -1,5 +1,5 @@
-# Data: tokenizer files, corpus token cache, dev/test/embedding splits, nested training sets,
-# frozen token embeddings.
+# Data: tokenizer files, corpus token cache, dev/test/embedding splits, nested training sets
+# (one pool order per training seed), frozen token embeddings.
 
 
 rule tokenizer:
@@ -81,10 +81,12 @@ rule make_train_set:
         test=rules.make_heldout.output.test,
         test_meta=rules.make_heldout.output.test_meta,
     output:
-        tokens=ensure("results/{study}/data/train/samples{samples}.npy", non_empty=True),
-        meta="results/{study}/data/train/samples{samples}.json",
+        tokens=ensure(
+            "results/{study}/data/train/seed{seed}/samples{samples}.npy", non_empty=True
+        ),
+        meta="results/{study}/data/train/seed{seed}/samples{samples}.json",
     log:
-        log_path("make_train_set", "samples{samples}"),
+        log_path("make_train_set", "seed{seed}_samples{samples}"),
     conda:
         "../envs/newllm.yaml"
     params:

@@ -1,6 +1,24 @@
 # Phase 1 (CVFP training of the ContextBlock), the context-cache export and the Phase 1
 # diagnostics, per run.  untrained_context runs the same rules with the ContextBlock at
-# its initialisation (no Phase 1 step): a random recurrent map (reservoir) as control.
+# its initialisation (no Phase 1 step): a random recurrent map (reservoir) as control;
+# reset_context exports cvfp's trained ContextBlock applied to a zero previous context.
+
+
+def context_weights(wildcards):
+    """Phase 1 weights and metrics a run's context cache is made from: its own, or those
+    of the model it pairs with (reset_context reads cvfp's), same variant/size/dim/seed."""
+    entry = study.get_model(wildcards.model)
+    source = {**dict(wildcards.items()), "model": entry.pairs_with or entry.name}
+    return {
+        "weights": rules.phase1.output.weights.format(**source),
+        "phase1_metrics": rules.phase1.output.metrics.format(**source),
+    }
+
+
+def context_source(wildcards):
+    """The catalogue's context source of the run's model (newllm.study.CONTEXT_SOURCES)."""
+    return study.get_model(wildcards.model).context
+
 
 
 rule phase1:
@@ -19,7 +37,7 @@ rule phase1:
     benchmark:
         benchmark_path("phase1", RUN_NAME)
     wildcard_constraints:
-        model="cvfp|untrained_context",
+        model=model_constraint(context=("phase1", "untrained")),
     conda:
         "../envs/newllm.yaml"
     threads: TRAINING_THREADS
@@ -35,8 +53,7 @@ rule phase1:
 
 rule export_contexts:
     input:
-        weights=rules.phase1.output.weights,
-        phase1_metrics=rules.phase1.output.metrics,
+        unpack(context_weights),
         train=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
         dev=rules.make_heldout.output.dev,
@@ -54,7 +71,7 @@ rule export_contexts:
     benchmark:
         benchmark_path("export_contexts", RUN_NAME)
     wildcard_constraints:
-        model="cvfp|untrained_context",
+        model=model_constraint(context=("phase1", "untrained", "reset")),
     conda:
         "../envs/newllm.yaml"
     threads: TRAINING_THREADS
@@ -62,6 +79,7 @@ rule export_contexts:
         gpu=GPUS,
     params:
         run=run_params,
+        context=context_source,
         cache=CONTEXT_CACHE_SETTINGS,
         code=code_hash("export_contexts"),
     script:
@@ -82,7 +100,7 @@ rule phase1_diagnostics:
     log:
         log_path("phase1_diagnostics", RUN_NAME),
     wildcard_constraints:
-        model="cvfp|untrained_context",
+        model=model_constraint(context=("phase1", "untrained")),
     conda:
         "../envs/newllm.yaml"
     threads: TRAINING_THREADS
@@ -99,7 +117,8 @@ rule phase1_diagnostics:
 rule memory_probe_table:
     input:
         diagnostics=cvfp_outputs(
-            rules.phase1_diagnostics.output[0], models=("cvfp", "untrained_context")
+            rules.phase1_diagnostics.output[0],
+            models=models_where(context=("phase1", "untrained")),
         ),
     output:
         table=report(

@@ -1,5 +1,6 @@
-# Phase 2: TokenBlock training on the cached contexts with the tied frozen head, per run.
-# no_context trains the same TokenBlock with the context input fixed to zero (no cache).
+# Phase 2: TokenBlock training on the cached contexts with the tied frozen head, per run
+# of every context-family model of the catalogue (newllm/study.py); a model without a
+# cache (no_context) trains the same TokenBlock with the context input fixed to zero.
 
 
 rule phase2:
@@ -22,7 +23,7 @@ rule phase2:
     benchmark:
         benchmark_path("phase2", RUN_NAME)
     wildcard_constraints:
-        model="cvfp|untrained_context|no_context",
+        model=model_constraint(family="context"),
     conda:
         "../envs/newllm.yaml"
     threads: TRAINING_THREADS

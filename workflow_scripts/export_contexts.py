@@ -1,16 +1,17 @@
-"""Rule export_contexts: per-layer contexts of every train, dev and test token (SPEC §6).
+"""Rule export_contexts: per-layer contexts of every train, dev and test token (docs/method.md §6).
 
 ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer with ``c_{-1} = 0``: the ContextBlock's
 output *after processing token i*, from one solver for all three splits.  A solve that
 does not reach tolerance is redone by the exact sequential recurrence (never fed to
-Phase 2 unconverged); the cache metadata records which.
+Phase 2 unconverged); the cache metadata records which.  For the ``reset`` context
+source (reset_context) the row is ``F(0, x̃_i)`` instead: no history.
 """
 
 import numpy as np
 
 from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
-from newllm.phase1 import fallback_message, solve_cache
+from newllm.phase1 import fallback_message, solve_cache, truncated_history_cache
 from newllm.pipeline import build_model, load_stream, start_run
 from newllm.script import run_script
 
@@ -22,20 +23,23 @@ def main(smk) -> None:
     block.eval()
     meta = {
         "run": params["run"],
-        "method": cache_cfg["method"],
+        "method": "reset" if smk.params.context == "reset" else cache_cfg["method"],
         "layout": "[tokens, num_layers, context_dim] float32; row i = every layer's output after processing token i",
     }
     for split in ("train", "dev", "test"):
         stream = load_stream(smk.input[split], device)
-        outputs, info = solve_cache(
-            block,
-            token_input,
-            stream,
-            cache_cfg["method"],
-            cache_cfg["max_sweeps"],
-            cache_cfg["tolerance"],
-            params["phase1"]["batch_size"],
-        )
+        if smk.params.context == "reset":
+            outputs, info = truncated_history_cache(block, token_input, stream, 1, params["phase1"]["batch_size"])
+        else:
+            outputs, info = solve_cache(
+                block,
+                token_input,
+                stream,
+                cache_cfg["method"],
+                cache_cfg["max_sweeps"],
+                cache_cfg["tolerance"],
+                params["phase1"]["batch_size"],
+            )
         fallback = fallback_message(info)
         if fallback:
             log.warning("%s: %s", split, fallback)

@@ -1,8 +1,6 @@
-"""Rule make_train_set: the first N samples of the pool, and dev/test coverage for that N."""
+"""Rule make_train_set: the first N samples of the pool in the training seed's order, and dev/test coverage."""
 
-import numpy as np
-
-from newllm.data import DataError, check_disjoint, read_stream, validation_coverage, write_stream
+from newllm.data import DataError, check_disjoint, read_stream, stream_subset, training_order, validation_coverage, write_stream
 from newllm.io import read_json
 from newllm.runtime import get_logger
 from newllm.script import run_script
@@ -10,22 +8,22 @@ from newllm.script import run_script
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    samples = int(smk.wildcards.samples)
+    samples, seed = int(smk.wildcards.samples), int(smk.wildcards.seed)
     pool_meta = read_json(smk.input.pool_meta)
     if samples > pool_meta["num_samples"]:
         raise DataError(f"sample size {samples} exceeds the training pool of {pool_meta['num_samples']} samples")
-    pool = read_stream(smk.input.pool)
-    train = np.asarray(pool[: pool_meta["sample_end"][samples - 1]])
-    train_ids = pool_meta["sample_ids"][:samples]
-    meta = {"samples": samples, "sample_ids": train_ids, "sample_end": pool_meta["sample_end"][:samples]}
+    chosen = training_order(pool_meta["num_samples"], seed)[:samples]
+    train, sample_end = stream_subset(read_stream(smk.input.pool), pool_meta["sample_end"], chosen)
+    train_ids = [pool_meta["sample_ids"][i] for i in chosen]
+    meta = {"samples": samples, "seed": seed, "sample_ids": train_ids, "sample_end": sample_end}
     for split in ("dev", "test"):
-        check_disjoint(
-            train_ids, read_json(smk.input[f"{split}_meta"])["sample_ids"], f"training set samples{samples}", f"the {split} set"
-        )
+        held_out = read_json(smk.input[f"{split}_meta"])["sample_ids"]
+        check_disjoint(train_ids, held_out, f"training set seed{seed}/samples{samples}", f"the {split} set")
         coverage = validation_coverage(train, read_stream(smk.input[split]))
         meta[f"{split}_coverage"] = coverage
         log.info(
-            "samples%d: %d tokens; %d %s tokens (%.2f %%) use ids unseen in training",
+            "seed%d/samples%d: %d tokens; %d %s tokens (%.2f %%) use ids unseen in training",
+            seed,
             samples,
             train.size,
             coverage["unseen_tokens"],
