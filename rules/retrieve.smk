@@ -2,6 +2,11 @@
 # often have no internet; every job runs with HF_HUB_OFFLINE=1, see newllm/hub.py).
 # In the DAG only when the study needs them: corpus.source hub, embeddings.source gpt2
 # with a hub id.  The tokenizer rule (tokenizer: hub:<repo>) is a local rule as well.
+# A download can fail for reasons that pass (a dropped connection, a rate limit, a hub
+# outage): a failed retrieve job is restarted up to RETRIEVE_RETRIES times before the
+# run stops.
+
+RETRIEVE_RETRIES = 3
 
 
 rule retrieve_corpus:
@@ -11,6 +16,7 @@ rule retrieve_corpus:
         rows="results/{study}/data/corpus/hub_rows.parquet",
     log:
         log_path("retrieve_corpus"),
+    retries: RETRIEVE_RETRIES
     localrule: True
     conda:
         "../envs/newllm.yaml"
@@ -27,6 +33,7 @@ rule retrieve_gpt2:
         "results/{study}/data/hub/gpt2_checkpoint.json",
     log:
         log_path("retrieve_gpt2"),
+    retries: RETRIEVE_RETRIES
     localrule: True
     conda:
         "../envs/newllm.yaml"
