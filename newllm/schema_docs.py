@@ -30,6 +30,11 @@ STUDY_CONFIGS: dict[str, str] = {
         "offline corpus (PyPI `chitchat-dataset`, real human chat) with GPT-2's tokenizer, "
         "CPU-sized, every model of the study on the same tokens (`snakemake --cores all`)"
     ),
+    "chitchat_full.yaml": (
+        "the full study on the embedded corpus: nested training sizes over nearly three decades "
+        "of training tokens, context_dim 32 / 64 / 128, every model of the catalogue, three "
+        "training seeds; meant for a cluster (`--profile profiles/slurm`) or a long local run"
+    ),
     "cpu_variants.yaml": (
         "the comparisons of the original research at CPU size on the embedded corpus: "
         "context_dim, one vs two input tokens, MCDL vs ODCM diversity, two `dist_reg_weight`s, "
