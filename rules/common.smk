@@ -141,6 +141,23 @@ def phase2_caches(wildcards):
     }
 
 
+def context_weights(wildcards):
+    """Phase 1 weights and metrics a run's context cache is made from: its own, or those
+    of the model it pairs with (reset_context reads cvfp's), same variant/size/dim/seed.
+    """
+    entry = study.get_model(wildcards.model)
+    source = {**dict(wildcards.items()), "model": entry.pairs_with or entry.name}
+    return {
+        "weights": rules.phase1.output.weights.format(**source),
+        "phase1_metrics": rules.phase1.output.metrics.format(**source),
+    }
+
+
+def context_source(wildcards):
+    """The catalogue's context source of the run's model (newllm.study.CONTEXT_SOURCES)."""
+    return study.get_model(wildcards.model).context
+
+
 def run_params(wildcards):
     """Resolved model/phase1/phase2 sections of one run, plus the run's identity."""
     resolved = RUN_CONFIG[wildcards.variant]

@@ -82,7 +82,8 @@ rule make_train_set:
         test_meta=rules.make_heldout.output.test_meta,
     output:
         tokens=ensure(
-            "results/{study}/data/train/seed{seed}/samples{samples}.npy", non_empty=True
+            "results/{study}/data/train/seed{seed}/samples{samples}.npy",
+            non_empty=True,
         ),
         meta="results/{study}/data/train/seed{seed}/samples{samples}.json",
     log:

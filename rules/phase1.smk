@@ -4,23 +4,6 @@
 # reset_context exports cvfp's trained ContextBlock applied to a zero previous context.
 
 
-def context_weights(wildcards):
-    """Phase 1 weights and metrics a run's context cache is made from: its own, or those
-    of the model it pairs with (reset_context reads cvfp's), same variant/size/dim/seed."""
-    entry = study.get_model(wildcards.model)
-    source = {**dict(wildcards.items()), "model": entry.pairs_with or entry.name}
-    return {
-        "weights": rules.phase1.output.weights.format(**source),
-        "phase1_metrics": rules.phase1.output.metrics.format(**source),
-    }
-
-
-def context_source(wildcards):
-    """The catalogue's context source of the run's model (newllm.study.CONTEXT_SOURCES)."""
-    return study.get_model(wildcards.model).context
-
-
-
 rule phase1:
     input:
         train=rules.make_train_set.output.tokens,

@@ -25,17 +25,18 @@ def _counts(out):
 
 
 def test_dry_run_of_the_default_config(repo, tmp_path):
-    # 5 sizes x 1 context_dim x 1 seed: cvfp + untrained_context run Phase 1 and the cache,
-    # Phase 2 adds no_context; lstm and transformer per run, the n-gram once per size
+    # 7 sizes x 1 context_dim x 2 seeds = 14 runs per model: cvfp + untrained_context run
+    # Phase 1, they and reset_context export a cache, Phase 2 adds no_context; lstm and
+    # transformer per run, the n-gram per size and seed (each seed has its own training set)
     counts = _counts(_run(["-n", "--directory", str(tmp_path)], cwd=repo))
     expected = {
-        "phase1": 10,
-        "export_contexts": 10,
-        "phase1_diagnostics": 10,
-        "phase2": 15,
-        "baseline_lm": 10,
-        "ngram": 5,
-        "make_train_set": 5,
+        "phase1": 28,
+        "export_contexts": 42,
+        "phase1_diagnostics": 28,
+        "phase2": 56,
+        "baseline_lm": 28,
+        "ngram": 14,
+        "make_train_set": 14,
         "make_heldout": 1,
         "fit_scaling": 1,
         "verdict": 1,
@@ -45,16 +46,26 @@ def test_dry_run_of_the_default_config(repo, tmp_path):
 
 
 def test_dry_run_of_the_ultrachat_study(repo, tmp_path):
-    # 5 sizes x 3 context_dims (768/1200/1537) x 3 seeds; cvfp for 2 variants (1 vs 2 input
-    # tokens), every control and baseline for the first variant
+    # 5 sizes x 3 context_dims (768/1200/1537) x 3 seeds = 45 runs per model and variant;
+    # cvfp, reset_context and no_context for 2 variants (1 vs 2 input tokens), the other
+    # models for the first; the n-gram per size and seed
     counts = _counts(_run(["-n", "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)], cwd=repo))
-    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (2 * 45 + 45 + 45, 2 * 45, 5)
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 2 * 45 + 45, 2 * 45, 15)
 
 
 def test_dry_run_of_the_cpu_variant_study(repo, tmp_path):
-    # 6 variants x 4 sizes x 2 context_dims x 3 seeds of cvfp, plus the controls and baselines
+    # 6 variants x 4 sizes x 3 context_dims x 3 seeds of cvfp, reset_context and no_context
+    # (the claims about context_dim, input tokens and dev ER -> PPL need their controls per
+    # variant), untrained_context and the baselines for the first variant
     counts = _counts(_run(["-n", "--configfile", "config/cpu_variants.yaml", "--directory", str(tmp_path)], cwd=repo))
-    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (144 + 24 + 24, 48, 4)
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 216 + 36, 72, 12)
+    assert counts["export_contexts"] == 2 * 216 + 36  # cvfp and reset_context per variant
+
+
+def test_dry_run_of_the_full_chitchat_study(repo, tmp_path):
+    # 10 sizes (5..2,560 conversations) x 3 context_dims x 3 seeds, every model
+    counts = _counts(_run(["-n", "--configfile", "config/chitchat_full.yaml", "--directory", str(tmp_path)], cwd=repo))
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (4 * 90, 2 * 90, 30)
 
 
 def _job_resources(out):
