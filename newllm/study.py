@@ -328,6 +328,19 @@ register_model(
 )
 register_model(
     ModelEntry(
+        name="ngram_slice",
+        family="count",
+        role="baseline",
+        per_context_dim=False,
+        label="Kneser-Ney + slice",
+        color=OKABE_ITO[8],
+        marker="<",
+        answers="Does a neural model beat counting at equal data? Kneser-Ney on the embedding slice "
+        "(the frozen head's data) plus the training tokens.",
+    )
+)
+register_model(
+    ModelEntry(
         name="lstm",
         family="lm",
         role="baseline",
