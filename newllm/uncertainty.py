@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from newllm.data import target_conversations
+from newllm.study import RUN_KEYS, RunId
 
 DEFAULT_RESAMPLES = 1000
 POINT_KEYS = ["model", "variant", "context_dim", "samples"]
@@ -212,21 +213,25 @@ POINT_MEANS = ("train_tokens", "dev_loss", "dev_accuracy", "test_accuracy", "par
 """runs.csv columns averaged over seeds into the points table (when present)."""
 
 
+def _run_tuple(path: str) -> tuple:
+    """The :data:`~newllm.study.RUN_KEYS` values of the run whose folder holds ``path``."""
+    run = RunId.parse(path).as_dict()
+    return tuple(run[k] for k in RUN_KEYS)
+
+
 def run_conversation_sums(
     table: pd.DataFrame, token_nll: dict[str, np.ndarray], sample_end: Sequence[int]
 ) -> tuple[list, np.ndarray, np.ndarray]:
     """Match every run of ``table`` to its NLL file and reduce it to per-conversation sums.
 
     Returns:
-        ``(keys, sums [C, R], counts [C])``: the runs' :data:`~newllm.analysis.RUN_KEYS`
+        ``(keys, sums [C, R], counts [C])``: the runs' :data:`~newllm.study.RUN_KEYS`
         tuples in table order, NLL sums per test conversation and run, targets per conversation.
 
     Raises:
         ValueError: a run without an NLL file or vice versa, or files that disagree on the test set.
     """
-    from newllm.analysis import RUN_KEYS, run_key
-
-    by_key = {tuple(run_key(p).values()): p for p in token_nll}
+    by_key = {_run_tuple(p): p for p in token_nll}
     keys = [tuple(r) for r in table[RUN_KEYS].itertuples(index=False, name=None)]
     missing = [k for k in keys if k not in by_key]
     extra = sorted(set(by_key) - set(keys))
@@ -271,10 +276,8 @@ def check_test_losses(keys: list, observed: np.ndarray, test_loss: np.ndarray, t
 
 
 def run_intervals(table: pd.DataFrame, observed: np.ndarray, boot: np.ndarray) -> pd.DataFrame:
-    """Per run (:data:`~newllm.analysis.RUN_KEYS`): ``test_ppl`` and its 95 % percentile
+    """Per run (:data:`~newllm.study.RUN_KEYS`): ``test_ppl`` and its 95 % percentile
     interval from the ``[B, R]`` bootstrap losses."""
-    from newllm.analysis import RUN_KEYS
-
     low, high = percentile_interval(boot)
     intervals = table[RUN_KEYS].copy()
     intervals["test_ppl"] = np.exp(observed)
@@ -294,7 +297,7 @@ def bootstrap_study(
     """The study's test-set bootstrap: per-run intervals and the seed-mean scaling points.
 
     Args:
-        runs: the runs table (one row per run, :data:`newllm.analysis.RUN_KEYS`,
+        runs: the runs table (one row per run, :data:`newllm.study.RUN_KEYS`,
             ``test_loss`` and the :data:`POINT_MEANS` / ``undertrained`` columns).
         token_nll: ``{path: [n − 1] token NLL}`` per run; the path names the run
             (``…/runs/{model}/{variant}/samples{N}_ctx{D}_seed{S}/…``).
