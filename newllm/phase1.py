@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -100,18 +100,43 @@ def solve_cache(
     return outputs, info
 
 
+def truncated_history_caches(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, histories: Sequence[int], batch_size: int = 4096
+) -> Iterator[tuple[int, Tensor]]:
+    """Contexts that see only the last ``k`` tokens, for each ``k`` of ``histories``
+    (ascending): yields ``(k, cache [n, L, d_c])`` whose row ``i`` is the recurrence started
+    from a zero context at token ``i - k + 1``, ``c^(k)_i = F(c^(k-1)_{i-1}, x̃_i)``,
+    ``c^(0) = 0`` (docs/method.md §10).
+
+    ``k`` Jacobi sweeps from the zero iterate compute exactly this (after ``k`` sweeps,
+    position ``i`` has read tokens ``i-k+1 … i`` and a zero context before them), so one
+    pass of ``max(histories)`` sweeps serves every ``k``; ``k = 1`` is the reset context
+    ``F(0, x̃_i)`` of the ``reset_context`` control, and ``k`` ≥ the stream length is the
+    full cache of :func:`solve_cache`.  A yielded cache is overwritten by the next
+    iteration: copy it to keep it.
+
+    Raises:
+        ValueError: a ``k < 1`` or ``histories`` not strictly ascending.
+    """
+    histories = [int(k) for k in histories]
+    if not histories or histories[0] < 1 or any(b <= a for a, b in zip(histories, histories[1:])):
+        raise ValueError(f"histories must be strictly ascending token counts >= 1, got {histories}")
+    stream_map = StreamMap(block, token_input, stream, batch_size)
+    outputs, buffer = stream_map.zeros(), stream_map.zeros()
+    done = 0
+    for k in histories:
+        while done < min(k, stream_map.n):
+            buffer = stream_map.sweep(outputs[:, -1], out=buffer)
+            outputs, buffer = buffer, outputs
+            done += 1
+        yield k, outputs
+
+
 def truncated_history_cache(
     block: ContextBlock, token_input: TokenInput, stream: Tensor, history: int, batch_size: int = 4096
 ) -> tuple[Tensor, dict[str, Any]]:
-    """Contexts that see only the last ``history`` tokens: ``[n, L, d_c]`` whose row ``i`` is
-    the recurrence started from a zero context at token ``i - history + 1``,
-    ``c^(k)_i = F(c^(k-1)_{i-1}, x̃_i)``, ``c^(0) = 0`` (docs/method.md §10).
-
-    ``history`` Jacobi sweeps from the zero iterate compute exactly this (after ``k``
-    sweeps, position ``i`` has read tokens ``i-k+1 … i`` and a zero context before them),
-    so ``history = 1`` gives the reset context ``F(0, x̃_i)`` of the ``reset_context`` control,
-    and a ``history`` at least the stream length gives the full cache of
-    :func:`solve_cache`.
+    """One cache of :func:`truncated_history_caches`: contexts of the last ``history``
+    tokens, ``[n, L, d_c]`` (``history = 1``: the reset context ``F(0, x̃_i)``).
 
     Returns:
         ``(cache [n, L, d_c], info)``, ``info`` with ``method`` ("truncated"), ``history``,
@@ -123,14 +148,9 @@ def truncated_history_cache(
     if history < 1:
         raise ValueError(f"history must be >= 1 token, got {history}")
     start = time.perf_counter()
-    stream_map = StreamMap(block, token_input, stream, batch_size)
-    sweeps = min(history, stream_map.n)
-    outputs = stream_map.zeros()
-    buffer = stream_map.zeros()
-    for _ in range(sweeps):
-        buffer = stream_map.sweep(outputs[:, -1], out=buffer)
-        outputs, buffer = buffer, outputs
-    info = {"method": "truncated", "history": int(history), "sweeps": sweeps, "tokens": stream_map.n}
+    ((_, outputs),) = truncated_history_caches(block, token_input, stream, [history], batch_size)
+    n = stream.shape[0]
+    info = {"method": "truncated", "history": int(history), "sweeps": min(history, n), "tokens": n}
     info["seconds"] = time.perf_counter() - start
     return outputs, info
 

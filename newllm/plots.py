@@ -675,3 +675,52 @@ def plot_fixed_point_distances(distances: pd.DataFrame, summary: dict, path: str
     ax.set_title("Do different tokens reach different fixed points?")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def _history_positions(history: pd.Series) -> tuple[np.ndarray, list[str], float]:
+    """x positions of history lengths ``k`` ("all" one octave past the largest ``k``)."""
+    finite = sorted({int(h) for h in history if h != "all"})
+    full = 2.0 * finite[-1] if finite else 1.0
+    return np.array([full if h == "all" else float(h) for h in history]), [*map(str, finite), "all"], full
+
+
+def plot_memory(curves: pd.DataFrame, usable: pd.DataFrame, path: str | Path) -> list[str]:
+    """The two memory measures side by side (report ``memory.png``).
+
+    Left: the perturbation probe, ``‖Δc_i‖`` relative to lag 1 per lag (log scale), per
+    model at the smallest (dashed) and largest (solid) training size, mean over runs.
+    Right: usable memory, the share of the history gain reached with ``k`` tokens of
+    history, one line per training size (mean over seeds; viridis, light = small).
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    labels = []
+    for model in sorted(curves["model"].unique(), key=model_rank) if len(curves) else []:
+        sel = curves[curves["model"] == model]
+        sizes = sorted(sel["samples"].unique())
+        for samples, style in ((sizes[0], "--"), (sizes[-1], "-")) if len(sizes) > 1 else ((sizes[0], "-"),):
+            mean = sel[sel["samples"] == samples].groupby("lag")["relative"].mean().clip(lower=1e-8)
+            label = f"{model_style(model)['label']}, {samples} conv."
+            left.semilogy(mean.index, mean.values, ls=style, color=model_color(model), label=label)
+            labels.append(label)
+    for frac in (0.1, 0.01):
+        left.axhline(frac, color="grey", lw=0.8, ls=":")
+    left.set(title="Perturbation probe (dev)", xlabel="lag k (tokens back)", ylabel="‖Δc_i‖ / lag-1 effect")
+    if len(usable):
+        x, ticks, full = _history_positions(usable["history"])
+        table = usable.assign(x=x)
+        sizes = sorted(table["samples"].unique())
+        colours = plt.cm.viridis(np.linspace(0.85, 0.1, len(sizes)))
+        for samples, colour in zip(sizes, colours):
+            mean = table[table["samples"] == samples].groupby("x")["share_of_history_gain"].mean()
+            right.plot(mean.index, mean.values, marker=model_marker("cvfp"), color=colour, label=f"{samples} conv.")
+            labels.append(f"{samples} conv.")
+        right.set_xscale("log", base=2)
+        right.set_xticks([full if t == "all" else float(t) for t in ticks], ticks)
+        for share in (0.9, 0.99):
+            right.axhline(share, color="grey", lw=0.8, ls=":")
+    right.set(title="Usable memory (test, cvfp)", xlabel="history k (tokens)", ylabel="share of the history gain")
+    for ax in (left, right):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return labels

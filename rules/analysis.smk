@@ -426,3 +426,46 @@ rule analysis:
             ],
             study=STUDY,
         ),
+
+
+rule memory_tables:
+    input:
+        diagnostics=cvfp_outputs(
+            rules.phase1_diagnostics.output[0],
+            models=models_where(context=("phase1", "untrained")),
+        ),
+        usable=cvfp_outputs(
+            rules.usable_memory.output[0], models=models_where(context="phase1")
+        ),
+    output:
+        table=report(
+            "results/{study}/tables/memory_probe.csv",
+            caption="../report/memory_probe.rst",
+            category="Memory",
+        ),
+        curves="results/{study}/tables/memory_probe_curves.csv",
+        usable=report(
+            "results/{study}/tables/usable_memory.csv",
+            caption="../report/usable_memory.rst",
+            category="Memory",
+        ),
+        usable_summary=report(
+            "results/{study}/tables/usable_memory_summary.csv",
+            caption="../report/usable_memory.rst",
+            category="Memory",
+        ),
+        figure=report(
+            "results/{study}/figures/memory.png",
+            caption="../report/memory_probe.rst",
+            category="Memory",
+        ),
+        figure_svg="results/{study}/figures/memory.svg",
+    log:
+        log_path("memory_tables"),
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        code=code_hash("memory_tables"),
+    script:
+        "../workflow_scripts/memory_tables.py"

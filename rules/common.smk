@@ -193,12 +193,14 @@ partition), profiles/slurm-gpu 1.  Memory and wall time per rule: profiles/defau
 
 def final_outputs():
     """Everything the default target builds besides the analysis target (rule ``analysis``
-    in rules/analysis.smk lists every table and figure of the study): the memory probe.
+    in rules/analysis.smk lists every table and figure of the study): the memory tables
+    (perturbation probe and usable memory) and their figure.
     """
     return expand(
         [
-            "results/{study}/figures/memory_probe.png",
+            "results/{study}/figures/memory.png",
             "results/{study}/tables/memory_probe.csv",
+            "results/{study}/tables/usable_memory_summary.csv",
         ],
         study=STUDY,
     )

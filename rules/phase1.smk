@@ -95,33 +95,3 @@ rule phase1_diagnostics:
         code=code_hash("phase1_diagnostics"),
     script:
         "../workflow_scripts/phase1_diagnostics.py"
-
-
-rule memory_probe_table:
-    input:
-        diagnostics=cvfp_outputs(
-            rules.phase1_diagnostics.output[0],
-            models=models_where(context=("phase1", "untrained")),
-        ),
-    output:
-        table=report(
-            "results/{study}/tables/memory_probe.csv",
-            caption="../report/memory_probe.rst",
-            category="Phase 1",
-        ),
-        curves="results/{study}/tables/memory_probe_curves.csv",
-        figure=report(
-            "results/{study}/figures/memory_probe.png",
-            caption="../report/memory_probe.rst",
-            category="Phase 1",
-        ),
-        figure_svg="results/{study}/figures/memory_probe.svg",
-    log:
-        log_path("memory_probe_table"),
-    localrule: True
-    conda:
-        "../envs/newllm.yaml"
-    params:
-        code=code_hash("memory_probe_table"),
-    script:
-        "../workflow_scripts/memory_probe_table.py"

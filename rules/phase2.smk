@@ -35,3 +35,31 @@ rule phase2:
         code=code_hash("phase2"),
     script:
         "../workflow_scripts/phase2.py"
+
+
+rule usable_memory:
+    input:
+        context_weights=rules.phase1.output.weights,
+        token_weights=rules.phase2.output.weights,
+        test=rules.make_heldout.output.test,
+        test_meta=rules.make_heldout.output.test_meta,
+        test_cache=rules.export_contexts.output.test,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        f"{RUN_DIR}/diagnostics/usable_memory.json",
+    log:
+        log_path("usable_memory", RUN_NAME),
+    benchmark:
+        benchmark_path("usable_memory", RUN_NAME)
+    wildcard_constraints:
+        model=model_constraint(context="phase1"),
+    conda:
+        "../envs/newllm.yaml"
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS,
+    params:
+        run=run_params,
+        code=code_hash("usable_memory"),
+    script:
+        "../workflow_scripts/usable_memory.py"
