@@ -33,20 +33,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from newllm.head import TiedCrossEntropy, _max_shifted_chunk, _sample_shifted_chunk, tied_head
 from newllm.losses import phase1_loss
 from newllm.metrics import convergence_counts, effective_rank
 from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
-from newllm.phase2 import (
-    Phase2Config,
-    Split,
-    TiedCrossEntropy,
-    _max_shifted_chunk,
-    _sample_shifted_chunk,
-    accumulate_step,
-    tied_head,
-    train_phase2,
-)
+from newllm.phase2 import Phase2Config, Split, accumulate_step, train_phase2
 from newllm.runtime import PRECISIONS, keep_freed_memory, resolve_device, resolve_precision
 from newllm.tokenizer import VOCAB_SIZE
 

@@ -14,10 +14,10 @@ from newllm.baselines.models import (
     cvfp_parameter_target,
     match_lstm,
     match_transformer,
-    train_flops,
 )
 from newllm.baselines.ngram import KneserNeyLM, modified_kn_discounts
 from newllm.baselines.training import BPTTBatches, NeuralTrainConfig, evaluate_stream, train_neural_lm
+from newllm.flops import train_flops
 from newllm.model import count_parameters
 from newllm.tokenizer import VOCAB_SIZE
 
@@ -175,7 +175,9 @@ def test_parameter_matching_refuses_an_impossible_tolerance():
 
 
 def test_train_flops_formula():
-    assert train_flops(1000, 10, embed_dim=64) == 6 * 1000 * 10 + 6 * VOCAB_SIZE * 64 * 10
+    # 6 per trained parameter and token (Kaplan et al. 2020); the frozen head's forward and
+    # input gradient, 2 + 2 per head weight and token (no weight gradient)
+    assert train_flops(1000, 10, VOCAB_SIZE, embed_dim=64) == 6 * 1000 * 10 + 4 * VOCAB_SIZE * 64 * 10
 
 
 # ------------------------------------------------------------------ neural training
@@ -225,9 +227,10 @@ def _build(kind, embeddings, seed):
 def test_training_lowers_dev_loss_and_stops_early(kind, toy_data):
     embeddings, train, dev, test = toy_data
     model = _build(kind, embeddings, 0)
+    assert evaluate_stream(model, dev, CFG.chunk_tokens)["loss"] > math.log(V_TOY) - 0.5  # about uniform at init
     result = train_neural_lm(model, train, dev, CFG, seed=0, stateful=kind == "lstm")
     history, summary = result.history, result.summary
-    assert history[0]["step"] == 0 and history[0]["dev_loss"] > math.log(V_TOY) - 0.5  # about uniform at init
+    assert [r["step"] for r in history] == list(range(CFG.eval_every, summary["steps"] + 1, CFG.eval_every))
     assert summary["dev_loss"] < math.log(2) + 0.6  # most of the way from ln 40 = 3.7 to the floor ln 2
     assert summary["stopped_by"] == "early_stopping" and not summary["undertrained"]
     assert summary["steps"] < CFG.max_steps
@@ -389,7 +392,7 @@ def test_rule_scripts_write_the_run_contract(repo, tmp_path, rule_inputs, model)
         assert summary["train_flops"] == 0 and summary["parameters"] > 0 and summary["stopped_by"] == "closed_form"
     else:
         assert abs(summary["parameters"] / 1120 - 1) <= 0.1  # cvfp ContextBlock + TokenBlock at d_c = d_e = 16
-        assert summary["train_flops"] == train_flops(summary["parameters"], summary["tokens_processed"], 16)
+        assert summary["train_flops"] == train_flops(summary["parameters"], summary["tokens_processed"], VOCAB_SIZE, 16)
         assert summary["stopped_by"] in {"early_stopping", "max_steps"}
         assert summary["undertrained"] == (summary["stopped_by"] == "max_steps")
 
@@ -401,7 +404,7 @@ def test_a_diverging_run_names_the_step(toy_data):
     model = _build("lstm", embeddings, 0)
     with torch.no_grad():
         model.readout[0].weight.fill_(float("nan"))
-    with pytest.raises(TrainingDivergedError, match="dev loss at step 0"):
+    with pytest.raises(TrainingDivergedError, match=r"^lstm/test, step 1: non-finite loss nan"):
         train_neural_lm(model, train, dev, CFG, seed=0, stateful=True, run_name="lstm/test")
 
 
@@ -779,7 +782,7 @@ def test_build_baseline_sizes_and_configures_each_model():
 
 
 def test_train_flops_with_another_vocabulary():
-    assert train_flops(10, 3, embed_dim=4, vocab_size=7) == 6 * 10 * 3 + 6 * 7 * 4 * 3
+    assert train_flops(10, 3, vocab_size=7, embed_dim=4) == 6 * 10 * 3 + 4 * 7 * 4 * 3
 
 
 def test_transformer_forward_adds_positions_then_runs_the_blocks_and_the_readout():

@@ -1,73 +1,14 @@
 import math
 import re
-import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from newllm.head import TiedCrossEntropy, tied_head
 from newllm.model import ModelConfig, TokenBlock, TokenInput, init_weights, tied_logits
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, TiedHead, evaluate, tied_head, tied_token_nll, train_phase2
+from newllm.phase2 import Phase2Config, Split, evaluate, train_phase2
 from newllm.training import EarlyStopping, TrainingDivergedError
-
-
-@pytest.mark.parametrize("chunk", [1, 3, 64])
-def test_fused_tied_cross_entropy_matches_autograd(chunk):
-    torch.manual_seed(0)
-    E = torch.randn(50, 6)
-    y = torch.randint(0, 50, (10,))
-    h1 = torch.randn(10, 6, requires_grad=True)
-    h2 = h1.detach().clone().requires_grad_(True)
-    fused = TiedCrossEntropy.apply(h1, E, y, chunk)
-    reference = F.cross_entropy(tied_logits(h2, E), y)
-    (2.5 * fused).backward()
-    (2.5 * reference).backward()
-    assert fused.item() == pytest.approx(reference.item(), rel=1e-6)
-    assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
-
-
-def _head_with_shared_rows(V=60, d=6, shared=25, seed=0):
-    """[V, d] embeddings whose last ``shared`` ids share one row (as the bigram stand-in's unknown ids)."""
-    g = torch.Generator().manual_seed(seed)
-    E = torch.randn(V, d, generator=g)
-    E[V - shared :] = torch.randn(d, generator=g)
-    return E
-
-
-def test_a_head_with_identical_rows_is_merged_exactly():
-    E = _head_with_shared_rows()
-    head = tied_head(E)
-    assert head.rows.shape == (36, 6) and torch.equal(head.rows[head.class_of], E)
-    assert sorted(head.log_mult.exp().round().tolist()) == [1.0] * 35 + [25.0]
-    distinct = tied_head(torch.randn(60, 6))  # nothing to merge: the matrix itself
-    assert distinct.log_mult is None and distinct.class_of is None and distinct.rows.shape == (60, 6)
-
-    torch.manual_seed(1)
-    y = torch.cat([torch.randint(0, 60, (30,)), torch.tensor([40, 59, 35, 0])])  # shared and own-row targets
-    h1 = (3 * torch.randn(34, 6)).requires_grad_(True)
-    h2 = h1.detach().clone().requires_grad_(True)
-    for chunk in (1, 7, 64):
-        merged = TiedCrossEntropy.apply(h1, head, y, chunk)
-        full = F.cross_entropy(tied_logits(h2, E), y)
-        merged.backward()
-        full.backward()
-        assert merged.item() == pytest.approx(full.item(), rel=1e-6)
-        assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
-        h1.grad = h2.grad = None
-        nll, correct = tied_token_nll(h1.detach(), head, y, chunk)
-        full_logits = tied_logits(h1.detach(), E)
-        reference = F.cross_entropy(full_logits, y, reduction="none")
-        assert torch.allclose(nll, reference, rtol=1e-5, atol=1e-5)
-        # a hit: the target's logit is the row maximum (ids sharing a row tie by construction)
-        assert torch.equal(correct, full_logits.gather(1, y[:, None]).squeeze(1) >= full_logits.max(dim=1).values)
-
-
-def test_per_token_nll_and_accuracy():
-    E = torch.eye(3)
-    h = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
-    nll, correct = tied_token_nll(h, E, torch.tensor([0, 2]), chunk_tokens=1)
-    expected = -torch.log_softmax(h, 1)[[0, 1], [0, 2]]
-    assert torch.allclose(nll, expected) and correct.tolist() == [True, False]
 
 
 def _phase2_setup(n=300, d_c=4, d_e=32, seed=0):
@@ -251,85 +192,6 @@ def test_phase2_config_defaults_are_the_schema_defaults_and_chunk_tokens_per_dev
     assert Phase2Config.from_dict({"chunk_tokens": 8, "batch_size": None}, torch.device("cuda")) == Phase2Config(chunk_tokens=8)
 
 
-def test_bf16_head_target_logit_is_exact_and_the_rest_rounded_by_hand():
-    # h·E_0 = 1 + 2^-9 rounds to 1.0 in bf16 (spacing 2^-7 near 1); h·E_1 = 1 exactly.
-    # The target logit is recomputed exactly: NLL = log(e^(1+2^-9) + e^1) - (1+2^-9)
-    E = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    head = tied_head(E, "bf16")
-    assert head.rows.dtype == torch.bfloat16 and torch.equal(head.rows.float(), E) and head.log_mult is None
-    assert tied_head(E).rows.dtype == torch.float32
-    h, eps = torch.tensor([[1.0, 2.0**-9]]), 2.0**-9
-    nll, correct = tied_token_nll(h, head, torch.tensor([0]), chunk_tokens=4)
-    assert nll.item() == pytest.approx(math.log1p(math.exp(-eps)), rel=1e-6) and correct.tolist() == [True]
-    # the fused loss: the same value; ∂L/∂h = (Σ_c e_c E_c) / Z - E_y with e = (1, e^-eps) rounded to bf16 (1, 1)
-    hidden = h.clone().requires_grad_(True)
-    loss = TiedCrossEntropy.apply(hidden, head, torch.tensor([0]), 4)
-    loss.backward()
-    z = 1 + math.exp(-eps)
-    assert loss.item() == pytest.approx(math.log1p(math.exp(-eps)), rel=1e-6)
-    assert torch.allclose(hidden.grad, torch.tensor([[2 / z - 1, 1 / z - 1]]), atol=1e-7)
-    # a bf16 hidden state gets a bf16 gradient
-    bf = h.bfloat16().requires_grad_(True)
-    TiedCrossEntropy.apply(bf, head, torch.tensor([0]), 4).backward()
-    assert bf.grad.dtype == torch.bfloat16
-
-
-def test_a_merged_bf16_head_keeps_the_multiplicities():
-    E = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])  # ids 1..3 share a row
-    head = tied_head(E, "bf16")
-    assert head.rows.dtype == torch.bfloat16 and torch.equal(head.rows.float()[head.class_of], E)
-    assert torch.allclose(head.log_mult.exp(), torch.tensor([1.0, 3.0])[head.classes(torch.tensor([0, 1]))])
-    # h = (2, 0): logits (2, 0, 0, 0): NLL of id 0 = log(e^2 + 3) - 2, of id 2 = log(e^2 + 3)
-    nll, correct = tied_token_nll(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), head, torch.tensor([0, 2]), 1)
-    assert torch.allclose(nll, torch.tensor([math.log(math.e**2 + 3) - 2, math.log(math.e**2 + 3)]), atol=1e-6)
-    assert correct.tolist() == [True, False]
-
-
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("shared", [0, 25])
-def test_a_padded_head_gives_the_loss_gradient_and_hits_of_the_unpadded_one(precision, shared):
-    # 60 ids (36 distinct rows with 25 shared) padded to 64 rows: the padding rows' logits
-    # are -inf in every chunk, so they never enter the softmax, the gradient or the top-1
-    # comparison -- even where every real logit is negative and a padding row's raw logit
-    # (0) would be the largest
-    E = _head_with_shared_rows(shared=shared) if shared else torch.randn(60, 6, generator=torch.Generator().manual_seed(3))
-    plain, padded = tied_head(E, precision), tied_head(E, precision, pad_multiple=64)
-    assert plain.pad == 0 and padded.pad == 64 - plain.rows.shape[0] and padded.rows.shape[0] == 64
-    assert torch.equal(padded.rows[: plain.rows.shape[0]], plain.rows) and not padded.rows[-padded.pad :].any()
-    assert tied_head(E, precision, pad_multiple=plain.rows.shape[0]).pad == 0
-    gen = torch.Generator().manual_seed(4)
-    y = torch.randint(0, 60, (20,), generator=gen)
-    h = 3 * torch.randn(20, 6, generator=gen)
-    h[:5] = -10 * E[y[:5]] / E[y[:5]].norm(dim=1, keepdim=True)  # strongly negative logits for some rows
-    for chunk in (1, 7, 64):
-        results = []
-        for head in (plain, padded):
-            hidden = h.clone().requires_grad_(True)
-            loss = TiedCrossEntropy.apply(hidden, head, y, chunk)
-            loss.backward()
-            results.append((loss.detach(), hidden.grad, *tied_token_nll(h, head, y, chunk)))
-        (l1, g1, n1, c1), (l2, g2, n2, c2) = results
-        assert torch.allclose(l1, l2, rtol=1e-6) and torch.allclose(g1, g2, atol=1e-6)
-        assert torch.allclose(n1, n2, rtol=1e-6, atol=1e-6) and torch.equal(c1, c2)
-    assert torch.isfinite(padded.shifted_rows_t[:, : plain.rows.shape[0]]).all()
-    assert padded.shifted_rows_t[6, -padded.pad :].eq(float("-inf")).all()  # ln m row of the padding
-
-
-def test_the_head_is_padded_to_a_multiple_of_64_on_cuda_only():
-    from newllm.phase2 import head_pad_multiple
-
-    assert head_pad_multiple(torch.device("cuda")) == 64 and head_pad_multiple(torch.device("cpu")) == 1
-    assert tied_head(torch.randn(70, 4)).pad == 0  # CPU: results stay those of an unpadded head, bit for bit
-    assert tied_head(torch.randn(70, 4), pad_multiple=64).rows.shape == (128, 4)
-
-
-def test_tied_token_nll_counts_an_exact_tie_for_the_maximum_as_a_hit():
-    E = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
-    nll, correct = tied_token_nll(torch.tensor([[3.0, 1.0]]), TiedHead(E), torch.tensor([1]), chunk_tokens=2)
-    assert correct.tolist() == [True]
-    assert nll.item() == pytest.approx(math.log(2 * math.e**3 + math.e) - 3, rel=1e-6)
-
-
 def test_split_batch_reads_the_cache_rows_and_the_next_tokens():
     import numpy as np
 
@@ -366,7 +228,8 @@ def test_accumulated_micro_batches_give_the_whole_batchs_loss_and_gradient():
 
 
 def test_one_part_batch_loss_is_the_float32_loss_exactly_and_intervals_name_the_bad_step():
-    from newllm.phase2 import _interval_losses, accumulate_step
+    from newllm.phase2 import accumulate_step
+    from newllm.trainer import interval_losses
 
     block, token_input, stream, cache = _phase2_setup(n=30)
     split, pos = Split(stream, cache), torch.tensor([3, 17, 0, 28, 9, 11, 4, 21, 5, 13])
@@ -375,9 +238,9 @@ def test_one_part_batch_loss_is_the_float32_loss_exactly_and_intervals_name_the_
     loss = TiedCrossEntropy.apply(block(ctx, x), tied_head(token_input.weight), y, 4)
     assert value.item() == float(loss.detach())  # loss · 10 / 10 in float64 is exact; in float32 it need not be
     pending = [torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.5, dtype=torch.float64)]
-    assert _interval_losses(pending, 12, "run", None) == [2.0, 1.5]
+    assert interval_losses(pending, 12, "Phase 2 run", None) == [2.0, 1.5]
     with pytest.raises(TrainingDivergedError, match=r"^Phase 2 run, step 12: non-finite loss nan; last finite values: x"):
-        _interval_losses([*pending, torch.tensor(float("nan"))][1:], 12, "run", "x")  # steps 11, 12
+        interval_losses([*pending, torch.tensor(float("nan"))][1:], 12, "Phase 2 run", "x")  # steps 11, 12
 
 
 def test_evaluation_reports_accuracy_and_perplexity_of_the_per_token_predictions():
@@ -394,9 +257,9 @@ def test_evaluation_reports_accuracy_and_perplexity_of_the_per_token_predictions
 
 
 def test_shuffled_batches_cover_each_epoch_once_and_resume_mid_epoch():
-    from newllm.phase2 import _Batches
+    from newllm.phase2 import PositionBatches
 
-    batches = _Batches(5, 2, seed=7, device=torch.device("cpu"))
+    batches = PositionBatches(5, 2, seed=7, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(7)
     first, second = torch.randperm(5, generator=gen), torch.randperm(5, generator=gen)
     drawn = [batches.next().tolist() for _ in range(3)]
@@ -404,81 +267,10 @@ def test_shuffled_batches_cover_each_epoch_once_and_resume_mid_epoch():
     assert batches.next().tolist() == second[:2].tolist() and batches.state()[0] == {"epoch": 2, "offset": 2}
     state, epoch_rng = batches.state()
     rest = [batches.next().tolist() for _ in range(4)]
-    again = _Batches(5, 2, seed=0, device=torch.device("cpu"))
+    again = PositionBatches(5, 2, seed=0, device=torch.device("cpu"))
     again.restore(state, epoch_rng)
     assert again.state()[0] == {"epoch": 2, "offset": 2} and torch.equal(again.state()[1], epoch_rng)
     assert [again.next().tolist() for _ in range(4)] == rest
-
-
-def test_anneal_multiplies_the_rate_only_after_an_evaluation_that_did_not_improve():
-    from newllm.phase2 import _anneal
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.8)
-    stopper = EarlyStopping(patience=5, min_steps=0, max_steps=100)
-    stopper.update(10, 1.0)
-    _anneal(optimizer, stopper, 10, 0.25)  # step 10 is the best: no change
-    assert optimizer.param_groups[0]["lr"] == 0.8
-    stopper.update(20, 1.5)
-    _anneal(optimizer, stopper, 20, 0.25)
-    assert optimizer.param_groups[0]["lr"] == 0.2
-
-
-def test_phase2_summary_and_dev_record_by_hand():
-    from types import SimpleNamespace
-
-    from newllm.phase2 import _dev_evaluation, _phase2_summary
-
-    block, token_input, stream, cache = _phase2_setup(n=21)
-    dev = Split(stream, cache)
-    cfg = Phase2Config(batch_size=8, chunk_tokens=16)
-    optimizer = torch.optim.SGD(block.parameters(), lr=0.3)
-    n = {"step": 30, "tokens": 240, "train_seconds": 2.0, "eval_seconds": 1.0}
-    block.eval()
-    t0 = time.perf_counter()
-    record = _dev_evaluation(block, token_input, dev, cfg, "fp32", None, n, [1.0, 2.0], 4, optimizer)
-    assert 1.0 < n["eval_seconds"] <= 1.0 + time.perf_counter() - t0  # its own time added
-    assert block.training  # back to training after the evaluation
-    dev_eval = evaluate(block, token_input, dev, cfg)
-    assert record == {
-        "step": 30,
-        "epoch": 4,
-        "train_loss": 1.5,
-        "train_ppl": math.exp(1.5),
-        "dev_loss": dev_eval["loss"],
-        "dev_ppl": dev_eval["ppl"],
-        "dev_accuracy": dev_eval["accuracy"],
-        "learning_rate": 0.3,
-        "tokens_per_s": 120.0,  # 240 tokens trained in 2 s
-    }
-    history = [dict(record, step=10, dev_loss=9.0), record]
-    state = SimpleNamespace(history=history, optimizer=optimizer)
-    stopper = SimpleNamespace(best_step=30, stopped_by="max_steps", undertrained=True)
-    # 300 tokens in 40 steps of at most 8: short last batches of epochs count what they hold
-    counters = {"step": 40, "tokens": 300, "train_seconds": 4.0, "eval_seconds": 1.5, "resumed_from_step": 20, "micro": 4}
-    summary = _phase2_summary(state, stopper, counters, Split(torch.arange(81), None), dev, "bf16")
-    assert summary == {
-        "steps": 40,
-        "epochs": 3.75,  # 300 tokens over 80 targets
-        "tokens_processed": 300,
-        "best_step": 30,
-        "stopped_by": "max_steps",
-        "undertrained": True,
-        "resumed_from_step": 20,
-        "micro_batch_size": 4,
-        "dev_loss": dev_eval["loss"],
-        "dev_ppl": dev_eval["ppl"],
-        "dev_accuracy": dev_eval["accuracy"],
-        "train_ppl": math.exp(1.5),
-        "final_learning_rate": 0.3,
-        "train_tokens": 80,
-        "dev_tokens": 20,
-        "train_seconds": 4.0,
-        "eval_seconds": 1.5,
-        "tokens_per_s": 75.0,
-        "precision": "bf16",
-    }
-    counters["train_seconds"] = 0.0  # a clock that did not move: no division by zero
-    assert _phase2_summary(state, stopper, counters, Split(torch.arange(81), None), dev, "fp32")["tokens_per_s"] == 300 / 1e-9
 
 
 def test_a_resumed_phase2_run_equals_the_uninterrupted_one(tmp_path):
@@ -557,23 +349,6 @@ def test_a_bf16_run_evaluates_in_bf16():
     assert result.summary["precision"] == "bf16"
 
 
-def test_one_optimizer_step_with_the_default_precision_and_head_is_the_fp32_batch_gradient():
-    from newllm.phase2 import _optimizer_step
-
-    block, token_input, stream, cache = _phase2_setup(n=30)
-    pos = torch.tensor([3, 17, 0, 28, 9])
-    optimizer = torch.optim.SGD(block.parameters(), lr=0.1)
-    for p in block.parameters():
-        p.grad = torch.ones_like(p)  # stale gradients are cleared first
-    loss, micro = _optimizer_step(block, token_input, Split(stream, cache), pos, optimizer, 2, Phase2Config(chunk_tokens=4), None)
-    grads = [p.grad.clone() for p in block.parameters()]
-    block.zero_grad()
-    reference = F.cross_entropy(tied_logits(block(cache[pos], token_input(stream, pos)), token_input.weight), stream[pos + 1])
-    reference.backward()
-    assert micro == 2 and loss == pytest.approx(reference.item(), rel=1e-6)
-    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(grads, block.parameters()))
-
-
 def test_training_and_evaluation_time_are_accumulated_apart_and_carried_over_a_resume(monkeypatch, tmp_path):
     """A clock that ticks 1 s per reading: each evaluation closes a training interval of
     one tick and takes one tick itself, so 3 evaluations are 3 s of each; a run killed
@@ -581,11 +356,11 @@ def test_training_and_evaluation_time_are_accumulated_apart_and_carried_over_a_r
     import itertools
     from types import SimpleNamespace
 
-    import newllm.phase2 as phase2
+    import newllm.trainer as trainer
     from newllm.checkpoint import CheckpointSpec
 
     ticks = itertools.count()
-    monkeypatch.setattr(phase2, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     cfg = Phase2Config(max_steps=6, min_steps=0, eval_every=2, patience=9, batch_size=16, chunk_tokens=8)
 
     def run(spec, on_eval=None):
@@ -676,102 +451,13 @@ def test_accumulate_step_in_bf16_makes_the_bf16_head_itself():
     assert made == given != fp32_rows
 
 
-def test_a_bf16_hidden_state_gets_the_float32_loss_and_the_rounded_float32_gradient():
-    # the head's matmuls cast the hidden state to bf16 anyway, so a bf16 hidden state and
-    # its float32 copy give the same float32 loss; the bf16 gradient is the float32 one rounded once
-    E = torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
-    head = tied_head(E, "bf16")
-    y = torch.tensor([1, 5, 7, 19, 0, 3])
-    h16 = torch.randn(6, 8, generator=torch.Generator().manual_seed(1)).bfloat16().requires_grad_(True)
-    h32 = h16.detach().float().requires_grad_(True)
-    loss16, loss32 = TiedCrossEntropy.apply(h16, head, y, 4), TiedCrossEntropy.apply(h32, head, y, 4)
-    assert loss16.dtype == torch.float32 and loss16.item() == loss32.item()
-    (1.7 * loss16).backward()
-    (1.7 * loss32).backward()
-    assert h16.grad.dtype == torch.bfloat16 and torch.equal(h16.grad, h32.grad.bfloat16())
-
-
 def test_evaluation_runs_each_target_once_in_batches_and_chunks(monkeypatch):
-    import newllm.phase2 as phase2
+    import newllm.head as head
 
     block, token_input, stream, cache = _phase2_setup(n=11)  # 10 targets
     batches, chunks = [], []
-    forward, chunk_logits = block.forward, phase2._chunk_logits
+    forward, chunk_logits = block.forward, head._chunk_logits
     block.forward = lambda ctx, x: batches.append(x.shape[0]) or forward(ctx, x)
-    monkeypatch.setattr(phase2, "_chunk_logits", lambda h, *rest: chunks.append(h.shape[0]) or chunk_logits(h, *rest))
+    monkeypatch.setattr(head, "_chunk_logits", lambda h, *rest: chunks.append(h.shape[0]) or chunk_logits(h, *rest))
     evaluate(block, token_input, Split(stream, cache), Phase2Config(eval_batch_size=4, chunk_tokens=3))
     assert batches == [4, 4, 2] and chunks == [3, 1, 3, 1, 2]
-
-
-def test_sample_shifted_chunk_equals_the_max_shifted_one_with_and_without_multiplicities():
-    from newllm.phase2 import SHIFT_SAMPLE_ROWS, _max_shifted_chunk, _sample_shifted_chunk
-
-    gen = torch.Generator().manual_seed(0)
-    distinct = torch.randn(600, 8, generator=gen) * 2
-    merged = torch.cat([distinct[:400], distinct[:1].expand(200, 8)])  # one row 201 times
-    for embeddings in (distinct, merged):
-        head = tied_head(embeddings)
-        assert (head.log_mult is None) == (embeddings is distinct)
-        sample, sample_log_mult = head.shift_rows
-        assert sample.shape[0] >= SHIFT_SAMPLE_ROWS
-        h, ids = torch.randn(16, 8, generator=gen) * 3, torch.randint(0, 600, (16,), generator=gen)
-        y = head.classes(ids)
-        fast, exact = _sample_shifted_chunk(h, head, y), _max_shifted_chunk(h, head, y)
-        assert torch.allclose(fast[0], exact[0], atol=1e-5) and torch.allclose(fast[1], exact[1], atol=1e-5)
-        # and both are the float64 cross-entropy over all 600 ids
-        logits = h.double() @ embeddings.double().t()
-        expected = torch.logsumexp(logits, dim=1) - logits[torch.arange(16), ids]
-        assert torch.allclose(fast[0].double(), expected, atol=1e-4)
-    # the largest multiplicity is in the sample: ln 201 is the merged head's largest ln m
-    assert torch.isclose(sample_log_mult.max(), torch.tensor(201.0).log())
-
-
-def test_sample_shifted_chunk_falls_back_where_the_sample_misses_the_maximum(monkeypatch):
-    # 300 long rows orthogonal to h1 = (200, 0) fill the sample (logit 0); the short row (1, 0)
-    # outside it has logit 200, so exp(z - shift) overflows and that row takes the exact path
-    from newllm import phase2
-    from newllm.phase2 import SHIFT_SAMPLE_ROWS, _sample_shifted_chunk
-
-    long_rows = torch.stack([torch.zeros(300), 10 + torch.arange(300.0) / 100], dim=1)
-    rows = torch.cat([long_rows, torch.tensor([[1.0, 0.0]])])
-    head = tied_head(rows)
-    assert SHIFT_SAMPLE_ROWS < 300 and not (head.shift_rows[0][:, 0] != 0).any()  # the short row is not sampled
-    h = torch.tensor([[200.0, 0.0], [0.0, 1.0]])
-    y = torch.tensor([300, 5])
-    exact_rows = []
-    real = phase2._max_shifted_chunk
-    monkeypatch.setattr(phase2, "_max_shifted_chunk", lambda h, head, y: exact_rows.append(h) or real(h, head, y))
-    nll, grad = _sample_shifted_chunk(h, head, y)
-    assert len(exact_rows) == 1 and torch.equal(exact_rows[0], h[:1])  # only the overflowing row
-    logits = h.double() @ rows.double().t()
-    expected = torch.logsumexp(logits, dim=1) - logits[torch.arange(2), y]
-    assert torch.isfinite(nll).all() and torch.allclose(nll.double(), expected, atol=1e-5)
-    p = torch.softmax(logits, dim=1)
-    assert torch.allclose(grad.double(), p @ rows.double() - rows.double()[y], atol=1e-5)
-
-
-def test_tied_cross_entropy_chunks_rows_and_picks_the_path_by_the_rows_dtype(monkeypatch):
-    # fp32 rows: ceil(B / chunk) calls of the sample-shifted chunk on consecutive row blocks,
-    # never the max pass; bf16 rows: the max-shifted chunk; both equal the float64 loss
-    from newllm import phase2
-
-    gen = torch.Generator().manual_seed(1)
-    E, h, y = torch.randn(50, 8, generator=gen), torch.randn(7, 8, generator=gen), torch.randint(0, 50, (7,), generator=gen)
-    logits = h.double() @ E.double().t()
-    expected = (torch.logsumexp(logits, dim=1) - logits[torch.arange(7), y]).mean()
-    calls = {"sample": [], "max": []}
-    real_sample, real_max = phase2._sample_shifted_chunk, phase2._max_shifted_chunk
-    monkeypatch.setattr(phase2, "_sample_shifted_chunk", lambda h, head, y: calls["sample"].append(h) or real_sample(h, head, y))
-    monkeypatch.setattr(phase2, "_max_shifted_chunk", lambda h, head, y: calls["max"].append(h) or real_max(h, head, y))
-    loss = TiedCrossEntropy.apply(h, tied_head(E), y, 3)
-    assert [part.shape[0] for part in calls["sample"]] == [3, 3, 1] and not calls["max"]
-    assert torch.equal(torch.cat(calls["sample"]), h) and torch.isclose(loss.double(), expected, atol=1e-6)
-    calls["sample"].clear()
-    hidden = h.clone().requires_grad_(True)
-    loss = TiedCrossEntropy.apply(hidden, tied_head(E, "bf16"), y, 4)
-    loss.backward()
-    assert [part.shape[0] for part in calls["max"]] == [4, 3] and not calls["sample"]
-    assert torch.isclose(loss.double(), expected, rtol=2e-2)  # bf16 matmul operands: ~3 significant digits
-    p = torch.softmax(logits, dim=1)
-    exact_grad = (p @ E.double() - E.double()[y]) / 7
-    assert hidden.grad.dtype == torch.float32 and torch.allclose(hidden.grad.double(), exact_grad, atol=5e-3)

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from newllm.baselines.models import LSTMLM, TransformerConfig, TransformerLM
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, train_neural_lm
+from newllm.head import TiedCrossEntropy, tied_head, tied_token_nll
 from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, init_weights
 from newllm.phase1 import Phase1Config, train_phase1
-from newllm.phase2 import Phase2Config, Split, TiedCrossEntropy, evaluate, tied_head, tied_token_nll, train_phase2
+from newllm.phase2 import Phase2Config, Split, evaluate, train_phase2
 from newllm.pipeline import run_precision
 from newllm.runtime import autocast, resolve_precision
 from newllm.tokenizer import VOCAB_SIZE

@@ -92,8 +92,8 @@ def test_sigkilled_run_resumes_to_identical_results(tmp_path, phase, kill_at):
     assert a["weights"] == b["weights"]
     key = "resumed_from_iteration" if phase == "phase1" else "resumed_from_step"
     # the record the kill followed: Phase 1 iteration; Phase 2 evaluation every 7 steps; the
-    # baselines' evaluations at steps 0, 5, 10, ... (the 3rd at step 10)
-    resumed_at = {"phase1": kill_at + 1, "phase2": kill_at * 7}.get(phase, (kill_at - 1) * 5)
+    # baselines' evaluations at steps 5, 10, 15, ... (the 3rd at step 15)
+    resumed_at = {"phase1": kill_at + 1, "phase2": kill_at * 7}.get(phase, kill_at * 5)
     assert a["summary"].pop(key) is None and b["summary"].pop(key) == resumed_at
     assert a["summary"] == b["summary"]
 

@@ -4,7 +4,7 @@ Both read ``x_t = LayerNorm(E[token_t])`` (no affine, as :class:`newllm.model.To
 and end with the same readout as CVFP's TokenBlock: a Linear to ``d_e`` followed by a
 LayerNorm(``d_e``) (with affine), whose output ``h`` ``[.., d_e]`` meets the frozen,
 tied head ``logits = h @ Eᵀ`` (no bias).  ``forward`` returns ``h``; the trainer applies
-the head through :class:`newllm.phase2.TiedCrossEntropy` so ``[tokens, V]`` logits are
+the head through :class:`newllm.head.TiedCrossEntropy` so ``[tokens, V]`` logits are
 never materialised.  Notation: ``V`` = 50,257, ``d_e`` = embed_dim, ``B`` = sequences,
 ``T`` = time steps.
 
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from newllm.model import ModelConfig, build_blocks, count_parameters
-from newllm.tokenizer import VOCAB_SIZE
 
 
 def embed(embeddings: Tensor, tokens: Tensor) -> Tensor:
@@ -260,7 +259,7 @@ def _check_embeddings(embeddings: Tensor) -> None:
 
 
 def cvfp_parameter_target(model_cfg: dict, embed_dim: int) -> int:
-    """Trainable parameters of the CVFP run's ContextBlock + TokenBlock (SPEC §3).
+    """Trainable parameters of the CVFP run's ContextBlock + TokenBlock (docs/method.md §3).
 
     ``model_cfg`` is the run's resolved ``model`` section (``context_dim``,
     ``num_input_tokens``, ``num_layers``, ``ffn_layers``, ``activation``).
@@ -349,15 +348,3 @@ def build_baseline(name: str, embeddings: Tensor, settings: dict, target: int, t
     keys = ("num_layers", "num_heads", "block_size", "dropout", "eval_stride")
     model = TransformerLM(embeddings, TransformerConfig(size.size, **{k: settings[k] for k in keys}))
     return model, size
-
-
-def train_flops(parameters: int, tokens: int, embed_dim: int, vocab_size: int = VOCAB_SIZE) -> float:
-    """Approximate training FLOPs: ``6·P·tokens + 6·V·d_e·tokens``.
-
-    ``6·P`` per token is the forward (2P) + backward (4P) multiply-adds of the trainable
-    weights (Kaplan et al. 2020); ``6·V·d_e`` the same for the tied head's ``[d_e, V]``
-    matmuls, which run on every token although the head is frozen.  Attention score
-    FLOPs (``∝ T`` per token) and elementwise work are left out.  ``tokens`` = targets
-    processed by optimizer steps (steps × batch tokens), evaluations excluded.
-    """
-    return 6.0 * parameters * tokens + 6.0 * vocab_size * embed_dim * tokens

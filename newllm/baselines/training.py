@@ -1,15 +1,10 @@
-"""One trainer for the neural baselines (LSTM, Transformer): Adam, clipping, early stopping.
+"""The neural baselines (LSTM, Transformer; docs/method.md §10) on the shared next-token loop.
 
-The loop reads as nanoGPT's, with the stop rule as an object
-(:class:`newllm.training.EarlyStopping`): get batch -> forward -> tied cross-entropy ->
-backward -> clip -> step -> every ``eval_every`` steps evaluate the dev stream and ask
-the stop rule (an improvement counts when the dev loss drops by more than ``min_delta``
-nats).  Every evaluation that does not improve the dev loss also multiplies the
-learning rate by ``lr_decay`` (annealing on plateau, so the ``patience`` evaluations
-before a stop are spent at ever smaller steps instead of bouncing around the optimum;
-``lr_decay = 1`` keeps it constant).  The best dev weights are restored before the test
-evaluation.  The dev loss at step 0 (the initialisation) is the first evaluation, so a
-model that never improves keeps its initial weights rather than a worse later state.
+Training is :func:`newllm.trainer.train_next_token`, the loop Phase 2 runs too (Adam,
+clipping, dev evaluations at one cadence, early stopping on dev with ``min_delta``,
+annealing on plateau by ``lr_decay``, out-of-memory micro-batching, exact resume; the
+best dev weights are restored before the test evaluation).  This module supplies the
+baselines' batch sources and the model adapter (:class:`StreamLM`).
 
 Batches (deterministic per seed through one ``torch.Generator``):
 
@@ -22,15 +17,11 @@ Batches (deterministic per seed through one ``torch.Generator``):
   random offsets (nanoGPT's ``get_batch``), no state.
 
 Either way one optimizer step processes ``batch_size × seq_len`` targets, every one of
-them with a loss term.  The dev stream is evaluated every ``eval_every`` steps or once
-per epoch of the training stream, whichever is more often: a 4k-token training set
-overfits within a few dozen 512-token steps, long before a fixed step interval.
+them with a loss term.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,11 +29,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from newllm.checkpoint import CheckpointSpec, TrainState
+from newllm.baselines.models import SEQ_LEN_KEY, SizeMatch
+from newllm.checkpoint import CheckpointSpec
+from newllm.flops import TRAIN_FLOPS_FORMULA, train_flops
+from newllm.head import TiedHead, tied_head, tied_token_nll
 from newllm.metrics import perplexity
-from newllm.phase2 import TiedCrossEntropy, TiedHead, tied_head, tied_token_nll
+from newllm.model import count_parameters
 from newllm.runtime import autocast
-from newllm.training import EarlyStopping, ResumableBatches, TrainResult, check_finite, config_from_dict
+from newllm.trainer import train_next_token
+from newllm.training import ResumableBatches, TrainResult, config_from_dict
 
 
 @dataclass
@@ -83,6 +78,15 @@ class NeuralTrainConfig:
             out.chunk_tokens = 4096 if device is not None and device.type == "cuda" else 32
         return out
 
+    @classmethod
+    def for_model(cls, name: str, baselines: dict[str, Any], device: torch.device | None = None) -> "NeuralTrainConfig":
+        """The settings of baseline ``name`` from the resolved ``baselines`` section:
+        ``early_stopping``, then ``baselines.<name>`` (its window key, :data:`SEQ_LEN_KEY`,
+        as ``seq_len``), then the shared ``chunk_tokens``."""
+        settings = baselines[name]
+        merged = {**baselines["early_stopping"], **settings, "seq_len": settings[SEQ_LEN_KEY[name]]}
+        return cls.from_dict({**merged, "chunk_tokens": baselines["chunk_tokens"]}, device)
+
 
 class BPTTBatches(ResumableBatches):
     """Consecutive ``[B, seq_len]`` windows of ``B`` parallel lanes of one stream (truncated BPTT).
@@ -109,6 +113,7 @@ class BPTTBatches(ResumableBatches):
                 f"tokens (needs {2 * seq_len}); lower baselines.lstm.bptt"
             )
         self.stream, self.batch_size, self.seq_len, self.gen = stream, lanes, seq_len, generator
+        self.targets_per_batch = lanes * seq_len
         self._start_pass()
 
     def _new_pass(self) -> None:
@@ -141,6 +146,7 @@ class RandomWindows:
         if stream.shape[0] < seq_len + 1:
             raise ValueError(f"training stream of {stream.shape[0]} tokens is shorter than block_size+1 = {seq_len + 1}")
         self.stream, self.batch_size, self.seq_len, self.gen = stream, batch_size, seq_len, generator
+        self.targets_per_batch = batch_size * seq_len
 
     def next(self) -> tuple[Tensor, Tensor, bool]:
         starts = torch.randint(self.stream.shape[0] - self.seq_len, (self.batch_size,), generator=self.gen).to(self.stream.device)
@@ -162,189 +168,90 @@ def evaluate_stream(
     """Score every target of ``stream`` (``[n]`` int64) with the model's own stream pass.
 
     ``bf16``: the stream pass under ``torch.autocast`` and the head's matmuls on ``head``
-    (:func:`newllm.phase2.tied_head` of the model's embeddings; made here when ``None``),
+    (:func:`newllm.head.tied_head` of the model's embeddings; made here when ``None``),
     log-sum-exp and NLL in float32.
 
     Returns:
         ``{"loss", "ppl", "accuracy", "tokens", "token_nll"}``: mean NLL (nats per
-        target), ``exp(loss)``, top-1 accuracy, ``n-1``, and the ``[n-1]`` float32 numpy
-        vector of per-target NLL whose mean is ``loss``.
+        target), ``exp(loss)``, tie-aware top-1 accuracy (:func:`newllm.head.top1_credit`),
+        ``n-1``, and the ``[n-1]`` float32 numpy vector of per-target NLL whose mean is ``loss``.
     """
     was_training = model.training
     model.eval()
     head = tied_head(model.embeddings, precision) if head is None else head
     with autocast(stream.device, precision):
         hidden = model.stream_hidden(stream)  # [n-1, d_e]
-    nll, correct = tied_token_nll(hidden, head, stream[1:], chunk_tokens)
+    nll, credit = tied_token_nll(hidden, head, stream[1:], chunk_tokens)
     model.train(was_training)
     vector = nll.double().cpu().numpy()
     loss = float(vector.mean())
     return {
         "loss": loss,
         "ppl": perplexity(loss),
-        "accuracy": float(correct.float().mean()),
+        "accuracy": float(credit.double().mean()),
         "tokens": int(vector.size),
         "token_nll": vector.astype(np.float32),
     }
 
 
-def _detach(state):
-    if state is None:
-        return None
-    return tuple(s.detach() for s in state)
+class StreamLM:
+    """A baseline LM (``forward(tokens [B, T], state) -> (h [B, T, d_e], state)``) as a
+    :class:`newllm.trainer.NextTokenModel`: a batch is ``(inputs [B, T], targets [B, T],
+    reset)`` from :class:`BPTTBatches` or :class:`RandomWindows`; the dev evaluation is
+    :func:`evaluate_stream`.
 
+    A recurrent model's state (a tuple of ``[layers, B, …]`` tensors, lanes on dim 1)
+    carries over from one batch to the next, detached, and is dropped where the batch
+    source says ``reset``.  Micro-batches (after out-of-memory) are groups of lanes, each
+    reading its lanes' slice of the state; the batch's final state is the lanes' parts
+    put back together, and it is taken up only when the next batch begins, so a step
+    retried after out-of-memory starts again from the state it started from.
+    """
 
-class NeuralTrainer:
-    """One baseline run between its steps: its batch source (:class:`BPTTBatches` or
-    :class:`RandomWindows`), optimizer, stop rule, history and timings
-    (:func:`train_neural_lm` is the loop over :meth:`train_step` and :meth:`evaluate`)."""
+    def __init__(self, model: nn.Module, train_stream: Tensor, dev_stream: Tensor, chunk_tokens: int, precision: str) -> None:
+        self.module, self.dev, self.chunk_tokens, self.precision = model, dev_stream, chunk_tokens, precision
+        self.train_tokens, self.dev_tokens = train_stream.shape[0] - 1, dev_stream.shape[0] - 1
+        self.carry: tuple[Tensor, ...] | None = None  # the state the current batch starts from
+        self._parts: list[tuple[Tensor, ...]] = []  # its lanes' final states, part by part
+        self._batch: Any = None
 
-    def __init__(
-        self,
-        model: nn.Module,
-        batches: BPTTBatches | RandomWindows,
-        cfg: NeuralTrainConfig,
-        run_name: str = "",
-        on_eval: Callable[[dict[str, Any]], None] | None = None,
-        precision: str = "fp32",
-    ) -> None:
-        if cfg.chunk_tokens is None:
-            raise ValueError("NeuralTrainConfig.chunk_tokens is None: resolve it with NeuralTrainConfig.from_dict(cfg, device)")
-        self.model, self.batches, self.cfg, self.run_name, self.on_eval = model, batches, cfg, run_name, on_eval
-        self.precision = precision
-        self.head = tied_head(model.embeddings, precision)  # once per run: identical rows merged, bf16 rows for bf16
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate)
-        self.stopper = EarlyStopping(cfg.patience, cfg.min_steps, cfg.max_steps, cfg.min_delta)
-        self.tokens_per_step = self.batches.batch_size * cfg.seq_len
-        # at least one evaluation per epoch: small training sets overfit within eval_every steps
-        self.eval_every = max(1, min(cfg.eval_every, math.ceil((batches.stream.shape[0] - 1) / self.tokens_per_step)))
-        self.history: list[dict[str, Any]] = []
-        self.state, self.last_finite = None, None  # carried LSTM state, last finite training loss
-        self.t_start = time.perf_counter()
-        self.eval_seconds, self.step_seconds = 0.0, 0.0
-        self.resumed_from_step: int | None = None
+    def _final(self) -> tuple[Tensor, ...] | None:
+        return tuple(torch.cat(lanes, dim=1) for lanes in zip(*self._parts)) if self._parts else None
 
-    def save(self, spec: CheckpointSpec, step: int) -> None:
-        """Checkpoint after the evaluation at ``step``: weights, Adam, stop rule and best
-        weights, history, batch stream position, carried LSTM state, torch's RNG."""
-        state = TrainState(self.model, self.optimizer, self.stopper)
-        state.history = self.history
-        batch_state, batch_rng = self.batches.state()
-        extra = {"batch_rng": batch_rng, "torch_rng": torch.get_rng_state()}
-        if self.state is not None:
-            extra.update({f"carry.{i}": t for i, t in enumerate(_detach(self.state))})
-        counters = {
-            "step": step,
-            "batches": batch_state,
-            "carry": 0 if self.state is None else len(self.state),
-            "last_finite": self.last_finite,
-            "seconds": time.perf_counter() - self.t_start,
-            "eval_seconds": self.eval_seconds,
-            "step_seconds": self.step_seconds,
-        }
-        state.save(spec, counters, extra)
+    def split(self, batch: tuple[Tensor, Tensor, bool], micro: int) -> list[tuple[Any, int]]:
+        inputs, targets, reset = batch
+        if batch is not self._batch:  # a new batch: the previous one's step is done
+            self.carry = None if reset else self._final()
+            self._batch = batch
+        self._parts = []
+        rows = inputs.shape[0]
+        return [
+            ((inputs[s : s + micro], targets[s : s + micro], slice(s, s + micro)), min(micro, rows - s))
+            for s in range(0, rows, micro)
+        ]
 
-    def resume(self, spec: CheckpointSpec | None) -> int:
-        """Restore from a matching checkpoint; returns the step it was saved after (0: none)."""
-        state = TrainState(self.model, self.optimizer, self.stopper)
-        counters = state.load(spec)
-        if not counters:
-            return 0
-        device = next(self.model.parameters()).device
-        self.history = state.history
-        self.batches.restore(counters["batches"], state.extra_tensors["batch_rng"])
-        torch.set_rng_state(state.extra_tensors["torch_rng"])
-        carry = [state.extra_tensors[f"carry.{i}"].to(device) for i in range(counters["carry"])]
-        self.state = tuple(carry) if carry else None
-        self.last_finite = counters["last_finite"]
-        self.t_start = time.perf_counter() - counters["seconds"]
-        self.eval_seconds, self.step_seconds = counters["eval_seconds"], counters["step_seconds"]
-        self.resumed_from_step = counters["step"]
-        return counters["step"]
+    def load(self, part: tuple[Tensor, Tensor, slice]) -> tuple[tuple[Tensor, slice], Tensor]:
+        inputs, targets, lanes = part
+        return (inputs, lanes), targets
 
-    def snapshot(self) -> dict[str, Tensor]:
-        """A copy of the weights (the stop rule keeps the best)."""
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    def hidden(self, inputs: tuple[Tensor, slice]) -> Tensor:
+        tokens, lanes = inputs
+        state = None if self.carry is None else tuple(s[:, lanes] for s in self.carry)
+        hidden, new = self.module(tokens, state)  # [b, T, d_e]
+        if new is not None:
+            self._parts.append(tuple(s.detach() for s in new))
+        return hidden
 
-    def train_step(self, step: int) -> float:
-        """Get batch → forward → tied cross-entropy → finite check → backward → clip → step.
+    def evaluate(self, head: TiedHead) -> dict[str, Any]:
+        return evaluate_stream(self.module, self.dev, self.chunk_tokens, self.precision, head)
 
-        Returns:
-            the batch's training loss (nats per target).
+    def carry_tensors(self) -> dict[str, Tensor]:
+        return {f"carry.{i}": t for i, t in enumerate(self._final() or ())}
 
-        Raises:
-            TrainingDivergedError: a NaN/Inf loss, before it reaches the weights.
-        """
-        t0 = time.perf_counter()
-        inputs, targets, reset = self.batches.next()  # [B, T] each
-        if reset:
-            self.state = None
-        with autocast(inputs.device, self.precision):
-            hidden, self.state = self.model(inputs, _detach(self.state))  # [B, T, d_e]
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        loss = TiedCrossEntropy.apply(flat, self.head, targets.reshape(-1), self.cfg.chunk_tokens)  # float32
-        value = float(loss.detach())
-        check_finite(value, f"{self.run_name} training loss at step {step}", self.last_finite)
-        self.last_finite = value
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
-        self.step_seconds += time.perf_counter() - t0
-        return value
-
-    def evaluate(self, step: int, dev_stream: Tensor, train_loss: float | None) -> bool:
-        """Score the dev stream, record it, ask the stop rule; anneal the learning rate by
-        ``lr_decay`` when the dev loss did not improve.  Returns whether to stop."""
-        t0 = time.perf_counter()
-        dev = evaluate_stream(self.model, dev_stream, self.cfg.chunk_tokens, self.precision, self.head)
-        self.eval_seconds += time.perf_counter() - t0
-        last = self.history[-1]["dev_loss"] if self.history else None
-        check_finite(dev["loss"], f"{self.run_name} dev loss at step {step}", last)
-        lr = self.optimizer.param_groups[0]["lr"]
-        record = {
-            "step": step,
-            "tokens": step * self.tokens_per_step,
-            "train_loss": train_loss,
-            "dev_loss": dev["loss"],
-            "dev_ppl": dev["ppl"],
-            "dev_accuracy": dev["accuracy"],
-            "learning_rate": lr,
-            "seconds": time.perf_counter() - self.t_start,
-        }
-        self.history.append(record)
-        if self.on_eval is not None:
-            self.on_eval(record)
-        stop = self.stopper.update(step, dev["loss"], self.snapshot)
-        if self.stopper.best_step != step:  # no improvement: anneal
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * self.cfg.lr_decay
-        return stop
-
-    def summary(self, step: int, stopped_by: str) -> dict[str, Any]:
-        """How the run stopped and its best dev evaluation (see :func:`train_neural_lm`)."""
-        best = next(r for r in self.history if r["step"] == self.stopper.best_step)
-        tokens_processed = step * self.tokens_per_step
-        return {
-            "steps": step,
-            "best_step": self.stopper.best_step,
-            "stopped_by": stopped_by,
-            "undertrained": stopped_by == "max_steps",
-            "resumed_from_step": self.resumed_from_step,
-            "dev_loss": best["dev_loss"],
-            "dev_ppl": best["dev_ppl"],
-            "dev_accuracy": best["dev_accuracy"],
-            "tokens_processed": tokens_processed,
-            "tokens_per_step": self.tokens_per_step,
-            "batch_size": self.batches.batch_size,
-            "eval_every": self.eval_every,
-            "evaluations": len(self.history),
-            "train_seconds": time.perf_counter() - self.t_start,
-            "eval_seconds": self.eval_seconds,
-            "tokens_per_s": tokens_processed / self.step_seconds if self.step_seconds > 0 else math.nan,
-            "precision": self.precision,
-        }
+    def restore_carry(self, tensors: dict[str, Tensor]) -> None:
+        device = next(self.module.parameters()).device
+        carry = tuple(tensors[f"carry.{i}"].to(device) for i in range(sum(k.startswith("carry.") for k in tensors)))
+        self._parts, self._batch = ([carry] if carry else []), None
 
 
 def train_neural_lm(
@@ -356,56 +263,79 @@ def train_neural_lm(
     seed: int,
     stateful: bool,
     run_name: str = "",
+    on_batch: Callable[[int], None] | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
+    on_oom: Callable[[int], None] | None = None,
     precision: str = "fp32",
     checkpoint: CheckpointSpec | None = None,
 ) -> TrainResult:
-    """Train ``model`` (LSTM: ``stateful=True``; Transformer: False) to its best dev loss.
+    """Train ``model`` (recurrent with truncated BPTT: ``stateful=True``; Transformer:
+    False) to its best dev loss with :func:`newllm.trainer.train_next_token` (its
+    docstring: cadence, stop rule, annealing, out-of-memory micro-batches, checkpoints).
 
     Args:
-        model: :class:`LSTMLM` or :class:`TransformerLM` (its ``embeddings`` buffer is the
-            tied head).
+        model: :class:`~newllm.baselines.models.LSTMLM`, :class:`~newllm.baselines.models.TransformerLM`
+            or another LM with that interface (its ``embeddings`` buffer is the tied head).
         train_stream, dev_stream: ``[n]`` int64 token ids on the model's device.
-        cfg: optimisation and stopping settings.
+        cfg: optimisation and stopping settings (``chunk_tokens`` resolved).
         seed: seeds the batch order (initialise the model under ``torch.manual_seed``
             before calling for a fully deterministic run).
         precision: ``fp32`` or ``bf16`` (:func:`newllm.runtime.resolve_precision`):
             ``bf16`` runs the model's forward under ``torch.autocast`` and the tied
             head's matmuls on a bf16 copy of the embeddings made once per run; the
             loss, log-sum-exp, weights and Adam stay float32.
-        checkpoint: where to checkpoint after every ``checkpoint.every`` evaluations and
-            resume from (a killed run resumes to identical numbers, tested); ``None``: off.
 
     Returns:
-        :class:`newllm.training.TrainResult` with ``history``: one record per evaluation (``step``, ``tokens``,
-        ``train_loss`` = mean over the steps since the last evaluation, ``dev_loss``,
-        ``dev_ppl``, ``dev_accuracy``, ``seconds``); summary ``steps``, ``best_step``,
-        ``stopped_by``, ``undertrained``, ``dev_loss``/``dev_ppl``/``dev_accuracy`` of the
-        best step, ``tokens_processed``, ``train_seconds`` (loop incl. evaluations),
-        ``eval_seconds``, ``tokens_per_s`` (optimizer steps only), ``precision``.  ``model`` holds the
-        best weights on return.
+        :class:`newllm.training.TrainResult` with the history and summary of
+        :data:`newllm.trainer.RECORD_KEYS` / :data:`newllm.trainer.SUMMARY_KEYS`;
+        ``model`` holds the best weights.
 
     Raises:
-        TrainingDivergedError: a NaN/Inf training or dev loss.
-        ValueError: a training stream too short for one batch.
+        TrainingDivergedError: a NaN/Inf training or dev loss, naming the step.
+        ValueError: a training stream too short for one batch, or ``chunk_tokens`` unresolved.
     """
+    if cfg.chunk_tokens is None:
+        raise ValueError("NeuralTrainConfig.chunk_tokens is None: resolve it with NeuralTrainConfig.from_dict(cfg, device)")
     gen = torch.Generator().manual_seed(seed)
     batches = (BPTTBatches if stateful else RandomWindows)(train_stream, cfg.batch_size, cfg.seq_len, gen)
-    run = NeuralTrainer(model, batches, cfg, run_name, on_eval, precision)
-    model.train()
-    step = run.resume(checkpoint)
-    if step == 0:
-        run.evaluate(0, dev_stream, None)
-    window_losses = []
-    for step in range(step + 1, cfg.max_steps + 1):
-        window_losses.append(run.train_step(step))
-        if step % run.eval_every == 0 or step == cfg.max_steps:
-            stop = run.evaluate(step, dev_stream, float(np.mean(window_losses)))
-            window_losses = []
-            if stop:
-                break
-            if checkpoint is not None and len(run.history) % checkpoint.every == 0:
-                run.save(checkpoint, step)
-    stopped_by = run.stopper.finish(step)
-    model.load_state_dict(run.stopper.best_state)
-    return TrainResult(history=run.history, summary=run.summary(step, stopped_by))
+    head = tied_head(model.embeddings, precision)  # once per run: identical rows merged, bf16 rows for bf16
+    lm = StreamLM(model, train_stream, dev_stream, cfg.chunk_tokens, precision)
+    return train_next_token(
+        lm,
+        batches,
+        head,
+        cfg,
+        precision=precision,
+        run_name=run_name,
+        on_batch=on_batch,
+        on_eval=on_eval,
+        on_oom=on_oom,
+        checkpoint=checkpoint,
+    )
+
+
+def final_summary(
+    summary: dict[str, Any], test_eval: dict[str, Any], test_seconds: float, model: nn.Module, size: SizeMatch, size_name: str
+) -> dict[str, Any]:
+    """A baseline run's summary for its metrics file: the trainer's ``summary``, the test
+    scores of the best weights (``test_eval`` from :func:`evaluate_stream`, which took
+    ``test_seconds``), the parameter match (``size``: the chosen ``size_name`` and its
+    target) and ``train_flops`` (:func:`newllm.flops.train_flops`, the formula every
+    model's is)."""
+    parameters = count_parameters(model)
+    vocab, embed_dim = model.embeddings.shape
+    return {
+        **summary,
+        "test_loss": test_eval["loss"],
+        "test_ppl": test_eval["ppl"],
+        "test_accuracy": test_eval["accuracy"],
+        "test_tokens": test_eval["tokens"],
+        "test_seconds": test_seconds,
+        "parameters": parameters,
+        "parameter_target": size.target,
+        "parameter_gap": parameters / size.target - 1.0,
+        "size_name": size_name,
+        "size": size.size,
+        "train_flops": train_flops(parameters, summary["tokens_processed"], vocab, embed_dim),
+        "train_flops_formula": TRAIN_FLOPS_FORMULA,
+    }
