@@ -12,6 +12,8 @@ rule ngram:
         dev_meta=rules.make_heldout.output.dev_meta,
         test=rules.make_heldout.output.test,
         test_meta=rules.make_heldout.output.test_meta,
+        embedding_pool=rules.make_heldout.output.embedding_pool,
+        embedding_pool_meta=rules.make_heldout.output.embedding_pool_meta,
     output:
         metrics=f"{RUN_DIR}/lm/metrics.json",
         test_nll=f"{RUN_DIR}/lm/test_token_nll.npy",
@@ -29,6 +31,9 @@ rule ngram:
     params:
         run=run_params,
         baselines=config["baselines"],
+        # whether the model counts the embedding slice before the training tokens:
+        # ngram_slice does (the neural models' data), every other count model does not
+        slice=lambda wildcards: wildcards.model == "ngram_slice",
         code=code_hash("ngram"),
     script:
         "../workflow_scripts/ngram.py"

@@ -43,16 +43,24 @@ Stream conventions: the training and scoring streams are single token sequences
 neural models do).  Target ``t+1`` of a stream is predicted from the last ``n-1`` tokens
 ``stream[t-n+2 .. t]``; near the start of a stream only the available tokens are used
 (history -1 = "no token"), i.e. the highest order whose history fits.
+
+The rule ngram serves every count-family model of the catalogue: ``ngram`` counts the
+training tokens, ``ngram_slice`` the embedding slice (the conversations the frozen
+embeddings and tied head of the neural models were trained on) followed by the training
+tokens, so it sees the same data as they do (:func:`counted_stream`, :func:`fit_and_score`).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from newllm.tokenizer import VOCAB_SIZE
+from newllm.tokenizer import EOT_ID, VOCAB_SIZE
 
 NO_TOKEN = -1
 """Marks a history slot before the start of the stream."""
@@ -336,3 +344,104 @@ def modified_kn_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     y = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.75
     single = min(max(y, 0.1), 0.9)
     return (single, single, single)
+
+
+# ------------------------------------------------------------------ the rule's run
+
+
+def counted_stream(train: np.ndarray, slice_stream: np.ndarray | None = None, separator: int = EOT_ID) -> np.ndarray:
+    """The stream a count model is fitted on: ``slice_stream``, one ``separator``, then ``train``.
+
+    Both streams are conversations joined by ``<|endoftext|>`` (newllm.data.token_stream)
+    without one at either end, so the separator makes the join one more conversation
+    boundary: every k-gram across it passes through ``<|endoftext|>``, as every k-gram
+    across two conversations of one stream does.  ``train`` alone (as int64) when the slice
+    is ``None`` or empty.
+
+    Returns:
+        ``[S + 1 + N]`` int64 ids (``[N]`` without a slice).
+    """
+    train = np.asarray(train, dtype=np.int64)
+    if slice_stream is None or np.asarray(slice_stream).size == 0:
+        return train
+    return np.concatenate([np.asarray(slice_stream, dtype=np.int64), np.array([separator], dtype=np.int64), train])
+
+
+def fit_and_score(
+    train: np.ndarray,
+    dev: np.ndarray,
+    test: np.ndarray,
+    order: int = 3,
+    discount: str | float = "modified",
+    slice_stream: np.ndarray | None = None,
+    vocab_size: int = VOCAB_SIZE,
+    separator: int = EOT_ID,
+) -> tuple[KneserNeyLM, dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Fit a :class:`KneserNeyLM` on :func:`counted_stream` and score ``dev`` and ``test``.
+
+    ``order`` and ``discount`` are the config's (``baselines.ngram``): nothing is selected on
+    dev, which is scored for the same table columns as the other models.  ``separator``
+    joins slice and training tokens (``<|endoftext|>``; another id for a small test vocabulary).
+
+    Summary keys beyond the run contract (newllm.analysis.SUMMARY_COLUMNS):
+    ``train_tokens`` = next-token targets of the training stream (``N - 1``, as every model
+    reports it: the scaling study's x-axis, whatever else was counted); ``slice_tokens`` =
+    tokens of the slice counted before it (0 without one); ``counted_tokens`` = length of
+    the counted stream (slice + separator + ``N``, or ``N``), also ``tokens_processed``.
+
+    Returns:
+        ``(lm, summary, history, test_nll)``: the fitted model, the metrics summary, the
+        one-row history and ``[n_test - 1]`` float64 per-target test NLL in nats.
+    """
+    train = np.asarray(train, dtype=np.int64)
+    stream = counted_stream(train, slice_stream, separator)
+    slice_tokens = 0 if slice_stream is None else int(np.asarray(slice_stream).size)
+    t0 = time.perf_counter()
+    lm = KneserNeyLM(order, discount, vocab_size).fit(stream)
+    fit_seconds = time.perf_counter() - t0
+    scores = {}
+    for split, tokens in (("dev", dev), ("test", test)):
+        t1 = time.perf_counter()
+        nll, correct = lm.score_stream(np.asarray(tokens, dtype=np.int64))
+        scores[split] = {"loss": float(nll.mean()), "accuracy": float(correct.mean()), "nll": nll}
+        scores[split]["seconds"] = time.perf_counter() - t1
+    summary = {
+        "train_tokens": int(train.size - 1),
+        "slice_tokens": slice_tokens,
+        "counted_tokens": int(stream.size),
+        "counted_tokens_note": "train_tokens: training targets (the scaling x-axis); counted_tokens: "
+        "slice_tokens + 1 <|endoftext|> + training tokens (training tokens alone without a slice)",
+        "dev_loss": scores["dev"]["loss"],
+        "dev_ppl": math.exp(scores["dev"]["loss"]),
+        "dev_accuracy": scores["dev"]["accuracy"],
+        "test_loss": scores["test"]["loss"],
+        "test_ppl": math.exp(scores["test"]["loss"]),
+        "test_accuracy": scores["test"]["accuracy"],
+        "test_tokens": int(scores["test"]["nll"].size),
+        "parameters": lm.effective_parameters(),
+        "parameters_note": "effective: stored n-gram probabilities + back-off weights of seen histories (nothing is trained)",
+        "ngrams_per_order": lm.num_ngrams(),
+        "discounts_per_order": [list(level.discounts) for level in lm.levels],
+        "train_flops": 0.0,
+        "train_flops_note": "counting: no gradient training",
+        "train_seconds": fit_seconds,
+        "dev_seconds": scores["dev"]["seconds"],
+        "test_seconds": scores["test"]["seconds"],
+        "steps": 0,
+        "best_step": 0,
+        "stopped_by": "closed_form",
+        "undertrained": False,
+        "tokens_processed": int(stream.size),
+    }
+    history = [
+        {
+            "step": 0,
+            "tokens": int(stream.size),
+            "train_loss": None,
+            "dev_loss": summary["dev_loss"],
+            "dev_ppl": summary["dev_ppl"],
+            "dev_accuracy": summary["dev_accuracy"],
+            "seconds": fit_seconds,
+        }
+    ]
+    return lm, summary, history, scores["test"]["nll"]
