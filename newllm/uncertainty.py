@@ -1,42 +1,80 @@
-"""Test-set bootstrap over conversations (issue 9, "Uncertainty").  No torch import.
+"""Hierarchical bootstrap of the study's test losses: training seeds, then test conversations.
 
-The unit of resampling is a test **conversation**, not a token: tokens of one conversation
-are strongly dependent (topic, speaker, the recurrent state carried along), so a token
-bootstrap would give intervals that are far too narrow.  Every run of a study is scored
-on the same test stream; a run's test loss is
+No torch import.  Method: docs/method.md §11.
+
+**Conversations.**  The unit of resampling of the test set is a test **conversation**, not
+a token: tokens of one conversation are strongly dependent (topic, speaker, the recurrent
+state carried along), so a token bootstrap would give intervals that are far too narrow.
+Every run of a study is scored on the same test stream; a run's test loss is
 
     L_r = Σ_k S[k, r] / Σ_k C[k]          (nats per target token)
 
 with ``S[k, r]`` the NLL sum of run ``r`` over the targets of conversation ``k`` and
-``C[k]`` the number of those targets (the same for every run).  One bootstrap resample
-draws K conversations with replacement, i.e. a count vector ``w ~ Multinomial(K, 1/K)``,
-and every run's loss on it is ``L*_r = (w @ S)[r] / (w @ C)``.  All runs use the **same**
-``w`` in a resample, so intervals of differences and ratios between runs carry the
-correlation from the shared test set (efron & tibshirani 1993, ch. 6; the paired
-bootstrap of koehn 2004 for MT metrics is the same idea).  With ``B`` resamples this is
-one ``[B, K] @ [K, R]`` product, computed in chunks of rows.
+``C[k]`` the number of those targets (the same for every run).  One replicate draws K
+conversations with replacement, a count vector ``w_b ~ Multinomial(K, 1/K)``, and every
+run's loss on it is ``L*_r(b) = (w_b @ S)[r] / (w_b @ C)`` (:func:`bootstrap_losses`).
 
-Training seeds are a second source of variance.  :func:`seed_mean_points` averages the
-seeds of each (model, variant, context_dim, samples) point in loss space (= the
-geometric mean of the seeds' PPL) and, with ``resample_seeds=True``, also draws the
-seeds with replacement in every resample (independently per point), so the intervals
-carry the seed spread too.  With ``n`` seeds the seed bootstrap underestimates the seed
-variance of the mean by the factor ``(n − 1)/n`` (2/3 for 3 seeds); with one seed it adds
-nothing and the intervals reflect the test set only.
+**Seeds.**  A study's training seeds choose the training conversations (sizes nested
+within a seed), the initialisation and the batch order; dev and test never move.  A
+scaling point (model, variant, context_dim, samples) has one run per seed and its loss is
+the seed mean in loss space (= the geometric mean of the seeds' PPL).  With
+``resample_seeds=True`` each replicate first draws the seeds with replacement,
+``J[b] ∈ {0..n−1}^n`` over the point's seeds in label order, and the point's replicate
+loss is
+
+    L*_p(b) = (1/n) Σ_j L*_{run(p, seed J[b, j])}(b)        (nats per target token)
+
+i.e. the mean over the drawn seeds of the token-weighted loss on the drawn conversations
+(two-stage resampling, Davison & Hinkley 1997, §3.8).  Seeds and conversations are
+crossed, not nested (every run is scored on every conversation), so the conversation draw
+``w_b`` is one for all runs and seeds; resampling both factors of a crossed design
+independently is Owen's (2007) pigeonhole bootstrap, which errs on the wide side.
+
+**Pairing.**  Every run and the head's LM use the same ``w_b``, and every point with the
+same seed labels uses the same ``J[b]`` (seed ``s`` of cvfp and of reset_context share
+the Phase 1 weights; seed ``s`` at two sizes shares training conversations), so the
+per-replicate difference of two points carries their correlation (Efron & Tibshirani
+1993, ch. 6; the paired bootstrap of Koehn 2004).  Its percentile interval is
+:func:`paired_difference`; the head comparison is :func:`gain_over_reference`.
+
+**Random numbers.**  ``w`` comes from ``default_rng(seed)`` alone, ``J`` from
+``default_rng(seed + 1)`` alone, and a point with one seed draws nothing: with one seed
+per point, and with ``resample_seeds=False``, the point losses are exactly the
+conversation bootstrap of the same ``seed``.  With ``n`` seeds the seed draw understates
+the seed variance of the mean by the factor ``(n − 1)/n`` (2/3 for 3 seeds).
+
+**Outputs** (``results/{study}/bootstrap/``, rule ``bootstrap_test``):
+
+- ``point_losses.npy``: ``[B, P]`` float64, ``L*_p(b)`` above in nats per target token;
+  column ``p`` is row ``p`` of ``points.csv``, row ``b`` replicate ``b`` (the same seed
+  and conversation draw in every column); NaN where a replicate drew only target-free
+  conversations.  Every interval of ``points.csv`` and of the fits that read it comes
+  from this array.
+- ``head_losses.npy``: ``[B]`` the head's LM on the same conversation draws (empty when
+  the embeddings have no LM of their own).
+- ``points.csv``: :func:`seed_mean_points` plus :data:`HEAD_GAIN_COLUMNS`.
+- ``paired_gains.csv``: :func:`paired_gains_table`.
 
 Intervals are 95 % percentile intervals of the bootstrap distribution.
+
+Sources: Davison, A. C. & Hinkley, D. V. (1997) *Bootstrap Methods and their
+Application*, §3.8; Efron, B. & Tibshirani, R. J. (1993) *An Introduction to the
+Bootstrap*, ch. 6 and 13; Owen, A. B. (2007) The pigeonhole bootstrap, *Annals of Applied
+Statistics* 1(2), 386–411; Koehn, P. (2004) Statistical significance tests for machine
+translation evaluation, *EMNLP 2004*.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from newllm.data import target_conversations
-from newllm.study import RUN_KEYS, RunId
+from newllm.study import RUN_KEYS, RunId, get_model, model_names, model_rank
 
 DEFAULT_RESAMPLES = 1000
 POINT_KEYS = ["model", "variant", "context_dim", "samples"]
@@ -145,6 +183,89 @@ def percentile_interval(samples: np.ndarray, confidence: float = 0.95, axis: int
     return low, high
 
 
+def point_groups(runs: pd.DataFrame, keys: Sequence[str] = POINT_KEYS) -> list[tuple[tuple, np.ndarray, tuple]]:
+    """The runs of each point, their seeds in label order.
+
+    Args:
+        runs: one row per run with the ``keys`` columns and ``seed``.
+
+    Returns:
+        One ``(key, rows, seeds)`` per distinct ``keys`` value, sorted by key: ``key`` the
+        tuple of key values, ``rows`` ``[n]`` int positions in ``runs`` ordered by seed,
+        ``seeds`` the tuple of the ``n`` seed labels (ascending).
+
+    Raises:
+        ValueError: no ``seed`` column, or a point with the same seed twice.
+    """
+    if "seed" not in runs:
+        raise ValueError("the runs table has no 'seed' column: the seed draw pairs points by seed label")
+    table = runs.reset_index(drop=True)
+    groups = []
+    for key, idx in table.groupby(list(keys), sort=True).indices.items():
+        labels = table["seed"].to_numpy()[idx]
+        order = np.argsort(labels, kind="stable")
+        seeds = tuple(int(x) for x in labels[order])
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"point {key} has a seed more than once: {seeds}")
+        groups.append((key if isinstance(key, tuple) else (key,), idx[order], seeds))
+    return groups
+
+
+def seed_draws(seed_sets: Iterable[tuple], resamples: int, seed: int) -> dict[tuple, np.ndarray]:
+    """The first stage of the hierarchical bootstrap: seeds drawn with replacement.
+
+    Args:
+        seed_sets: the seed labels of every point (tuples; repeats allowed).
+        resamples: B.
+        seed: seeds ``default_rng``; the draws depend on it and on the distinct sets alone.
+
+    Returns:
+        ``{seeds: J [B, n] int64}`` for every distinct set of ``n > 1`` seeds, ``J[b, j]``
+        the position in ``seeds`` of the ``j``-th seed drawn in replicate ``b``.  Every
+        point with the same seeds (in a complete study: every point) uses the same ``J``,
+        so comparisons between points stay paired by seed.  Sets are drawn in sorted order
+        from one generator; a one-seed set draws nothing, so it leaves the other draws and
+        the conversation draw untouched.
+    """
+    rng = np.random.default_rng(seed)
+    return {s: rng.integers(0, len(s), size=(resamples, len(s))) for s in sorted(set(map(tuple, seed_sets))) if len(s) > 1}
+
+
+def hierarchical_point_losses(boot: np.ndarray, groups: list[tuple[tuple, np.ndarray, tuple]], draws: dict) -> np.ndarray:
+    """Each point's loss on every replicate: the mean over its drawn seeds of the runs'
+    losses on the drawn conversations.
+
+    Args:
+        boot: ``[B, R]`` run losses on the conversation replicates (:func:`bootstrap_losses`),
+            nats per target token.
+        groups: :func:`point_groups` of the runs (rows index the columns of ``boot``).
+        draws: :func:`seed_draws`; a point whose seed set has no draw (one seed, or seeds
+            not resampled) takes the plain mean of its seeds.
+
+    Returns:
+        ``[B, P]`` float64, column ``p`` = point ``groups[p]`` (nats per target token).
+    """
+    boot = np.asarray(boot, dtype=np.float64)
+    columns = []
+    for _, rows, seeds in groups:
+        draw = draws.get(seeds)
+        runs = boot[:, rows]  # [B, n] in seed-label order
+        columns.append(runs.mean(axis=1) if draw is None else np.take_along_axis(runs, draw, axis=1).mean(axis=1))
+    return np.column_stack(columns) if columns else np.empty((boot.shape[0], 0))
+
+
+def _point_row(key: tuple, keys: Sequence[str], values: np.ndarray, part: pd.DataFrame, means, counts) -> dict:
+    """One row of the points table: keys, seed count, seed-mean loss and SD, means, counts."""
+    n = values.size
+    return dict(zip(keys, key)) | {
+        "n_seeds": int(n),
+        "test_loss": float(values.mean()),
+        "test_loss_seed_sd": float(values.std(ddof=1)) if n > 1 else float("nan"),
+        **{c: float(part[c].astype(float).mean()) for c in means},
+        **{f"{c}_runs": int(part[c].astype(bool).sum()) for c in counts},
+    }
+
+
 def seed_mean_points(
     runs: pd.DataFrame,
     boot: np.ndarray,
@@ -155,52 +276,38 @@ def seed_mean_points(
     mean_columns: Sequence[str] = (),
     count_columns: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """Average the seeds of each point in loss space, on the data and on every resample.
+    """The scaling points: seeds averaged in loss space, on the data and on every replicate.
 
     Args:
-        runs: one row per run (column order of ``boot``) with the ``keys`` columns.
-        boot: ``[B, R]`` bootstrap test losses (:func:`bootstrap_losses`).
-        observed: ``[R]`` test losses on the full test set.
-        seed: seeds the draw of training seeds (independent per point).
-        resample_seeds: draw each point's seeds with replacement in every resample.
-        mean_columns: further ``runs`` columns averaged over seeds (e.g. ``train_tokens``,
-            ``dev_loss``, ``test_accuracy``, ``parameters``, ``train_flops``).
-        count_columns: boolean ``runs`` columns counted over seeds as ``{column}_runs``
-            (e.g. ``undertrained`` -> ``undertrained_runs``).
+        runs: one row per run (column order of ``boot``) with the ``keys`` columns and ``seed``.
+        boot: ``[B, R]`` run losses on the conversation replicates (:func:`bootstrap_losses`).
+        observed: ``[R]`` test losses on the full test set (nats per target token).
+        seed: seeds the draw of training seeds (:func:`seed_draws`).
+        resample_seeds: draw the seeds with replacement in every replicate (the
+            hierarchical bootstrap); ``False``: the conversation bootstrap of the seed mean.
+        mean_columns: further ``runs`` columns averaged over seeds (e.g. ``train_tokens``).
+        count_columns: boolean ``runs`` columns counted over seeds as ``{column}_runs``.
 
     Returns:
         ``(points, point_boot)``: ``points`` has one row per distinct ``keys`` (sorted),
         with ``n_seeds``, ``test_loss`` (mean over seeds), ``test_loss_seed_sd`` (sample SD
         over seeds, NaN for one seed), ``test_ppl = exp(test_loss)`` and its 95 %
-        percentile interval ``test_ppl_ci_low/high``, and the mean and count columns;
-        ``point_boot`` is ``[B, P]``.
+        percentile interval ``test_ppl_ci_low/high`` from ``point_boot``, and the mean and
+        count columns; ``point_boot`` is ``[B, P]`` (:func:`hierarchical_point_losses`).
+
+    Raises:
+        ValueError: ``boot`` or ``observed`` do not have one column per run; as
+            :func:`point_groups`.
     """
     boot = np.asarray(boot, dtype=np.float64)
     observed = np.asarray(observed, dtype=np.float64)
-    if boot.shape[1] != len(runs) or observed.shape != (len(runs),):
+    if boot.ndim != 2 or boot.shape[1] != len(runs) or observed.shape != (len(runs),):
         raise ValueError(f"{len(runs)} runs but bootstrap {boot.shape} and observed {observed.shape}")
-    rng = np.random.default_rng(seed)
-    rows, columns = [], []
-    for key, idx in runs.reset_index(drop=True).groupby(list(keys), sort=True).indices.items():
-        n = idx.size
-        if resample_seeds and n > 1:
-            draw = rng.integers(0, n, size=(boot.shape[0], n))  # [B, n] seeds drawn per resample
-            columns.append(np.take_along_axis(boot[:, idx], draw, axis=1).mean(axis=1))
-        else:
-            columns.append(boot[:, idx].mean(axis=1))
-        values = observed[idx]
-        part = runs.iloc[idx]
-        rows.append(
-            dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-            | {
-                "n_seeds": int(n),
-                "test_loss": float(values.mean()),
-                "test_loss_seed_sd": float(values.std(ddof=1)) if n > 1 else float("nan"),
-                **{c: float(part[c].astype(float).mean()) for c in mean_columns},
-                **{f"{c}_runs": int(part[c].astype(bool).sum()) for c in count_columns},
-            }
-        )
-    point_boot = np.column_stack(columns) if columns else np.empty((boot.shape[0], 0))
+    table = runs.reset_index(drop=True)
+    groups = point_groups(table, keys)
+    draws = seed_draws([g[2] for g in groups], boot.shape[0], seed) if resample_seeds else {}
+    point_boot = hierarchical_point_losses(boot, groups, draws)
+    rows = [_point_row(k, keys, observed[i], table.iloc[i], mean_columns, count_columns) for k, i, _ in groups]
     points = pd.DataFrame(rows, columns=None if rows else ["test_loss"])
     low, high = percentile_interval(point_boot)
     points["test_ppl"] = np.exp(points["test_loss"])
@@ -285,6 +392,232 @@ def run_intervals(table: pd.DataFrame, observed: np.ndarray, boot: np.ndarray) -
     return intervals
 
 
+# ----------------------------------------------------------------------------- paired gains
+class PairedDifference(NamedTuple):
+    """``L_a − L_b`` of two points (nats per target token; > 0: ``b`` is better)."""
+
+    observed: float
+    """On the full test set, from the points' seed-mean ``test_loss``."""
+    ci_low: float
+    ci_high: float
+    """Percentile interval of ``replicates``."""
+    replicates: np.ndarray
+    """``[B]`` the difference on every replicate (the same seed and conversation draws)."""
+
+
+def point_column(keys: pd.DataFrame, point: Mapping[str, Any] | Sequence) -> int:
+    """Column of ``point`` in the ``[B, P]`` point losses: its row position in ``keys``.
+
+    Args:
+        keys: the points table (rows in the order of the point-loss columns) with the
+            :data:`POINT_KEYS` columns.
+        point: a mapping with the :data:`POINT_KEYS`, or their values in that order.
+
+    Raises:
+        KeyError: no such point.  ValueError: the point is in ``keys`` more than once.
+    """
+    values = [point[k] for k in POINT_KEYS] if isinstance(point, Mapping) else list(point)
+    if len(values) != len(POINT_KEYS):
+        raise ValueError(f"a point is {len(POINT_KEYS)} values ({', '.join(POINT_KEYS)}), got {values}")
+    mask = np.ones(len(keys), dtype=bool)
+    for k, v in zip(POINT_KEYS, values):
+        mask &= (keys[k] == v).to_numpy()
+    found = np.flatnonzero(mask)
+    if found.size == 0:
+        raise KeyError(f"no point {dict(zip(POINT_KEYS, values))}")
+    if found.size > 1:
+        raise ValueError(f"point {dict(zip(POINT_KEYS, values))} is in the table {found.size} times")
+    return int(found[0])
+
+
+def paired_difference(
+    point_losses: np.ndarray, keys: pd.DataFrame, a: Mapping | Sequence, b: Mapping | Sequence, confidence: float = 0.95
+) -> PairedDifference:
+    """The paired bootstrap of ``L_a − L_b`` between two points, e.g. the history gain
+    ``L_reset_context − L_cvfp`` at one (variant, context_dim, samples) (docs/method.md
+    §10.1, §11.3).
+
+    Args:
+        point_losses: ``[B, P]`` replicate losses (:func:`seed_mean_points`), nats per token.
+        keys: the points table, rows = columns of ``point_losses``, with the
+            :data:`POINT_KEYS` and ``test_loss``.
+        a, b: the two points (:func:`point_column`).
+        confidence: of the percentile interval.
+
+    Returns:
+        :class:`PairedDifference`: ``replicates[b] = point_losses[b, a] − point_losses[b, b]``;
+        both columns use the same seed and conversation draws, so the interval carries
+        their correlation and two identical points give exactly 0 with zero width.
+
+    Raises:
+        ValueError: ``point_losses`` does not have one column per row of ``keys``; as
+            :func:`point_column`.
+    """
+    point_losses = np.asarray(point_losses, dtype=np.float64)
+    if point_losses.ndim != 2 or point_losses.shape[1] != len(keys):
+        raise ValueError(f"{len(keys)} points but point losses {point_losses.shape}")
+    i, j = point_column(keys, a), point_column(keys, b)
+    replicates = point_losses[:, i] - point_losses[:, j]
+    low, high = percentile_interval(replicates, confidence)
+    observed = float(keys["test_loss"].iloc[i] - keys["test_loss"].iloc[j])
+    return PairedDifference(observed, float(low), float(high), replicates)
+
+
+HEAD_GAIN_COLUMNS = ["gain_over_head", "gain_over_head_ci_low", "gain_over_head_ci_high"]
+"""points.csv columns: ``ΔL = L_head − L_point`` (nats per target token; > 0: the point
+beats the frozen head's own LM) and its percentile interval; NaN without a head LM."""
+
+
+def gain_over_head(
+    points: pd.DataFrame,
+    point_losses: np.ndarray,
+    head_loss: float | None,
+    head_losses: np.ndarray | None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """Every point's paired gain over the frozen head's own LM.
+
+    Args:
+        points: the points table (``test_loss``, rows = columns of ``point_losses``).
+        point_losses: ``[B, P]`` replicate losses, nats per target token.
+        head_loss: the head's test loss on the full test set (nats per target token).
+        head_losses: ``[B]`` the head's loss on the same conversation draws
+            (:func:`reference_losses` with the same resamples and seed); it has no seed.
+            ``None`` or empty: no head LM, every column NaN.
+
+    Returns:
+        :data:`HEAD_GAIN_COLUMNS`, indexed like ``points``: ``head_loss − test_loss`` and
+        the percentile interval of ``head_losses[b] − point_losses[b, p]``.
+
+    Raises:
+        ValueError: ``head_losses`` is not ``[B]`` or ``point_losses`` not ``[B, P]``.
+    """
+    out = pd.DataFrame(np.nan, index=points.index, columns=HEAD_GAIN_COLUMNS)
+    if head_losses is None or np.size(head_losses) == 0 or head_loss is None:
+        return out
+    point_losses = np.asarray(point_losses, dtype=np.float64)
+    head_losses = np.asarray(head_losses, dtype=np.float64)
+    if point_losses.shape[1:] != (len(points),) or head_losses.shape != point_losses.shape[:1]:
+        raise ValueError(f"{len(points)} points: point losses {point_losses.shape}, head losses {head_losses.shape}")
+    low, high = percentile_interval(head_losses[:, None] - point_losses, confidence)
+    out[HEAD_GAIN_COLUMNS[0]] = float(head_loss) - points["test_loss"].to_numpy(dtype=float)
+    out[HEAD_GAIN_COLUMNS[1]], out[HEAD_GAIN_COLUMNS[2]] = low, high
+    return out
+
+
+PAIRED_GAIN_COLUMNS = [
+    "comparison",
+    "model",
+    "variant",
+    "context_dim",
+    "samples",
+    "baseline",
+    "baseline_context_dim",
+    "gain",
+    "gain_ci_low",
+    "gain_ci_high",
+    "ppl_ratio",
+]
+"""paired_gains.csv: one row per comparison, the gain of ``model`` at (``variant``,
+``context_dim``, ``samples``) over ``baseline`` at (``variant``, ``baseline_context_dim``,
+``samples``): ``gain = L_baseline − L_model`` in nats per target token (> 0: ``model`` is
+better), its paired percentile interval, ``ppl_ratio = exp(gain) = PPL_baseline /
+PPL_model``.  ``comparison`` is ``history`` (model cvfp, baseline reset_context: the
+history gain), ``over_model`` (model cvfp, baseline every other model) or ``over_head``
+(any model, baseline ``head``, the frozen head's own LM; ``baseline_context_dim`` 0)."""
+
+
+def _gain_row(comparison: str, point: pd.Series, baseline: str, baseline_dim: int, gain, low, high) -> dict:
+    return {"comparison": comparison, **{k: point[k] for k in POINT_KEYS}, "baseline": baseline} | {
+        "baseline_context_dim": int(baseline_dim),
+        "gain": float(gain),
+        "gain_ci_low": float(low),
+        "gain_ci_high": float(high),
+        "ppl_ratio": float(np.exp(gain)),
+    }
+
+
+def _reference_rows(points: pd.DataFrame, point_losses: np.ndarray, models: Sequence[str], confidence: float) -> list:
+    """``history`` and ``over_model`` rows: every reference point against every other
+    model at the same variant and size, at its context_dim (or 0 for a model without one)."""
+    reference = model_names(role="reference")[0]
+    controls = set(model_names(context="reset", pairs_with=reference))
+    rows = []
+    for _, ref in points[points["model"] == reference].iterrows():
+        for other in models:
+            if other == reference:
+                continue
+            dim = int(ref["context_dim"]) if get_model(other).per_context_dim else 0
+            against = (other, ref["variant"], dim, ref["samples"])
+            try:
+                diff = paired_difference(point_losses, points, against, [ref[k] for k in POINT_KEYS], confidence)
+            except KeyError:
+                continue  # the other model has no such point
+            kind = "history" if other in controls else "over_model"
+            rows.append(_gain_row(kind, ref, other, dim, diff.observed, diff.ci_low, diff.ci_high))
+    return rows
+
+
+def paired_gains_table(
+    points: pd.DataFrame,
+    point_losses: np.ndarray,
+    head_loss: float | None = None,
+    head_losses: np.ndarray | None = None,
+    families: Sequence[str] = ("context", "lm"),
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """The study's paired gains (docs/method.md §10.1, §11.3): :data:`PAIRED_GAIN_COLUMNS`.
+
+    For every point of every catalogue model of ``families``: the history gain (cvfp vs
+    reset_context at the same variant, context_dim and size, where both exist), cvfp's
+    gain over every other such model (that model at cvfp's variant and size, at cvfp's
+    context_dim or at 0 for a model without one) and, with a head LM, the gain over the
+    head.  Every interval is the percentile interval of the per-replicate difference.
+
+    Args:
+        points, point_losses: the points table and its ``[B, P]`` replicate losses.
+        head_loss, head_losses: as :func:`gain_over_head` (``None``: no ``over_head`` rows).
+
+    Returns:
+        Rows ordered by comparison, model, baseline (catalogue order), variant,
+        context_dim, samples; an empty table with the columns when nothing pairs.
+
+    Raises:
+        ValueError: as :func:`paired_difference` and :func:`gain_over_head`.
+    """
+    models = model_names(set(points["model"]), family=tuple(families))
+    rows = _reference_rows(points, point_losses, models, confidence) if model_names(models, role="reference") else []
+    head = gain_over_head(points, point_losses, head_loss, head_losses, confidence)
+    for i, p in points[points["model"].isin(models)].iterrows():
+        if not np.isnan(head.at[i, "gain_over_head"]):
+            rows.append(_gain_row("over_head", p, "head", 0, *head.loc[i, HEAD_GAIN_COLUMNS]))
+    table = pd.DataFrame(rows, columns=PAIRED_GAIN_COLUMNS)
+    order = {"history": 0, "over_model": 1, "over_head": 2}
+    return table.sort_values(
+        ["comparison", "model", "baseline", "variant", "context_dim", "samples"],
+        key=lambda c: c.map(order) if c.name == "comparison" else c.map(model_rank) if c.name in ("model", "baseline") else c,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+class StudyBootstrap(NamedTuple):
+    """What :func:`bootstrap_study` returns (the files of rule ``bootstrap_test``)."""
+
+    points: pd.DataFrame
+    """points.csv: :func:`seed_mean_points` plus :data:`HEAD_GAIN_COLUMNS`."""
+    point_losses: np.ndarray
+    """point_losses.npy: ``[B, P]`` hierarchical replicate losses (nats per target token)."""
+    run_intervals: pd.DataFrame
+    """run_intervals.csv: per run its keys, ``test_ppl`` and conversation-bootstrap interval."""
+    info: dict
+    """bootstrap.json: resamples, seed, resample_seeds, conversations, targets, runs,
+    points, seconds and, with a head LM, ``head_loss``."""
+    head_losses: np.ndarray
+    """head_losses.npy: ``[B]`` the head's LM on the same conversation draws (``[0]`` without)."""
+    paired_gains: pd.DataFrame
+    """paired_gains.csv: :func:`paired_gains_table`."""
+
+
 def bootstrap_study(
     runs: pd.DataFrame,
     token_nll: dict[str, np.ndarray],
@@ -293,8 +626,10 @@ def bootstrap_study(
     seed: int = 0,
     resample_seeds: bool = True,
     tolerance: float = 1e-3,
-) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
-    """The study's test-set bootstrap: per-run intervals and the seed-mean scaling points.
+    head_nll: np.ndarray | None = None,
+) -> StudyBootstrap:
+    """The study's hierarchical bootstrap: per-run intervals, the scaling points and their
+    paired gains.
 
     Args:
         runs: the runs table (one row per run, :data:`newllm.study.RUN_KEYS`,
@@ -304,28 +639,27 @@ def bootstrap_study(
         sample_end: the test stream's conversation ends (``test.json``).
         resamples, seed: B and the seed of the conversation draw; the seed draw uses
             ``seed + 1``.
+        resample_seeds: ``False``: the conversation bootstrap of the seed means.
         tolerance: largest allowed ``|mean token NLL − runs.test_loss|`` (nats): the two
             come from the same evaluation, so a larger gap means the NLL file and the
             metrics disagree (a contract violation, not noise).
+        head_nll: ``[n − 1]`` the frozen head's own LM on the test stream; ``None`` or
+            empty: no head gains.
 
     Returns:
-        ``(points, point_boot [B, P], run_intervals, info)``: the points table of
-        :func:`seed_mean_points`; per run its keys, ``test_ppl`` and 95 % interval;
-        ``info`` = resamples, seed, conversations, targets, seconds.
+        :class:`StudyBootstrap`.
 
     Raises:
         ValueError: a run without an NLL file or vice versa, NLL files that disagree on the
-            test set, or a test loss that disagrees with its NLL file.
+            test set, a test loss that disagrees with its NLL file, or a head NLL of
+            another length.
     """
-    import time
-
     t0 = time.perf_counter()
     table = runs.reset_index(drop=True)
     keys, sums, counts = run_conversation_sums(table, token_nll, sample_end)
     observed = observed_losses(sums, counts)
     check_test_losses(keys, observed, table["test_loss"].to_numpy(dtype=float), tolerance)
     boot = bootstrap_losses(sums, counts, resamples, seed)
-    intervals = run_intervals(table, observed, boot)
     points, point_boot = seed_mean_points(
         table,
         boot,
@@ -335,6 +669,11 @@ def bootstrap_study(
         mean_columns=[c for c in POINT_MEANS if c in table],
         count_columns=["undertrained"] if "undertrained" in table else [],
     )
+    head_loss, head_boot = None, np.empty(0)
+    if head_nll is not None and np.size(head_nll):
+        head_loss, head_boot = reference_losses(head_nll, sample_end, resamples, seed)
+    points = pd.concat([points, gain_over_head(points, point_boot, head_loss, head_boot)], axis=1)
+    gains = paired_gains_table(points, point_boot, head_loss, head_boot)
     info = {
         "resamples": int(resamples),
         "seed": int(seed),
@@ -343,6 +682,7 @@ def bootstrap_study(
         "targets": int(counts.sum()),
         "runs": int(len(table)),
         "points": int(len(points)),
+        **({} if head_loss is None else {"head_loss": head_loss}),
         "seconds": time.perf_counter() - t0,
     }
-    return points, point_boot, intervals, info
+    return StudyBootstrap(points, point_boot, run_intervals(table, observed, boot), info, head_boot, gains)

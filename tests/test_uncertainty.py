@@ -1,4 +1,5 @@
-"""Test-set bootstrap over conversations: expected values from the math, not from the code."""
+"""Hierarchical bootstrap over seeds and test conversations, and paired gains: expected values
+from the math, not from the code."""
 
 import math
 import time
@@ -10,13 +11,21 @@ import pytest
 
 from newllm.data import target_conversations
 from newllm.uncertainty import (
+    HEAD_GAIN_COLUMNS,
+    PAIRED_GAIN_COLUMNS,
     bootstrap_losses,
     bootstrap_study,
     conversation_sums,
+    gain_over_head,
     observed_losses,
+    paired_difference,
+    paired_gains_table,
     percentile_interval,
+    point_groups,
     reference_losses,
     resample_counts,
+    run_conversation_sums,
+    seed_draws,
     seed_mean_points,
 )
 
@@ -182,7 +191,7 @@ def test_bootstrap_study_checks_the_contract(tmp_path):
     rng = np.random.default_rng(5)
     ends = np.cumsum(rng.integers(5, 40, size=30))
     runs, nll = _write_runs(tmp_path, {"cvfp": 0.0, "lstm": 0.2}, ends, rng)
-    points, point_boot, intervals, info = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=0)
+    points, point_boot, intervals, info, *_ = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=0)
     assert info["conversations"] == 30 and info["targets"] == ends[-1] - 1 and point_boot.shape == (300, 2)
     assert set(points["model"]) == {"cvfp", "lstm"}
     assert (intervals["test_ppl_ci_low"] < intervals["test_ppl"]).all() and (
@@ -297,8 +306,6 @@ def test_seed_mean_points_draw_seeds_only_where_there_are_several():
 
 
 def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
-    from newllm.uncertainty import run_conversation_sums
-
     rng = np.random.default_rng(4)
     ends = np.cumsum(rng.integers(5, 30, size=20))
     nll, rows = {}, []
@@ -310,7 +317,7 @@ def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
         rows.append(row | {"test_loss": values.mean(), "train_tokens": 50 * samples, "undertrained": undertrained})
     runs = pd.DataFrame(rows)
     t0 = time.perf_counter()
-    points, point_boot, _, info = bootstrap_study(runs, nll, ends.tolist(), resamples=50, seed=3)
+    points, point_boot, _, info, head_boot, gains = bootstrap_study(runs, nll, ends.tolist(), resamples=50, seed=3)
     elapsed = time.perf_counter() - t0
     keys, sums, counts = run_conversation_sums(runs, nll, ends.tolist())
     boot = bootstrap_losses(sums, counts, 50, 3)
@@ -318,7 +325,9 @@ def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
         runs, boot, observed_losses(sums, counts), seed=4, mean_columns=["train_tokens"], count_columns=["undertrained"]
     )
     np.testing.assert_allclose(point_boot, expected_boot)
-    pd.testing.assert_frame_equal(points, expected)
+    pd.testing.assert_frame_equal(points.drop(columns=HEAD_GAIN_COLUMNS), expected)
+    assert points[HEAD_GAIN_COLUMNS].isna().all().all() and head_boot.shape == (0,)  # no head LM given
+    assert gains["comparison"].tolist() == []  # cvfp alone: nothing to pair, no head
     assert points["undertrained_runs"].tolist() == [1, 0] and points["train_tokens"].tolist() == [500.0, 1000.0]
     seconds = info.pop("seconds")
     assert 0 <= seconds <= elapsed
@@ -332,7 +341,7 @@ def test_bootstrap_study_composes_its_steps_with_the_documented_seeds(tmp_path):
         "points": 2,
     }
     # without seed resampling the points are the plain seed means of every resample
-    _, plain, _, info = bootstrap_study(
+    _, plain, _, info, *_ = bootstrap_study(
         runs.drop(columns="undertrained"), nll, ends.tolist(), resamples=50, seed=3, resample_seeds=False
     )
     np.testing.assert_allclose(plain[:, 0], boot[:, :2].mean(axis=1))
@@ -369,3 +378,166 @@ def test_no_runs_give_an_empty_points_table_and_an_all_nan_column_gives_no_inter
         warnings.simplefilter("error")  # no "All-NaN slice" warning for an undefined column
         low, high = percentile_interval(np.array([[np.nan, 1.0], [np.nan, 3.0]]), 0.5)
     assert np.isnan(low[0]) and np.isnan(high[0]) and (low[1], high[1]) == (1.5, 2.5)
+
+
+# ----------------------------------------------------------------------------- hierarchical bootstrap
+def _study(specs):
+    """runs table and NLL files of ``specs``: ``(model, samples, context_dim, seed, nll)``."""
+    rows, nll = [], {}
+    for model, samples, context_dim, seed, values in specs:
+        run = {"model": model, "variant": "base", "samples": samples, "context_dim": context_dim, "seed": seed}
+        nll[f"results/s/runs/{model}/base/samples{samples}_ctx{context_dim}_seed{seed}/phase2/test_token_nll.npy"] = values
+        rows.append(run | {"test_loss": float(np.mean(values))})
+    return pd.DataFrame(rows), nll
+
+
+def _stream(rng, conversations=40):
+    ends = np.cumsum(rng.integers(5, 50, size=conversations))
+    return ends, rng.exponential(3.0, ends[-1] - 1)
+
+
+def test_with_one_seed_the_hierarchical_bootstrap_is_exactly_the_conversation_bootstrap():
+    rng = np.random.default_rng(10)
+    ends, base = _stream(rng)
+    specs = [(m, n, 8, 0, base * rng.uniform(0.5, 1.5)) for m in ("cvfp", "lstm") for n in (10, 20)]
+    runs, nll = _study(specs)
+    hierarchical = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=6)
+    conversations_only = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=6, resample_seeds=False)
+    _, sums, counts = run_conversation_sums(runs, nll, ends.tolist())
+    boot = bootstrap_losses(sums, counts, 300, seed=6)  # points sort as the runs do here: cvfp 10, 20, lstm 10, 20
+    assert np.array_equal(hierarchical.point_losses, boot)
+    assert np.array_equal(conversations_only.point_losses, boot)
+    low, high = percentile_interval(boot)
+    np.testing.assert_array_equal(hierarchical.points["test_ppl_ci_low"], np.exp(low))
+    np.testing.assert_array_equal(hierarchical.points["test_ppl_ci_high"], np.exp(high))
+
+
+def test_the_interval_widens_when_seeds_disagree():
+    rng = np.random.default_rng(11)
+    ends, base = _stream(rng, 60)
+    # point 10: two identical seeds; point 20: seed 1 is one nat worse on every token
+    runs, nll = _study(
+        [("cvfp", 10, 8, 0, base), ("cvfp", 10, 8, 1, base), ("cvfp", 20, 8, 0, base), ("cvfp", 20, 8, 1, base + 1.0)]
+    )
+    result = bootstrap_study(runs, nll, ends.tolist(), resamples=2000, seed=0)
+    width = np.log(result.points["test_ppl_ci_high"]) - np.log(result.points["test_ppl_ci_low"])
+    same = bootstrap_study(runs, nll, ends.tolist(), resamples=2000, seed=0, resample_seeds=False)
+    same_width = np.log(same.points["test_ppl_ci_high"]) - np.log(same.points["test_ppl_ci_low"])
+    # identical seeds: the seed draw changes nothing; disagreeing seeds: the mean over the
+    # drawn seeds is base*, base* + 0.5 or base* + 1 (probabilities 1/4, 1/2, 1/4)
+    np.testing.assert_allclose(result.point_losses[:, 0], same.point_losses[:, 0], rtol=1e-12)
+    assert width[1] > same_width[1] + 0.5 and width[1] > width[0] + 0.5
+    assert same_width[1] == pytest.approx(width[0], rel=1e-9)  # without the seed draw: the test set alone
+    shift = result.point_losses[:, 1] - result.point_losses[:, 0]
+    values, freq = np.unique(np.round(shift, 9), return_counts=True)
+    assert values.tolist() == [0.0, 0.5, 1.0]
+    np.testing.assert_allclose(freq / freq.sum(), [0.25, 0.5, 0.25], atol=0.04)
+
+
+def test_every_point_with_the_same_seeds_uses_the_same_seed_draw():
+    # model b's seed s is model a's seed s plus 0.3 nats, and seeds differ by 0.5 s: the
+    # difference of the points is 0.3 in every replicate only if both draw the same seeds
+    rng = np.random.default_rng(12)
+    ends, base = _stream(rng)
+    specs = [
+        (m, n, 8, s, base + 0.5 * s + (0.3 if m == "lstm" else 0.0))
+        for m in ("cvfp", "lstm")
+        for n in (10, 20)
+        for s in (0, 1, 2)
+    ]
+    runs, nll = _study(specs)
+    result = bootstrap_study(runs, nll, ends.tolist(), resamples=400, seed=2)
+    losses = result.point_losses  # columns: cvfp 10, cvfp 20, lstm 10, lstm 20
+    np.testing.assert_allclose(losses[:, 2] - losses[:, 0], 0.3, atol=1e-12)
+    np.testing.assert_allclose(losses[:, 1], losses[:, 0], atol=1e-12)  # sizes too: the same seed labels drawn
+    assert losses[:, 0].std() > 0.1  # while the seed draw moves each point
+
+
+def test_seed_draws_one_per_seed_set_in_sorted_order_and_none_for_one_seed():
+    draws = seed_draws([(0, 1, 2), (5,), (0, 1), (0, 1, 2)], resamples=50, seed=9)
+    assert sorted(draws) == [(0, 1), (0, 1, 2)]
+    rng = np.random.default_rng(9)
+    np.testing.assert_array_equal(draws[(0, 1)], rng.integers(0, 2, size=(50, 2)))
+    np.testing.assert_array_equal(draws[(0, 1, 2)], rng.integers(0, 3, size=(50, 3)))
+    assert seed_draws([(3,)], 10, 0) == {}
+
+
+def test_point_groups_order_seeds_by_label_and_refuse_repeats():
+    runs = pd.DataFrame({"model": "m", "variant": "v", "context_dim": 8, "samples": 10, "seed": [2, 0, 1]})
+    [(key, rows, seeds)] = point_groups(runs)
+    assert key == ("m", "v", 8, 10) and rows.tolist() == [1, 2, 0] and seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match="more than once"):
+        point_groups(runs.assign(seed=[0, 0, 1]))
+    with pytest.raises(ValueError, match="'seed'"):
+        point_groups(runs.drop(columns="seed"))
+
+
+# ----------------------------------------------------------------------------- paired gains
+def test_identical_models_differ_by_exactly_zero_and_a_shift_by_exactly_the_shift():
+    rng = np.random.default_rng(13)
+    ends, base = _stream(rng)
+    specs = [
+        (m, 10, 8, s, base + 0.2 * s + (0.25 if m == "lstm" else 0.0)) for m in ("cvfp", "reset_context", "lstm") for s in (0, 1)
+    ]
+    runs, nll = _study(specs)
+    result = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=1)
+    cvfp, reset, lstm = ((m, "base", 8, 10) for m in ("cvfp", "reset_context", "lstm"))
+    same = paired_difference(result.point_losses, result.points, reset, cvfp)
+    assert same.observed == 0.0 and (same.replicates == 0.0).all() and same.ci_low == same.ci_high == 0.0
+    shifted = paired_difference(
+        result.point_losses, result.points, {"model": "lstm", "variant": "base", "context_dim": 8, "samples": 10}, cvfp
+    )
+    assert shifted.observed == pytest.approx(0.25, abs=1e-9)
+    np.testing.assert_allclose([shifted.ci_low, shifted.ci_high], 0.25, atol=1e-12)
+    assert shifted.replicates.shape == (300,)
+    with pytest.raises(KeyError, match="no point"):
+        paired_difference(result.point_losses, result.points, ("cvfp", "base", 16, 10), cvfp)
+    with pytest.raises(ValueError, match="3 points"):
+        paired_difference(result.point_losses[:, :2], result.points, lstm, cvfp)
+
+
+def test_the_gain_over_the_head_is_paired_with_the_heads_conversation_draws():
+    rng = np.random.default_rng(14)
+    ends, head = _stream(rng)
+    # every cvfp seed is the head plus 0.4 nats on every token; lstm equals the head
+    runs, nll = _study([("cvfp", 10, 8, s, head + 0.4) for s in (0, 1, 2)] + [("lstm", 10, 8, 0, head)])
+    result = bootstrap_study(runs, nll, ends.tolist(), resamples=300, seed=4, head_nll=head)
+    head_loss, head_boot = reference_losses(head, ends.tolist(), 300, 4)
+    assert result.info["head_loss"] == head_loss and np.array_equal(result.head_losses, head_boot)
+    gains = result.points.set_index("model")[HEAD_GAIN_COLUMNS]
+    np.testing.assert_allclose(gains.loc["cvfp"], -0.4, atol=1e-12)  # the constant, zero width
+    np.testing.assert_allclose(gains.loc["lstm"], 0.0, atol=1e-12)
+    assert result.head_losses.std() > 0.05  # while the head's own loss varies across replicates
+    none = gain_over_head(result.points, result.point_losses, None, None)
+    assert none.isna().all().all() and list(none.columns) == HEAD_GAIN_COLUMNS
+    with pytest.raises(ValueError, match="head losses"):
+        gain_over_head(result.points, result.point_losses, head_loss, head_boot[:10])
+
+
+def test_paired_gains_table_lists_history_model_and_head_gains():
+    rng = np.random.default_rng(15)
+    ends, base = _stream(rng)
+    shift = {"cvfp": 0.0, "reset_context": 0.3, "lstm": 0.1, "ngram": 0.5}
+    specs = [(m, n, 8 if m != "ngram" else 0, 0, base + shift[m]) for m in shift for n in (10, 20)]
+    specs += [("cvfp", 10, 16, 0, base + 0.05)]  # a context_dim no other model has
+    runs, nll = _study(specs)
+    result = bootstrap_study(runs, nll, ends.tolist(), resamples=200, seed=0, head_nll=base + 0.2)
+    gains = result.paired_gains
+    assert list(gains.columns) == PAIRED_GAIN_COLUMNS
+    by = {(r.comparison, r.model, r.baseline, r.context_dim, r.samples): r for r in gains.itertuples()}
+    # cvfp's history gain over reset_context and its gain over lstm at both sizes, context_dim 8
+    for n in (10, 20):
+        assert by[("history", "cvfp", "reset_context", 8, n)].gain == pytest.approx(0.3, abs=1e-9)
+        row = by[("over_model", "cvfp", "lstm", 8, n)]
+        assert row.gain == pytest.approx(0.1, abs=1e-9) and row.baseline_context_dim == 8
+        assert row.gain_ci_low == pytest.approx(0.1, abs=1e-9) and row.ppl_ratio == pytest.approx(math.exp(0.1))
+    # the head (0.2 worse than cvfp's base) against every point of a context or lm model
+    assert by[("over_head", "lstm", "head", 8, 10)].gain == pytest.approx(0.1, abs=1e-9)
+    assert by[("over_head", "cvfp", "head", 16, 10)].gain == pytest.approx(0.15, abs=1e-9)
+    # count models are not rows; context_dim 16 pairs with nothing but the head
+    assert "ngram" not in set(gains["model"]) | set(gains["baseline"])
+    assert sorted(k[:3] for k in by if k[3] == 16) == [("over_head", "cvfp", "head")]
+    assert gains["comparison"].tolist() == ["history"] * 2 + ["over_model"] * 2 + ["over_head"] * 7
+    no_head = paired_gains_table(result.points, result.point_losses)
+    assert set(no_head["comparison"]) == {"history", "over_model"}
+    assert len(paired_gains_table(result.points.iloc[:0], result.point_losses[:, :0])) == 0

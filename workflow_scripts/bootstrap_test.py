@@ -1,5 +1,15 @@
-"""Rule bootstrap_test: resample test conversations (the same resamples for every run),
-recompute every run's test loss, average seeds per scaling point (issue 9)."""
+"""Rule bootstrap_test: the hierarchical bootstrap of the study's test losses (docs/method.md §11).
+
+Each replicate draws the training seeds with replacement (one draw shared by every point)
+and then the test conversations with replacement (one draw shared by every run and the
+head's LM); a point's replicate loss is the mean over its drawn seeds of the
+token-weighted test loss on the drawn conversations (:mod:`newllm.uncertainty`).
+
+Writes, under ``results/{study}/bootstrap/``: ``points.csv`` (seed-mean points, their PPL
+intervals and ``gain_over_head``), ``point_losses.npy`` (``[B, P]`` replicate losses in
+nats per target token, column p = row p of points.csv), ``head_losses.npy`` (``[B]``, empty
+without a head LM), ``run_intervals.csv``, ``bootstrap.json`` and ``paired_gains.csv``.
+"""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +17,7 @@ import pandas as pd
 from newllm.io import read_json, write_csv, write_json, write_npy
 from newllm.runtime import get_logger
 from newllm.script import run_script
-from newllm.uncertainty import bootstrap_study, reference_losses
+from newllm.uncertainty import bootstrap_study
 
 
 def main(smk) -> None:
@@ -15,21 +25,20 @@ def main(smk) -> None:
     runs = pd.read_csv(smk.input.runs)
     sample_end = read_json(smk.input.test_meta)["sample_end"]
     nll = {p: np.load(p, mmap_mode="r") for p in smk.input.nll}  # reduced to per-conversation sums one run at a time
-    points, point_boot, intervals, info = bootstrap_study(
-        runs, nll, sample_end, smk.params.resamples, smk.params.seed, smk.params.resample_seeds
-    )
     head_nll = np.load(smk.input.head_nll)  # the frozen head's own LM; empty when the embeddings have none
-    head_boot = np.empty(0)
-    if head_nll.size:
-        info["head_loss"], head_boot = reference_losses(head_nll, sample_end, smk.params.resamples, smk.params.seed)
-    write_npy(smk.output.head_losses, head_boot)
-    write_csv(smk.output.points, points)
-    write_npy(smk.output.point_losses, point_boot)
-    write_csv(smk.output.runs, intervals)
-    write_json(smk.output.info, info)
+    result = bootstrap_study(
+        runs, nll, sample_end, smk.params.resamples, smk.params.seed, smk.params.resample_seeds, head_nll=head_nll
+    )
+    write_csv(smk.output.points, result.points)
+    write_npy(smk.output.point_losses, result.point_losses)
+    write_npy(smk.output.head_losses, result.head_losses)
+    write_csv(smk.output.runs, result.run_intervals)
+    write_json(smk.output.info, result.info)
+    info = result.info
     log.info(
-        "%d resamples of %d test conversations (%d targets) for %d runs -> %d points in %.2f s",
+        "%d resamples (seeds resampled: %s) of %d test conversations (%d targets) for %d runs -> %d points in %.2f s",
         info["resamples"],
+        info["resample_seeds"],
         info["conversations"],
         info["targets"],
         info["runs"],
