@@ -99,6 +99,7 @@ rule bootstrap_test:
         head_losses="results/{study}/bootstrap/head_losses.npy",
         runs="results/{study}/bootstrap/run_intervals.csv",
         info="results/{study}/bootstrap/bootstrap.json",
+        paired_gains="results/{study}/bootstrap/paired_gains.csv",
     log:
         log_path("bootstrap_test"),
     localrule: True

@@ -34,6 +34,7 @@ def main(smk) -> None:
     write_npy(smk.output.head_losses, result.head_losses)
     write_csv(smk.output.runs, result.run_intervals)
     write_json(smk.output.info, result.info)
+    write_csv(smk.output.paired_gains, result.paired_gains)
     info = result.info
     log.info(
         "%d resamples (seeds resampled: %s) of %d test conversations (%d targets) for %d runs -> %d points in %.2f s",
