@@ -8,7 +8,11 @@ import pytest
 from scipy import optimize, stats
 
 from newllm.scaling import (
-    _nonneg_line,
+    EXTRAPOLATION_COLUMNS,
+    MIN_POINTS_AICC,
+    TOO_FEW_POINTS,
+    corrected_aic,
+    criteria_columns,
     fit_loss_form,
     fit_loss_form_batch,
     fit_points,
@@ -16,10 +20,14 @@ from newllm.scaling import (
     fit_scaling_group,
     fit_table,
     information_criteria,
+    intervals_disagree,
+    multiple_tag,
     power_law_prediction_interval,
     predict_ppl,
     preferred_form,
 )
+from newllm.scaling.fits import _extrapolation_rows
+from newllm.scaling.forms import _nonneg_line
 
 
 def test_recovers_alpha_and_a_exactly():
@@ -147,23 +155,55 @@ def test_information_criteria_by_hand():
     assert preferred_form(-10.0, -12.5) == "loss_form" and preferred_form(-12.5, -10.0) == "power_law"
 
 
+def test_corrected_aic_by_hand():
+    # power law (k = 2, K = 3) on 5 points: AIC = 5 ln(0.5/5) + 6, correction 2·3·4/(5 − 3 − 1) = 24
+    assert corrected_aic(rss=0.5, n=5, k=2) == pytest.approx(5 * math.log(0.1) + 6 + 24)
+    # loss form (k = 3, K = 4) on 6 points: AIC = 6 ln(0.06/6) + 8, correction 2·4·5/(6 − 4 − 1) = 40
+    assert corrected_aic(rss=0.06, n=6, k=3) == pytest.approx(6 * math.log(0.01) + 8 + 40)
+    # n <= K + 1: undefined
+    assert math.isnan(corrected_aic(rss=0.5, n=4, k=2)) and math.isnan(corrected_aic(rss=0.06, n=5, k=3))
+    assert math.isnan(corrected_aic(rss=math.nan, n=8, k=3))  # no loss-form fit
+    assert MIN_POINTS_AICC == 6
+
+
+def test_aicc_undoes_a_preference_that_plain_aic_gives_the_larger_form():
+    # n = 6, RSS 1 (power law) and 0.01 (loss form): ΔAIC = 6 ln(0.01) + 2 = −25.6 prefers the
+    # loss form; the corrections are 12 (K = 3) and 40 (K = 4), so ΔAICc = −25.6 + 28 = +2.4
+    # prefers the power law
+    c = criteria_columns(6, 1.0, 0.01)
+    assert c["delta_aic"] == pytest.approx(6 * math.log(0.01) + 2)
+    assert c["delta_aicc"] == pytest.approx(6 * math.log(0.01) + 2 + 28)
+    assert (c["preferred_form"], c["preferred_form_aic"]) == ("power_law", "loss_form")
+    assert c["aicc_power_law"] == pytest.approx(6 * math.log(1 / 6) + 6 + 12)
+    # RSS e^-5 for the loss form: ΔAICc = 6·(−5) + 2 + 28 = 0, no preference; below 6 points:
+    # too few points, whatever AIC says
+    assert criteria_columns(6, 1.0, math.exp(-5.0))["preferred_form"] == "neither"
+    five = criteria_columns(5, 1.0, 0.001)
+    assert five["preferred_form"] == TOO_FEW_POINTS and five["preferred_form_aic"] == "loss_form"
+    assert math.isnan(five["aicc_loss_form"]) and np.isfinite(five["aicc_power_law"])
+
+
 def test_aic_prefers_the_loss_form_on_curved_data_and_not_on_a_line():
     rng = np.random.default_rng(2)
     tokens = np.geomspace(2e3, 2e6, 7)
     curved = fit_scaling_group(tokens, 2.0 + 60.0 * tokens**-0.5 + rng.normal(0, 0.005, 7))
-    assert curved["preferred_form"] == "loss_form" and curved["delta_aic"] < -10
+    assert curved["preferred_form"] == "loss_form" and curved["delta_aicc"] < -10
     assert curved["delta_aic"] == pytest.approx(
         7 * math.log(curved["rss_loss_form"] / 7) + 8 - (7 * math.log(curved["rss"] / 7) + 6)
     )
+    # 7 points: corrections 2·4·5/2 = 20 (loss form) and 2·3·4/3 = 8 (power law)
+    assert curved["delta_aicc"] == pytest.approx(curved["delta_aic"] + 20 - 8)
     line = fit_scaling_group(tokens, 9.0 - 0.3 * np.log(tokens) + rng.normal(0, 0.005, 7))
     # a power law in PPL is a line in ln PPL: the loss form (E >= 0) fits it far worse
-    assert line["preferred_form"] == "power_law" and line["delta_aic"] > 10
+    assert line["preferred_form"] == "power_law" and line["delta_aicc"] > 10
     assert line["delta_aic"] == pytest.approx(7 * math.log(line["rss_loss_form"] / 7) + 8 - (7 * math.log(line["rss"] / 7) + 6))
+    assert line["preferred_form_aic"] == "power_law" and curved["preferred_form_aic"] == "loss_form"
 
 
 def test_bootstrap_intervals_are_percentiles_of_the_refits():
     # every resample is an exact line with a known slope: the bootstrap α interval must be
-    # the percentiles of those slopes, and the 1M extrapolation the percentiles of a + α ln 1e6
+    # the percentiles of those slopes, and the extrapolation to 10× the largest size (1.6M
+    # tokens) the percentiles of a + α ln 1.6e6
     rng = np.random.default_rng(3)
     tokens = np.geomspace(1e4, 1.6e5, 5)
     x = np.log(tokens)
@@ -173,10 +213,11 @@ def test_bootstrap_intervals_are_percentiles_of_the_refits():
     assert row["alpha_boot_ci_low"] == pytest.approx(np.percentile(slopes, 2.5))
     assert row["alpha_boot_ci_high"] == pytest.approx(np.percentile(slopes, 97.5))
     assert row["alpha_boot_se"] == pytest.approx(slopes.std(ddof=1))
-    at_1m = np.exp(intercepts + slopes * math.log(1e6))
-    assert row["ppl_at_1M_ci_low"] == pytest.approx(np.percentile(at_1m, 2.5))
-    assert row["ppl_at_1M_ci_high"] == pytest.approx(np.percentile(at_1m, 97.5))
-    assert row["ppl_at_1M"] == pytest.approx(math.exp(8.0 - 0.4 * math.log(1e6)))
+    at_10x = np.exp(intercepts + slopes * math.log(1.6e6))
+    assert row["tokens_at_10x"] == pytest.approx(1.6e6) and row["tokens_at_2x"] == pytest.approx(3.2e5)
+    assert row["ppl_at_10x_ci_low"] == pytest.approx(np.percentile(at_10x, 2.5))
+    assert row["ppl_at_10x_ci_high"] == pytest.approx(np.percentile(at_10x, 97.5))
+    assert row["ppl_at_10x"] == pytest.approx(math.exp(8.0 - 0.4 * math.log(1.6e6)))
 
 
 def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
@@ -213,10 +254,13 @@ def test_fit_points_tables_mark_extrapolation_and_undertrained_points():
     lstm = fits.set_index("model").loc["lstm"]
     assert lstm["alpha"] == pytest.approx(-0.4) and lstm["undertrained_points"] == 2 and lstm["undertrained_runs"] == 2
     assert fits.set_index("model").loc["cvfp", "undertrained_points"] == 0
-    assert set(extrap["tokens"]) == {1_000_000, 10_000_000} and extrap["extrapolation"].all()
-    assert set(extrap["form"]) == {"power_law", "loss_form"}
+    # one row per (group, multiple), both forms side by side, at 2× and 10× the largest size
+    assert list(extrap.columns) == ["model", "variant", "context_dim", *EXTRAPOLATION_COLUMNS]
+    assert list(zip(extrap["model"], extrap["multiple"])) == [("cvfp", 2.0), ("cvfp", 10.0), ("lstm", 2.0), ("lstm", 10.0)]
+    assert extrap["tokens"].tolist() == [1.6e5, 8e5] * 2 and (extrap["tokens_max"] == 8e4).all()
+    assert extrap["power_law_ppl"].iloc[1] == pytest.approx(math.exp(9.0 - 0.3 * math.log(8e5)))
     cvfp = curves[(curves["model"] == "cvfp") & (curves["form"] == "power_law")]
-    assert (cvfp["extrapolation"] == (cvfp["tokens"] > 8e4)).all() and cvfp["tokens"].max() == pytest.approx(1e7)
+    assert (cvfp["extrapolation"] == (cvfp["tokens"] > 8e4)).all() and cvfp["tokens"].max() == pytest.approx(8e5)
     assert np.allclose(np.log(cvfp["ppl"]), 9.0 - 0.3 * np.log(cvfp["tokens"]))
 
 
@@ -241,14 +285,14 @@ def test_fit_table_groups_runs():
     table = fit_table(runs, ["variant", "context_dim"]).set_index("context_dim")
     assert table.loc[64, "alpha"] == pytest.approx(-0.3)
     assert table.loc[128, "A"] == pytest.approx(2e4)
-    assert table.loc[128, "ppl_at_1M"] == pytest.approx(2e4 * 1e6**-0.4)
+    assert table.loc[128, "ppl_at_10x"] == pytest.approx(2e4 * 4e5**-0.4) and table.loc[128, "tokens_at_10x"] == 4e5
     assert np.isnan(table.loc[128, "E"])  # 3 sizes: the 3-parameter loss form is not fitted
 
 
 def test_fit_command_on_an_external_table(tmp_path, capsys):
     from newllm.cli import fit_main
 
-    # SPEC §10, v3 per size (samples -> train tokens, val PPL)
+    # the source study's reported v3 run per size (samples -> train tokens, val PPL)
     table = tmp_path / "published.csv"
     pd.DataFrame(
         {
@@ -261,8 +305,9 @@ def test_fit_command_on_an_external_table(tmp_path, capsys):
     fit = pd.read_csv(tmp_path / "fits.csv").iloc[0]
     assert fit["alpha"] == pytest.approx(-0.466, abs=0.005)  # the source's reported α
     assert fit["r2"] == pytest.approx(0.992, abs=0.002)
-    assert fit["preferred_form"] == preferred_form(fit["aic_power_law"], fit["aic_loss_form"]) and np.isfinite(fit["E"])
+    assert fit["preferred_form_aic"] == preferred_form(fit["aic_power_law"], fit["aic_loss_form"]) and np.isfinite(fit["E"])
     assert fit["delta_aic"] == pytest.approx(fit["aic_loss_form"] - fit["aic_power_law"])
+    assert fit["preferred_form"] == TOO_FEW_POINTS  # 5 sizes: the loss form's AICc is undefined
     assert "1L 768d 2tok (v3)" in capsys.readouterr().out
     assert fit_main([str(table), "--ppl", "perplexity"]) == 2
     assert fit_main([str(table), "--window", "4"]) == 0
@@ -301,17 +346,18 @@ def test_preferred_form_at_its_boundaries():
     assert preferred_form(1.0, 1.0, tie=0.0) == "loss_form"  # only a lower power-law IC prefers it
 
 
-def test_token_tags_name_whole_multiples_only():
-    from newllm.scaling import _token_tag
+def test_multiple_tags_and_disjoint_intervals():
+    assert [multiple_tag(m) for m in (2, 10.0, 1.5, 2.5)] == ["2x", "10x", "1.5x", "2.5x"]
+    assert intervals_disagree(1.0, 2.0, 2.5, 3.0) is True and intervals_disagree(2.5, 3.0, 1.0, 2.0) is True
+    assert intervals_disagree(1.0, 2.0, 2.0, 3.0) is False  # touching intervals overlap
+    assert intervals_disagree(1.0, 3.0, 1.5, 2.0) is False
+    assert intervals_disagree(1.0, math.nan, 1.5, 2.0) is None
 
-    assert [_token_tag(t) for t in (1e6, 2e6, 2.5e6, 1e3, 1500, 999)] == ["1M", "2M", "2500k", "1k", "1500", "999"]
 
-
-def test_extrapolation_rows_carry_the_prediction_interval_for_the_power_law_only():
-    from newllm.scaling import _extrapolation_rows
-
-    row = {"tokens_max": 1e6}
-    for tag in ("1M", "2M"):
+def test_extrapolation_rows_put_both_forms_side_by_side():
+    row = {"tokens_max": 1e5, "preferred_form": "neither"}
+    for tag, target, disagree in (("2x", 2e5, False), ("10x", 1e6, True)):
+        row |= {f"tokens_at_{tag}": target, f"forms_disagree_at_{tag}": disagree}
         for suffix, base in (("", 10.0), ("_loss_form", 20.0)):
             row |= {
                 f"ppl_at_{tag}{suffix}": base,
@@ -319,23 +365,44 @@ def test_extrapolation_rows_carry_the_prediction_interval_for_the_power_law_only
                 f"ppl_at_{tag}{suffix}_ci_high": base + 1,
             }
         row |= {f"ppl_at_{tag}_pi_low": 5.0, f"ppl_at_{tag}_pi_high": 15.0}
-    rows = _extrapolation_rows({"model": "m"}, row, [1e6, 2e6])
-    assert [(r["form"], r["tokens"], r["extrapolation"]) for r in rows] == [
-        ("power_law", 1e6, False),  # the largest size itself is no extrapolation
-        ("loss_form", 1e6, False),
-        ("power_law", 2e6, True),
-        ("loss_form", 2e6, True),
-    ]
-    assert {k: rows[0][k] for k in ("model", "ppl", "ci_low", "ci_high", "pi_low", "pi_high")} == {
+    rows = _extrapolation_rows({"model": "m"}, row, [2.0, 10.0])
+    assert [(r["multiple"], r["tokens"], r["forms_disagree"]) for r in rows] == [(2.0, 2e5, False), (10.0, 1e6, True)]
+    assert rows[0] == {
         "model": "m",
-        "ppl": 10.0,
-        "ci_low": 9.0,
-        "ci_high": 11.0,
-        "pi_low": 5.0,
-        "pi_high": 15.0,
+        "multiple": 2.0,
+        "tokens": 2e5,
+        "tokens_max": 1e5,
+        "power_law_ppl": 10.0,
+        "power_law_ci_low": 9.0,
+        "power_law_ci_high": 11.0,
+        "power_law_pi_low": 5.0,
+        "power_law_pi_high": 15.0,
+        "loss_form_ppl": 20.0,
+        "loss_form_ci_low": 19.0,
+        "loss_form_ci_high": 21.0,
+        "forms_disagree": False,
+        "preferred_form": "neither",
     }
-    assert (rows[1]["ppl"], rows[1]["ci_low"], rows[1]["ci_high"]) == (20.0, 19.0, 21.0)
-    assert math.isnan(rows[1]["pi_low"]) and math.isnan(rows[1]["pi_high"])
+    assert list(rows[0]) == ["model", *EXTRAPOLATION_COLUMNS]
+
+
+def test_the_forms_disagree_when_their_bootstrap_intervals_are_disjoint():
+    # exact points of a bending curve L = 2 + 60·T^(-1/2) and resamples with a little noise:
+    # the power law, a straight line in ln PPL, overshoots the gain at 10× by far more than
+    # either interval; at 2× the two are still close together
+    rng = np.random.default_rng(11)
+    tokens = np.geomspace(1e4, 3.2e5, 6)
+    losses = 2.0 + 60.0 * tokens**-0.5
+    boot = losses[None, :] + rng.normal(0, 0.002, (200, 6))
+    row = fit_scaling_group(tokens, losses, boot)
+    at = "ppl_at_10x"
+    assert row["tokens_at_10x"] == pytest.approx(3.2e6)
+    assert row[f"{at}_loss_form"] == pytest.approx(math.exp(2.0 + 60.0 / math.sqrt(3.2e6)), rel=1e-6)
+    assert row[f"{at}_ci_high"] < row[f"{at}_loss_form_ci_low"] and row["forms_disagree_at_10x"] is True
+    assert row["forms_disagree_at_2x"] == intervals_disagree(
+        row["ppl_at_2x_ci_low"], row["ppl_at_2x_ci_high"], row["ppl_at_2x_loss_form_ci_low"], row["ppl_at_2x_loss_form_ci_high"]
+    )
+    assert fit_scaling_group(tokens, losses)["forms_disagree_at_10x"] is None  # no bootstrap: no intervals to compare
 
 
 def test_information_criteria_of_a_group_at_the_minimum_sizes():
@@ -396,21 +463,22 @@ def test_a_group_fit_at_another_confidence_uses_it_everywhere():
     assert row["alpha_boot_ci_high"] == pytest.approx(np.percentile(refit, 90))
     half = row["alpha_ci_high"] - row["alpha"]
     assert half == pytest.approx(stats.t.ppf(0.9, 3) * row["alpha_stderr"])
-    at_1m = np.exp(np.polyfit(x, boot.T, 1)[1] + refit * math.log(1e6))
-    assert row["ppl_at_1M_ci_low"] == pytest.approx(np.percentile(at_1m, 10), rel=1e-6)
+    at_10x = np.exp(np.polyfit(x, boot.T, 1)[1] + refit * math.log(1.6e6))  # 10× the largest size
+    assert row["ppl_at_10x_ci_low"] == pytest.approx(np.percentile(at_10x, 10), rel=1e-6)
     from newllm.scaling import loss_form_predict, power_law_prediction_interval
 
-    assert row["ppl_at_1M_pi_low"] == pytest.approx(power_law_prediction_interval(tokens, np.exp(losses), 1e6, 0.8)[0])
-    assert row["ppl_at_1M_pi_low"] > wide["ppl_at_1M_pi_low"]  # a narrower interval
+    assert row["ppl_at_10x_pi_low"] == pytest.approx(power_law_prediction_interval(tokens, np.exp(losses), 1.6e6, 0.8)[0])
+    assert row["ppl_at_10x_pi_low"] > wide["ppl_at_10x_pi_low"]  # a narrower interval
     lf = row["_boot"]["loss_form"]  # the loss-form refits of the resamples
     assert row["beta_ci_low"] == pytest.approx(np.nanpercentile(lf["beta"], 10))
-    at_1m_lf = np.exp(loss_form_predict(lf, np.array([1e6]))[:, 0])
-    assert row["ppl_at_1M_loss_form_ci_high"] == pytest.approx(np.nanpercentile(at_1m_lf, 90))
+    at_10x_lf = np.exp(loss_form_predict(lf, np.array([1.6e6]))[:, 0])
+    assert row["ppl_at_10x_loss_form_ci_high"] == pytest.approx(np.nanpercentile(at_10x_lf, 90))
 
 
 def test_fitted_curves_and_their_bands_on_the_grid():
     # one configuration of 5 sizes with noisy bootstrap resamples: the curve grid runs from
-    # the smallest size to the last target (curve_points log-spaced, plus the largest size);
+    # the smallest size to the last multiple of the largest size (curve_points log-spaced,
+    # plus the largest size);
     # bands are the percentiles of the refitted lines (power law) and loss forms
     from newllm.scaling import loss_form_predict
 
@@ -420,9 +488,9 @@ def test_fitted_curves_and_their_bands_on_the_grid():
     losses = 2.0 + 40.0 * tokens**-0.3 + rng.normal(0, 0.01, 5)
     boot = losses[None, :] + rng.normal(0, 0.02, (60, 5))
     points = pd.DataFrame({"model": "cvfp", "variant": "base", "context_dim": 8, "train_tokens": tokens, "test_loss": losses})
-    fits, _, curves = fit_points(points, boot, curve_points=7, extrapolate=[1e6], confidence=0.9)
+    fits, _, curves = fit_points(points, boot, curve_points=7, multiples=[6.25], confidence=0.9)  # to 1e6 tokens
     assert len(fits) == 1
-    row = fit_scaling_group(tokens, losses, boot, 0.9, [1e6])
+    row = fit_scaling_group(tokens, losses, boot, 0.9, [6.25])
     power = curves[curves["form"] == "power_law"]
     grid = np.unique(np.r_[np.geomspace(1e4, 1e6, 7), 1.6e5])
     np.testing.assert_allclose(power["tokens"], grid)
@@ -438,7 +506,7 @@ def test_fitted_curves_and_their_bands_on_the_grid():
     band = loss_form_predict(row["_boot"]["loss_form"], grid)
     np.testing.assert_allclose(np.log(loss_form["ci_high"]), np.nanpercentile(band, 95, axis=0), rtol=1e-6)
     # without a bootstrap the bands are NaN, the curves are still there
-    _, _, bare = fit_points(points, None, curve_points=7, extrapolate=[1e6])
+    _, _, bare = fit_points(points, None, curve_points=7, multiples=[6.25])
     assert set(bare["form"]) == {"power_law", "loss_form"} and bare["ci_low"].isna().all() and bare["ci_high"].isna().all()
 
 
@@ -469,49 +537,47 @@ def test_loss_form_honours_narrower_beta_bounds():
 
 
 def test_loss_form_extrapolation_and_criteria_at_the_smallest_sizes():
-    # exact points of L = 2 + 60·T^(-1/2): with 4 sizes the loss form is recovered, so its PPL at
-    # 10⁶ tokens is exp(2 + 60/1000); with 2 or 3 sizes it is not fitted (NaN), and with 2 sizes
-    # the power law has no residual degree of freedom, so no AIC/BIC either
+    # exact points of L = 2 + 60·T^(-1/2) up to 10⁶ tokens: with 4 sizes the loss form is
+    # recovered, so its PPL at 2× and 10× the largest size is exp(2 + 60/sqrt(2e6)) and
+    # exp(2 + 60/sqrt(1e7)); with 2 or 3 sizes it is not fitted (NaN), and with 2 sizes the
+    # power law has no residual degree of freedom, so no AIC/BIC either; AICc needs 6 sizes
     for n in (2, 3, 4):
         tokens = np.geomspace(1e4, 1e6, n)
         row = fit_scaling_group(tokens, 2.0 + 60.0 * tokens**-0.5)
+        assert (row["tokens_at_2x"], row["tokens_at_10x"]) == pytest.approx((2e6, 1e7))
         if n == 4:
-            assert row["ppl_at_1M_loss_form"] == pytest.approx(math.exp(2.06), rel=1e-6)
-            assert row["ppl_at_10M_loss_form"] == pytest.approx(math.exp(2.0 + 60.0 / math.sqrt(1e7)), rel=1e-6)
+            assert row["ppl_at_2x_loss_form"] == pytest.approx(math.exp(2.0 + 60.0 / math.sqrt(2e6)), rel=1e-6)
+            assert row["ppl_at_10x_loss_form"] == pytest.approx(math.exp(2.0 + 60.0 / math.sqrt(1e7)), rel=1e-6)
         else:
-            assert math.isnan(row["ppl_at_1M_loss_form"]) and math.isnan(row["ppl_at_10M_loss_form"])
+            assert math.isnan(row["ppl_at_2x_loss_form"]) and math.isnan(row["ppl_at_10x_loss_form"])
+        assert row["preferred_form"] == TOO_FEW_POINTS and math.isnan(row["delta_aicc"])
         if n == 2:
             assert all(math.isnan(row[c]) for c in ("aic_power_law", "bic_power_law", "delta_aic"))
-            assert row["preferred_form"] == "neither" and row["preferred_form_bic"] == "neither"
+            assert row["preferred_form_aic"] == "neither" and row["preferred_form_bic"] == "neither"
         else:
             assert np.isfinite(row["aic_power_law"]) and np.isfinite(row["bic_power_law"])
 
 
 def test_fit_points_sorts_groups_keeps_two_size_groups_and_uses_the_targets():
     # rows arrive unsorted; the one-size group sorts first and is skipped without ending the
-    # loop; a group of 2 sizes gets the power law (no loss form); one target, 2·10⁵ tokens
+    # loop; a group of 2 sizes gets the power law (no loss form); one multiple, 2.5× each
+    # group's largest size (cvfp: 2·10⁵ tokens, lstm: 5·10⁴)
     rows = [{"model": "lstm", "train_tokens": t, "test_loss": 9.0 - 0.4 * math.log(t)} for t in (2e4, 1e4)]
     rows += [{"model": "cvfp", "train_tokens": t, "test_loss": 9.0 - 0.3 * math.log(t)} for t in (8e4, 1e4, 4e4, 2e4)]
     rows += [{"model": "bigram", "train_tokens": 1e4, "test_loss": 7.0}]
     points = pd.DataFrame(rows)
-    fits, extrap, curves = fit_points(points, None, group_by=["model"], extrapolate=[2e5])
+    fits, extrap, curves = fit_points(points, None, group_by=["model"], multiples=[2.5])
     assert list(fits["model"]) == ["cvfp", "lstm"]
     fits = fits.set_index("model")
     assert fits.loc["lstm", "alpha"] == pytest.approx(-0.4) and fits.loc["cvfp", "alpha"] == pytest.approx(-0.3)
     assert fits.loc["lstm", "n_points"] == 2 and math.isnan(fits.loc["lstm", "E"])
-    assert fits.loc["cvfp", "ppl_at_200k"] == pytest.approx(math.exp(9.0 - 0.3 * math.log(2e5)))
-    # one row per (group, form, target), for every group
-    assert sorted(zip(extrap["model"], extrap["form"])) == [
-        ("cvfp", "loss_form"),
-        ("cvfp", "power_law"),
-        ("lstm", "loss_form"),
-        ("lstm", "power_law"),
-    ]
-    assert (extrap["tokens"] == 2e5).all() and extrap["extrapolation"].all()
-    lstm_rows = extrap[extrap["model"] == "lstm"].set_index("form")
-    assert lstm_rows.loc["power_law", "ppl"] == pytest.approx(math.exp(9.0 - 0.4 * math.log(2e5)))
-    assert math.isnan(lstm_rows.loc["loss_form", "ppl"])
-    # default curve: 60 log-spaced points from the smallest size to the target, plus the largest size
+    assert fits.loc["cvfp", "ppl_at_2.5x"] == pytest.approx(math.exp(9.0 - 0.3 * math.log(2e5)))
+    # one row per (group, multiple), for every group
+    assert list(extrap["model"]) == ["cvfp", "lstm"] and extrap["tokens"].tolist() == [2e5, 5e4]
+    lstm_row = extrap.set_index("model").loc["lstm"]
+    assert lstm_row["power_law_ppl"] == pytest.approx(math.exp(9.0 - 0.4 * math.log(5e4)))
+    assert math.isnan(lstm_row["loss_form_ppl"]) and lstm_row["forms_disagree"] is None
+    # default curve: 60 log-spaced points from the smallest size to the multiple, plus the largest size
     assert set(curves.groupby(["model", "form"]).size().items()) == {
         (("cvfp", "power_law"), 61),
         (("cvfp", "loss_form"), 61),
