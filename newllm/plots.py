@@ -104,6 +104,11 @@ def _panels(dims: Sequence[int]):
 
 
 # ----------------------------------------------------------------------------- scaling
+SCALING_X_MARGIN = 1.25
+"""The scaling figure's x-axis ends this factor beyond the smallest and largest sizes: near
+the data, so an extrapolated curve shows only its first step past the last point."""
+
+
 def _alpha_label(fit: pd.DataFrame) -> str:
     """``": α=-0.123 [lo, hi]"`` of a series' fit row (bootstrap interval, else OLS t; ``""`` without a fit)."""
     if not len(fit):
@@ -127,14 +132,46 @@ def _draw_points(ax, g: pd.DataFrame, color: str, marker: str) -> None:
         ax.plot(x[under], y[under], marker, markerfacecolor="white", markeredgecolor=color, markeredgewidth=1.5)
 
 
+def _preferred_curve(curves: pd.DataFrame, fit: pd.DataFrame, keys: tuple, x_max: float) -> tuple[str, pd.DataFrame]:
+    """The fitted curve of one series in the form AICc prefers (``preferred_form`` of its fit
+    row; the power law when neither is or the loss form was not fitted), cut at ``x_max``:
+    ``(form, rows sorted by tokens)``."""
+    model, variant, cdim = keys
+    mine = curves[(curves["model"] == model) & (curves["variant"] == variant) & (curves["context_dim"] == cdim)]
+    form = fit.iloc[0].get("preferred_form") if len(fit) else None
+    if form != "loss_form" or not (mine["form"] == "loss_form").any():
+        form = "power_law"
+    c = mine[(mine["form"] == form) & (mine["tokens"] <= x_max * (1 + 1e-9))]
+    return form, c.sort_values("tokens")
+
+
 def _draw_fitted_curve(ax, c: pd.DataFrame, style: str, color: str) -> None:
     """A fitted curve (rows sorted by tokens): solid over the data, dashed beyond, with its band."""
     fitted = ~c["extrapolation"].astype(bool)
     inside, beyond = c[fitted], c[c["tokens"] >= c.loc[fitted, "tokens"].max()]
     ax.plot(inside["tokens"], inside["ppl"], style, color=color, lw=1.3)
-    ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
+    if len(beyond) > 1:
+        ax.plot(beyond["tokens"], beyond["ppl"], "--", color=color, lw=1.0, alpha=0.8)
     if np.isfinite(c["ci_low"]).any():
         ax.fill_between(c["tokens"], c["ci_low"], c["ci_high"], color=color, alpha=0.12, lw=0)
+
+
+def _draw_series(ax, points: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, keys: tuple, x_max: float) -> str:
+    """One (model, variant, context_dim) series of the scaling figure in the catalogue's
+    colour and marker: points, the preferred fitted form and the legend entry; its label."""
+    model, variant, cdim = keys
+    g = points[(points["model"] == model) & (points["variant"] == variant) & (points["context_dim"] == cdim)]
+    fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == cdim)]
+    style = VARIANT_STYLES[sorted(points["variant"].unique()).index(variant) % len(VARIANT_STYLES)]
+    color, marker = model_color(model), model_marker(model)
+    form, c = _preferred_curve(curves, fit, keys, x_max)
+    label = _series_label(model, variant, cdim, points["variant"].nunique()) + _alpha_label(fit)
+    label += " (loss form)" if form == "loss_form" and len(c) else ""
+    _draw_points(ax, g.sort_values("train_tokens"), color, marker)
+    ax.plot([], [], marker=marker, ls=style, color=color, label=label)  # legend: marker and line of the series
+    if len(c):
+        _draw_fitted_curve(ax, c, style, color)
+    return label
 
 
 def plot_scaling(
@@ -142,61 +179,47 @@ def plot_scaling(
 ) -> list[str]:
     """Test PPL vs training tokens (log-log) for every model, one panel per context_dim.
 
-    Points: seed-mean test PPL with bootstrap 95 % bars (hollow: an undertrained run).
-    Lines: the fitted power law ``PPL = A·T^α`` with its bootstrap 95 % band; solid over
-    the data, dashed beyond (the extrapolation to the tabled 1M/10M tokens).  Models
-    without a context dimension (n-gram, ``context_dim`` 0) appear in every panel.
+    Points: seed-mean test PPL with bootstrap 95 % bars (hollow: an undertrained run), in
+    the model's catalogue colour and marker (:func:`newllm.study.model_style`).  Lines:
+    per series the fitted form that AICc prefers (the loss form ``L = E + B·T^(−β)`` when
+    it is preferred, else the power law ``PPL = A·T^α``) with its bootstrap 95 % band;
+    solid over the data, dashed beyond.  The x-axis ends :data:`SCALING_X_MARGIN` beyond
+    the smallest and largest sizes, so no curve runs far past the data (the tabled
+    extrapolations, at most 10×, are in extrapolations.csv).  Models without a context
+    dimension (n-gram, ``context_dim`` 0) appear in every panel.
 
     Args:
         points: the baselines table (``model``, ``variant``, ``context_dim``,
             ``train_tokens``, ``test_ppl``, ``test_ppl_ci_low/high``, ``undertrained_runs``).
-        fits: the scaling fits (``alpha``, ``alpha_boot_ci_low/high`` or ``alpha_ci_*``).
+        fits: the scaling fits (``alpha``, ``alpha_boot_ci_low/high`` or ``alpha_ci_*``,
+            ``preferred_form``).
         curves: the fitted curves table (``form``, ``tokens``, ``ppl``, ``ci_low/high``,
             ``extrapolation``).
         head_reference: the stand-in embeddings' metadata; when it has a ``test_ppl`` (the
             frozen head's own LM, e.g. ``source: bigram``) a grey horizontal line marks it.
     """
     dims = sorted(d for d in points["context_dim"].unique() if d) or [0]
-    n_variants = points["variant"].nunique()
+    x_min, x_max = points["train_tokens"].min() / SCALING_X_MARGIN, points["train_tokens"].max() * SCALING_X_MARGIN
     fig, axes = _panels(dims)
     labels = []
     for ax, dim in zip(axes, dims):
         sel = points[(points["context_dim"] == dim) | (points["context_dim"] == 0)]
         series = sorted(sel.groupby(["model", "variant", "context_dim"]).groups, key=lambda k: (model_rank(k[0]), k[1]))
-        for model, variant, cdim in series:
-            g = sel[(sel["model"] == model) & (sel["variant"] == variant) & (sel["context_dim"] == cdim)].sort_values(
-                "train_tokens"
-            )
-            color = model_color(model)
-            v_index = sorted(points["variant"].unique()).index(variant)
-            style, marker = VARIANT_STYLES[v_index % len(VARIANT_STYLES)], model_marker(model)
-            fit = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == cdim)]
-            label = _series_label(model, variant, cdim, n_variants) + _alpha_label(fit)
-            _draw_points(ax, g, color, marker)
-            ax.plot([], [], marker=marker, ls=style, color=color, label=label)  # legend: marker and line of the series
-            labels.append(label)
-            c = curves[
-                (curves["model"] == model)
-                & (curves["variant"] == variant)
-                & (curves["context_dim"] == cdim)
-                & (curves["form"] == "power_law")
-            ].sort_values("tokens")
-            if len(c):
-                _draw_fitted_curve(ax, c, style, color)
+        labels += [_draw_series(ax, points, fits, curves, keys, x_max) for keys in series]
         labels += _draw_head_reference(ax, head_reference)
         if len(axes) > 1 or dim:
             ax.set_title(f"context_dim {dim}" if dim else "", fontsize=10)
         log_axis(ax, "x")
         log_axis(ax, "y", counts=False)
+        ax.set_xlim(x_min, x_max)
         ax.set_xlabel("training tokens")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="upper right")
     axes[0].set_ylabel("test perplexity")
     has_under = "undertrained_runs" in points and (points["undertrained_runs"].fillna(0) > 0).any()
     fig.suptitle(
-        "Scaling: PPL = A · T^α (band: bootstrap 95 %; dashed: extrapolation"
-        + ("; hollow: undertrained run" if has_under else "")
-        + ")",
+        "Scaling: the form AICc prefers per model, PPL = A · T^α unless marked (loss form) "
+        "(band: bootstrap 95 %; dashed: beyond the data" + ("; hollow: undertrained run" if has_under else "") + ")",
         fontsize=10,
     )
     save_figure(fig, path)
