@@ -133,12 +133,18 @@ rule fit_scaling:
             category="Scaling",
         ),
         curves="results/{study}/tables/scaling_curves.csv",
+        alpha_differences=report(
+            "results/{study}/tables/alpha_differences.csv",
+            caption="../report/scaling_alpha_differences.rst",
+            category="Scaling",
+        ),
     log:
         log_path("fit_scaling"),
     localrule: True
     conda:
         "../envs/newllm.yaml"
     params:
+        reference_variant=BASE_VARIANT,
         code=code_hash("fit_scaling"),
     script:
         "../workflow_scripts/fit_scaling.py"

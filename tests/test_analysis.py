@@ -9,7 +9,9 @@ import pytest
 from scipy import stats
 
 from newllm.analysis import (
+    ALPHA_DIFFERENCE_COLUMNS,
     NO_P_VALUES,
+    alpha_differences,
     baselines_table,
     comparison_table,
     effective_n,
@@ -760,7 +762,7 @@ def test_verdict_markdown_every_sentence_by_hand():
         "within [-2.0 %, +0.0 %] of transformer (no clear difference).\n"
         "Scaling exponent α of PPL = A·T^α (more negative = more gain from data; bootstrap intervals): "
         "cvfp -0.312 [-0.400, -0.200]; lstm -0.200 [n/a] (OLS t).\n"
-        "For cvfp the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): their log-log "
+        "For cvfp the loss form L = E + B·T^(−β) fits better than the power law (AICc lower by >= 2): their log-log "
         "curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv).\n"
         "No run was undertrained: every trained model stopped by early stopping on dev loss.\n\n"
         "Intervals: 90 % percentile bootstrap over the ? test conversations (? target tokens, ? resamples, the same "
@@ -1284,3 +1286,196 @@ def test_prediction_analysis_note_and_a_missing_er_column():
     result = prediction_analysis(runs, predictors=[], er="absent")
     assert result["note"] == NO_P_VALUES and result["er_column"] == "absent" and result["correlations"] == []
     assert math.isnan(result["linear"]["b"]) and math.isnan(result["log_linear"]["alpha"]) and result["linear"]["n"] == 8
+
+
+# ----------------------------------------------------------------------------- paired exponents
+def _exponent_points():
+    """Exact power laws: cvfp base at 16-d (α = −0.3) and 32-d (−0.35), cvfp tok2 (−0.25),
+    lstm (−0.4, with a fifth size off its line), the n-gram (−0.2, 3 sizes), the transformer
+    (1 size)."""
+    spec = [
+        ("lstm", "base", 16, -0.4, [1e4, 2e4, 4e4, 8e4, 1.6e5]),
+        ("cvfp", "base", 16, -0.3, [1e4, 2e4, 4e4, 8e4]),
+        ("cvfp", "base", 32, -0.35, [1e4, 2e4, 4e4, 8e4]),
+        ("ngram", "base", 0, -0.2, [1e4, 2e4, 4e4]),
+        ("cvfp", "tok2", 16, -0.25, [1e4, 2e4, 4e4, 8e4]),
+        ("transformer", "base", 16, -0.5, [1e4]),
+    ]
+    rows = [
+        {
+            "model": model,
+            "variant": variant,
+            "context_dim": dim,
+            "samples": int(t // 1000),
+            "train_tokens": t,
+            "test_loss": 9.0 + alpha * math.log(t) + (0.5 if t > 1e5 else 0.0),  # lstm's fifth size bends
+        }
+        for model, variant, dim, alpha, tokens in spec
+        for t in tokens
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_alpha_differences_pair_every_configuration_with_the_reference_on_common_sizes():
+    points = _exponent_points()
+    shared = np.random.default_rng(12).normal(0, 0.1, (300, 1))  # a test-set effect shared by every point
+    boot = points["test_loss"].to_numpy() + shared
+    table = alpha_differences(points, boot, "base")
+    assert list(table.columns) == ["model", "variant", "context_dim", *ALPHA_DIFFERENCE_COLUMNS]
+    got = list(zip(table["model"], table["variant"], table["context_dim"], table["reference_context_dim"]))
+    # catalogue order; the n-gram against every cvfp context_dim; the transformer (one size) has no slope
+    assert got == [("cvfp", "tok2", 16, 16), ("ngram", "base", 0, 16), ("ngram", "base", 0, 32), ("lstm", "base", 16, 16)]
+    assert table["delta_alpha"].tolist() == pytest.approx([0.05, 0.1, 0.15, -0.1])
+    assert table["n_points"].tolist() == [4, 3, 3, 4] and table["tokens_max"].tolist() == [8e4, 4e4, 4e4, 8e4]
+    lstm = table.iloc[3]
+    assert (lstm["alpha"], lstm["reference_alpha"]) == pytest.approx((-0.4, -0.3))  # lstm's fifth size left out
+    # the shared effect cancels in every replicate: a zero-width interval, clearly away from 0
+    assert (lstm["delta_alpha_ci_low"], lstm["delta_alpha_ci_high"]) == pytest.approx((-0.1, -0.1))
+    assert table["clear_difference"].tolist() == [True] * 4 and (table["reference_model"] == "cvfp").all()
+    # independent noise per point: the interval is the percentile interval of the refitted slopes' differences
+    noisy = boot + np.random.default_rng(13).normal(0, 0.05, boot.shape)
+    lstm = alpha_differences(points, noisy, "base", confidence=0.9).iloc[3]
+    x = np.log([1e4, 2e4, 4e4, 8e4])
+    lstm_cols, cvfp_cols = [0, 1, 2, 3], [5, 6, 7, 8]
+    d = np.polyfit(x, noisy[:, lstm_cols].T, 1)[0] - np.polyfit(x, noisy[:, cvfp_cols].T, 1)[0]
+    assert (lstm["delta_alpha_ci_low"], lstm["delta_alpha_ci_high"]) == pytest.approx(tuple(np.percentile(d, [5, 95])))
+    assert lstm["delta_alpha_boot_se"] == pytest.approx(d.std(ddof=1)) and lstm["delta_alpha"] == pytest.approx(-0.1)
+    # without a bootstrap: the point values, no interval, no verdict on the difference
+    bare = alpha_differences(points, None, "base")
+    assert bare["delta_alpha_ci_low"].isna().all() and bare["clear_difference"].isna().all()
+    assert len(alpha_differences(points[points["model"] != "cvfp"], None, "base")) == 0
+
+
+def test_verdict_gives_the_paired_alpha_difference_and_both_extrapolations():
+    points, boot, _, runs = _verdict_inputs()
+    small_lstm = (points["model"] == "lstm") & (points["samples"] == 10)
+    points.loc[small_lstm, "test_loss"] = math.log(80.0 * 3)  # lstm: α = −ln 3/ln 2; every other model −1
+    points["test_ppl"] = np.exp(points["test_loss"])
+    boot = points["test_loss"].to_numpy() + np.random.default_rng(0).normal(0, 0.1, (300, 1))
+    fits, _, _ = fit_points(points, boot)
+    v = verdict(points, boot, fits, runs, "base")
+    diffs = {d["model"]: d for d in v["alpha_differences"]}
+    assert list(diffs) == ["no_context", "ngram", "lstm", "transformer"]
+    # cvfp − lstm = −1 + ln 3/ln 2 = ln 1.5/ln 2, exactly on every replicate (the shared effect cancels)
+    assert diffs["lstm"]["delta_alpha"] == pytest.approx(math.log(1.5) / math.log(2))
+    assert diffs["lstm"]["delta_alpha_ci"] == pytest.approx([math.log(1.5) / math.log(2)] * 2)
+    assert diffs["lstm"]["clear_difference"] is True and diffs["lstm"]["n_points"] == 2
+    assert diffs["no_context"]["delta_alpha"] == pytest.approx(0.0, abs=1e-9)
+    # 10× cvfp's largest size (20,000 tokens): PPL 100·(2e5/2e4)^(−1) = 10 by the power law; two
+    # sizes: no loss form, so no disagreement either
+    extrap = {e["model"]: e for e in v["extrapolations"]}
+    assert extrap["cvfp"]["tokens"] == pytest.approx(2e5) and extrap["cvfp"]["power_law"][0] == pytest.approx(10.0)
+    assert extrap["cvfp"]["loss_form"] == [None, None, None] and extrap["cvfp"]["forms_disagree"] is None
+    assert extrap["cvfp"]["preferred_form"] == "too_few_points" and extrap["cvfp"]["multiple"] == 10.0
+    text = verdict_markdown(v)
+    assert "α_cvfp − α_model on their common sizes" in text and "lstm +0.585 [+0.585, +0.585]" in text
+    assert "cvfp 10.0 [" in text and "(power law; too few sizes for the loss form)" in text
+    assert "AICc cannot choose between the two forms for cvfp, no_context, ngram, lstm, transformer" in text
+    json.dumps(v, allow_nan=False)  # JSON-ready
+
+
+def test_verdict_markdown_exponent_differences_and_extrapolations_by_hand():
+    diffs = [
+        {"model": "lstm", "delta_alpha": 0.05, "delta_alpha_ci": [-0.02, 0.12], "clear_difference": False},
+        {"model": "transformer", "delta_alpha": -0.1, "delta_alpha_ci": [-0.15, -0.05], "clear_difference": True},
+        {"model": "ngram", "delta_alpha": 0.2, "delta_alpha_ci": [None, None], "clear_difference": None},
+    ]
+
+    def extrap(model, power, loss, disagree, preferred="neither"):
+        return {
+            "model": model,
+            "multiple": 10.0,
+            "power_law": power,
+            "loss_form": loss,
+            "forms_disagree": disagree,
+            "preferred_form": preferred,
+        }
+
+    extrapolations = [
+        extrap("cvfp", [50.0, 48.0, 52.0], [60.0, 58.0, 62.0], True, "loss_form"),
+        extrap("lstm", [45.0, 43.0, 47.0], [46.0, 44.0, 49.0], False, "power_law"),
+        extrap("transformer", [41.0, 40.0, 42.0], [40.0, 39.0, 41.0], False, "loss_form"),
+        extrap("no_context", [70.0, 69.0, 71.0], [71.0, 69.5, 72.0], False),
+        extrap("ngram", [80.0, None, None], [90.0, None, None], None),
+        extrap("untrained_context", [75.0, 74.0, 76.0], [None, None, None], None, "too_few_points"),
+    ]
+    alphas = [{"model": "lstm", "alpha": -0.2, "alpha_ci": [None, None], "interval": "ols_t", "preferred_form": "too_few_points"}]
+    text = verdict_markdown(_verdict_dict(alphas=alphas, alpha_differences=diffs, extrapolations=extrapolations))
+    lines = text.splitlines()
+    assert (
+        "AICc cannot choose between the two forms for lstm: too few points (the loss form's AICc needs at least 6 "
+        "sizes), so neither form is preferred."
+    ) in lines
+    assert (
+        "Paired difference of the exponents, α_cvfp − α_model on their common sizes (the same resamples for both; "
+        "negative = cvfp's PPL falls faster with data): lstm +0.050 [-0.020, +0.120] (no clear difference); "
+        "transformer -0.100 [-0.150, -0.050]; ngram +0.200 [n/a]."
+    ) in lines
+    assert (
+        "Extrapolated test PPL at 10× each model's largest training size (beyond the data, so the form decides; "
+        "bootstrap intervals): cvfp: the two forms disagree, power law 50.0 [48.0, 52.0] against loss form 60.0 "
+        "[58.0, 62.0]; lstm 45.0 [43.0, 47.0] (power law, preferred by AICc; the loss form's 46.0 [44.0, 49.0] "
+        "overlaps it); transformer 40.0 [39.0, 41.0] (loss form, preferred by AICc; the power law's 41.0 "
+        "[40.0, 42.0] overlaps it); no_context 70.0 [69.0, 71.0] (power law; the loss form's 71.0 [69.5, 72.0] "
+        "overlaps it); ngram power law 80.0 [n/a], loss form 90.0 [n/a] (no intervals to compare); "
+        "untrained_context 75.0 [74.0, 76.0] (power law; too few sizes for the loss form)."
+    ) in lines
+    # a disagreeing model is never quoted with one form alone
+    cvfp_part = next(line for line in lines if line.startswith("Extrapolated")).split("intervals): ")[1].split("; ")[0]
+    assert cvfp_part == ("cvfp: the two forms disagree, power law 50.0 [48.0, 52.0] against loss form 60.0 [58.0, 62.0]")
+
+
+# ----------------------------------------------------------------------------- the scaling figure
+def test_scaling_figure_stays_near_the_data_and_draws_the_preferred_form(tmp_path, monkeypatch):
+    from newllm import plots
+    from newllm.study import model_style
+
+    tokens = np.geomspace(1e4, 6.4e5, 7)
+    rng = np.random.default_rng(14)
+    rows = []
+    for model, loss in (
+        ("cvfp", 2.0 + 60.0 * tokens**-0.5),
+        ("lstm", 9.0 - 0.3 * np.log(tokens)),
+        ("ngram", 8.0 - 0.2 * np.log(tokens)),
+    ):
+        for t, value in zip(tokens, loss + rng.normal(0, 0.003, 7)):
+            dim = 0 if model == "ngram" else 16
+            rows.append(
+                {
+                    "model": model,
+                    "variant": "base",
+                    "context_dim": dim,
+                    "samples": int(t // 1000),
+                    "train_tokens": t,
+                    "test_loss": value,
+                }
+            )
+    points = pd.DataFrame(rows)
+    points["test_ppl"] = np.exp(points["test_loss"])
+    boot = points["test_loss"].to_numpy() + rng.normal(0, 0.003, (100, len(points)))
+    fits, _, curves = fit_points(points, boot)
+    preferred = fits.set_index("model")["preferred_form"]
+    assert (preferred["cvfp"], preferred["lstm"]) == ("loss_form", "power_law")  # 7 sizes: AICc can choose
+    assert curves["tokens"].max() == pytest.approx(6.4e6)  # the curves table stops at 10× the data
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    labels = plots.plot_scaling(points, fits, curves, tmp_path / "scaling.png")
+    ax = figures[0].axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo <= 1e4 and 6.4e5 < hi <= 1.5 * 6.4e5  # the axis stops near the data, not at 10×
+    drawn = [line for line in ax.get_lines() if len(line.get_xdata())]
+    assert max(max(line.get_xdata()) for line in drawn) <= hi * (1 + 1e-9)
+    # cvfp: the loss form's curve, solid over the data; lstm: the power law's
+    for model, form in (("cvfp", "loss_form"), ("lstm", "power_law")):
+        style = model_style(model)
+        solid = [line for line in drawn if line.get_color() == style["color"] and line.get_linestyle() == "-"]
+        assert len(solid) == 1
+        c = curves[(curves["model"] == model) & (curves["form"] == form) & ~curves["extrapolation"]].sort_values("tokens")
+        np.testing.assert_allclose(solid[0].get_ydata(), c["ppl"], rtol=1e-12)
+    # every model in its catalogue colour and marker
+    for model in ("cvfp", "lstm", "ngram"):
+        style = model_style(model)
+        markers = {line.get_marker() for line in drawn if line.get_color() == style["color"] and line.get_linestyle() == "None"}
+        assert markers == {style["marker"]}
+    assert [label.split(":")[0] for label in labels] == ["cvfp 16-d", "ngram", "lstm 16-d"]
+    assert labels[0].endswith("(loss form)") and not labels[2].endswith("(loss form)")

@@ -4,7 +4,8 @@
 - :mod:`newllm.analysis.windows`: α in windows of consecutive sizes, the change between
   windows with a standard error that accounts for shared points.
 - :mod:`newllm.analysis.comparisons`: every model per size and its PPL relative to
-  ``cvfp``; one row per configuration with PPL at matched parameters and training FLOPs.
+  ``cvfp``; the paired difference of scaling exponents; one row per configuration with
+  PPL at matched parameters and training FLOPs.
 - :mod:`newllm.analysis.prediction`: do Phase 1 metrics predict test PPL?
 - :mod:`newllm.analysis.verdicts`: the report's opening lines, from the numbers.
 
@@ -15,15 +16,18 @@ bootstrap matrix ``point_boot [B, P]`` follows the row order of the points table
 """
 
 from newllm.analysis.comparisons import (
+    ALPHA_DIFFERENCE_COLUMNS,
     BASELINE_COLUMNS,
     COMPARISON_FIT_COLUMNS,
     COMPARISON_SETTINGS,
     PARAMETER_TOLERANCE,
     RATIO_COLUMNS,
     REFERENCE_MODEL,
+    alpha_differences,
     baselines_table,
     comparison_table,
     matched_values,
+    paired_alpha_difference,
     ratio_table,
 )
 from newllm.analysis.prediction import (
@@ -49,6 +53,7 @@ from newllm.analysis.verdicts import verdict, verdict_html, verdict_markdown
 from newllm.analysis.windows import MIN_WINDOW_POINTS, SLIDING_COLUMNS, sliding_window_fits, window_fits
 
 __all__ = [
+    "ALPHA_DIFFERENCE_COLUMNS",
     "BASELINE_COLUMNS",
     "COMPARISON_FIT_COLUMNS",
     "COMPARISON_SETTINGS",
@@ -64,12 +69,14 @@ __all__ = [
     "RUN_KEYS",
     "SLIDING_COLUMNS",
     "SUMMARY_COLUMNS",
+    "alpha_differences",
     "baselines_table",
     "comparison_table",
     "effective_n",
     "fisher_interval",
     "intraclass_correlation",
     "matched_values",
+    "paired_alpha_difference",
     "prediction_analysis",
     "ratio_table",
     "run_key",

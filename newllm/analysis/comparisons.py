@@ -2,6 +2,8 @@
 
 - :func:`baselines_table`, :func:`ratio_table`: every model per size, and its PPL
   relative to the reference model (cvfp), with paired bootstrap intervals.
+- :func:`alpha_differences`: each configuration's scaling exponent against the
+  reference's, ``Δα`` per bootstrap replicate (paired).
 - :func:`matched_values`, :func:`comparison_table`: one row per configuration, with PPL
   at matched parameters and at matched training FLOPs.
 
@@ -19,6 +21,7 @@ import pandas as pd
 
 from newllm import study
 from newllm.analysis.runs import CONFIG_KEYS, POINT_KEYS, sort_models
+from newllm.scaling import ols_lines
 from newllm.uncertainty import percentile_interval
 
 REFERENCE_MODEL = study.model_names(role="reference")[0]
@@ -134,6 +137,127 @@ def ratio_table(
             )
     table = pd.DataFrame(rows, columns=[*POINT_KEYS, *RATIO_COLUMNS])
     return sort_models(table, [*POINT_KEYS, "reference_context_dim"]) if len(table) else table
+
+
+# ----------------------------------------------------------------------------- paired exponents
+def paired_alpha_difference(
+    tokens_a: np.ndarray,
+    loss_a: np.ndarray,
+    boot_a: np.ndarray | None,
+    tokens_b: np.ndarray,
+    loss_b: np.ndarray,
+    boot_b: np.ndarray | None,
+    confidence: float = 0.95,
+) -> dict[str, Any] | None:
+    """``Δα = α_a − α_b`` of two configurations' power laws, fitted on their common sizes.
+
+    Both slopes are least-squares lines of ``ln PPL`` on ``ln T`` over the training sizes
+    the two share (so a missing size changes neither's range alone).  The slope is linear
+    in the data, so on every bootstrap replicate ``Δα*(b)`` is the slope of
+    ``boot_a[b] − boot_b[b]``: the replicates share their seed and conversation draws
+    (:mod:`newllm.uncertainty`), so the interval carries the correlation of the two
+    configurations, as the PPL ratios do (docs/method.md §8.6, §11).
+
+    Args:
+        tokens_a, loss_a: ``[n_a]`` training tokens and test loss (nats) of ``a``'s points.
+        boot_a: ``[B, n_a]`` their bootstrap losses, or ``None``.
+        tokens_b, loss_b, boot_b: the same for ``b`` (``boot_b`` ``[B, n_b]``).
+
+    Returns:
+        ``n_points``, ``tokens_min``, ``tokens_max`` (the common sizes), ``alpha_a``,
+        ``alpha_b``, ``delta_alpha``, ``delta_alpha_boot_se``, ``delta_alpha_ci_low/high``
+        (percentile; NaN without both bootstraps) and ``clear_difference`` (the interval
+        excludes 0; ``None`` without one); ``None`` with fewer than 2 common sizes.
+    """
+    common, ia, ib = np.intersect1d(np.asarray(tokens_a, float), np.asarray(tokens_b, float), return_indices=True)
+    if common.size < 2:
+        return None
+    x = np.log(common)
+    alpha_a = float(ols_lines(x, np.asarray(loss_a, float)[ia])[1])
+    alpha_b = float(ols_lines(x, np.asarray(loss_b, float)[ib])[1])
+    se = lo = hi = math.nan
+    if boot_a is not None and boot_b is not None:
+        replicates = ols_lines(x, np.asarray(boot_a, float)[:, ia] - np.asarray(boot_b, float)[:, ib])[1]  # [B]
+        lo, hi = (float(v) for v in percentile_interval(replicates, confidence))
+        se = float(np.nanstd(replicates, ddof=1))
+    return {
+        "n_points": int(common.size),
+        "tokens_min": float(common[0]),
+        "tokens_max": float(common[-1]),
+        "alpha_a": alpha_a,
+        "alpha_b": alpha_b,
+        "delta_alpha": alpha_a - alpha_b,
+        "delta_alpha_boot_se": se,
+        "delta_alpha_ci_low": lo,
+        "delta_alpha_ci_high": hi,
+        "clear_difference": bool(lo > 0 or hi < 0) if np.isfinite([lo, hi]).all() else None,
+    }
+
+
+ALPHA_DIFFERENCE_COLUMNS = [
+    "reference_model",
+    "reference_context_dim",
+    "n_points",
+    "tokens_min",
+    "tokens_max",
+    "alpha",
+    "reference_alpha",
+    "delta_alpha",
+    "delta_alpha_boot_se",
+    "delta_alpha_ci_low",
+    "delta_alpha_ci_high",
+    "clear_difference",
+]
+"""Columns of :func:`alpha_differences` after the configuration keys."""
+
+
+def _config_curve(points: pd.DataFrame, point_boot: np.ndarray | None, idx: np.ndarray, tokens: str) -> tuple:
+    """``(tokens [n], test loss [n], boot [B, n] or None)`` of the points ``idx``."""
+    boot = None if point_boot is None else np.asarray(point_boot)[:, idx]
+    return points[tokens].to_numpy(float)[idx], points["test_loss"].to_numpy(float)[idx], boot
+
+
+def alpha_differences(
+    points: pd.DataFrame,
+    point_boot: np.ndarray | None,
+    reference_variant: str,
+    reference: str = REFERENCE_MODEL,
+    confidence: float = 0.95,
+    tokens: str = "train_tokens",
+) -> pd.DataFrame:
+    """Each configuration's scaling exponent against ``reference``'s, paired by replicate.
+
+    The reference configuration is ``(reference, reference_variant, same context_dim)``; a
+    model without a context dimension (``context_dim`` 0) is compared with the reference
+    at every context_dim, as in :func:`ratio_table`.  ``delta_alpha = α_model − α_reference``
+    (:func:`paired_alpha_difference`, common sizes only): negative = the model's PPL falls
+    faster with data than the reference's.
+
+    Returns:
+        One row per (configuration, reference configuration) with >= 2 common sizes: the
+        configuration keys and :data:`ALPHA_DIFFERENCE_COLUMNS` (``alpha`` the model's,
+        ``reference_alpha`` the reference's, both on the common sizes).
+    """
+    points = points.reset_index(drop=True)
+    configs = points.groupby(CONFIG_KEYS, sort=True).indices
+    ref_dims = sorted(dim for model, variant, dim in configs if model == reference and variant == reference_variant)
+    rows = []
+    for (model, variant, dim), idx in configs.items():
+        if model == reference and variant == reference_variant:
+            continue
+        for ref_dim in ref_dims if dim == 0 else [dim]:
+            ref_idx = configs.get((reference, reference_variant, ref_dim))
+            if ref_idx is None:
+                continue
+            curve, ref_curve = _config_curve(points, point_boot, idx, tokens), _config_curve(points, point_boot, ref_idx, tokens)
+            diff = paired_alpha_difference(*curve, *ref_curve, confidence=confidence)
+            if diff is None:
+                continue
+            alphas = {"alpha": diff.pop("alpha_a"), "reference_alpha": diff.pop("alpha_b")}
+            keys = {"model": model, "variant": variant, "context_dim": dim}
+            rows.append(keys | {"reference_model": reference, "reference_context_dim": ref_dim} | alphas | diff)
+    table = pd.DataFrame(rows, columns=[*CONFIG_KEYS, *ALPHA_DIFFERENCE_COLUMNS])
+    return sort_models(table, [*CONFIG_KEYS, "reference_context_dim"]) if len(table) else table
 
 
 # ----------------------------------------------------------------------------- matched comparisons

@@ -165,7 +165,7 @@ def prediction_analysis(
     cluster_by: Sequence[str] = ("variant", "context_dim"),
     confidence: float = 0.95,
 ) -> dict[str, Any]:
-    """Relate Phase 1 metrics to test perplexity (SPEC §8, issue 9).
+    """Relate Phase 1 metrics to test perplexity (docs/method.md §8.4).
 
     ``y = ln test PPL = test_loss``.  Per predictor:
     - ``pearson_r`` / ``spearman_rho``: across all runs (confounded with size; descriptive);

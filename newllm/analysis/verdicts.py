@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from newllm import study
-from newllm.analysis.comparisons import REFERENCE_MODEL
+from newllm.analysis.comparisons import REFERENCE_MODEL, paired_alpha_difference
+from newllm.scaling import EXTRAPOLATE_MULTIPLES, MIN_POINTS_AICC, TOO_FEW_POINTS, multiple_tag
 from newllm.study import model_rank
 from newllm.uncertainty import percentile_interval
 
@@ -85,17 +86,20 @@ def _best_baseline(comparisons: list[dict[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _fit_row(fits: pd.DataFrame, model: str, variant: str | None, dim: int | None) -> pd.Series | None:
+    """The scaling-fit row of one configuration, ``None`` without one."""
+    if dim is None:
+        return None
+    f = fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
+    return f.iloc[0] if len(f) else None
+
+
 def _alpha_entry(fits: pd.DataFrame, model: str, variant: str | None, dim: int | None) -> dict[str, Any] | None:
     """α [CI] of one configuration's scaling fit (bootstrap percentile interval, else OLS t);
     ``None`` when it has no fit."""
-    f = (
-        fits[(fits["model"] == model) & (fits["variant"] == variant) & (fits["context_dim"] == dim)]
-        if dim is not None
-        else fits.iloc[:0]
-    )
-    if not len(f):
+    f = _fit_row(fits, model, variant, dim)
+    if f is None:
         return None
-    f = f.iloc[0]
     boot_ci = [_num(f.get("alpha_boot_ci_low")), _num(f.get("alpha_boot_ci_high"))]
     ci, kind = (
         (boot_ci, "bootstrap") if None not in boot_ci else ([_num(f.get("alpha_ci_low")), _num(f.get("alpha_ci_high"))], "ols_t")
@@ -112,21 +116,92 @@ def _alpha_entry(fits: pd.DataFrame, model: str, variant: str | None, dim: int |
     }
 
 
-def _verdict_alphas(
-    fits: pd.DataFrame, reference: str, reference_variant: str, reference_dim: int, others: list[str], comparisons: list[dict]
-) -> list[dict[str, Any]]:
-    """α [CI] of the reference configuration and of each compared model's configuration."""
-    alphas = []
-    for model in [reference, *others]:
+def _flag(value: Any) -> bool | None:
+    """A yes/no cell of a table read back from CSV (``None`` when empty)."""
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower())
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return bool(value)
+
+
+def _extrapolation_entry(fits: pd.DataFrame, model: str, variant: str | None, dim: int | None) -> dict[str, Any] | None:
+    """Both forms' PPL [bootstrap CI] at the largest multiple of :data:`EXTRAPOLATE_MULTIPLES`
+    of one configuration's largest size, and whether the two intervals are disjoint;
+    ``None`` without a fit or without that column."""
+    f, multiple = _fit_row(fits, model, variant, dim), max(EXTRAPOLATE_MULTIPLES)
+    at = f"ppl_at_{multiple_tag(multiple)}"
+    if f is None or at not in f:
+        return None
+    return {
+        "model": model,
+        "variant": variant,
+        "context_dim": dim,
+        "multiple": multiple,
+        "tokens": _num(f.get(f"tokens_at_{multiple_tag(multiple)}")),
+        "power_law": [_num(f.get(f"{at}{end}")) for end in ("", "_ci_low", "_ci_high")],
+        "loss_form": [
+            _num(f.get(f"{at}_loss_form")),
+            _num(f.get(f"{at}_loss_form_ci_low")),
+            _num(f.get(f"{at}_loss_form_ci_high")),
+        ],
+        "forms_disagree": _flag(f.get(f"forms_disagree_at_{multiple_tag(multiple)}")),
+        "preferred_form": f.get("preferred_form"),
+    }
+
+
+def _verdict_configurations(
+    reference: tuple[str, str, int], others: list[str], comparisons: list[dict]
+) -> list[tuple[str, str | None, int | None]]:
+    """``(model, variant, context_dim)`` of the ``reference`` configuration and of each
+    compared model's configuration (``None``s for a model without a comparison)."""
+    configurations = [reference]
+    for model in others:
         compared = next((c for c in comparisons if c["model"] == model), None)
-        if model == reference:
-            dim, variant = reference_dim, reference_variant
-        else:
-            dim, variant = (compared["context_dim"], compared["variant"]) if compared else (None, None)
-        entry = _alpha_entry(fits, model, variant, dim)
-        if entry is not None:
-            alphas.append(entry)
-    return alphas
+        configurations.append((model, compared["variant"], compared["context_dim"]) if compared else (model, None, None))
+    return configurations
+
+
+def _verdict_fit_entries(fits: pd.DataFrame, configurations: list[tuple], entry) -> list[dict[str, Any]]:
+    """``entry(fits, model, variant, dim)`` of every configuration that has one."""
+    return [e for e in (entry(fits, *config) for config in configurations) if e is not None]
+
+
+def _config_curve(points: pd.DataFrame, point_boot: np.ndarray, config: tuple[str, str, int]) -> tuple:
+    """``(train tokens [n], test loss [n], boot [B, n])`` of one configuration's points."""
+    model, variant, dim = config
+    rows = (points["model"] == model) & (points["variant"] == variant) & (points["context_dim"] == dim)
+    idx = np.flatnonzero(rows.to_numpy())
+    return points["train_tokens"].to_numpy(float)[idx], points["test_loss"].to_numpy(float)[idx], point_boot[:, idx]
+
+
+def _verdict_alpha_differences(
+    points: pd.DataFrame, point_boot: np.ndarray, ref_i: int, comparisons: list[dict], confidence: float
+) -> list[dict[str, Any]]:
+    """``Δα = α_reference − α_model`` of the reference configuration and each compared
+    model's configuration on their common sizes, paired by replicate
+    (:func:`newllm.analysis.comparisons.paired_alpha_difference`)."""
+    if "train_tokens" not in points:
+        return []
+    ref = points.loc[ref_i]
+    reference_curve = _config_curve(points, point_boot, (ref["model"], ref["variant"], int(ref["context_dim"])))
+    out = []
+    for c in comparisons:
+        model_curve = _config_curve(points, point_boot, (c["model"], c["variant"], c["context_dim"]))
+        diff = paired_alpha_difference(*reference_curve, *model_curve, confidence=confidence)
+        if diff is not None:
+            out.append(
+                {
+                    "model": c["model"],
+                    "variant": c["variant"],
+                    "context_dim": c["context_dim"],
+                    "delta_alpha": _num(diff["delta_alpha"]),
+                    "delta_alpha_ci": [_num(diff["delta_alpha_ci_low"]), _num(diff["delta_alpha_ci_high"])],
+                    "clear_difference": diff["clear_difference"],
+                    "n_points": diff["n_points"],
+                }
+            )
+    return out
 
 
 def _undertrained_by_model(runs: pd.DataFrame) -> list[dict[str, Any]]:
@@ -154,18 +229,15 @@ def verdict(
     """The numbers behind the report's opening lines.
 
     At the study's largest size: the reference configuration is ``reference`` with
-    ``reference_variant`` at the context_dim with the lowest dev loss; every other model is
-    taken at the same context_dim when it has it (parameter-matched baselines), else at its
-    lowest-dev configuration.  For each: ``percent = 100·(PPL_ref/PPL_model − 1)`` with a
-    bootstrap interval (negative = the reference is better).  The best baseline
-    (role ``baseline`` in the catalogue) is the one with the lowest dev loss; the reference *beats* it when
-    the whole interval is below 0, *loses* when above, else *inconclusive*.  Also α [CI] per
-    model (bootstrap percentile interval; the OLS t interval when there is no bootstrap)
-    and the undertrained runs per model.  ``head_reference`` and ``head_boot``: every model
-    against the frozen head's own LM (:func:`_head_reference`).
-
-    Returns:
-        A JSON-ready dict (``None`` for undefined numbers).
+    ``reference_variant`` at the context_dim with the lowest dev loss; every other model at
+    the same context_dim when it has it, else at its lowest-dev configuration.  For each:
+    ``percent = 100·(PPL_ref/PPL_model − 1)`` [bootstrap CI] (negative = the reference is
+    better).  The reference *beats* the best baseline (catalogue role ``baseline``, lowest
+    dev loss) when the whole interval is below 0, *loses* when above, else *inconclusive*.
+    Per configuration: α [CI] (bootstrap percentile, else OLS t), ``Δα = α_reference −
+    α_model`` [paired CI] on common sizes, both forms' PPL at 10× its largest size and
+    whether they disagree; the undertrained runs per model; the frozen head's own LM
+    (:func:`_head_reference`).  Returns a JSON-ready dict (``None`` for undefined numbers).
     """
     points = points.reset_index(drop=True)
     largest = int(points.loc[points["model"] == reference, "samples"].max()) if (points["model"] == reference).any() else None
@@ -194,7 +266,10 @@ def verdict(
     others = [m for m in sorted(points["model"].unique(), key=model_rank) if m != reference]
     out["comparisons"] = _verdict_comparisons(points, point_boot, at, ref_i, others, confidence)
     out["best_baseline"] = _best_baseline(out["comparisons"])
-    out["alphas"] = _verdict_alphas(fits, reference, reference_variant, int(ref["context_dim"]), others, out["comparisons"])
+    configurations = _verdict_configurations((reference, reference_variant, int(ref["context_dim"])), others, out["comparisons"])
+    out["alphas"] = _verdict_fit_entries(fits, configurations, _alpha_entry)
+    out["alpha_differences"] = _verdict_alpha_differences(points, point_boot, ref_i, out["comparisons"], confidence)
+    out["extrapolations"] = _verdict_fit_entries(fits, configurations, _extrapolation_entry)
     out["undertrained"] = _undertrained_by_model(runs)
     out["head_reference"] = _head_reference(head_reference, head_boot, points, point_boot, ref_i, out, confidence)
     return out
@@ -296,7 +371,8 @@ def _comparison_lines(v: Mapping[str, Any], name: str) -> list[str]:
 
 
 def _alpha_lines(alphas: list[Mapping[str, Any]]) -> list[str]:
-    """The verdict's scaling exponents with intervals, and which models' curves bend."""
+    """The verdict's scaling exponents with intervals, which models' curves bend, and for
+    which AICc cannot choose a form."""
     if not alphas:
         return []
     lines = [
@@ -310,10 +386,77 @@ def _alpha_lines(alphas: list[Mapping[str, Any]]) -> list[str]:
     curved = [a["model"] for a in alphas if a.get("preferred_form") == "loss_form"]
     if curved:
         lines.append(
-            f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AIC lower by >= 2): "
+            f"For {', '.join(curved)} the loss form L = E + B·T^(−β) fits better than the power law (AICc lower by >= 2): "
             "their log-log curve bends, so α depends on the size range (see sliding_alpha.csv and model_fits.csv)."
         )
+    too_few = [a["model"] for a in alphas if a.get("preferred_form") == TOO_FEW_POINTS]
+    if too_few:
+        lines.append(
+            f"AICc cannot choose between the two forms for {', '.join(too_few)}: too few points (the loss form's AICc "
+            f"needs at least {MIN_POINTS_AICC} sizes), so neither form is preferred."
+        )
     return lines
+
+
+def _signed(value: float) -> str:
+    """``+0.050`` / ``-0.100``; a value that rounds to zero is ``+0.000``, never ``-0.000``."""
+    return f"{round(value, 3) + 0.0:+.3f}"
+
+
+def _signed_ci(ci: Sequence[float | None]) -> str:
+    return "[n/a]" if None in ci else f"[{_signed(ci[0])}, {_signed(ci[1])}]"
+
+
+def _alpha_difference_line(v: Mapping[str, Any]) -> list[str]:
+    """``Δα = α_reference − α_model`` per compared model, with its paired interval."""
+    diffs = v.get("alpha_differences") or []
+    if not diffs:
+        return []
+    ref = v["reference_model"]
+    parts = [
+        f"{d['model']} {_signed(d['delta_alpha'])} {_signed_ci(d['delta_alpha_ci'])}"
+        + (" (no clear difference)" if d.get("clear_difference") is False else "")
+        for d in diffs
+    ]
+    return [
+        f"Paired difference of the exponents, α_{ref} − α_model on their common sizes (the same resamples for both; "
+        f"negative = {ref}'s PPL falls faster with data): " + "; ".join(parts) + "."
+    ]
+
+
+def _ppl_ci(values: Sequence[float | None]) -> str:
+    """``"50.1 [48.0, 52.3]"`` of ``[ppl, low, high]``."""
+    return f"{values[0]:.1f} {_fmt_ci(values[1:], 1)}"
+
+
+def _extrapolation_phrase(e: Mapping[str, Any]) -> str:
+    """One configuration's PPL at the extrapolation target: both forms when they disagree
+    (or cannot be compared), else the preferred one (the power law without a preference)
+    and whether the other agrees."""
+    power, loss = e["power_law"], e["loss_form"]
+    if loss[0] is None:
+        return f"{e['model']} {_ppl_ci(power)} (power law; too few sizes for the loss form)"
+    if e["forms_disagree"]:
+        return f"{e['model']}: the two forms disagree, power law {_ppl_ci(power)} against loss form {_ppl_ci(loss)}"
+    if e["forms_disagree"] is None:
+        return f"{e['model']} power law {_ppl_ci(power)}, loss form {_ppl_ci(loss)} (no intervals to compare)"
+    first, second = ("loss form", "power law") if e.get("preferred_form") == "loss_form" else ("power law", "loss form")
+    chosen, other = (loss, power) if first == "loss form" else (power, loss)
+    why = ", preferred by AICc" if e.get("preferred_form") in ("power_law", "loss_form") else ""
+    return f"{e['model']} {_ppl_ci(chosen)} ({first}{why}; the {second}'s {_ppl_ci(other)} overlaps it)"
+
+
+def _extrapolation_line(v: Mapping[str, Any]) -> list[str]:
+    """Both forms' test PPL at 10× each configuration's largest size; neither quoted alone
+    where their intervals are disjoint."""
+    entries = v.get("extrapolations") or []
+    if not entries:
+        return []
+    multiple = f"{entries[0]['multiple']:g}×"
+    return [
+        f"Extrapolated test PPL at {multiple} each model's largest training size (beyond the data, so the form decides; "
+        "bootstrap intervals): " + "; ".join(_extrapolation_phrase(e) for e in entries) + "."
+    ]
 
 
 def _training_line(undertrained: list[Mapping[str, Any]]) -> str:
@@ -346,7 +489,8 @@ def _interval_line(v: Mapping[str, Any]) -> str:
 
 def verdict_markdown(v: Mapping[str, Any]) -> str:
     """The verdict as a few Markdown lines, every number taken from :func:`verdict`:
-    headline, paired comparisons, scaling exponents, the frozen head, training, intervals."""
+    headline, paired comparisons, scaling exponents and their paired differences,
+    extrapolations, the frozen head, training, intervals."""
     name = v["reference_model"].upper() if v["reference_model"] == "cvfp" else v["reference_model"]
     if not v.get("available"):
         return f"# Verdict\n\nNo verdict: {v.get('reason')}.\n"
@@ -359,6 +503,8 @@ def verdict_markdown(v: Mapping[str, Any]) -> str:
         f"{_fmt_ci(v['reference_ppl_ci'], 1)}.",
         *_comparison_lines(v, name),
         *_alpha_lines(v.get("alphas") or []),
+        *_alpha_difference_line(v),
+        *_extrapolation_line(v),
     ]
     if v.get("head_reference"):
         lines.append(_head_reference_line(v["head_reference"]))
