@@ -2,10 +2,11 @@
 
 Used at DAG-construction time by ``rules/common.smk``, so no torch import here.
 
-* :func:`code_hash` — a content hash of the ``newllm`` modules a rule's workflow script
-  imports (its static import closure).  Every rule passes it as ``params: code=...``, so
-  Snakemake's ``params`` rerun trigger reruns exactly the jobs whose package code
-  changed; content, not modification times, so a ``git checkout`` that only touches files
+* :func:`code_hash` — a hash of the code of the ``newllm`` modules a rule's workflow
+  script imports (its static import closure): their syntax trees without docstrings,
+  comments or layout.  Every rule passes it as ``params: code=...``, so Snakemake's
+  ``params`` rerun trigger reruns exactly the jobs whose package code changed; editing a
+  docstring or a comment, reformatting, or a ``git checkout`` that only touches files
   reruns nothing.  The checkpoint fingerprint includes it too (``newllm.pipeline``).
 * :func:`data_provenance` / :func:`check_data_provenance` — the corpus, tokenizer,
   embeddings and validation-split settings a study's data was built from, recorded in
@@ -114,29 +115,67 @@ def module_closure(script: str | Path, package_dir: Path = PACKAGE_DIR) -> list[
     return sorted(set(seen.values()))
 
 
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    """``tree`` with every statement that is only a string literal removed: the docstrings
+    of the module, its classes and functions, and the attribute docstrings after
+    assignments.  They never run; a body left empty becomes ``pass``."""
+    for node in ast.walk(tree):
+        for field in ("body", "orelse", "finalbody"):
+            body = getattr(node, field, None)
+            if not isinstance(body, list) or not body or not isinstance(body[0], ast.stmt):
+                continue
+            kept = [
+                stmt
+                for stmt in body
+                if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str))
+            ]
+            if len(kept) != len(body):
+                setattr(node, field, kept or ([ast.Pass()] if field == "body" and not isinstance(node, ast.Module) else []))
+    return tree
+
+
+def code_text(path: str | Path) -> str:
+    """The code of a Python file as it runs: its syntax tree without docstrings
+    (:func:`_without_docstrings`), comments, line numbers or layout, as ``ast.dump`` text.
+
+    Two files give the same text when they differ only in docstrings, comments, blank
+    lines, line breaks, quotes or parentheses.  The text depends on the Python version's
+    ``ast`` node fields, so a new Python version may give new text.
+
+    Raises:
+        SyntaxError: the file does not parse.
+    """
+    path = Path(path)
+    tree = _without_docstrings(ast.parse(path.read_bytes(), filename=str(path)))
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
 def hash_files(files: Iterable[Path], root: Path) -> str:
-    """Content hash of files named relative to ``root`` (name and bytes; mtimes ignored)."""
+    """Hash of the code of Python files named relative to ``root``: each name and its
+    :func:`code_text` (docstrings, comments, layout and mtimes ignored)."""
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
-        with open(file, "rb") as handle:
-            content = hashlib.file_digest(handle, "sha256").hexdigest()
+        content = hashlib.sha256(code_text(file).encode()).hexdigest()
         digest.update(f"{file.relative_to(root).as_posix()}\0{content}\n".encode())
     return digest.hexdigest()[:CODE_HASH_CHARS]
 
 
 @functools.lru_cache(maxsize=None)
 def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
-    """Content hash (16 hex digits) of the package modules a workflow script uses.
+    """Hash (16 hex digits) of the code of the package modules a workflow script uses.
 
     Args:
         script: path of the rule's workflow script.
 
     Returns:
-        The hash of :func:`module_closure`; the same for every script that uses no
-        package module.  Cached per process (one DAG build reads each file once).
+        :func:`hash_files` of :func:`module_closure`: it changes when a statement of one
+        of those modules changes, not when only a docstring, a comment or the layout does
+        (those cannot change a result); the same for every script that uses no package
+        module.  Cached per process (one DAG build reads each file once).
 
     Raises:
         FileNotFoundError: ``script`` does not exist.
+        SyntaxError: the script or one of the modules does not parse.
     """
     return hash_files(module_closure(script, package_dir), package_dir.parent)
 

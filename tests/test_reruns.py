@@ -1,5 +1,5 @@
 """Reruns and provenance on a finished study (issue 12): what Snakemake plans after an
-edit to the package, a config that changes a study's data, the git revision under
+edit to the package (a statement, or only docstrings and comments), a config that changes a study's data, the git revision under
 ``--directory``, temp() context caches and ``--delete-all-output``.
 
 One finished study is made cheaply, once: a git checkout of the workflow in a temp
@@ -9,6 +9,7 @@ Snakemake holds each job's params, code hashes included).  Every test then runs 
 is refused before it starts, and puts back what it changed.
 """
 
+import ast
 import json
 import os
 import re
@@ -99,27 +100,72 @@ def study(repo, tmp_path_factory):
     return project, work, _planned(plan)
 
 
+STATEMENT = "\n_EDITED = True  # a statement: changes the module's code\n"
+
+
 def _edit(path, text):
     original = path.read_bytes()
     path.write_bytes(original + text.encode())
     return original
 
 
+def _edit_docs(path):
+    """Reword every docstring of ``path`` (module, classes, functions), add a comment and a
+    blank line before every top-level function; returns the original bytes."""
+    original = path.read_bytes()
+    lines = original.decode().splitlines(keepends=True)
+    docstrings = [
+        node.body[0].value
+        for node in ast.walk(ast.parse(original))
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+        and isinstance(node.body[0].value.value, str)
+    ]
+    for doc in sorted(docstrings, key=lambda d: (d.lineno, d.col_offset), reverse=True):
+        line = lines[doc.lineno - 1]
+        quote = re.match(r"[rRuU]?(\"\"\"|'''|\"|')", line[doc.col_offset :])  # indented: col_offset bytes = chars
+        at = doc.col_offset + quote.end()
+        lines[doc.lineno - 1] = line[:at] + "Reworded. " + line[at:]
+    source = "".join(lines)
+    source = re.sub(r"^(def \w+\()", "# a comment\n\n\\1", source, flags=re.M)
+    path.write_text(source)
+    return original
+
+
+def _rules_importing(project, module):
+    """Rules whose workflow script imports ``module`` (a file of the package), directly or
+    through other package modules (newllm.provenance.module_closure)."""
+    from newllm.provenance import module_closure
+
+    found = set()
+    for smk in (project / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule \w+:$)", smk.read_text(), flags=re.M):
+            rule = re.match(r"rule (\w+):\n", block)
+            script = re.search(r'^    script:\n\s+"\.\./(workflow_scripts/\w+\.py)"', block, re.M)
+            if rule and script and module in module_closure(project / script.group(1), project / "newllm"):
+                found.add(rule.group(1))
+    return found
+
+
 def test_editing_a_plot_module_plans_only_the_plots(study):
     project, work, _ = study
     module = project / "newllm" / "plots.py"
-    original = _edit(module, "\n# an edit\n")
+    using = _rules_importing(project, module)
+    assert PLOT_RULES <= using, using  # and rules that draw a figure besides their tables
+    original = _edit(module, STATEMENT)
     try:
         _, out = _snakemake(project, work, "-n")
     finally:
         module.write_bytes(original)
-    assert set(_planned(out)) == PLOT_RULES | {"all"}, out[-3000:]
+    assert set(_planned(out)) == using | {"all"}, out[-3000:]
 
 
 def test_editing_phase2_plans_phase2_and_everything_downstream(study):
     project, work, everything = study
     module = project / "newllm" / "phase2.py"
-    original = _edit(module, "\n# an edit\n")
+    original = _edit(module, STATEMENT)
     try:
         _, out = _snakemake(project, work, "-n")
     finally:
@@ -140,6 +186,22 @@ def test_editing_phase2_plans_phase2_and_everything_downstream(study):
         "data_coverage",
     }
     assert not upstream & set(planned), planned
+
+
+def test_editing_only_docstrings_and_comments_reruns_nothing(study):
+    """newllm.provenance.code_hash hashes the syntax tree without docstrings: rewording
+    them, adding comments or blank lines in modules Phase 2 uses cannot change a result."""
+    project, work, _ = study
+    modules = [project / "newllm" / name for name in ("phase2.py", "head.py", "data.py") if (project / "newllm" / name).exists()]
+    originals = {module: _edit_docs(module) for module in modules}
+    try:
+        for module, original in originals.items():
+            assert module.read_bytes() != original and "Reworded. " in module.read_text(), module
+        _, out = _snakemake(project, work, "-n")
+    finally:
+        for module, original in originals.items():
+            module.write_bytes(original)
+    assert "Nothing to be done" in out, out[-3000:]
 
 
 def test_a_checkout_that_only_touches_files_reruns_nothing(study):
