@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jsonschema
 import yaml
 
+from newllm.corpus_check import check_local_corpus
 from newllm.data import DataError, count_source_samples
 from newllm.io import read_json
 from newllm.study import CATALOGUE, get_model
@@ -180,6 +181,11 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
     corpus = config["corpus"]
     if corpus["source"] in ("hub", "local") and not corpus.get("path"):
         raise ConfigError(f"corpus.path is required for corpus.source {corpus['source']!r}")
+    if corpus["source"] == "local" and not (corpus_manifest is not None and Path(corpus_manifest).is_file()):
+        try:  # every row, until the token cache exists: a bad line is named before any job starts
+            check_local_corpus(corpus["path"], corpus, heldout_samples(config) + max(config["sample_sizes"], default=1))
+        except DataError as err:
+            raise ConfigError(f"corpus: {err}") from err
     for variant in config["variants"]:
         resolve_variant(config, variant, schema)
     available = available_training_samples(config, corpus_manifest)
