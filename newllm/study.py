@@ -291,6 +291,20 @@ register_model(
 )
 register_model(
     ModelEntry(
+        name="lstm_states",
+        family="context",
+        role="baseline",
+        context="lm_states",
+        label="LSTM states",
+        color=OKABE_ITO[4],
+        marker="p",
+        answers="Is the fixed-point objective a good way to make a context? The hidden states of an LSTM "
+        "language model (hidden size = context_dim, trained by back-propagation through time) read by "
+        "the same TokenBlock.",
+    )
+)
+register_model(
+    ModelEntry(
         name="untrained_context",
         family="context",
         role="control",
@@ -348,6 +362,18 @@ register_model(
         color=OKABE_ITO[6],
         marker="D",
         answers="Does CVFP match back-propagation through time? A parameter-matched LSTM language model.",
+    )
+)
+register_model(
+    ModelEntry(
+        name="mingru",
+        family="lm",
+        role="baseline",
+        label="minGRU",
+        color="#882255",
+        marker="h",
+        answers="Does CVFP match a recurrence trained in parallel with exact gradients? A parameter-matched "
+        "minGRU language model (log-space parallel scan).",
     )
 )
 register_model(

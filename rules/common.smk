@@ -124,16 +124,22 @@ def cvfp_outputs(pattern, models=("cvfp",)):
 
 
 def phase2_caches(wildcards):
-    """The train/dev/test context caches of a run; none for a model without a cache."""
-    if not study.get_model(wildcards.model).has_cache:
+    """The train/dev/test context caches of a run (none for a model without a cache), and
+    the Phase 1 metrics of the ContextBlock that made them (its training FLOPs count).
+    """
+    entry = study.get_model(wildcards.model)
+    if not entry.has_cache:
         return {}
+    extra = {}
+    if entry.context in ("phase1", "reset"):
+        extra["phase1_metrics"] = context_weights(wildcards)["phase1_metrics"]
     names = {
         "train_cache": "train",
         "dev_cache": "dev",
         "test_cache": "test",
         "cache_meta": "meta",
     }
-    return {
+    return extra | {
         key: getattr(rules.export_contexts.output, name).format(
             **dict(wildcards.items())
         )
@@ -142,10 +148,20 @@ def phase2_caches(wildcards):
 
 
 def context_weights(wildcards):
-    """Phase 1 weights and metrics a run's context cache is made from: its own, or those
-    of the model it pairs with (reset_context reads cvfp's), same variant/size/dim/seed.
+    """The weights and training metrics a run's context cache is made from: the Phase 1
+    ContextBlock of the run itself or of the model it pairs with (reset_context reads
+    cvfp's), same variant/size/dim/seed; the LSTM of rule state_producer for lstm_states.
     """
     entry = study.get_model(wildcards.model)
+    if entry.context == "lm_states":
+        return {
+            "weights": rules.state_producer.output.weights.format(
+                **dict(wildcards.items())
+            ),
+            "producer_metrics": rules.state_producer.output.metrics.format(
+                **dict(wildcards.items())
+            ),
+        }
     source = {**dict(wildcards.items()), "model": entry.pairs_with or entry.name}
     return {
         "weights": rules.phase1.output.weights.format(**source),

@@ -1,7 +1,8 @@
 # Phase 1 (CVFP training of the ContextBlock), the context-cache export and the Phase 1
 # diagnostics, per run.  untrained_context runs the same rules with the ContextBlock at
 # its initialisation (no Phase 1 step): a random recurrent map (reservoir) as control;
-# reset_context exports cvfp's trained ContextBlock applied to a zero previous context.
+# reset_context exports cvfp's trained ContextBlock applied to a zero previous context;
+# lstm_states exports the hidden states of an LSTM LM trained on the same tokens.
 
 
 rule phase1:
@@ -34,6 +35,37 @@ rule phase1:
         "../workflow_scripts/phase1.py"
 
 
+rule state_producer:
+    input:
+        train=rules.make_train_set.output.tokens,
+        train_meta=rules.make_train_set.output.meta,
+        dev=rules.make_heldout.output.dev,
+        dev_meta=rules.make_heldout.output.dev_meta,
+        embeddings=rules.token_embeddings.output.weights,
+    output:
+        weights=f"{RUN_DIR}/producer/lstm.safetensors",
+        metrics=f"{RUN_DIR}/producer/metrics.json",
+        history=f"{RUN_DIR}/producer/history.csv",
+    log:
+        log_path("state_producer", RUN_NAME),
+    benchmark:
+        benchmark_path("state_producer", RUN_NAME)
+    wildcard_constraints:
+        model=model_constraint(context="lm_states"),
+    conda:
+        "../envs/newllm.yaml"
+    threads: TRAINING_THREADS
+    resources:
+        gpu=GPUS,
+    params:
+        run=run_params,
+        baselines=config["baselines"],
+        checkpoints=CHECKPOINT_STORE,
+        code=code_hash("state_producer"),
+    script:
+        "../workflow_scripts/state_producer.py"
+
+
 rule export_contexts:
     input:
         unpack(context_weights),
@@ -54,7 +86,7 @@ rule export_contexts:
     benchmark:
         benchmark_path("export_contexts", RUN_NAME)
     wildcard_constraints:
-        model=model_constraint(context=("phase1", "untrained", "reset")),
+        model=model_constraint(context=("phase1", "untrained", "reset", "lm_states")),
     conda:
         "../envs/newllm.yaml"
     threads: TRAINING_THREADS

@@ -764,7 +764,7 @@ def test_size_matching_is_the_closest_size_by_brute_force():
 
 
 def test_build_baseline_sizes_and_configures_each_model():
-    from newllm.baselines.models import build_baseline
+    from newllm.baselines.factory import build_baseline
 
     emb = torch.zeros(30, 16)
     target = TransformerLM.parameter_count(16, 48, 1, 32)  # a width-48 Transformer exactly
@@ -800,7 +800,7 @@ def test_transformer_forward_adds_positions_then_runs_the_blocks_and_the_readout
 
 
 def test_size_matching_tolerances_and_the_smallest_sizes():
-    from newllm.baselines.models import build_baseline
+    from newllm.baselines.factory import build_baseline
 
     # LSTM at d_e = 16: 4H² + 88H + 48 = 140, 240 for H = 1, 2; a target of 180: H = 1 misses by 22 %
     with pytest.raises(ValueError, match="no LSTM hidden size matches 180 .* within 10%"):

@@ -26,16 +26,19 @@ def _counts(out):
 
 def test_dry_run_of_the_default_config(repo, tmp_path):
     # 7 sizes x 1 context_dim x 2 seeds = 14 runs per model: cvfp + untrained_context run
-    # Phase 1, they and reset_context export a cache, Phase 2 adds no_context; lstm and
-    # transformer per run, the n-gram per size and seed (each seed has its own training set)
+    # Phase 1, they, reset_context and lstm_states export a cache (lstm_states after its
+    # state producer), Phase 2 adds no_context; lstm, mingru and transformer per run, the
+    # two n-grams per size and seed (each seed has its own training set)
     counts = _counts(_run(["-n", "--directory", str(tmp_path)], cwd=repo))
     expected = {
         "phase1": 28,
-        "export_contexts": 42,
+        "state_producer": 14,
+        "export_contexts": 56,
         "phase1_diagnostics": 28,
-        "phase2": 56,
-        "baseline_lm": 28,
-        "ngram": 14,
+        "usable_memory": 14,
+        "phase2": 70,
+        "baseline_lm": 42,
+        "ngram": 28,
         "make_train_set": 14,
         "make_heldout": 1,
         "fit_scaling": 1,
@@ -48,24 +51,24 @@ def test_dry_run_of_the_default_config(repo, tmp_path):
 def test_dry_run_of_the_ultrachat_study(repo, tmp_path):
     # 5 sizes x 3 context_dims (768/1200/1537) x 3 seeds = 45 runs per model and variant;
     # cvfp, reset_context and no_context for 2 variants (1 vs 2 input tokens), the other
-    # models for the first; the n-gram per size and seed
+    # models for the first; the two n-grams per size and seed
     counts = _counts(_run(["-n", "--configfile", "config/ultrachat_gpt2.yaml", "--directory", str(tmp_path)], cwd=repo))
-    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 2 * 45 + 45, 2 * 45, 15)
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 2 * 45 + 2 * 45, 3 * 45, 2 * 15)
 
 
 def test_dry_run_of_the_cpu_variant_study(repo, tmp_path):
     # 6 variants x 4 sizes x 3 context_dims x 3 seeds of cvfp, reset_context and no_context
     # (the claims about context_dim, input tokens and dev ER -> PPL need their controls per
-    # variant), untrained_context and the baselines for the first variant
+    # variant), untrained_context, lstm_states and the baselines for the first variant
     counts = _counts(_run(["-n", "--configfile", "config/cpu_variants.yaml", "--directory", str(tmp_path)], cwd=repo))
-    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 216 + 36, 72, 12)
-    assert counts["export_contexts"] == 2 * 216 + 36  # cvfp and reset_context per variant
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (3 * 216 + 2 * 36, 3 * 36, 2 * 12)
+    assert counts["export_contexts"] == 2 * 216 + 2 * 36  # cvfp and reset_context per variant
 
 
 def test_dry_run_of_the_full_chitchat_study(repo, tmp_path):
     # 10 sizes (5..2,560 conversations) x 3 context_dims x 3 seeds, every model
     counts = _counts(_run(["-n", "--configfile", "config/chitchat_full.yaml", "--directory", str(tmp_path)], cwd=repo))
-    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (4 * 90, 2 * 90, 30)
+    assert (counts["phase2"], counts["baseline_lm"], counts["ngram"]) == (5 * 90, 3 * 90, 2 * 30)
 
 
 def _job_resources(out):

@@ -4,47 +4,41 @@
 output *after processing token i*, from one solver for all three splits.  A solve that
 does not reach tolerance is redone by the exact sequential recurrence (never fed to
 Phase 2 unconverged); the cache metadata records which.  For the ``reset`` context
-source (reset_context) the row is ``F(0, x̃_i)`` instead: no history.
+source (reset_context) the row is ``F(0, x̃_i)`` instead: no history; for ``lm_states``
+(lstm_states) the LSTM's hidden state after token i (newllm.producers).
 """
 
 import numpy as np
 
 from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
-from newllm.phase1 import fallback_message, solve_cache, truncated_history_cache
-from newllm.pipeline import build_model, load_stream, start_run
+from newllm.phase1 import fallback_message
+from newllm.pipeline import load_stream, start_run
+from newllm.producers import context_producer
 from newllm.script import run_script
 
 
 def main(smk) -> None:
     params, name, log, device, token_input = start_run(smk)
-    cache_cfg = smk.params.cache
-    block, _ = build_model(params, token_input, device, context_weights=smk.input.weights)
-    block.eval()
+    produce, context_parameters = context_producer(
+        smk.params.context, params, token_input, device, smk.input.weights, smk.params.cache
+    )
     meta = {
         "run": params["run"],
-        "method": "reset" if smk.params.context == "reset" else cache_cfg["method"],
+        "source": smk.params.context,
+        "method": smk.params.cache["method"] if smk.params.context in ("phase1", "untrained") else smk.params.context,
+        "context_parameters": context_parameters,
         "layout": "[tokens, num_layers, context_dim] float32; row i = every layer's output after processing token i",
     }
+    context_dim = params["run"]["context_dim"]
     for split in ("train", "dev", "test"):
         stream = load_stream(smk.input[split], device)
-        if smk.params.context == "reset":
-            outputs, info = truncated_history_cache(block, token_input, stream, 1, params["phase1"]["batch_size"])
-        else:
-            outputs, info = solve_cache(
-                block,
-                token_input,
-                stream,
-                cache_cfg["method"],
-                cache_cfg["max_sweeps"],
-                cache_cfg["tolerance"],
-                params["phase1"]["batch_size"],
-            )
+        outputs, info = produce(stream)
         fallback = fallback_message(info)
         if fallback:
             log.warning("%s: %s", split, fallback)
         er = effective_rank(outputs[:, -1], seed=params["seed"])
-        info.update(effective_rank=er, effective_rank_pct=100.0 * er / block.context_dim, tokens=int(stream.shape[0]))
+        info.update(effective_rank=er, effective_rank_pct=100.0 * er / context_dim, tokens=int(stream.shape[0]))
         cache = outputs.cpu().numpy().astype(np.float32)
         write_npy(smk.output[split], cache)
         info["bytes"] = int(cache.nbytes)

@@ -7,7 +7,6 @@ cache among the inputs (no_context) trains the same TokenBlock on zero contexts.
 from tqdm import tqdm
 
 from newllm.io import read_json, write_npy
-from newllm.model import count_parameters
 from newllm.phase2 import Phase2Config, Split, evaluate, final_summary, train_phase2
 from newllm.pipeline import (
     build_model,
@@ -70,7 +69,7 @@ def main(smk) -> None:
     test_eval = evaluate(token_block, token_input, test, cfg, return_token_nll=True, precision=precision)
     phase1_path = getattr(smk.input, "phase1_metrics", None)  # a trained ContextBlock's Phase 1 cost, when the rule passes it
     phase1 = read_json(phase1_path)["summary"] if phase1_path else None
-    context_params = 0 if train.cache is None else count_parameters(context_block)
+    context_params = 0 if train.cache is None else read_json(smk.input.cache_meta)["context_parameters"]
     summary = final_summary(result.summary, test_eval, token_block, token_input, context_params, phase1, train.stream.shape[0])
     if summary["undertrained"]:
         log.warning("Phase 2 %s reached max_steps=%d before dev loss stopped improving: undertrained", name, cfg.max_steps)

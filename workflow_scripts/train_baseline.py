@@ -10,7 +10,8 @@ import time
 
 import torch
 
-from newllm.baselines.models import SEQ_LEN_KEY, build_baseline, cvfp_parameter_target
+from newllm.baselines.factory import SIZE_NAME, STATEFUL, build_baseline
+from newllm.baselines.models import SEQ_LEN_KEY, cvfp_parameter_target
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, final_summary, train_neural_lm
 from newllm.io import write_npy
 from newllm.pipeline import load_stream, run_checkpoint, run_precision, write_run_outputs
@@ -49,7 +50,7 @@ def main(smk) -> None:
         dev,
         cfg,
         seed=params["seed"],
-        stateful=name == "lstm",
+        stateful=name in STATEFUL,
         run_name=label,
         on_eval=lambda r: log.info(EVAL_LINE, r["step"], r["tokens"], r["train_loss"], r["dev_ppl"], 100 * r["dev_accuracy"]),
         precision=precision,
@@ -57,8 +58,7 @@ def main(smk) -> None:
     )
     t0 = time.perf_counter()
     test_eval = evaluate_stream(model, test, cfg.chunk_tokens, precision)
-    size_name = "hidden_size" if name == "lstm" else "width"
-    summary = final_summary(trained.summary, test_eval, time.perf_counter() - t0, model, size, size_name)
+    summary = final_summary(trained.summary, test_eval, time.perf_counter() - t0, model, size, SIZE_NAME[name])
     write_npy(smk.output.test_nll, test_eval["token_nll"])
     baseline = {
         "model": name,

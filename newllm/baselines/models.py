@@ -84,6 +84,14 @@ class LSTMLM(nn.Module):
         hidden, _ = self(stream[None, :-1])
         return hidden[0]
 
+    @torch.no_grad()
+    def stream_states(self, stream: Tensor) -> Tensor:
+        """The LSTM's hidden state after each token of one stream, from a zero state before
+        token 0: ``[n]`` -> ``[n, 1, H]`` float32, laid out as a context cache (row ``i`` is
+        the state after processing token ``i``; docs/method.md §6, §10)."""
+        out, _ = self.lstm(embed(self.embeddings, stream[None, :]))  # [1, n, H]
+        return out[0, :, None, :].float().contiguous()
+
     @staticmethod
     def parameter_count(embed_dim: int, hidden_size: int) -> int:
         """``4H(d_e + H) + 8H`` (LSTM, two bias vectors as in torch) ``+ H·d_e + d_e + 2·d_e`` (readout)."""
@@ -323,28 +331,5 @@ def match_transformer(
     )
 
 
-SEQ_LEN_KEY = {"lstm": "bptt", "transformer": "block_size"}
+SEQ_LEN_KEY = {"lstm": "bptt", "mingru": "bptt", "transformer": "block_size"}
 """The ``baselines.<model>`` key that sets a neural baseline's training window ``seq_len``."""
-
-
-def build_baseline(name: str, embeddings: Tensor, settings: dict, target: int, tolerance: float) -> tuple[nn.Module, SizeMatch]:
-    """The neural baseline ``name`` (``lstm`` or ``transformer``, config ``baselines.<name>``)
-    sized to ``target`` trainable parameters, initialised with torch's global RNG (seed it
-    first).
-
-    Returns:
-        ``(model, SizeMatch)``.
-
-    Raises:
-        ValueError: an unknown ``name``, or no size within ``tolerance`` of ``target``.
-    """
-    if name not in SEQ_LEN_KEY:
-        raise ValueError(f"neural baselines are {sorted(SEQ_LEN_KEY)}, got model {name!r}")
-    d_e = embeddings.shape[1]
-    if name == "lstm":
-        size = match_lstm(target, d_e, tolerance)
-        return LSTMLM(embeddings, size.size, settings["dropout"]), size
-    size = match_transformer(target, d_e, settings["num_layers"], settings["num_heads"], settings["block_size"], tolerance)
-    keys = ("num_layers", "num_heads", "block_size", "dropout", "eval_stride")
-    model = TransformerLM(embeddings, TransformerConfig(size.size, **{k: settings[k] for k in keys}))
-    return model, size
