@@ -315,32 +315,42 @@ def plot_sliding_alpha(windows: pd.DataFrame, path: str | Path) -> list[str]:
     return labels
 
 
-def plot_er_vs_ppl(runs: pd.DataFrame, linear: dict, path: str | Path, er: str = "dev_er_pct") -> list[str]:
-    """Test PPL against dev Effective Rank (% of context_dim) for every CVFP run, with the
-    fitted line ``PPL ≈ a + b·ER``; marker size grows with training tokens."""
+def _residual_on_log_tokens(values: np.ndarray, log_tokens: np.ndarray) -> np.ndarray:
+    """``values`` less their least-squares line in ln tokens (what the partial correlation
+    of the prediction table correlates)."""
+    design = np.column_stack([np.ones_like(log_tokens), log_tokens])
+    coef, *_ = np.linalg.lstsq(design, values, rcond=None)
+    return values - design @ coef
+
+
+def plot_er_vs_ppl(runs: pd.DataFrame, correlation: dict | None, path: str | Path, er: str = "dev_er_pct") -> list[str]:
+    """Within-size relation of dev Effective Rank and test loss for every cvfp run: both
+    residualised on ln training tokens (the partial correlation of the prediction table,
+    ``correlation``: its ``partial_r`` and interval in the title), one colour per training
+    size.  A pooled fit across sizes is not drawn: it mixes the size trend into the relation."""
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    runs = runs[runs[er].notna()] if er in runs else runs.iloc[:0]
+    runs = runs[runs[er].notna() & runs["test_loss"].notna()] if er in runs else runs.iloc[:0]
     labels = []
-    if len(runs):
-        lt = np.log(runs["train_tokens"].astype(float))
-        sizes = 20 + 80 * (lt - lt.min()) / max(float(np.ptp(lt)), 1e-9)
-        n_variants = runs["variant"].nunique()
-        for (variant, dim), group in runs.groupby(["variant", "context_dim"]):
-            label = _series_label("cvfp", variant, dim, n_variants)
-            ax.scatter(group[er], group["test_ppl"], s=sizes[group.index], label=label, alpha=0.8)
-            labels.append(label)
-        if linear.get("b") is not None and np.isfinite(linear.get("b", np.nan)):
-            x = np.linspace(runs[er].min(), runs[er].max(), 20)
-            ax.plot(
-                x,
-                linear["a"] + linear["b"] * x,
-                "k--",
-                label=f"PPL ≈ {linear['a']:.0f} + {linear['b']:.1f}·ER (R²={linear['r2']:.2f})",
-            )
-        ax.legend(fontsize=8)
-    ax.set_xlabel("dev Effective Rank (% of context_dim)")
-    ax.set_ylabel("test perplexity")
-    ax.set_title("Phase 1 Effective Rank vs test perplexity", fontsize=10)
+    if len(runs) >= 3:
+        lt = np.log(runs["train_tokens"].to_numpy(float))
+        x = _residual_on_log_tokens(runs[er].to_numpy(float), lt)
+        y = _residual_on_log_tokens(runs["test_loss"].to_numpy(float), lt)
+        sizes = sorted(runs["samples"].unique())
+        colours = plt.cm.viridis(np.linspace(0.85, 0.1, len(sizes)))
+        for samples, colour in zip(sizes, colours):
+            mask = (runs["samples"] == samples).to_numpy()
+            ax.scatter(x[mask], y[mask], color=colour, marker=model_marker("cvfp"), label=f"{samples} conv.", alpha=0.85)
+            labels.append(f"{samples} conv.")
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.axvline(0, color="grey", lw=0.6)
+        ax.legend(fontsize=7, ncol=2)
+    title = "Within-size relation of dev Effective Rank and test loss"
+    if correlation and np.isfinite(correlation.get("partial_r", np.nan)):
+        lo, hi = correlation.get("partial_r_ci_low", np.nan), correlation.get("partial_r_ci_high", np.nan)
+        title += f"\npartial r = {correlation['partial_r']:.2f} [{lo:.2f}, {hi:.2f}]"
+    ax.set_xlabel("dev Effective Rank (% of context_dim), less its ln-tokens trend")
+    ax.set_ylabel("test loss (nats), less its ln-tokens trend")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     save_figure(fig, path)
     return labels
@@ -745,5 +755,45 @@ def plot_memory(curves: pd.DataFrame, usable: pd.DataFrame, path: str | Path) ->
     for ax in (left, right):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return labels
+
+
+def _forest_panel(ax, rows: pd.DataFrame, label_of, title: str) -> list[str]:
+    """One forest panel: a row per comparison, the gain (nats per token) with its interval."""
+    rows = rows.sort_values("_rank").reset_index(drop=True)
+    labels = []
+    for y, r in rows.iterrows():
+        model = label_of(r)
+        style = model_style(model)
+        err = _errorbars(np.array([r["gain"]]), np.array([r["gain_ci_low"]]), np.array([r["gain_ci_high"]]))
+        ax.errorbar([r["gain"]], [y], xerr=err, fmt=style["marker"], color=style["color"], capsize=3)
+        labels.append(style["label"])
+    ax.axvline(0, color="grey", lw=0.8, ls=":")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set(title=title, xlabel="gain in test loss (nats per token), 95 % CI")
+    return labels
+
+
+def plot_forest(paired: pd.DataFrame, path: str | Path) -> list[str]:
+    """The verdict's paired differences at the largest training size (report ``forest.png``):
+    left, cvfp's gain over every other model (positive: cvfp better; reset_context's row is
+    the history gain); right, every model's gain over the frozen head's own LM.  Rows of the
+    first variant and smallest context_dim; intervals from the paired hierarchical bootstrap."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    labels: list[str] = []
+    if len(paired):
+        sel = paired[(paired["variant"] == paired["variant"].iloc[0]) & (paired["samples"] == paired["samples"].max())]
+        versus = sel[sel["comparison"].isin(["history", "over_model"])]
+        versus = versus[versus["context_dim"] == versus["context_dim"].min()] if len(versus) else versus
+        versus = versus.assign(_rank=versus["baseline"].map(model_rank))
+        labels += _forest_panel(left, versus, lambda r: r["baseline"], "cvfp against each model")
+        head = sel[sel["comparison"] == "over_head"]
+        dims = head["context_dim"][head["context_dim"] > 0]
+        head = head[head["context_dim"].isin([0, dims.min() if len(dims) else 0])]
+        head = head.assign(_rank=head["model"].map(model_rank))
+        labels += _forest_panel(right, head, lambda r: r["model"], "each model against the head's own LM")
+        fig.suptitle(f"Paired differences at {int(sel['samples'].max())} conversations")
     save_figure(fig, path)
     return labels

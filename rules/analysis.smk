@@ -177,6 +177,70 @@ rule baselines:
         "../workflow_scripts/baselines.py"
 
 
+rule memory_tables:
+    input:
+        diagnostics=cvfp_outputs(
+            rules.phase1_diagnostics.output[0],
+            models=models_where(context=("phase1", "untrained")),
+        ),
+        usable=cvfp_outputs(
+            rules.usable_memory.output[0], models=models_where(context="phase1")
+        ),
+    output:
+        table=report(
+            "results/{study}/tables/memory_probe.csv",
+            caption="../report/memory_probe.rst",
+            category="Memory",
+        ),
+        curves="results/{study}/tables/memory_probe_curves.csv",
+        usable=report(
+            "results/{study}/tables/usable_memory.csv",
+            caption="../report/usable_memory.rst",
+            category="Memory",
+        ),
+        usable_summary=report(
+            "results/{study}/tables/usable_memory_summary.csv",
+            caption="../report/usable_memory.rst",
+            category="Memory",
+        ),
+        figure=report(
+            "results/{study}/figures/memory.png",
+            caption="../report/memory_probe.rst",
+            category="Memory",
+        ),
+        figure_svg="results/{study}/figures/memory.svg",
+    log:
+        log_path("memory_tables"),
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        code=code_hash("memory_tables"),
+    script:
+        "../workflow_scripts/memory_tables.py"
+
+
+rule prediction:
+    input:
+        runs=rules.collect_runs.output.runs,
+    output:
+        correlations=report(
+            "results/{study}/tables/prediction_correlations.csv",
+            caption="../report/prediction_correlations.rst",
+            category="Prediction",
+        ),
+        models="results/{study}/tables/prediction_models.json",
+    log:
+        log_path("prediction"),
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        code=code_hash("prediction"),
+    script:
+        "../workflow_scripts/prediction.py"
+
+
 rule verdict:
     input:
         runs=rules.collect_runs.output.runs,
@@ -186,6 +250,9 @@ rule verdict:
         fits=rules.fit_scaling.output.fits,
         embeddings_meta=rules.token_embeddings.output.meta,
         head_losses=rules.bootstrap_test.output.head_losses,
+        paired_gains=rules.bootstrap_test.output.paired_gains,
+        prediction=rules.prediction.output.correlations,
+        usable_memory=rules.memory_tables.output.usable_summary,
     output:
         html=report(
             "results/{study}/tables/verdict.html",
@@ -201,6 +268,7 @@ rule verdict:
         "../envs/newllm.yaml"
     params:
         reference_variant=BASE_VARIANT,
+        design={k: config[k] for k in ("corpus", "embeddings")},
         code=code_hash("verdict"),
     script:
         "../workflow_scripts/verdict.py"
@@ -341,35 +409,21 @@ rule comparisons:
         "../workflow_scripts/comparisons.py"
 
 
-rule prediction:
-    input:
-        runs=rules.collect_runs.output.runs,
-    output:
-        correlations=report(
-            "results/{study}/tables/prediction_correlations.csv",
-            caption="../report/prediction_correlations.rst",
-            category="Prediction",
-        ),
-        models="results/{study}/tables/prediction_models.json",
-    log:
-        log_path("prediction"),
-    localrule: True
-    conda:
-        "../envs/newllm.yaml"
-    params:
-        code=code_hash("prediction"),
-    script:
-        "../workflow_scripts/prediction.py"
-
-
 rule plot_analysis:
     input:
         runs=rules.collect_runs.output.runs,
         windows=rules.sliding_alpha.output[0],
         comparison=rules.comparisons.output[0],
         baselines=rules.baselines.output.baselines,
-        models=rules.prediction.output.models,
+        correlations=rules.prediction.output.correlations,
+        paired_gains=rules.bootstrap_test.output.paired_gains,
     output:
+        forest=report(
+            "results/{study}/figures/forest.png",
+            caption="../report/forest.rst",
+            category="Overview",
+        ),
+        forest_svg="results/{study}/figures/forest.svg",
         sliding=report(
             "results/{study}/figures/sliding_alpha.png",
             caption="../report/sliding_alpha.rst",
@@ -430,49 +484,7 @@ rule analysis:
                 "results/{study}/figures/er_vs_ppl.png",
                 "results/{study}/figures/effective_rank.png",
                 "results/{study}/figures/parameter_efficiency.png",
+                "results/{study}/figures/forest.png",
             ],
             study=STUDY,
         ),
-
-
-rule memory_tables:
-    input:
-        diagnostics=cvfp_outputs(
-            rules.phase1_diagnostics.output[0],
-            models=models_where(context=("phase1", "untrained")),
-        ),
-        usable=cvfp_outputs(
-            rules.usable_memory.output[0], models=models_where(context="phase1")
-        ),
-    output:
-        table=report(
-            "results/{study}/tables/memory_probe.csv",
-            caption="../report/memory_probe.rst",
-            category="Memory",
-        ),
-        curves="results/{study}/tables/memory_probe_curves.csv",
-        usable=report(
-            "results/{study}/tables/usable_memory.csv",
-            caption="../report/usable_memory.rst",
-            category="Memory",
-        ),
-        usable_summary=report(
-            "results/{study}/tables/usable_memory_summary.csv",
-            caption="../report/usable_memory.rst",
-            category="Memory",
-        ),
-        figure=report(
-            "results/{study}/figures/memory.png",
-            caption="../report/memory_probe.rst",
-            category="Memory",
-        ),
-        figure_svg="results/{study}/figures/memory.svg",
-    log:
-        log_path("memory_tables"),
-    localrule: True
-    conda:
-        "../envs/newllm.yaml"
-    params:
-        code=code_hash("memory_tables"),
-    script:
-        "../workflow_scripts/memory_tables.py"

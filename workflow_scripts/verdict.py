@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from newllm.analysis import verdict, verdict_html, verdict_markdown
+from newllm.analysis.findings import claims_markdown, findings, findings_markdown
 from newllm.io import atomic_path, read_json, write_json
 from newllm.runtime import get_logger
 from newllm.script import run_script
@@ -14,23 +15,41 @@ from newllm.script import run_script
 def main(smk) -> None:
     log = get_logger(smk.log[0])
     info = read_json(smk.input.info)
-    result = verdict(
+    points, point_losses, fits, runs = (
         pd.read_csv(smk.input.points),
         np.load(smk.input.point_losses),
         pd.read_csv(smk.input.fits),
         pd.read_csv(smk.input.runs),
+    )
+    tables = [pd.read_csv(smk.input[k]) for k in ("paired_gains", "prediction", "usable_memory")]
+    opening = findings(
+        tables[0], points, point_losses, fits, runs, tables[1], tables[2], smk.params.design, smk.params.reference_variant
+    )
+    result = verdict(
+        points,
+        point_losses,
+        fits,
+        runs,
         smk.params.reference_variant,
         test_set={k: info[k] for k in ("conversations", "targets")},
         resamples=info["resamples"],
         head_reference=read_json(smk.input.embeddings_meta),
         head_boot=np.load(smk.input.head_losses),
     )
-    text = verdict_markdown(result)
+    result["findings"] = opening
+    text = _with_findings(verdict_markdown(result), opening)
     for path, content in ((smk.output.markdown, text), (smk.output.html, verdict_html(text))):
         with atomic_path(path) as tmp:
             tmp.write_text(content)
     write_json(smk.output.json, _finite(result))
     log.info("\n%s", text)
+
+
+def _with_findings(text: str, opening: dict) -> str:
+    """The verdict with the history gain and the gain over the head after its title line,
+    and the claims table at the end."""
+    title, _, rest = text.partition("\n")
+    return "\n".join([title, "", findings_markdown(opening), rest.lstrip("\n"), *claims_markdown(opening["claims"]), ""])
 
 
 def _finite(obj):
