@@ -1,6 +1,6 @@
-"""Context-cache benchmark (issue 10, target 3): exact cache at <= 25 % of today's export time.
+"""Context-cache benchmark: exact cache at <= 25 % of today's export time.
 
-For each context_dim and each block (``random`` = SPEC §3 init, as the
+For each context_dim and each block (``random`` = docs/method.md §3 init, as the
 ``untrained_context`` control exports it; ``trained`` = the same init after Phase 1 CVFP
 training with ``newllm.phase1.train_phase1``, default settings, ``--train-iterations`` at
 most) it prints, per solver of ``newllm.solvers``: wall seconds, sweeps (Jacobi sweeps /

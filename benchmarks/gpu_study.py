@@ -1,6 +1,6 @@
-"""GPU benchmark (issue 10, target 6): the UltraChat-sized configuration, measured (not a test).
+"""GPU benchmark: the UltraChat-sized configuration, measured (not a test).
 
-The source study (SPEC §10, ``config/ultrachat_gpt2.yaml``) has 768-d GPT-2 embeddings,
+The source study (``config/ultrachat_gpt2.yaml``) has 768-d GPT-2 embeddings,
 context_dim 768 / 1200 / 1537, one or two input tokens, and up to ~1M training tokens.
 Real UltraChat is not reachable offline, so this runs the embedded chitchat corpus
 (tokenised with the packaged GPT-2 BPE) at that token count with random 768-d embeddings
@@ -21,7 +21,7 @@ GPT-2's wte).  Per (context_dim, num_input_tokens) it runs the pipeline's own co
    (b) all its matmuls (TokenBlock + head, forward and backward) and the device bf16 rate
    (≥ 0.6); the same run with the cache left in host memory (a memory map gathered per
    batch, what ``load_context_cache`` does for caches over its in-memory limit).
-4. **Memory**: peak ``max_memory_allocated`` of each phase; the Phase 2 batch that SPEC §7's
+4. **Memory**: peak ``max_memory_allocated`` of each phase; the Phase 2 batch that docs/method.md §7's
    rule allows (free memory, from ``memory_allocated``, over ``V × 4 B × 3.5`` per row of
    un-fused logits) against the batch the fused tied loss allows (free memory over its
    measured bytes per row).
@@ -61,7 +61,7 @@ from newllm.runtime import PRECISIONS, resolve_device, resolve_precision, seed_e
 from newllm.tokenizer import VOCAB_SIZE, install_tokenizer_files, load_tokenizer
 
 STUDY_TOKENS = (62_891, 122_795, 240_132, 473_429, 948_524)
-"""Training tokens of the source study's five sizes (50 … 800 conversations; SPEC §10, v3)."""
+"""Training tokens of the source study's five sizes (50 … 800 conversations)."""
 GPU_JOBS_PER_RUN = 4
 """phase1, export_contexts, phase1_diagnostics, phase2 (the rules that declare ``gpu``)."""
 
@@ -410,13 +410,16 @@ def main() -> None:
                 )
             if "spec7_batch" in r:
                 print(
-                    f"    free {r['free_bytes'] / 2**30:.1f} GiB: SPEC §7 batch {r['spec7_batch']:,} (V x 4 B x 3.5 per "
+                    f"    free {r['free_bytes'] / 2**30:.1f} GiB: method §7 batch {r['spec7_batch']:,} (V x 4 B x 3.5 per "
                     f"row); fused loss {r['fused_bytes_per_row'] / 2**10:.1f} KiB per row -> batch {r['fused_batch']:,}",
                     flush=True,
                 )
     proj = projection(results, args, startup)
     by_epochs = projection(results, args, startup, epochs=20)
-    for what, p in ((f"max_steps {args.max_steps}", proj), ("Phase 2 at most 20 epochs (SPEC §7's source budget)", by_epochs)):
+    for what, p in (
+        (f"max_steps {args.max_steps}", proj),
+        ("Phase 2 at most 20 epochs (docs/method.md §7's source budget)", by_epochs),
+    ):
         print(
             f"projected 30-run study (max_iterations {args.max_iterations}, {what}, dev eval every "
             f"{args.eval_every} on {args.study_dev_tokens:,} tokens, {GPU_JOBS_PER_RUN} jobs a run; from "

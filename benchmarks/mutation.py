@@ -1,4 +1,4 @@
-"""Mutation testing of the numerical core (issue 14): kill rate per module and the survivors.
+"""Mutation testing of the numerical core: kill rate per module and the survivors.
 
 Runs mutmut (``pip install -e ".[mutation]" -c constraints.txt``; configured in
 ``[tool.mutmut]`` of pyproject.toml) one module at a time, against the fast unit tests

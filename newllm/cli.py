@@ -3,7 +3,7 @@
 ``newllm-fit TABLE.csv`` fits ``PPL = A · tokens^α`` and the loss form
 ``L = E + B·tokens^(−β)`` (with AIC/BIC and the preferred form; >= 4 sizes) to any CSV of
 runs, e.g. published numbers, with the same functions the pipeline uses, and prints the
-fit table (with PPL extrapolated to 1M and 10M tokens and the OLS prediction interval)
+fit table (with both forms' PPL at 2x and 10x the largest size and the OLS prediction interval)
 and, with ``--window`` (>= 4 sizes), the sliding-window fits.  Rows of a group are the
 points (no bootstrap: an external table has no per-conversation losses)::
 

@@ -23,8 +23,8 @@ from newllm.study import CATALOGUE, get_model
 
 SECTIONS = ("model", "phase1", "phase2")
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
-"""The study config's JSON schema: the one source of every default (issue 11 §4)."""
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.yaml"
+"""The study config's JSON schema: the one source of every default."""
 
 _JSON_TYPES: dict[str, type] = {"integer": int, "number": float, "string": str, "boolean": bool}
 
@@ -61,7 +61,7 @@ def schema_dataclass(
 ) -> Callable[[type], type]:
     """Class decorator: a dataclass whose fields are the properties of the schema's
     ``$defs.<section>`` — their names, types, defaults and descriptions — so the trainers'
-    config classes and ``config/schema.yaml`` cannot disagree (issue 11 §4; pypsa-eur
+    config classes and ``config/schema.yaml`` cannot disagree (pypsa-eur
     derives its config defaults and schema from one model the same way).
 
     The decorated class contributes its docstring and methods; ``extra`` adds fields the

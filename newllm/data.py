@@ -1,4 +1,4 @@
-"""Corpus loading, token caches, the validation split and training sets (SPEC §2).
+"""Corpus loading, token caches, the validation split and training sets (docs/method.md §2).
 
 A corpus is a list of *samples* (one conversation each).  Every source goes through one
 code path, :func:`load_corpus_dataset`, which returns a ``datasets.Dataset``: a hub
@@ -335,9 +335,9 @@ def split_samples(num_samples: int, sizes: dict[str, int], seed: int) -> dict[st
     training seed): its first ``sizes["dev"]`` entries are the dev set (every selection:
     early stopping, best epoch, stop rules), the next ``sizes["test"]`` the test set
     (every reported number), the next ``sizes["embedding"]`` (may be 0) the slice the
-    stand-in embeddings are trained on, and the rest, in permutation order, the training
-    pool whose first N entries are the training set of size N (sizes are nested).  All
-    are pairwise disjoint by construction (issue 8 §2, SPEC §2).
+    stand-in embeddings are trained on, and the rest the training pool, from which each
+    training seed draws its nested training sets (:func:`training_order`).  All are
+    pairwise disjoint by construction (docs/method.md §2).
 
     Args:
         sizes: ``{"dev": int >= 1, "test": int >= 1, "embedding": int >= 0}``.

@@ -1,4 +1,4 @@
-"""Phase 1 diagnostics (SPEC §5): collapse check, CVFP convergence check, quality band.
+"""Phase 1 diagnostics (docs/method.md §5): collapse check, CVFP convergence check, quality band.
 
 Every check reports each criterion's value, its threshold and pass/fail, so a failed
 check is shown in the tables and report, never hidden.
@@ -26,7 +26,7 @@ STD_TOLERANCE = 0.01
 
 
 def identity_check(contexts: Tensor, token_inputs: Tensor | None = None) -> dict[str, Any]:
-    """Is the ContextBlock (near) the identity, or collapsed?  (SPEC §5)
+    """Is the ContextBlock (near) the identity, or collapsed?  (docs/method.md §5)
 
     Criteria (thresholds scale with ``√d_c``, the norm of a LayerNorm output):
     mean ``‖c‖ > 0.1·√d_c`` (not the zero map); mean ``cos(c_t, x_t) < 0.95`` (not
@@ -66,7 +66,7 @@ def identity_check(contexts: Tensor, token_inputs: Tensor | None = None) -> dict
 
 
 def convergence_verdict(mse_series: Sequence[float]) -> dict[str, Any]:
-    """Verdict on the MSE between consecutive passes (SPEC §5).
+    """Verdict on the MSE between consecutive passes (docs/method.md §5).
 
     A least-squares line through ``(pass, MSE)``: CONVERGING if slope < −0.001;
     CONVERGED if |slope| < 0.001 and std < 0.01; DIVERGING if slope > 0.001; else
@@ -111,7 +111,7 @@ def convergence_passes(
 
 
 def quality_band(val_er_pct: float, train_er_pct: float) -> dict[str, Any]:
-    """SPEC §5 bands: val ER > 80 % good, 75–80 % fair, < 75 % revisit settings;
+    """docs/method.md §5 bands: val ER > 80 % good, 75–80 % fair, < 75 % revisit settings;
     a train − val ER gap above 5 points suggests over-fitting."""
     band = "good" if val_er_pct > 80 else "fair" if val_er_pct >= 75 else "revisit"
     gap = train_er_pct - val_er_pct
@@ -127,7 +127,7 @@ def decay_lag(relative: Sequence[float], fraction: float) -> int | None:
 def memory_probe(
     block: ContextBlock, token_input: TokenInput, stream: Tensor, max_lag: int = 64, num_positions: int = 128, seed: int = 0
 ) -> dict[str, Any]:
-    """How far back a context remembers (issue 8 §6; SPEC §4: after k Jacobi sweeps a
+    """How far back a context remembers (docs/method.md §4: after k Jacobi sweeps a
     context depends only on about the last k tokens).
 
     For ``num_positions`` seeded positions ``i`` (with ``i > max_lag``) and every lag

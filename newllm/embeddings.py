@@ -1,4 +1,4 @@
-"""Frozen token embeddings (SPEC §2, issue 8 §4–§5): ``[V, d_e]`` float32 from one of four sources.
+"""Frozen token embeddings (docs/method.md §2): ``[V, d_e]`` float32 from one of four sources.
 
 Downstream every model reads ``x_t = LN(E[token_t])`` (no affine) as its frozen input and
 uses ``logits = h @ Eᵀ`` (no bias) as its frozen, tied output head (``newllm.model``), so

@@ -1,4 +1,4 @@
-"""Phase 1 losses (SPEC §4): the raw-MSE CVFP term and the diversity losses.
+"""Phase 1 losses (docs/method.md §4): the raw-MSE CVFP term and the diversity losses.
 
 ``X`` is an ``[n, d]`` batch of context vectors; ``μ`` its column mean.
 """
@@ -16,13 +16,13 @@ def cvfp_loss(contexts: Tensor, previous: Tensor) -> Tensor:
     """Fixed-point loss ``MSE(C^k, C^{k-1})`` on raw vectors; ``previous`` is detached.
 
     Never normalise the vectors first: matching directions only was a real bug of the
-    source (0 % convergence, SPEC §4).  Shapes ``[n, d]`` -> scalar (mean over n·d).
+    source (0 % convergence, docs/method.md §4).  Shapes ``[n, d]`` -> scalar (mean over n·d).
     """
     return F.mse_loss(contexts, previous.detach())
 
 
 def mcdl_loss(x: Tensor) -> Tensor:
-    """MCDL (mean-centred distance): ``-‖X - 1μᵀ‖_F / n`` (SPEC §4).  ``[n, d]`` -> scalar."""
+    """MCDL (mean-centred distance): ``-‖X - 1μᵀ‖_F / n`` (docs/method.md §4).  ``[n, d]`` -> scalar."""
     return -torch.linalg.matrix_norm(x - x.mean(dim=0, keepdim=True), ord="fro") / x.shape[0]
 
 
@@ -56,7 +56,7 @@ def nuc_loss(x: Tensor) -> Tensor:
 def wmse_loss(x: Tensor) -> Tensor:
     """WMSE (whitening MSE): ``mean_ij (Cov(X) - I)_ij²``, pushing the batch towards
     decorrelated, unit-variance features (the whitening target of W-MSE, Ermolov et al.
-    2021).  SPEC §4 names WMSE without a formula; this is the whitening reading of it.
+    2021).  docs/method.md §4 names WMSE without a formula; this is the whitening reading of it.
     ``[n, d]`` -> scalar; needs n ≥ 2.
     """
     n, d = x.shape
@@ -78,7 +78,7 @@ DIVERSITY_LOSSES: dict[str, Callable[[Tensor], Tensor]] = {
 def phase1_loss(
     contexts: Tensor, previous: Tensor, dist_reg_weight: float, diversity: str = "mcdl"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``L = (1 - w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` (SPEC §4).
+    """``L = (1 - w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` (docs/method.md §4).
 
     Returns:
         ``(total, cvfp, diversity)`` scalars.

@@ -1,6 +1,6 @@
 """Metrics shared by every caller: Effective Rank, convergence rate, perplexity.
 
-One function per metric (SPEC §5: the source's two Effective Rank code paths disagreed
+One function per metric (docs/method.md §5: the source's two Effective Rank code paths disagreed
 by 2–20×).
 """
 
@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 ER_MAX_ROWS = 10_000
-"""Rows sampled for Effective Rank (SPEC §5: ≥ 10k tokens, or all)."""
+"""Rows sampled for Effective Rank (docs/method.md §5: ≥ 10k tokens, or all)."""
 
 
 def effective_rank(x: Tensor, max_rows: int = ER_MAX_ROWS, seed: int = 0) -> float:
-    """Effective Rank of an ``[n, d]`` matrix (Roy & Vetterli 2007; SPEC §5).
+    """Effective Rank of an ``[n, d]`` matrix (Roy & Vetterli 2007; docs/method.md §5).
 
     SVD of up to ``max_rows`` rows (a seeded uniform sample without replacement when
     ``n > max_rows``), uncentred; ``p = σ/Σσ``; ``ER = exp(-Σ p log p)``.  Computed in
@@ -40,7 +40,7 @@ def effective_rank(x: Tensor, max_rows: int = ER_MAX_ROWS, seed: int = 0) -> flo
 
 
 def convergence_counts(contexts: Tensor, previous: Tensor, threshold: float = 0.03) -> tuple[int, int]:
-    """Tokens whose context moved less than ``threshold`` between iterations (SPEC §4).
+    """Tokens whose context moved less than ``threshold`` between iterations (docs/method.md §4).
 
     A token converged when ``mean_d (C^k_i - C^{k-1}_i)² < threshold``.
     Shapes ``[n, d]`` each.

@@ -1,4 +1,4 @@
-"""New-LLM model (SPEC §3): token input, ContextBlock, TokenBlock (E-wiring), tied head.
+"""New-LLM model (docs/method.md §3): token input, ContextBlock, TokenBlock (E-wiring), tied head.
 
 Notation: ``d_c`` = context_dim, ``d_e`` = embed_dim, ``N_in`` = num_input_tokens,
 ``L`` = num_layers, ``V`` = vocabulary size (50,257), ``B`` = tokens in a batch.
@@ -22,7 +22,7 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The shape of both blocks (SPEC §3): one config for ContextBlock and TokenBlock.
+    """The shape of both blocks (docs/method.md §3): one config for ContextBlock and TokenBlock.
 
     ``num_input_tokens``, ``num_layers``, ``ffn_layers`` and ``activation`` are the
     ``model`` section of ``config/schema.yaml`` (same defaults; a test checks they
@@ -68,7 +68,7 @@ class ModelConfig:
 
 
 class TokenInput(nn.Module):
-    """Frozen token embeddings -> ``x̃_t = [x_{t-N_in+1}; …; x_t]`` (SPEC §3).
+    """Frozen token embeddings -> ``x̃_t = [x_{t-N_in+1}; …; x_t]`` (docs/method.md §3).
 
     ``x_t = LayerNorm(E[token_t])`` (``embed_norm``, no affine parameters: the embedding
     is frozen, so its normalisation carries nothing to train).  Windows are oldest first
@@ -90,7 +90,7 @@ class TokenInput(nn.Module):
             raise ValueError(f"num_input_tokens must be >= 1, got {num_input_tokens}")
         self.register_buffer("weight", embeddings.detach().float(), persistent=False)
         # x = LayerNorm(E[token]) is a per-row function: normalise the table once per run
-        # instead of every gathered batch of every sweep (issue 10, Phase 1 target)
+        # instead of every gathered batch of every sweep
         self.register_buffer("normed", F.layer_norm(self.weight, (self.weight.shape[1],)), persistent=False)
         self.num_input_tokens = num_input_tokens
         self.register_buffer("window_offsets", torch.arange(num_input_tokens - 1, -1, -1), persistent=False)
@@ -137,7 +137,7 @@ class TokenInput(nn.Module):
 
 
 class FFN(nn.Sequential):
-    """``act(W[z] + b)`` (1 layer) or ``act(W2 act(W1 z + b1) + b2)`` with hidden 4·in (SPEC §3)."""
+    """``act(W[z] + b)`` (1 layer) or ``act(W2 act(W1 z + b1) + b2)`` with hidden 4·in (docs/method.md §3)."""
 
     def __init__(self, in_dim: int, out_dim: int, num_layers: int = 1, activation: str = "gelu") -> None:
         if num_layers not in (1, 2):
@@ -152,7 +152,7 @@ class FFN(nn.Sequential):
 
 
 class ContextLayer(nn.Module):
-    """``c' = LayerNorm(R(c) + FFN([c; x̃]))``, ``R`` identity (SPEC §3).
+    """``c' = LayerNorm(R(c) + FFN([c; x̃]))``, ``R`` identity (docs/method.md §3).
 
     Shapes: ``c`` ``[B, d_c]``, ``x̃`` ``[B, N_in·d_e]`` -> ``[B, d_c]``.
     """
@@ -181,7 +181,7 @@ class _LayerStack(nn.Module):
 
 
 class ContextBlock(_LayerStack):
-    """The recurrent map ``c_t = F(c_{t-1}, x̃_t)`` of ``L`` ContextLayers (SPEC §3).
+    """The recurrent map ``c_t = F(c_{t-1}, x̃_t)`` of ``L`` ContextLayers (docs/method.md §3).
 
     Layer 0 reads the previous token's final context; layer ``l > 0`` reads layer
     ``l-1``'s output; every layer reads ``x̃_t``.  All per-layer outputs are returned
@@ -212,7 +212,7 @@ class ContextBlock(_LayerStack):
 
 
 class TokenLayer(nn.Module):
-    """``h' = LayerNorm(R(h) + FFN([c^(l); h]))``, ``R`` a Linear when sizes differ (SPEC §3)."""
+    """``h' = LayerNorm(R(h) + FFN([c^(l); h]))``, ``R`` a Linear when sizes differ (docs/method.md §3)."""
 
     def __init__(self, context_dim: int, in_dim: int, out_dim: int, ffn_layers: int = 1, activation: str = "gelu") -> None:
         super().__init__()
@@ -225,7 +225,7 @@ class TokenLayer(nn.Module):
 
 
 class TokenBlock(_LayerStack):
-    """``L`` TokenLayers, E-wired: layer ``l`` reads ContextBlock layer ``l``'s output (SPEC §3).
+    """``L`` TokenLayers, E-wired: layer ``l`` reads ContextBlock layer ``l``'s output (docs/method.md §3).
 
     ``h_0 = x̃_t`` (``N_in·d_e``); every layer outputs ``d_e`` so the tied head applies.
 
@@ -256,7 +256,7 @@ def tied_logits(hidden: Tensor, embeddings: Tensor) -> Tensor:
 
 
 def init_weights(module: nn.Module) -> None:
-    """SPEC §3 init: Linear weights ~ N(0, 0.1²), biases ~ N(0, 0.01²); uses torch's global RNG."""
+    """docs/method.md §3 init: Linear weights ~ N(0, 0.1²), biases ~ N(0, 0.01²); uses torch's global RNG."""
     for sub in module.modules():
         if isinstance(sub, nn.Linear):
             nn.init.normal_(sub.weight, 0.0, 0.1)
@@ -270,7 +270,7 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def build_blocks(config: ModelConfig) -> tuple[ContextBlock, TokenBlock]:
-    """The one factory of both blocks, initialised per SPEC §3: ContextBlock first, then
+    """The one factory of both blocks, initialised per docs/method.md §3: ContextBlock first, then
     TokenBlock, from torch's global RNG (call ``torch.manual_seed`` first for a
     reproducible init).  A run's dict config goes through :meth:`ModelConfig.from_dict`."""
     context_block, token_block = ContextBlock(config), TokenBlock(config)

@@ -1,4 +1,4 @@
-"""Phase 1: CVFP fixed-point training of the ContextBlock, and context solvers (SPEC §4, §6).
+"""Phase 1: CVFP fixed-point training of the ContextBlock, and context solvers (docs/method.md §4, §6).
 
 The ContextBlock is the map ``F``; the solvers of :mod:`newllm.solvers` iterate it over
 the token stream (torchdeq's split of map and solver).  Training sweeps carry gradients
@@ -12,7 +12,7 @@ i.e. each token uses the previous iteration's context of the previous token.  It
 point is the sequential recurrence ``c_i = F(c_{i-1}, x̃_i)`` from ``c_{-1} = 0``; after
 ``k`` sweeps position ``i`` is exact for ``i < k`` (tested).  Token 0 reads the zero
 context (not the wrapped-around last context of the source) so that training, the
-sequential recurrence and the context cache of SPEC §6 all agree.
+sequential recurrence and the context cache of docs/method.md §6 all agree.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from newllm.training import TrainingDivergedError, TrainResult, check_finite, co
     er_max_rows=(int, ER_MAX_ROWS, "rows sampled for the Effective Rank of a context matrix (newllm.metrics.effective_rank)"),
 )
 class Phase1Config:
-    """Phase 1 hyper-parameters (SPEC §4 defaults): the fields of ``config/schema.yaml``'s
+    """Phase 1 hyper-parameters (docs/method.md §4 defaults): the fields of ``config/schema.yaml``'s
     ``phase1`` section, generated from it (:func:`newllm.config.schema_dataclass`), plus
-    ``er_max_rows`` (SPEC §5, not a config key)."""
+    ``er_max_rows`` (docs/method.md §5, not a config key)."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":
@@ -76,14 +76,14 @@ def solve_cache(
     batch_size: int = 4096,
     init: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
-    """The context cache of SPEC §6 for one stream: ``[n, L, d_c]`` with
+    """The context cache of docs/method.md §6 for one stream: ``[n, L, d_c]`` with
     ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer (``c_{-1} = 0``), and solver statistics.
 
     Any solver of :data:`newllm.solvers.SOLVERS` (``shooting``, ``jacobi``,
     ``sequential``), optionally warm-started from ``init`` (e.g. Phase 1's final
     contexts).  A solve that does not reach ``tolerance`` is never returned as is: the
     exact sequential recurrence is run instead and ``info["fallback_from"]`` records the
-    failed attempt (issue 8 §4).
+    failed attempt.
 
     Returns:
         ``(cache [n, L, d_c], info)``, ``info`` = :class:`newllm.solvers.SolverStats` as a dict.
@@ -180,7 +180,7 @@ def equal_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -
 
 
 class ConvergenceRateStop:
-    """Stop once the train convergence rate reaches ``target`` (SPEC §4), never before
+    """Stop once the train convergence rate reaches ``target`` (docs/method.md §4), never before
     ``min_iterations``.  The trained weights are the last ones."""
 
     name = "convergence_rate"
@@ -205,7 +205,7 @@ class ConvergenceRateStop:
 
 
 class ValERStop:
-    """Early stop on dev Effective Rank (SPEC §4 option): stop when it has not improved for
+    """Early stop on dev Effective Rank (docs/method.md §4 option): stop when it has not improved for
     ``patience`` iterations; keep the best iteration's weights.  Iterations before
     ``min_iterations`` are no candidates (the random start's ER is an artefact, like
     "100 % converged at iteration 2")."""
@@ -255,7 +255,7 @@ def training_sweep(
     gen: torch.Generator,
     precision: str = "fp32",
 ) -> tuple[Tensor, Tensor]:
-    """One Jacobi sweep with gradients (SPEC §4) over ``train``'s batches from its contexts
+    """One Jacobi sweep with gradients (docs/method.md §4) over ``train``'s batches from its contexts
     ``C^{k-1}``: per batch ``L = (1-w)·MSE(C^k, C^{k-1}) + w·D(C^k)`` weighted by the batch's
     share of tokens, gradients accumulated over the sweep; context noise drawn from ``gen``.
     ``bf16``: the ContextBlock forward under ``torch.autocast``; its output is cast back to
@@ -287,7 +287,7 @@ def training_sweep(
 
 def convergence_record(new: Tensor, old: Tensor, threshold: float, prefix: str = "") -> dict[str, Any]:
     """``converged``/``tokens``/``convergence_rate``/``convergence`` (rate with counts) of
-    ``[n, d_c]`` contexts against the previous iterate (SPEC §4), keys prefixed."""
+    ``[n, d_c]`` contexts against the previous iterate (docs/method.md §4), keys prefixed."""
     conv, tokens = convergence_counts(new, old, threshold)
     return {
         f"{prefix}converged": conv,
@@ -309,7 +309,7 @@ def measure_sweep(
 ) -> tuple[Tensor, dict[str, Any]]:
     """One no-grad Jacobi sweep with the current weights: losses, convergence (with
     counts) and Effective Rank of the new contexts — what a summary reports for the weights
-    that are saved (issue 8 §4)."""
+    that are saved."""
     n = stream.shape[0]
     new = torch.empty_like(contexts)
     sums = torch.zeros(3, dtype=torch.float64, device=contexts.device)
@@ -505,7 +505,7 @@ def phase1_summary(
     context_dim: int,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The run's summary (SPEC §4, issue 8 §4): how it stopped and the final weights' measures."""
+    """The run's summary (docs/method.md §4): how it stopped and the final weights' measures."""
     stopped_by = stopper.stopped_by or "max_iterations"
     seconds = sum(r["seconds"] for r in history)
     return {
@@ -542,7 +542,7 @@ def train_phase1(
     checkpoint: CheckpointSpec | None = None,
     precision: str = "fp32",
 ) -> TrainResult:
-    """Train the ContextBlock by CVFP (SPEC §4).
+    """Train the ContextBlock by CVFP (docs/method.md §4).
 
     Loop: :func:`phase1_iteration` (one Adam step) → stop rule → checkpoint; then
     :func:`final_measurement` with the final weights and :func:`phase1_summary`, so

@@ -50,7 +50,7 @@ def build_model(
     params: dict[str, Any], token_input: TokenInput, device: torch.device, context_weights: str | Path | None = None
 ) -> tuple[ContextBlock, TokenBlock]:
     """The run's ContextBlock and TokenBlock from its resolved config (one factory for
-    every script): initialised per SPEC §3 from ``torch.manual_seed(params["seed"])``, the
+    every script): initialised per docs/method.md §3 from ``torch.manual_seed(params["seed"])``, the
     ContextBlock loaded from ``context_weights`` when given, both on ``device``."""
     torch.manual_seed(params["seed"])
     context_block, token_block = build_blocks(ModelConfig.from_dict(params["model"], token_input.embed_dim))

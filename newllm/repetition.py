@@ -1,4 +1,4 @@
-"""The repetition (CVFPT) study (SPEC §9): does the context update reach fixed points on
+"""The repetition (CVFPT) study (docs/method.md §9): does the context update reach fixed points on
 repeated input, ``context("red" × n) ≈ context("red" × (n+1))``?
 
 A phrase of ``cycle_length`` tokens is repeated ``repetitions`` times and run through the
@@ -153,7 +153,7 @@ class RepetitionTrainer:
         metrics = sequence_metrics(contexts, cycle_length)
         if self.cfg.ce_weight > 0 and self.token_block is not None:
             # predict token t+1 from x̃_t and every layer's context after processing token t,
-            # F(c_{t-1}, x̃_t) (SPEC §6, as Phase 2 reads its cache); detached: CE trains the TokenBlock only
+            # F(c_{t-1}, x̃_t) (docs/method.md §6, as Phase 2 reads its cache); detached: CE trains the TokenBlock only
             contexts_after = layers[:, :-1].detach()  # [P, T-1, L, d_c]
             inputs = self.token_input.rows(sequences)[:, :-1]
             hidden = self.token_block(contexts_after.reshape(-1, *layers.shape[2:]), inputs.reshape(-1, inputs.shape[-1]))

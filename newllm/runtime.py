@@ -64,7 +64,7 @@ def resolve_precision(name: str, device: torch.device, embed_dim: int | None = N
     ``fp32`` on the CPU and on ``mps`` (untested there).  On an H200 (torch 2.11) a whole
     Phase 2 step at batch 1,024 ran 2.33x / 1.41x the fp32 rate at d_e 768 / 256, with the
     first step's loss within 1.2e-5 of fp32's (benchmarks/throughput.py ``--precision``).
-    On the 2-core AVX512-BF16 CPU of issue 10 a whole Phase 2 step in
+    On the 2-core AVX512-BF16 CPU of docs/performance.md a whole Phase 2 step in
     bf16 ran 0.52x / 0.92x / 0.93x the fp32 rate at d_e 64 / 256 / 768 although its two
     vocabulary matmuls alone ran 1.2x / 1.8x / 2.6x: the fp32 <-> bf16 passes over the
     ``[chunk, V]`` logits cost what the matmuls save (benchmarks/throughput.py
@@ -131,7 +131,7 @@ def keep_freed_memory(limit_bytes: int = HEAP_KEEP_BYTES) -> int | None:
     page by page again: a Phase 1 sweep at 84k tokens allocates two ``[n, d_c]`` tensors
     (21 MiB at d_c 64, 43 MiB at 128) and took ~21,000 page faults per sweep at 128.  With
     this setting a sweep took none, and a training iteration ran 1.08-1.11x (d_c 64) and
-    1.13-1.21x (d_c 128) as fast on one thread with the same losses (issue 10 target 2;
+    1.13-1.21x (d_c 128) as fast on one thread with the same losses (
     README, Performance).  The cost is a resident size that does not shrink below the
     job's peak, which a training job reaches anyway.  The kernels and values are the same:
     torch aligns every CPU block to 64 bytes either way.

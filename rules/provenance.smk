@@ -1,4 +1,4 @@
-# Provenance and bookkeeping of a study (issue 12): the data provenance record and the
+# Provenance and bookkeeping of a study: the data provenance record and the
 # folder of training checkpoints.  Both are local rules that run before any training job.
 
 

@@ -1,4 +1,4 @@
-# The repetition (CVFPT) study (SPEC §9): `snakemake repetition`.
+# The repetition (CVFPT) study (docs/method.md §9): `snakemake repetition`.
 
 
 rule repetition_study:

@@ -1,4 +1,4 @@
-"""Baselines of issue 9: Kneser-Ney n-gram, LSTM and Transformer LMs, parameter matching."""
+"""Baselines: Kneser-Ney n-gram, LSTM and Transformer LMs, parameter matching."""
 
 import math
 
@@ -152,7 +152,7 @@ def _model_cfg(context_dim):
 def test_parameter_matching_within_ten_percent(context_dim, embed_dim):
     target = cvfp_parameter_target(_model_cfg(context_dim), embed_dim)
     if (context_dim, embed_dim) == (768, 768):
-        assert target == 2 * 1_181_952  # SPEC §3: a 1-layer 768-d ContextBlock has ≈ 1.18M
+        assert target == 2 * 1_181_952  # docs/method.md §3: a 1-layer 768-d ContextBlock has ≈ 1.18M
     embeddings = torch.zeros(50, embed_dim)
     lstm = match_lstm(target, embed_dim)
     assert abs(lstm.relative_gap) <= 0.1
@@ -420,7 +420,7 @@ def test_kn_size_counts_stored_probabilities_and_back_off_weights_by_hand():
     assert unigram.num_ngrams() == [3] and unigram.effective_parameters() == 3 + 1
 
 
-# ------------------------------------------------------------------ Kneser-Ney: more cases by hand (issue 14)
+# ------------------------------------------------------------------ Kneser-Ney: more cases by hand
 
 
 def test_modified_discounts_fall_back_to_one_clipped_discount():
@@ -585,7 +585,7 @@ def test_no_token_is_a_valid_id_only_in_histories():
             call()
 
 
-# ------------------------------------------------------------------ neural models by hand (issue 14)
+# ------------------------------------------------------------------ neural models by hand
 
 
 def test_embed_is_an_affine_free_layer_norm_of_the_rows():

@@ -120,7 +120,7 @@ def test_bad_config_fails_at_dag_construction(repo, tmp_path, overrides, message
 
 @pytest.mark.parametrize("section,cls_path", [("phase1", "newllm.phase1.Phase1Config"), ("phase2", "newllm.phase2.Phase2Config")])
 def test_trainer_dataclasses_are_the_schema_sections(schema, section, cls_path):
-    # one source of defaults (issue 11 §4): the fields are the schema's properties, in order,
+    # one source of defaults: the fields are the schema's properties, in order,
     # with its defaults and types; Phase1Config adds er_max_rows, which is no config key
     import dataclasses
     import importlib

@@ -1,10 +1,13 @@
-"""The three ways to install (issue 12) agree: pyproject.toml's ranges, the conda
+"""The three ways to install agree: pyproject.toml's ranges, the conda
 environment of ``snakemake --sdm conda`` (envs/newllm.yaml) and the tested pins in
 constraints.txt."""
 
 import re
+import subprocess
+import sys
 import tomllib
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -58,3 +61,29 @@ def test_every_tested_pin_lies_in_the_declared_range(repo):
             assert lower[0].version.split(".")[0] == pins[name].split(".")[0], (
                 f"{name}: the range {spec} admits major versions below the tested {pins[name]}"
             )
+
+
+@pytest.mark.slow
+def test_a_non_editable_install_imports_every_module(repo, tmp_path):
+    """``pip install .`` (a wheel, not ``-e``) ships the schema with the package: every
+    module imports from outside the repository and ``newllm-fit --help`` runs."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    wheel = tmp_path / "wheel"
+    build = [str(python), "-m", "pip", "wheel", "--no-deps", "-w", str(wheel), str(repo)]  # isolated build: setuptools from PyPI
+    subprocess.run(build, check=True, capture_output=True, timeout=600)
+    install = [str(python), "-m", "pip", "install", "--no-deps", "--force-reinstall", *map(str, wheel.glob("newllm-*.whl"))]
+    subprocess.run(install, check=True, capture_output=True, timeout=600)
+    modules = sorted(
+        ".".join(p.relative_to(repo).with_suffix("").parts).removesuffix(".__init__") for p in (repo / "newllm").rglob("*.py")
+    )
+    code = (
+        "import importlib, pathlib, newllm\n"
+        f"assert pathlib.Path(newllm.__file__).is_relative_to({str(venv)!r}), newllm.__file__\n"
+        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+    )
+    run = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    cli = subprocess.run([str(venv / "bin" / "newllm-fit"), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert cli.returncode == 0 and "newllm-fit" in cli.stdout + cli.stderr, cli.stderr

@@ -57,7 +57,7 @@ def test_convergence_counts_default_threshold_is_strict():
     # per-token mean squared change: 0.25 (exactly the threshold: not converged), 0.0625, 0.5, 0.02
     new = torch.tensor([[0.5, 0.5], [0.25, 0.25], [1.0, 0.0], [0.2, 0.0]])
     assert convergence_counts(new, prev, 0.25) == (2, 4)
-    assert convergence_counts(new, prev) == (1, 4)  # default threshold 0.03 (SPEC §4)
+    assert convergence_counts(new, prev) == (1, 4)  # default threshold 0.03 (docs/method.md §4)
 
 
 def test_format_rate_of_one_token():

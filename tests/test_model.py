@@ -9,7 +9,7 @@ def _model_cfg(**kw):
 
 
 def test_source_parameter_count_768d():
-    # SPEC §3: 1 layer, 768-d, 1 input token: ContextBlock ≈ 1.18M parameters.
+    # docs/method.md §3: 1 layer, 768-d, 1 input token: ContextBlock ≈ 1.18M parameters.
     # FFN Linear(768+768 -> 768) = 1536·768 + 768, LayerNorm(768) = 2·768.
     block = ContextBlock(ModelConfig(768, 768))
     assert count_parameters(block) == 1536 * 768 + 768 + 2 * 768 == 1_181_952

@@ -51,7 +51,7 @@ def test_cache_solvers_match_sequential_and_report_statistics(method):
 
 @pytest.mark.parametrize("layers,n_in", [(1, 1), (2, 2)])
 def test_cache_row_i_is_the_block_applied_to_the_previous_context_and_token_i(layers, n_in):
-    # SPEC §6: cache[i] = F(c_{i-1}, x̃_i) for every layer, c_{-1} = 0
+    # docs/method.md §6: cache[i] = F(c_{i-1}, x̃_i) for every layer, c_{-1} = 0
     block, token_input, stream = _setup(n=15, layers=layers, n_in=n_in)
     cache, info = solve_cache(block, token_input, stream, "jacobi", max_sweeps=100, tolerance=1e-12, batch_size=4)
     assert info["converged"] and "fallback_from" not in info
@@ -275,11 +275,11 @@ def test_phase1_config_from_dict_and_solve_cache_defaults():
     assert info["sweeps"] == 1 and info["warm_start"] and torch.allclose(warm, exact, atol=1e-6)
 
 
-# --- expected values from the definitions (issue 14: mutation testing) ---------------------
+# --- expected values from the definitions ---------------------
 
 
 def test_phase1_config_defaults_are_the_schema_defaults():
-    # the dataclass defaults are SPEC §4's as config/schema.yaml states them (er_max_rows: SPEC §5)
+    # the dataclass defaults are docs/method.md §4's as config/schema.yaml states them (er_max_rows: docs/method.md §5)
     from pathlib import Path
 
     from newllm.config import load_schema, section_defaults

@@ -176,7 +176,7 @@ def test_a_zero_learning_rate_epoch_reports_the_evaluated_losses():
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
 
 
-# --- expected values from the definitions (issue 14: mutation testing) ---------------------
+# --- expected values from the definitions ---------------------
 
 
 def test_phase2_config_defaults_are_the_schema_defaults_and_chunk_tokens_per_device():

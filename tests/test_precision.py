@@ -1,4 +1,4 @@
-"""``precision: fp32 | bf16 | auto`` (issue 10, target 4).
+"""``precision: fp32 | bf16 | auto``.
 
 Tolerance.  bf16 keeps 8 significant bits: rounding the operands ``h`` and ``E`` of a
 logit ``z = h·E_v`` changes it by at most ``2·2⁻⁹·Σ_k |h_k E_vk|`` and rounding the

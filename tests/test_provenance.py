@@ -1,4 +1,4 @@
-"""Unit tests of issue 12's pieces: code hashes, data provenance, git state, devices,
+"""Unit tests: code hashes, data provenance, git state, devices,
 hub access, and the library replacements in data loading.  No Snakemake runs here
 (tests/test_reruns.py runs the workflow)."""
 

@@ -1,4 +1,4 @@
-"""Reruns and provenance on a finished study (issue 12): what Snakemake plans after an
+"""Reruns and provenance on a finished study: what Snakemake plans after an
 edit to the package (a statement, or only docstrings and comments), a config that changes a study's data, the git revision under
 ``--directory``, temp() context caches and ``--delete-all-output``.
 

@@ -1,4 +1,4 @@
-"""newllm.solvers: every solver reaches the sequential recurrence; cache rows follow SPEC §6."""
+"""newllm.solvers: every solver reaches the sequential recurrence; cache rows follow docs/method.md §6."""
 
 import json
 
@@ -59,7 +59,7 @@ def test_every_solver_equals_the_sequential_recurrence(name, num_input_tokens):
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 def test_cache_row_i_is_the_block_output_after_token_i(name):
-    """SPEC §6: cache[i] = F(c_{i-1}, x̃_i) for every layer, c_{-1} = 0 (no shift)."""
+    """docs/method.md §6: cache[i] = F(c_{i-1}, x̃_i) for every layer, c_{-1} = 0 (no shift)."""
     smap = make_map()
     out, _ = get_solver(name)(smap, **EXACT[name])
     prev = torch.cat([torch.zeros(1, D_C), out[:-1, -1]])
@@ -257,7 +257,7 @@ def test_unroll_is_the_recurrence_and_truncate_stops_gradients_after_one_step():
     assert max(float((a - b).abs().max()) for a, b in zip(grads[False], one_step)) > 0.01 * scale
 
 
-# ------------------------------------------------------------------ mutation-testing cases (issue 14)
+# ------------------------------------------------------------------ mutation-testing cases
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))

@@ -232,7 +232,7 @@ def test_end_to_end_produces_tables_and_figures(e2e):
         assert (results / "figures" / f"{fig}.svg").is_file(), fig
     metrics = json.loads((results / "runs/cvfp/base/samples6_ctx16_seed0/phase1/metrics.json").read_text())
     assert metrics["provenance"]["device"] == "cpu" and metrics["config"]["phase1"]["dist_reg_weight"] == 0.9
-    # training jobs run on TRAINING_THREADS = 1 thread each (issue 10), side by side under --cores 2
+    # training jobs run on TRAINING_THREADS = 1 thread each, side by side under --cores 2
     threads = {
         json.loads(path.read_text())["provenance"]["torch_threads"]
         for path in results.glob("runs/*/base/*/*/metrics.json")

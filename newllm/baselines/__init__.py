@@ -1,4 +1,4 @@
-"""Baseline language models of issue 9, on CVFP's tokens, frozen embeddings and tied head.
+"""Baseline language models, on CVFP's tokens, frozen embeddings and tied head.
 
 - :mod:`newllm.baselines.ngram`     interpolated (modified) Kneser-Ney n-gram LM, numpy/scipy
 - :mod:`newllm.baselines.models`    ``LSTMLM``, ``TransformerLM``, parameter matching, FLOPs

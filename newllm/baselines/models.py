@@ -75,7 +75,13 @@ class LSTMLM(nn.Module):
         Returns:
             ``(h [B, T, d_e], new state)``.
         """
-        out, state = self.lstm(embed(self.embeddings, tokens), state)  # [B, T, H]
+        x = embed(self.embeddings, tokens)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no bf16 LSTM primitive on every CPU: the recurrence runs in fp32
+            with torch.autocast("cpu", enabled=False):
+                out, state = self.lstm(x.float(), state)  # [B, T, H]
+        else:
+            out, state = self.lstm(x, state)  # [B, T, H]
         return self.readout(self.dropout(out)), state
 
     @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Interpolated Kneser-Ney n-gram language model over GPT-2 token ids (issue 9 baseline).
+"""Interpolated Kneser-Ney n-gram language model over GPT-2 token ids.
 
 Why written here rather than taken from a library: ``nltk.lm.KneserNeyInterpolated``
 scores one (word, context) pair at a time in pure Python (minutes for the ~50k-word
