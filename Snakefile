@@ -28,8 +28,8 @@ wildcard_constraints:
     seed=alternatives(SEEDS),
 
 
-include: "rules/provenance.smk"
 include: "rules/retrieve.smk"
+include: "rules/provenance.smk"
 include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"

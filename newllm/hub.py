@@ -82,12 +82,14 @@ def retrieve_corpus_rows(corpus: dict[str, Any], dest: str | Path, online: bool)
 
     Args:
         corpus: the ``corpus`` config section with ``source: hub``, ``path`` (repo id),
-            ``split`` and optional ``max_samples``.
+            ``split`` and optional ``max_samples`` and ``revision`` (None: the main branch).
         dest: the parquet file to write (atomically).
         online: whether the hub may be contacted.
 
     Returns:
-        ``{"repo_id", "split", "rows", "streamed"}`` for the log.
+        ``{"repo_id", "split", "rows", "streamed", "revision", "resolved_revision"}``:
+        the requested revision and the commit it resolved to (None offline, where the
+        cache's copy is read), for the log and the study's provenance.
 
     Raises:
         HubError: the download failed, or offline and the split is not in the cache.
@@ -95,13 +97,14 @@ def retrieve_corpus_rows(corpus: dict[str, Any], dest: str | Path, online: bool)
     import datasets
 
     repo, split, limit = corpus["path"], corpus.get("split", "train"), corpus.get("max_samples")
+    revision = corpus.get("revision")
     streamed = bool(online and limit)
     try:
         if streamed:
-            stream = datasets.load_dataset(repo, split=split, streaming=True).take(int(limit))
+            stream = datasets.load_dataset(repo, split=split, streaming=True, revision=revision).take(int(limit))
             rows = datasets.Dataset.from_list(list(stream))
         else:
-            rows = datasets.load_dataset(repo, split=split)
+            rows = datasets.load_dataset(repo, split=split, revision=revision)
             if limit:
                 rows = rows.select(range(min(len(rows), int(limit))))
     except Exception as err:  # network, authentication, or a cache miss offline
@@ -114,18 +117,39 @@ def retrieve_corpus_rows(corpus: dict[str, Any], dest: str | Path, online: bool)
         raise HubError(f"could not read {repo!r} split {split!r} from the hub{hint}: {err}") from err
     with atomic_path(dest, ".parquet") as tmp:
         rows.to_parquet(str(tmp))
-    return {"repo_id": repo, "split": split, "rows": len(rows), "streamed": streamed}
+    resolved = resolved_revision(repo, revision, "dataset") if online else None
+    return {
+        "repo_id": repo,
+        "split": split,
+        "rows": len(rows),
+        "streamed": streamed,
+        "revision": revision,
+        "resolved_revision": resolved,
+    }
 
 
-def retrieve_checkpoint(repo_id: str, online: bool) -> dict[str, Any]:
+def resolved_revision(repo_id: str, revision: str | None, repo_type: str) -> str | None:
+    """The commit sha a hub ``revision`` (None: the main branch) of ``repo_id`` resolves to,
+    or None when the hub cannot be asked (the error is not fatal: the data were read)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().repo_info(repo_id, revision=revision, repo_type=repo_type).sha
+    except Exception:  # no network or no permission: the provenance says unknown
+        return None
+
+
+def retrieve_checkpoint(repo_id: str, online: bool, revision: str | None = None) -> dict[str, Any]:
     """Put a hub checkpoint's config and safetensors weights into the Hugging Face cache.
 
     Args:
         repo_id: e.g. ``openai-community/gpt2``.
         online: whether the hub may be contacted (else the cache must hold it).
+        revision: a commit sha, tag or branch (None: the main branch).
 
     Returns:
-        ``{"repo_id", "snapshot_dir", "files"}``; ``snapshot_dir`` is inside ``HF_HOME``.
+        ``{"repo_id", "snapshot_dir", "files", "revision", "resolved_revision"}``;
+        ``snapshot_dir`` is inside ``HF_HOME`` and named by the commit it resolved to.
 
     Raises:
         HubError: the download failed or the cache lacks the checkpoint.
@@ -133,7 +157,9 @@ def retrieve_checkpoint(repo_id: str, online: bool) -> dict[str, Any]:
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=not online))
+        folder = Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=not online)
+        )
     except Exception as err:
         raise HubError(
             f"could not get checkpoint {repo_id!r} {'from the hub' if online else 'from the Hugging Face cache (offline)'}: {err}"
@@ -141,4 +167,5 @@ def retrieve_checkpoint(repo_id: str, online: bool) -> dict[str, Any]:
     files = sorted(p.name for p in folder.iterdir())
     if not any(name.endswith(".safetensors") for name in files):
         raise HubError(f"checkpoint {repo_id!r} has no safetensors weights (files: {files})")
-    return {"repo_id": repo_id, "snapshot_dir": str(folder), "files": files}
+    info = {"repo_id": repo_id, "snapshot_dir": str(folder), "files": files, "revision": revision}
+    return info | {"resolved_revision": folder.name}  # the cache names a snapshot by its commit

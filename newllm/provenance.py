@@ -207,14 +207,16 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def provenance_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every dotted key whose value differs (JSON-normalised, so a
-    tuple equals a list); ``"(absent)"`` marks a key one side lacks."""
+    tuple equals a list); ``"(absent)"`` marks a key one side lacks.  A key absent on one
+    side and ``None`` on the other is no change: a setting added later with a null default
+    means what a record made before it existed means."""
     old = _flatten(json.loads(json.dumps(recorded)))
     new = _flatten(json.loads(json.dumps(current)))
     missing = "(absent)"
     return [
         f"{key}: {old.get(key, missing)!r} -> {new.get(key, missing)!r}"
         for key in sorted(set(old) | set(new))
-        if old.get(key, missing) != new.get(key, missing)
+        if old.get(key, missing) != new.get(key, missing) and {old.get(key, missing), new.get(key, missing)} != {missing, None}
     ]
 
 

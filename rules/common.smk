@@ -250,3 +250,14 @@ def cache_output(path):
     Snakemake deletes it once Phase 2 and the diagnostics have read it.
     """
     return temp(path) if config["context_cache"]["temp"] else path
+
+
+def hub_records():
+    """The retrieve rules' records (the hub commits a study's data resolved to), as inputs
+    of data_provenance; none for an offline study."""
+    records = {}
+    if HUB_CORPUS_INPUT:
+        records["corpus"] = rules.retrieve_corpus.output.info
+    if GPT2_CHECKPOINT_INPUT:
+        records["gpt2"] = rules.retrieve_gpt2.output[0]
+    return records

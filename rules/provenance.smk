@@ -7,6 +7,8 @@ rule data_provenance:
     by the default target; rules/common.smk refuses a config that changes it.  No job
     depends on it: rewriting it (a rebuild, an edit of its script) reruns nothing else,
     and the data rules rerun on their own params when the settings change."""
+    input:
+        **hub_records(),
     output:
         "results/{study}/provenance.json",
     log:

@@ -14,6 +14,7 @@ rule retrieve_corpus:
     (`max_samples` rows streamed with `take`, not the whole split)."""
     output:
         rows="results/{study}/data/corpus/hub_rows.parquet",
+        info="results/{study}/data/corpus/hub_rows.json",
     log:
         log_path("retrieve_corpus"),
     retries: RETRIEVE_RETRIES
@@ -39,6 +40,7 @@ rule retrieve_gpt2:
         "../envs/newllm.yaml"
     params:
         checkpoint=config["embeddings"].get("gpt2_checkpoint"),
+        revision=config["embeddings"].get("gpt2_revision"),
         code=code_hash("retrieve_gpt2"),
     script:
         "../workflow_scripts/retrieve_gpt2.py"

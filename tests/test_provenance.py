@@ -24,6 +24,7 @@ from newllm.provenance import (
     code_hash,
     data_provenance,
     module_closure,
+    provenance_changes,
 )
 
 
@@ -288,20 +289,54 @@ def test_retrieve_streams_only_max_samples_rows(tmp_path, monkeypatch):
     source.write_text("".join(json.dumps(r) + "\n" for r in _rows(50)))
     calls, real_load = [], datasets.load_dataset
 
-    def fake_load(path, split, streaming=False):  # the hub, served from a local file
-        calls.append(streaming)
+    def fake_load(path, split, streaming=False, revision=None):  # the hub, served from a local file
+        calls.append((streaming, revision))
         return real_load("json", data_files=str(source), split=split, streaming=streaming, cache_dir=str(tmp_path / "cache"))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
-    corpus = {"source": "hub", "path": "org/corpus", "split": "train", "max_samples": 7}
+    monkeypatch.setattr(hub, "resolved_revision", lambda repo, revision, kind: f"sha-of-{revision}-{kind}")
+    corpus = {"source": "hub", "path": "org/corpus", "split": "train", "max_samples": 7, "revision": "v1"}
     info = hub.retrieve_corpus_rows(corpus, tmp_path / "out/hub_rows.parquet", online=True)
-    assert info == {"repo_id": "org/corpus", "split": "train", "rows": 7, "streamed": True} and calls == [True]
+    assert info == {
+        "repo_id": "org/corpus",
+        "split": "train",
+        "rows": 7,
+        "streamed": True,
+        "revision": "v1",
+        "resolved_revision": "sha-of-v1-dataset",
+    }
+    assert calls == [(True, "v1")]
     monkeypatch.undo()
     rows = load_corpus_dataset(corpus, tmp_path / "stage", hub_rows=tmp_path / "out/hub_rows.parquet")
     assert rows["prompt_id"] == [f"id{i}" for i in range(7)]
     assert (
         count_source_samples({"source": "local", "path": str(tmp_path / "out/hub_rows.parquet"), "data_format": "parquet"}) == 7
     )
+
+
+def test_retrieve_checkpoint_pins_the_revision_and_records_its_commit(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    snapshot = tmp_path / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"")
+    seen = {}
+
+    def fake_download(repo_id, revision=None, allow_patterns=None, local_files_only=False):
+        seen.update(repo_id=repo_id, revision=revision, offline=local_files_only)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    info = hub.retrieve_checkpoint("org/gpt2", online=False, revision="0123abc")
+    assert seen == {"repo_id": "org/gpt2", "revision": "0123abc", "offline": True}
+    assert info["revision"] == "0123abc" and info["resolved_revision"] == "0123abc"
+
+
+def test_a_setting_added_later_with_a_null_default_changes_no_provenance():
+    assert provenance_changes({"corpus": {"name": "c"}}, {"corpus": {"name": "c", "revision": None}}) == []
+    assert provenance_changes({"corpus": {"name": "c"}}, {"corpus": {"name": "c", "revision": "v1"}}) == [
+        "corpus.revision: '(absent)' -> 'v1'"
+    ]
 
 
 def test_retrieve_offline_without_cache_says_why(tmp_path, monkeypatch):

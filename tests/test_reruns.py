@@ -178,7 +178,6 @@ def test_editing_phase2_plans_phase2_and_everything_downstream(study):
         "phase1",
         "export_contexts",
         "phase1_diagnostics",
-        "memory_probe_table",
         "ngram",
         "repetition_study",
         "plot_repetition",

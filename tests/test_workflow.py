@@ -25,19 +25,18 @@ def _counts(out):
 
 
 def test_dry_run_of_the_default_config(repo, tmp_path):
-    # 7 sizes x 1 context_dim x 2 seeds = 14 runs per model: cvfp + untrained_context run
-    # Phase 1, they, reset_context and lstm_states export a cache (lstm_states after its
-    # state producer), Phase 2 adds no_context; lstm, mingru and transformer per run, the
-    # two n-grams per size and seed (each seed has its own training set)
+    # 7 sizes x 1 context_dim x 2 seeds = 14 runs per model: cvfp runs Phase 1, it and
+    # reset_context export a cache, Phase 2 adds no_context; the LSTM per run, the two
+    # n-grams per size and seed (each seed has its own training set)
     counts = _counts(_run(["-n", "--directory", str(tmp_path)], cwd=repo))
     expected = {
-        "phase1": 28,
-        "state_producer": 14,
-        "export_contexts": 56,
-        "phase1_diagnostics": 28,
+        "phase1": 14,
+        "state_producer": None,
+        "export_contexts": 28,
+        "phase1_diagnostics": 14,
         "usable_memory": 14,
-        "phase2": 70,
-        "baseline_lm": 42,
+        "phase2": 42,
+        "baseline_lm": 14,
         "ngram": 28,
         "make_train_set": 14,
         "make_heldout": 1,
@@ -178,18 +177,32 @@ def test_ruff(repo, command):
 # e2e (the tiny study run once per session) is a fixture in conftest.py
 
 
-MODELS = {"cvfp", "untrained_context", "no_context", "ngram", "lstm", "transformer"}
+MODELS = {
+    "cvfp",
+    "reset_context",
+    "lstm_states",
+    "untrained_context",
+    "no_context",
+    "ngram",
+    "ngram_slice",
+    "lstm",
+    "mingru",
+    "transformer",
+}
+ALL_VARIANTS = {"cvfp", "reset_context", "no_context"}
+"""The tiny study's models that run for both variants (the catalogue's all_variants)."""
 
 
 @pytest.mark.slow
 def test_end_to_end_produces_tables_and_figures(e2e):
     _, results = e2e
     runs = pd.read_csv(results / "tables" / "runs.csv")
-    # cvfp for both variants, every other model for the first; the n-gram once per size
+    # cvfp, reset_context and no_context for both variants, every other model for the
+    # first; the n-grams once per size (no context_dim)
     assert set(runs["model"]) == MODELS and set(runs["samples"]) == {6, 12, 24, 48}
-    assert len(runs) == 4 * (2 + 4) + 4
-    assert set(runs.loc[runs["model"] == "cvfp", "variant"]) == {"base", "tok2"}
-    assert set(runs.loc[runs["model"] != "cvfp", "variant"]) == {"base"}
+    assert len(runs) == 4 * (3 * 2 + 5) + 4 * 2
+    assert set(runs.loc[runs["model"].isin(ALL_VARIANTS), "variant"]) == {"base", "tok2"}
+    assert set(runs.loc[~runs["model"].isin(ALL_VARIANTS), "variant"]) == {"base"}
     assert runs["test_ppl"].between(1, 50257 * 10).all() and runs["dev_ppl"].notna().all()
     assert runs["undertrained"].isin([True, False]).all()
     cvfp = runs[runs["model"] == "cvfp"]
@@ -213,6 +226,11 @@ def test_end_to_end_produces_tables_and_figures(e2e):
     assert set(probe["model"]) == {"cvfp", "untrained_context"} and len(probe) == 4 * 2 + 4
     verdict = (results / "tables" / "verdict.html").read_text()
     assert "cvfp" in verdict.lower() and "%" in verdict
+    markdown = (results / "tables" / "verdict.md").read_text()
+    # the history gain opens the verdict, the seed notes' claims close it
+    assert markdown.index("History gain") < markdown.index("Kneser-Ney") and "## The seed notes' claims" in markdown
+    usable = pd.read_csv(results / "tables" / "usable_memory.csv")
+    assert set(usable["history"].astype(str)) == {"1", "2", "4", "8", "16", "32", "64", "all"}
     for fig in (
         "scaling",
         "ppl_ratio",
@@ -222,7 +240,8 @@ def test_end_to_end_produces_tables_and_figures(e2e):
         "er_vs_ppl",
         "effective_rank",
         "parameter_efficiency",
-        "memory_probe",
+        "forest",
+        "memory",
         "repetition_stages",
         "repetition_topk",
         "repetition_fixed_points",
@@ -271,7 +290,7 @@ def test_dev_test_and_embedding_slice_are_disjoint_from_each_other_and_every_tra
     assert [len(v) for v in heldout.values()] == [4, 6, 40]
     assert heldout["dev"].isdisjoint(heldout["test"]) and heldout["embedding_pool"].isdisjoint(heldout["dev"] | heldout["test"])
     for size in (6, 12, 24, 48):
-        train = json.loads((results / "data" / "train" / f"samples{size}.json").read_text())
+        train = json.loads((results / "data" / "train" / "seed0" / f"samples{size}.json").read_text())
         assert len(train["sample_ids"]) == size
         for name, ids in heldout.items():
             assert ids.isdisjoint(train["sample_ids"]), (name, size)
@@ -302,7 +321,7 @@ def test_report_builds(repo, e2e):
     _run(["--configfile", "config/test.yaml", "--directory", str(workdir), "--report", str(workdir / "report.html")], cwd=repo)
     html = (workdir / "report.html").read_text(errors="ignore")
     assert len(html) > 50_000
-    for name in ("scaling.png", "ppl_ratio.png", "memory_probe.png", "verdict.html", "baselines.csv", "comparison.csv"):
+    for name in ("scaling.png", "forest.png", "memory.png", "verdict.html", "baselines.csv", "comparison.csv"):
         assert name in html, name
     for category in ("Overview", "Data", "Phase 1", "Scaling", "Diagnostics", "Repetition"):
         assert f'"{category}"' in html, category

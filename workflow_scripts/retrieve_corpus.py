@@ -9,6 +9,7 @@ from newllm.hub import restore_hub_access
 ONLINE = restore_hub_access()  # before anything imports huggingface_hub or datasets
 
 from newllm.hub import retrieve_corpus_rows  # noqa: E402
+from newllm.io import write_json  # noqa: E402
 from newllm.runtime import get_logger  # noqa: E402
 from newllm.script import run_script  # noqa: E402
 
@@ -21,6 +22,7 @@ def main(smk) -> None:
         "online" if ONLINE else "offline: Hugging Face cache only",
     )
     info = retrieve_corpus_rows(smk.params.corpus, smk.output.rows, ONLINE)
+    write_json(smk.output.info, info)
     log.info(
         "%d rows of %s split %s%s -> %s",
         info["rows"],

@@ -16,9 +16,15 @@ from newllm.script import run_script  # noqa: E402
 
 def main(smk) -> None:
     log = get_logger(smk.log[0])
-    info = retrieve_checkpoint(smk.params.checkpoint, ONLINE)
+    info = retrieve_checkpoint(smk.params.checkpoint, ONLINE, smk.params.revision)
     write_json(smk.output[0], info)
-    log.info("checkpoint %s in %s: %s", info["repo_id"], info["snapshot_dir"], ", ".join(info["files"]))
+    log.info(
+        "checkpoint %s at %s in %s: %s",
+        info["repo_id"],
+        info["resolved_revision"],
+        info["snapshot_dir"],
+        ", ".join(info["files"]),
+    )
 
 
 if __name__ == "__main__":
