@@ -175,11 +175,16 @@ class Counters:
     eval_seconds: float = 0.0
 
 
-def evaluation_interval(eval_every: int, train_tokens: int, targets_per_batch: int) -> int:
-    """Optimizer steps between dev evaluations, for every model: ``eval_every``, or the
-    steps of one epoch (``⌈train_tokens / targets_per_batch⌉``) when fewer, at least 1.
-    The loop also evaluates after its last step."""
-    return max(1, min(eval_every, math.ceil(train_tokens / targets_per_batch)))
+def evaluation_interval(eval_every: int, train_tokens: int, targets_per_batch: int, dev_tokens: int = 0) -> int:
+    """Optimizer steps between dev evaluations, for every model (docs/method.md §7):
+    ``eval_every``, or one epoch (``⌈train_tokens / targets_per_batch⌉`` steps) when that
+    is fewer — small training sets overfit within a few dozen steps — but never fewer
+    steps than train on as many targets as one evaluation scores
+    (``⌈dev_tokens / targets_per_batch⌉``), so evaluating costs at most about as much as
+    training; at least 1.  The loop also evaluates after its last step."""
+    epoch = math.ceil(train_tokens / targets_per_batch)
+    dev = math.ceil(dev_tokens / targets_per_batch)
+    return max(1, min(eval_every, max(epoch, dev)))
 
 
 def accumulate(
@@ -388,7 +393,7 @@ def train_next_token(
     run = _Run(model, batches, head, cfg, precision)
     run.resume(checkpoint)
     n, history = run.n, run.state.history
-    every = evaluation_interval(cfg.eval_every, model.train_tokens, batches.targets_per_batch)
+    every = evaluation_interval(cfg.eval_every, model.train_tokens, batches.targets_per_batch, model.dev_tokens)
     pending: list[Tensor] = []  # the steps' losses since the last evaluation, on the device
     model.module.train()
     t0 = time.perf_counter()

@@ -78,11 +78,15 @@ def test_train_seconds_exclude_the_dev_evaluations(monkeypatch, kind):
     assert 2000.0 <= summary["eval_seconds"] < 2000.0 + 60 and summary["train_seconds"] < 60
 
 
-def test_the_evaluation_interval_is_eval_every_or_one_epoch_whichever_is_fewer_steps():
+def test_the_evaluation_interval_is_eval_every_or_one_epoch_but_not_below_one_evaluations_worth():
     assert evaluation_interval(50, 4_000, 512) == 8  # ⌈4000 / 512⌉: one epoch
     assert evaluation_interval(50, 1_000_000, 512) == 50
     assert evaluation_interval(50, 100, 512) == 1  # less than one batch of data
     assert evaluation_interval(8, 4_096, 512) == 8  # an epoch of exactly 8 steps
+    # never more often than training on as many targets as an evaluation scores
+    assert evaluation_interval(100, 1_263, 256, dev_tokens=12_511) == 49  # ⌈12511 / 256⌉, not the 5-step epoch
+    assert evaluation_interval(30, 1_263, 256, dev_tokens=12_511) == 30  # eval_every still bounds it
+    assert evaluation_interval(100, 40_000, 256, dev_tokens=12_511) == 100
     # in a run: every 2 steps (one epoch of 40 targets in batches of 16 is 3 steps), and after the last
     result = _phase2_run(eval_every=5, max_steps=7, batch_size=16)
     assert result.summary["eval_every"] == 5 and [r["step"] for r in result.history] == [5, 7]
