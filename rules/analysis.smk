@@ -203,12 +203,6 @@ rule memory_tables:
             caption="../report/usable_memory.rst",
             category="Memory",
         ),
-        figure=report(
-            "results/{study}/figures/memory.png",
-            caption="../report/memory_probe.rst",
-            category="Memory",
-        ),
-        figure_svg="results/{study}/figures/memory.svg",
     log:
         log_path("memory_tables"),
     localrule: True
@@ -218,6 +212,28 @@ rule memory_tables:
         code=code_hash("memory_tables"),
     script:
         "../workflow_scripts/memory_tables.py"
+
+
+rule plot_memory:
+    input:
+        curves=rules.memory_tables.output.curves,
+        usable=rules.memory_tables.output.usable,
+    output:
+        figure=report(
+            "results/{study}/figures/memory.png",
+            caption="../report/memory_probe.rst",
+            category="Memory",
+        ),
+        figure_svg="results/{study}/figures/memory.svg",
+    log:
+        log_path("plot_memory"),
+    localrule: True
+    conda:
+        "../envs/newllm.yaml"
+    params:
+        code=code_hash("plot_memory"),
+    script:
+        "../workflow_scripts/plot_memory.py"
 
 
 rule prediction:

@@ -195,7 +195,7 @@ def run_params(wildcards):
 
 
 TRAINING_THREADS = 1
-"""CPU threads of each training job (``phase1``, ``export_contexts``, ``phase1_diagnostics``,
+"""CPU threads of each training job (``phase1``, ``state_producer``, ``export_contexts``, ``phase1_diagnostics``, ``usable_memory``,
 ``phase2``, ``baseline_lm``, ``repetition_study``): one, so ``--cores N`` runs N of them side
 by side, which uses the cores better than two threads per job (docs/performance.md).
 Per rule: ``--set-threads phase2=4`` or a profile's ``set-threads``."""

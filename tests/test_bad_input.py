@@ -79,7 +79,8 @@ def test_empty_or_too_small_corpus(repo, tmp_path):
     small = _write(tmp_path / "small.jsonl", [_chat(i) for i in range(60)])
     cfg["corpus"] = {"name": "small", "source": "local", "path": str(small)}
     cfg["validation"] = {**cfg["validation"], "dev_samples": 10, "test_samples": 20, "embedding_samples": 10}
-    with pytest.raises(ConfigError, match=r"small.jsonl: 60 usable samples in its rows .*the study needs at least 360 "):
+    needed = 10 + 20 + 10 + max(config["sample_sizes"])
+    with pytest.raises(ConfigError, match=rf"small.jsonl: 60 usable samples in its rows .*the study needs at least {needed} "):
         check_config(cfg, schema)
     cfg["sample_sizes"], cfg["analysis"] = [5, 10, 15, 20], {"window_size": 4}  # 10 + 20 + 10 + 20 = 60: enough
     check_config(cfg, schema)

@@ -775,7 +775,8 @@ def test_build_baseline_sizes_and_configures_each_model():
     model, size = build_baseline("transformer", emb, settings, target, 0.1)
     assert (size.size, size.parameters, size.target) == (48, target, target)
     assert isinstance(model, TransformerLM) and model.width == 48 and count_parameters(model) == target
-    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.block_size, model.eval_stride) == (1, 4, 32, 5)
+    # the most heads (up to 4) at least 16 wide: 48 = 3 x 16
+    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.block_size, model.eval_stride) == (1, 3, 32, 5)
     assert model.drop.p == 0.1 and model.blocks[0].attn.dropout == 0.1
     with pytest.raises(ValueError, match="neural baselines"):
         build_baseline("gru", emb, settings, target, 0.1)
@@ -818,4 +819,5 @@ def test_size_matching_tolerances_and_the_smallest_sizes():
     assert size.size == 1 and model.hidden_size == 1
     settings = {"dropout": 0.0, "num_layers": 1, "num_heads": 2, "block_size": 4, "eval_stride": None}
     model, size = build_baseline("transformer", emb, settings, 300, 0.5)
-    assert size.size == 2 and model.width == 2 and model.eval_stride == 2
+    # any width (heads are chosen after it): 3 (306 parameters) is closer than 2 (the multiple of 2 heads)
+    assert size.size == 3 and model.width == 3 and model.blocks[0].attn.num_heads == 1 and model.eval_stride == 2

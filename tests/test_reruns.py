@@ -24,7 +24,7 @@ import pytest
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 COPIED = ["Snakefile", "rules", "config", "workflow_scripts", "newllm", "envs", "report", ".gitignore"]
 DATA_RULES = {"tokenizer", "data_provenance", "cache_corpus", "make_heldout", "make_train_set", "token_embeddings"}
-PLOT_RULES = {"plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis", "plot_repetition"}
+PLOT_RULES = {"plot_scaling", "plot_phase1", "plot_phase2", "plot_analysis", "plot_repetition", "plot_memory"}
 
 
 def _git(root, *args):

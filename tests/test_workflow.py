@@ -82,7 +82,16 @@ def _job_resources(out):
     return jobs
 
 
-TRAINING_RULES = ("phase1", "export_contexts", "phase1_diagnostics", "phase2", "repetition_study", "baseline_lm")
+TRAINING_RULES = (
+    "phase1",
+    "state_producer",
+    "export_contexts",
+    "phase1_diagnostics",
+    "phase2",
+    "usable_memory",
+    "repetition_study",
+    "baseline_lm",
+)
 
 
 @pytest.mark.parametrize("profile, gpus, partition", [("profiles/slurm", 0, "cpu"), ("profiles/slurm-gpu", 1, "gpu")])

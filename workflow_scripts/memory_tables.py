@@ -1,8 +1,7 @@
-"""Rule memory_tables: the perturbation probe and usable memory of every run as tables and
-one figure (docs/method.md §5, §10)."""
+"""Rule memory_tables: the perturbation probe and usable memory of every run as tables
+(docs/method.md §5.3, §10.3); rule plot_memory draws them."""
 
 from newllm.io import read_json, write_csv
-from newllm.plots import plot_memory
 from newllm.runtime import get_logger
 from newllm.script import run_script
 from newllm.usable_memory import memory_probe_tables, usable_memory_tables
@@ -15,7 +14,6 @@ def main(smk) -> None:
     for path, frame in ((smk.output.table, table), (smk.output.curves, curves), (smk.output.usable, usable)):
         write_csv(path, frame)
     write_csv(smk.output.usable_summary, summary)
-    plot_memory(curves, usable, smk.output.figure)
     log.info("memory probe:\n%s\nusable memory:\n%s", table.to_string(index=False), summary.to_string(index=False))
 
 
