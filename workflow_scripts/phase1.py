@@ -1,4 +1,4 @@
-"""Rule phase1: CVFP training of the ContextBlock for one run (SPEC §4).
+"""Rule phase1: CVFP training of the ContextBlock for one run (docs/method.md §4).
 
 For the ``untrained_context`` control the ContextBlock is saved at its initialisation
 (the same init a cvfp run of the same seed starts from) and only measured.

@@ -1,5 +1,5 @@
 """Rule phase1_diagnostics: collapse check, CVFP convergence check, memory probe and
-quality band on the dev split (SPEC §5, issue 8 §6)."""
+quality band on the dev split (docs/method.md §5)."""
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ def main(smk) -> None:
     phase1 = read_json(smk.input.metrics)["summary"]
     cache = read_json(smk.input.cache_meta)
     dev_stream = load_stream(smk.input.dev, device)
-    # cache row i = the context produced by processing token i (SPEC §6), paired with token i's embedding
+    # cache row i = the context produced by processing token i (docs/method.md §6), paired with token i's embedding
     contexts = torch.from_numpy(np.array(np.load(smk.input.dev_cache, mmap_mode="r")[:, -1], dtype=np.float32)).to(device)
     with torch.no_grad():
         token_embed = token_input(dev_stream, torch.arange(dev_stream.shape[0], device=device))[:, -token_input.embed_dim :]

@@ -1,5 +1,5 @@
 """Rule prediction: do Phase 1 metrics of the cvfp runs predict their test PPL?
-(SPEC §8; within size, across configurations, effective n, no independence p-values)"""
+(docs/method.md §8; within size, across configurations, effective n, no independence p-values)"""
 
 import math
 
