@@ -54,8 +54,11 @@ def test_example_study_header_counts_its_jobs(repo, tmp_path):
     stated = int(re.search(r"\((\d+) jobs\)", text).group(1))
     lines = (repo / "tests" / "data" / "example_corpus.jsonl").read_text().splitlines()
     assert f"holds {len(lines)} made-up conversations" in text
+    cfg = _config(repo, "example_local.yaml")
+    cfg["corpus"]["path"] = str(repo / cfg["corpus"]["path"])  # relative to the project, not to --directory
+    (tmp_path / "example.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/example_local.yaml", "--directory", str(tmp_path)],
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(tmp_path / "example.yaml"), "--directory", str(tmp_path)],
         cwd=repo,
         capture_output=True,
         text=True,
