@@ -198,11 +198,12 @@ def check_config(config: dict[str, Any], schema: dict[str, Any], corpus_manifest
                 f"{heldout_samples(config)} held-out samples (validation.dev_samples + test_samples + "
                 f"embedding_samples); allowed: 1..{max(available, 0)}"
             )
-    window = config.get("analysis", {}).get("window_size", 3)
+    window_spec = schema["properties"]["analysis"]["properties"]["window_size"]
+    window = config.get("analysis", {}).get("window_size", window_spec["default"])
     if window > len(config["sample_sizes"]):
         raise ConfigError(
             f"analysis.window_size={window} exceeds the {len(config['sample_sizes'])} sample_sizes; "
-            f"allowed: 2..{len(config['sample_sizes'])}"
+            f"allowed: {window_spec['minimum']}..{len(config['sample_sizes'])}"
         )
     trained_embeddings = config.get("embeddings", {}).get("source", "word2vec") not in ("gpt2", "random")
     if trained_embeddings and config["validation"]["embedding_samples"] < 1:
