@@ -50,7 +50,7 @@ def test_history_gain_is_clear_only_when_its_interval_excludes_zero():
     assert claim_history(history_gains(_paired({20: (0.0, -0.01, 0.01)}), POINTS))["status"] == "inconclusive"
     assert claim_history([])["status"] == "not tested here"
     text = findings_markdown({"history": history, "memory": None, "head_gains": []})
-    assert "Interval above 0 at 1 of 2 points (conversations: 20)." in text and "| 64 | 20 | 10,000 | +0.0300 |" in text
+    assert "Interval above 0 at 1 of 2 points (conversations: 20)." in text and "| base | 64 | 20 | 10,000 | +0.0300 |" in text
 
 
 def test_head_gains_list_the_sizes_clearly_above_and_below():

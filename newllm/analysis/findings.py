@@ -292,12 +292,12 @@ def history_markdown(history: list[Mapping[str, Any]], memory: Mapping[str, Any]
         "ContextBlock fed a zero previous context), test loss difference in nats per token (positive: history helps), "
         "95 % hierarchical bootstrap over seeds and test conversations:",
         "",
-        "| context_dim | conversations | training tokens | history gain (nats) | 95 % CI | PPL ratio |",
-        "|---|---|---|---|---|---|",
+        "| variant | context_dim | conversations | training tokens | history gain (nats) | 95 % CI | PPL ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
     for h in history:
         lines.append(
-            f"| {h['context_dim']} | {h['samples']} | {h['train_tokens']:,.0f} | {_fmt(h['gain'], 4)} | "
+            f"| {h['variant']} | {h['context_dim']} | {h['samples']} | {h['train_tokens']:,.0f} | {_fmt(h['gain'], 4)} | "
             f"{_interval(h['ci'], 4)} | {h['ppl_ratio']:.3f} |"
         )
     above = [h["samples"] for h in history if h["clear"] > 0]

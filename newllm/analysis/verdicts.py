@@ -38,13 +38,16 @@ def _dev_choice(points: pd.DataFrame, mask: pd.Series, prefer_dim: int | None = 
 def _verdict_comparisons(
     points: pd.DataFrame, point_boot: np.ndarray, at: pd.Series, ref_i: int, others: list[str], confidence: float
 ) -> list[dict[str, Any]]:
-    """Each other model at the largest size (``at``), at the reference's context_dim when it
-    has it, else its lowest-dev configuration: PPL and ``percent = 100·(PPL_ref/PPL_model − 1)``
-    with a bootstrap interval."""
+    """Each other model at the largest size (``at``), in the reference's variant when it runs
+    that variant (a paired control), at the reference's context_dim when it has it, else its
+    lowest-dev configuration: PPL and ``percent = 100·(PPL_ref/PPL_model − 1)`` with a
+    bootstrap interval."""
     ref = points.loc[ref_i]
     comparisons = []
     for model in others:
-        i = _dev_choice(points, at & (points["model"] == model), prefer_dim=int(ref["context_dim"]))
+        mask = at & (points["model"] == model)
+        same_variant = mask & (points["variant"] == ref["variant"])
+        i = _dev_choice(points, same_variant if same_variant.any() else mask, prefer_dim=int(ref["context_dim"]))
         if i is None:
             continue
         p = points.loc[i]
