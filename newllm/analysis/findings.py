@@ -300,12 +300,15 @@ def history_markdown(history: list[Mapping[str, Any]], memory: Mapping[str, Any]
             f"| {h['variant']} | {h['context_dim']} | {h['samples']} | {h['train_tokens']:,.0f} | {_fmt(h['gain'], 4)} | "
             f"{_interval(h['ci'], 4)} | {h['ppl_ratio']:.3f} |"
         )
-    above = [h["samples"] for h in history if h["clear"] > 0]
-    below = [h["samples"] for h in history if h["clear"] < 0]
+    multi = len({(h["variant"], h["context_dim"]) for h in history}) > 1
+    names = [f"{h['variant']}/{h['context_dim']}/{h['samples']}" if multi else str(h["samples"]) for h in history]
+    above = [n for n, h in zip(names, history) if h["clear"] > 0]
+    below = [n for n, h in zip(names, history) if h["clear"] < 0]
+    where = "variant/context_dim/conversations" if multi else "conversations"
     lines += [
         "",
-        f"Interval above 0 at {len(above)} of {len(history)} points (conversations: {_sizes(above)})"
-        + (f"; below 0 at {_sizes(below)}." if below else "."),
+        f"Interval above 0 at {len(above)} of {len(history)} points ({where}: {', '.join(above) or 'none'})"
+        + (f"; below 0 at {', '.join(below)}." if below else "."),
     ]
     if memory:
         lines.append(
