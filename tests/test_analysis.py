@@ -509,7 +509,7 @@ def test_phase1_overview_draws_one_line_per_size_whatever_the_study(tmp_path):
 
 
 def test_figures_show_every_model_and_write_svg(tmp_path):
-    from newllm.plots import _errorbars, format_count, plot_ppl_ratio, plot_scaling, plot_sliding_alpha
+    from newllm.plots import errorbars, format_count, plot_ppl_ratio, plot_scaling, plot_sliding_alpha
 
     rows = []
     for model, dim, offset in (("cvfp", 16, 0.0), ("no_context", 16, 0.2), ("ngram", 0, 0.4), ("lstm", 16, -0.1)):
@@ -543,7 +543,7 @@ def test_figures_show_every_model_and_write_svg(tmp_path):
     assert {label.split(" ")[0] for label in ratio_labels} == {"no_context", "ngram", "lstm"}
     assert (tmp_path / "ratio.svg").exists()
     # a window without an interval gets no bar: NaN, never a zero-length bar
-    np.testing.assert_array_equal(_errorbars(np.array([1.0, 2.0]), [np.nan, 1.5], [np.nan, 2.5]), [[np.nan, 0.5], [np.nan, 0.5]])
+    np.testing.assert_array_equal(errorbars(np.array([1.0, 2.0]), [np.nan, 1.5], [np.nan, 2.5]), [[np.nan, 0.5], [np.nan, 0.5]])
     windows = pd.DataFrame(
         {
             "model": "cvfp",
@@ -1458,7 +1458,7 @@ def test_scaling_figure_stays_near_the_data_and_draws_the_preferred_form(tmp_pat
     assert (preferred["cvfp"], preferred["lstm"]) == ("loss_form", "power_law")  # 7 sizes: AICc can choose
     assert curves["tokens"].max() == pytest.approx(6.4e6)  # the curves table stops at 10× the data
     figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    monkeypatch.setattr("newllm.plots.scaling.save_figure", lambda fig, path: figures.append(fig))
     labels = plots.plot_scaling(points, fits, curves, tmp_path / "scaling.png")
     ax = figures[0].axes[0]
     lo, hi = ax.get_xlim()

@@ -151,7 +151,7 @@ def _rules_importing(project, module):
 
 def test_editing_a_plot_module_plans_only_the_plots(study):
     project, work, _ = study
-    module = project / "newllm" / "plots.py"
+    module = project / "newllm" / "plots" / "style.py"
     using = _rules_importing(project, module)
     assert PLOT_RULES <= using, using  # and rules that draw a figure besides their tables
     original = _edit(module, STATEMENT)
