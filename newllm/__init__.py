@@ -8,6 +8,7 @@ entry points around it.  The method is docs/method.md.  Modules:
 - :mod:`newllm.data`       corpus loading, token caches, splits, seeded training sets (§2)
 - :mod:`newllm.corpus_check` a local corpus checked up front (file, line, field)
 - :mod:`newllm.embeddings` frozen token embeddings: bigram / word2vec / gpt2 / random (§2)
+- :mod:`newllm.bigram`     the bigram stand-in embeddings and the head fit that scores any source (§2)
 - :mod:`newllm.model`      ContextBlock, TokenBlock, token input (§3)
 - :mod:`newllm.head`       the frozen tied head: fused cross-entropy, tie-aware accuracy (§3.4)
 - :mod:`newllm.losses`     CVFP and diversity losses (§4)
@@ -23,7 +24,8 @@ entry points around it.  The method is docs/method.md.  Modules:
 - :mod:`newllm.checkpoint` one TrainState checkpoint (safetensors) for every trainer
 - :mod:`newllm.diagnostics` collapse check, CVFP convergence check, memory probe (§5)
 - :mod:`newllm.usable_memory` the trained TokenBlock on contexts of the last k tokens (§10.3)
-- :mod:`newllm.uncertainty` hierarchical bootstrap over seeds and conversations, paired gains (§11)
+- :mod:`newllm.uncertainty` hierarchical bootstrap over seeds and conversations (§11)
+- :mod:`newllm.paired_gains` paired differences, gains over the head, the study's bootstrap (§11)
 - :mod:`newllm.scaling`    power-law and loss-form fits, AICc, extrapolations (§8)
 - :mod:`newllm.analysis`   runs table, windows, comparisons, prediction, findings, verdict (§8)
 - :mod:`newllm.plots`      report figures, drawn from tables alone

@@ -4,24 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from newllm.embeddings import (
+from newllm.bigram import (
     BigramConfig,
     BigramCounts,
     _WeightedLogSumExp,
     bigram_loss,
     bigram_matrix,
-    check_embedding_config,
     fit_bigram_head,
-    gpt2_embeddings,
-    random_embeddings,
-    rescale_rows,
     split_heldout,
     token_nll,
     train_bigram_embeddings,
     train_bigram_model,
     unigram_loss,
-    word2vec_embeddings,
 )
+from newllm.embeddings import check_embedding_config, gpt2_embeddings, random_embeddings, rescale_rows, word2vec_embeddings
 from newllm.tokenizer import EOT_ID, VOCAB_SIZE
 
 FAST = BigramConfig(lr=0.05, batch_tokens=512, eval_every=10, patience=3, min_steps=60, max_steps=800, weight_decay=0.0, chunk=64)

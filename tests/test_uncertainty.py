@@ -10,16 +10,18 @@ import pandas as pd
 import pytest
 
 from newllm.data import target_conversations
-from newllm.uncertainty import (
+from newllm.paired_gains import (
     HEAD_GAIN_COLUMNS,
     PAIRED_GAIN_COLUMNS,
-    bootstrap_losses,
     bootstrap_study,
-    conversation_sums,
     gain_over_head,
-    observed_losses,
     paired_difference,
     paired_gains_table,
+)
+from newllm.uncertainty import (
+    bootstrap_losses,
+    conversation_sums,
+    observed_losses,
     percentile_interval,
     point_groups,
     reference_losses,

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from newllm.io import read_json, write_csv, write_json, write_npy
+from newllm.paired_gains import bootstrap_study
 from newllm.runtime import get_logger
 from newllm.script import run_script
-from newllm.uncertainty import bootstrap_study
 
 
 def main(smk) -> None:

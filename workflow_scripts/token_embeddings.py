@@ -2,7 +2,7 @@
 
 Inputs: ``pool`` (the embedding slice, disjoint from every training set and from dev/test),
 ``dev`` and ``test`` streams.  The ``bigram`` source trains on the slice and scores itself
-on dev/test; the others are scored as a head by ``newllm.embeddings.fit_bigram_head``
+on dev/test; the others are scored as a head by ``newllm.bigram.fit_bigram_head``
 when ``embeddings.score_head`` is true and the slice is not empty.  The JSON meta holds
 ``train_tokens`` (tokens the embeddings were trained on), ``dev_ppl``/``test_ppl`` of that
 scoring model, and how it stopped.  ``test_token_nll`` holds the ``bigram`` source's own
@@ -15,17 +15,9 @@ import time
 import numpy as np
 import torch
 
+from newllm.bigram import BigramConfig, fit_bigram_head, train_bigram_embeddings
 from newllm.data import read_stream
-from newllm.embeddings import (
-    BigramConfig,
-    check_embedding_config,
-    fit_bigram_head,
-    gpt2_embeddings,
-    random_embeddings,
-    rescale_rows,
-    train_bigram_embeddings,
-    word2vec_embeddings,
-)
+from newllm.embeddings import check_embedding_config, gpt2_embeddings, random_embeddings, rescale_rows, word2vec_embeddings
 from newllm.io import write_json, write_npy
 from newllm.runtime import get_logger, save_weights, seed_everything
 from newllm.script import run_script

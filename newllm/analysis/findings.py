@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from newllm.paired_gains import paired_difference
 from newllm.study import get_model, model_rank
-from newllm.uncertainty import paired_difference
 
 REFERENCE = "cvfp"
 HISTORY_CONTROL = "reset_context"
