@@ -51,11 +51,12 @@ import numpy as np
 import torch
 from throughput import _timeit  # benchmarks/ is on sys.path when run as a script
 
+from newllm.context_cache import solve_cache
 from newllm.data import build_corpus_cache, load_corpus_cache, load_corpus_dataset, token_stream
 from newllm.embeddings import random_embeddings, rescale_rows
 from newllm.head import tied_head
 from newllm.model import ModelConfig, TokenInput, build_blocks
-from newllm.phase1 import Phase1Config, solve_cache, train_phase1
+from newllm.phase1 import Phase1Config, train_phase1
 from newllm.phase2 import Phase2Config, Split, accumulate_step, train_phase2
 from newllm.runtime import PRECISIONS, resolve_device, resolve_precision, seed_everything
 from newllm.tokenizer import VOCAB_SIZE, install_tokenizer_files, load_tokenizer

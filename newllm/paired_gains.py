@@ -318,15 +318,7 @@ def bootstrap_study(
         head_loss, head_boot = reference_losses(head_nll, sample_end, resamples, seed)
     points = pd.concat([points, gain_over_head(points, point_boot, head_loss, head_boot)], axis=1)
     gains = paired_gains_table(points, point_boot, head_loss, head_boot)
-    info = {
-        "resamples": int(resamples),
-        "seed": int(seed),
-        "resample_seeds": bool(resample_seeds),
-        "conversations": int(counts.size),
-        "targets": int(counts.sum()),
-        "runs": int(len(table)),
-        "points": int(len(points)),
-        **({} if head_loss is None else {"head_loss": head_loss}),
-        "seconds": time.perf_counter() - t0,
-    }
+    sizes = {"conversations": int(counts.size), "targets": int(counts.sum()), "runs": len(table), "points": len(points)}
+    info = {"resamples": int(resamples), "seed": int(seed), "resample_seeds": bool(resample_seeds), **sizes}
+    info.update({} if head_loss is None else {"head_loss": head_loss}, seconds=time.perf_counter() - t0)
     return StudyBootstrap(points, point_boot, run_intervals(table, observed, boot), info, head_boot, gains)

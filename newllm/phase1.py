@@ -1,4 +1,4 @@
-"""Phase 1: CVFP fixed-point training of the ContextBlock, and context solvers (docs/method.md §4, §6).
+"""Phase 1: CVFP fixed-point training of the ContextBlock (docs/method.md §4).
 
 The ContextBlock is the map ``F``; the solvers of :mod:`newllm.solvers` iterate it over
 the token stream (torchdeq's split of map and solver).  Training sweeps carry gradients
@@ -12,7 +12,8 @@ i.e. each token uses the previous iteration's context of the previous token.  It
 point is the sequential recurrence ``c_i = F(c_{i-1}, x̃_i)`` from ``c_{-1} = 0``; after
 ``k`` sweeps position ``i`` is exact for ``i < k`` (tested).  Token 0 reads the zero
 context (not the wrapped-around last context of the source) so that training, the
-sequential recurrence and the context cache of docs/method.md §6 all agree.
+sequential recurrence and the context cache of docs/method.md §6 (:mod:`newllm.context_cache`)
+all agree.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -32,7 +33,7 @@ from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
 from newllm.runtime import autocast
-from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, embed_windows, get_solver, solve_sequential
+from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, embed_windows
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
@@ -64,107 +65,6 @@ def jacobi_sweep(block: ContextBlock, token_input: TokenInput, stream: Tensor, c
     """One no-grad Jacobi sweep ``C^k_i = F(C^{k-1}_{i-1}, x̃_i)``: ``[n, d_c]`` -> ``[n, d_c]``
     (the final layer of :meth:`newllm.solvers.StreamMap.sweep`)."""
     return StreamMap(block, token_input, stream, batch_size).sweep(contexts)[:, -1]
-
-
-def solve_cache(
-    block: ContextBlock,
-    token_input: TokenInput,
-    stream: Tensor,
-    method: str = "shooting",
-    max_sweeps: int = 400,
-    tolerance: float = 1e-5,
-    batch_size: int = 4096,
-    init: Tensor | None = None,
-) -> tuple[Tensor, dict[str, Any]]:
-    """The context cache of docs/method.md §6 for one stream: ``[n, L, d_c]`` with
-    ``cache[i] = F(c_{i-1}, x̃_i)`` for every layer (``c_{-1} = 0``), and solver statistics.
-
-    Any solver of :data:`newllm.solvers.SOLVERS` (``shooting``, ``jacobi``,
-    ``sequential``), optionally warm-started from ``init`` (e.g. Phase 1's final
-    contexts).  A solve that does not reach ``tolerance`` is never returned as is: the
-    exact sequential recurrence is run instead and ``info["fallback_from"]`` records the
-    failed attempt.
-
-    Returns:
-        ``(cache [n, L, d_c], info)``, ``info`` = :class:`newllm.solvers.SolverStats` as a dict.
-
-    Raises:
-        ValueError: an unknown ``method`` (naming the registered ones).
-    """
-    stream_map = StreamMap(block, token_input, stream, batch_size)
-    outputs, stats = get_solver(method)(stream_map, init=init, max_iter=max_sweeps, tol=tolerance)
-    info = stats.as_dict()
-    if not stats.converged:
-        outputs, exact = solve_sequential(stream_map)
-        info = {**exact.as_dict(), "fallback_from": info}
-    return outputs, info
-
-
-def truncated_history_caches(
-    block: ContextBlock, token_input: TokenInput, stream: Tensor, histories: Sequence[int], batch_size: int = 4096
-) -> Iterator[tuple[int, Tensor]]:
-    """Contexts that see only the last ``k`` tokens, for each ``k`` of ``histories``
-    (ascending): yields ``(k, cache [n, L, d_c])`` whose row ``i`` is the recurrence started
-    from a zero context at token ``i - k + 1``, ``c^(k)_i = F(c^(k-1)_{i-1}, x̃_i)``,
-    ``c^(0) = 0`` (docs/method.md §10).
-
-    ``k`` Jacobi sweeps from the zero iterate compute exactly this (after ``k`` sweeps,
-    position ``i`` has read tokens ``i-k+1 … i`` and a zero context before them), so one
-    pass of ``max(histories)`` sweeps serves every ``k``; ``k = 1`` is the reset context
-    ``F(0, x̃_i)`` of the ``reset_context`` control, and ``k`` ≥ the stream length is the
-    full cache of :func:`solve_cache`.  A yielded cache is overwritten by the next
-    iteration: copy it to keep it.
-
-    Raises:
-        ValueError: a ``k < 1`` or ``histories`` not strictly ascending.
-    """
-    histories = [int(k) for k in histories]
-    if not histories or histories[0] < 1 or any(b <= a for a, b in zip(histories, histories[1:])):
-        raise ValueError(f"histories must be strictly ascending token counts >= 1, got {histories}")
-    stream_map = StreamMap(block, token_input, stream, batch_size)
-    outputs, buffer = stream_map.zeros(), stream_map.zeros()
-    done = 0
-    for k in histories:
-        while done < min(k, stream_map.n):
-            buffer = stream_map.sweep(outputs[:, -1], out=buffer)
-            outputs, buffer = buffer, outputs
-            done += 1
-        yield k, outputs
-
-
-def truncated_history_cache(
-    block: ContextBlock, token_input: TokenInput, stream: Tensor, history: int, batch_size: int = 4096
-) -> tuple[Tensor, dict[str, Any]]:
-    """One cache of :func:`truncated_history_caches`: contexts of the last ``history``
-    tokens, ``[n, L, d_c]`` (``history = 1``: the reset context ``F(0, x̃_i)``).
-
-    Returns:
-        ``(cache [n, L, d_c], info)``, ``info`` with ``method`` ("truncated"), ``history``,
-        ``sweeps``, ``tokens`` and ``seconds``.
-
-    Raises:
-        ValueError: ``history < 1``.
-    """
-    if history < 1:
-        raise ValueError(f"history must be >= 1 token, got {history}")
-    start = time.perf_counter()
-    ((_, outputs),) = truncated_history_caches(block, token_input, stream, [history], batch_size)
-    n = stream.shape[0]
-    info = {"method": "truncated", "history": int(history), "sweeps": min(history, n), "tokens": n}
-    info["seconds"] = time.perf_counter() - start
-    return outputs, info
-
-
-def fallback_message(info: dict[str, Any]) -> str | None:
-    """The warning for a :func:`solve_cache` result that fell back to the sequential
-    recurrence (its ``info["fallback_from"]``), or ``None`` when the first solve converged."""
-    failed = info.get("fallback_from")
-    if failed is None:
-        return None
-    return (
-        f"{failed['method']} did not reach tolerance {failed['tol']:.1e} in {failed['sweeps']} sweeps "
-        f"(residual {failed['residual']:.2e}): solved sequentially"
-    )
 
 
 def equal_batches(n: int, batch_size: int, device: torch.device | str = "cpu") -> list[Tensor]:
@@ -529,6 +429,46 @@ def phase1_summary(
     }
 
 
+def untrained_summary(
+    block: ContextBlock, token_input: TokenInput, stream: Tensor, dev_stream: Tensor, cfg: Phase1Config, seed: int
+) -> dict[str, Any]:
+    """Phase 1's summary of a ContextBlock measured at its initialisation, for the
+    ``untrained_context`` control (docs/method.md §10.1): one sweep of the training and of
+    the dev stream from the seeded start ``C^0 = init_std·N(0, I)``, measured as a trained
+    run's final weights are (:func:`measure_sweep`); no iteration is run.
+
+    Args:
+        stream, dev_stream: ``[n]`` and ``[m]`` int64 token ids on the block's device.
+
+    Returns:
+        the summary keys an untrained block has: convergence, convergence rate and
+        effective rank of both streams, the CVFP and diversity losses of the training
+        sweep, ``stopped_by`` ``"untrained"`` and zero iterations.
+    """
+    summary: dict[str, Any] = {
+        "iterations": 0,
+        "best_iteration": 0,
+        "stop_rule": "none (untrained_context)",
+        "stopped_by": "untrained",
+        "stop_rule_met": True,
+        "undertrained": False,
+        "seconds": 0.0,
+        "tokens_per_s": None,
+    }
+    for tag, s in (("train_", stream), ("val_", dev_stream)):
+        gen = torch.Generator().manual_seed(seed)
+        start = (cfg.init_std * torch.randn(s.shape[0], block.context_dim, generator=gen)).to(s.device)
+        _, m = measure_sweep(block, token_input, s, start, equal_batches(s.shape[0], cfg.batch_size, s.device), cfg, seed)
+        summary.update({f"{tag}{key}": m[key] for key in ("convergence_rate", "convergence", "effective_rank")})
+        if tag == "train_":
+            summary.update(
+                final_cvfp_loss=m["cvfp_loss"],
+                final_diversity_loss=m["diversity_loss"],
+                train_effective_rank_pct=100.0 * m["effective_rank"] / block.context_dim,
+            )
+    return summary
+
+
 def train_phase1(
     block: ContextBlock,
     token_input: TokenInput,
@@ -544,12 +484,10 @@ def train_phase1(
 ) -> TrainResult:
     """Train the ContextBlock by CVFP (docs/method.md §4).
 
-    Loop: :func:`phase1_iteration` (one Adam step) → stop rule → checkpoint; then
-    :func:`final_measurement` with the final weights and :func:`phase1_summary`, so
-    the summary describes the saved weights.
-
-    Stop rules (``cfg.stop_rule``, :data:`STOP_RULES`): ``convergence_rate`` (last weights)
-    or ``val_er`` (best weights); ending at ``max_iterations`` flags the run ``undertrained``.
+    Loop: :func:`phase1_iteration` (one Adam step) → stop rule (``cfg.stop_rule``, one of
+    :data:`STOP_RULES`: ``convergence_rate`` keeps the last weights, ``val_er`` the best;
+    ending at ``max_iterations`` flags the run ``undertrained``) → checkpoint; then
+    :func:`final_measurement` and :func:`phase1_summary` describe the saved weights.
 
     Args:
         stream: ``[n]`` int64 token ids on the training device.
@@ -574,13 +512,11 @@ def train_phase1(
     run = start_phase1(block, token_input, stream, val_stream, cfg, seed, precision)
     stopper = STOP_RULES[cfg.stop_rule](cfg)
     state = TrainState(block, run.optimizer, stopper)
-    first = 1
     resumed = state.load(checkpoint)
     if resumed:
         run.restore(state.extra_tensors)
-        first = resumed["iteration"] + 1
     block.train()
-    for iteration in range(first, cfg.max_iterations + 1):
+    for iteration in range(resumed["iteration"] + 1 if resumed else 1, cfg.max_iterations + 1):
         what = f"Phase 1 {run_name}, iteration {iteration}"
         record, state_before_step = phase1_iteration(run, iteration, what, state.history[-1:] or None)
         state.history.append(record)

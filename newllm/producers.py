@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from newllm.baselines.models import LSTMLM
+from newllm.context_cache import solve_cache, truncated_history_cache
 from newllm.model import count_parameters
-from newllm.phase1 import solve_cache, truncated_history_cache
 from newllm.pipeline import build_model
 from newllm.runtime import load_weights
 

@@ -300,6 +300,29 @@ class _Run:
         if self.scheduler is not None:
             self.scheduler.step(record["dev_loss"])
 
+    def end_interval(
+        self,
+        pending: list[Tensor],
+        t0: float,
+        run_name: str,
+        on_eval: Callable[[dict[str, Any]], None] | None,
+        checkpoint: CheckpointSpec | None,
+    ) -> None:
+        """Close an evaluation interval: read its training losses (one host sync, so
+        ``train_seconds`` since ``t0`` includes the device's work), evaluate on dev, record,
+        decide the stop and learning rate, and checkpoint every ``checkpoint.every``
+        evaluations while the run goes on."""
+        history = self.state.history
+        losses = interval_losses(pending, self.n.step, run_name, history[-1:] or None)
+        self.n.train_seconds += time.perf_counter() - t0
+        record = self.evaluate(losses, run_name)
+        history.append(record)
+        if on_eval is not None:
+            on_eval(record)
+        self.decide(record)
+        if checkpoint and self.stopper.stopped_by is None and len(history) % checkpoint.every == 0:
+            self.save(checkpoint)
+
     def save(self, spec: CheckpointSpec) -> None:
         batch_state, batch_rng = self.batches.state()
         scheduler = None if self.scheduler is None else self.scheduler.state_dict()
@@ -392,7 +415,7 @@ def train_next_token(
     cfg = LoopConfig.of(cfg)
     run = _Run(model, batches, head, cfg, precision)
     run.resume(checkpoint)
-    n, history = run.n, run.state.history
+    n = run.n
     every = evaluation_interval(cfg.eval_every, model.train_tokens, batches.targets_per_batch, model.dev_tokens)
     pending: list[Tensor] = []  # the steps' losses since the last evaluation, on the device
     model.module.train()
@@ -405,16 +428,7 @@ def train_next_token(
             on_batch(targets)
         if n.step % every and n.step < cfg.max_steps:
             continue
-        losses = interval_losses(pending, n.step, run_name, history[-1:] or None)  # one host sync
-        pending = []
-        n.train_seconds += time.perf_counter() - t0
-        record = run.evaluate(losses, run_name)
-        history.append(record)
-        if on_eval is not None:
-            on_eval(record)
-        run.decide(record)
-        if checkpoint and run.stopper.stopped_by is None and len(history) % checkpoint.every == 0:
-            run.save(checkpoint)
-        t0 = time.perf_counter()
+        run.end_interval(pending, t0, run_name, on_eval, checkpoint)
+        pending, t0 = [], time.perf_counter()
     model.module.load_state_dict(run.stopper.best_state)
-    return TrainResult(history=history, summary=run.summary(every))
+    return TrainResult(history=run.state.history, summary=run.summary(every))

@@ -4,7 +4,7 @@
 The memory probe (newllm.diagnostics) measures how far a perturbation travels through
 the contexts; this measures whether that memory is *used* for prediction.  The trained
 cvfp TokenBlock is evaluated, without retraining, on test contexts recomputed from only
-the last ``k`` tokens (:func:`newllm.phase1.truncated_history_caches`): ``k = 1`` is its
+the last ``k`` tokens (:func:`newllm.context_cache.truncated_history_caches`): ``k = 1`` is its
 own reset context, ``k = all`` the exported cache it was trained on.  The share of the
 history gain reached at ``k`` is ``(L_1 - L_k) / (L_1 - L_all)``.
 """
@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import pandas as pd
 from torch import Tensor
 
+from newllm.context_cache import truncated_history_caches
 from newllm.model import ContextBlock, TokenBlock, TokenInput
-from newllm.phase1 import truncated_history_caches
 from newllm.phase2 import Phase2Config, Split, evaluate
 from newllm.study import RUN_KEYS
 

@@ -84,9 +84,9 @@ def test_quality_band_thresholds():
 
 
 def test_memory_probe_matches_the_exact_recurrence_on_the_whole_perturbed_stream():
+    from newllm.context_cache import solve_cache
     from newllm.diagnostics import memory_probe
     from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
-    from newllm.phase1 import solve_cache
 
     torch.manual_seed(0)
     token_input = TokenInput(torch.randn(30, 5), 1)
@@ -201,8 +201,8 @@ def _probe_setup(d_c=6, d_e=5, vocab=30):
 def test_memory_probe_replaces_a_token_equal_to_the_original_by_the_next_id():
     # a constant stream: every drawn replacement equals the original token 4, so each
     # becomes (4 + 1) mod V = 5; brute force with 5 at i - k
+    from newllm.context_cache import solve_cache
     from newllm.diagnostics import memory_probe
-    from newllm.phase1 import solve_cache
 
     block, token_input = _probe_setup()
     stream = torch.full((12,), 4)
@@ -229,8 +229,8 @@ def decay_lag_of(relative, fraction):
 
 
 def test_memory_probe_of_a_block_that_ignores_its_tokens_reports_zero_effect():
+    from newllm.context_cache import solve_cache
     from newllm.diagnostics import memory_probe
-    from newllm.phase1 import solve_cache
 
     block, token_input = _probe_setup()
     with torch.no_grad():

@@ -4,15 +4,14 @@ import time
 import pytest
 import torch
 
+from newllm.context_cache import fallback_message, solve_cache
 from newllm.losses import phase1_loss
 from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
 from newllm.phase1 import (
     Phase1Config,
     TrainingDivergedError,
     equal_batches,
-    fallback_message,
     jacobi_sweep,
-    solve_cache,
     start_stream,
     train_phase1,
     training_sweep,

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from newllm import study
+from newllm.context_cache import solve_cache, truncated_history_cache
 from newllm.data import DataError, sample_ends, stream_subset, token_stream, training_order
 from newllm.model import ModelConfig, TokenInput, build_blocks
-from newllm.phase1 import solve_cache, truncated_history_cache
 from newllm.study import ModelEntry, RunId
 
 

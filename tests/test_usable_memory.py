@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from newllm.context_cache import solve_cache
 from newllm.model import ModelConfig, TokenInput, build_blocks
-from newllm.phase1 import solve_cache
 from newllm.phase2 import Phase2Config, Split, evaluate
 from newllm.usable_memory import history_curve, history_needed, memory_probe_tables, usable_memory_tables
 

@@ -10,9 +10,9 @@ source (reset_context) the row is ``F(0, x̃_i)`` instead: no history; for ``lm_
 
 import numpy as np
 
+from newllm.context_cache import fallback_message
 from newllm.io import write_json, write_npy
 from newllm.metrics import effective_rank
-from newllm.phase1 import fallback_message
 from newllm.pipeline import load_stream, start_run
 from newllm.producers import context_producer
 from newllm.script import run_script

@@ -4,49 +4,15 @@ For the ``untrained_context`` control the ContextBlock is saved at its initialis
 (the same init a cvfp run of the same seed starts from) and only measured.
 """
 
-import torch
 from tqdm import tqdm
 
 from newllm.model import count_parameters
-from newllm.phase1 import Phase1Config, equal_batches, measure_sweep, train_phase1
+from newllm.phase1 import Phase1Config, train_phase1, untrained_summary
 from newllm.pipeline import build_model, load_stream, run_checkpoint, run_precision, start_run, write_run_outputs
 from newllm.runtime import progress_stream, save_weights
 from newllm.script import run_script
 
 CHECKPOINT_EVERY = 5  # iterations; a killed job resumes from the last checkpoint
-
-
-def untrained_summary(block, token_input, stream, dev_stream, cfg, seed):
-    """Phase 1 metrics of the block at its initialisation (one sweep from the seeded C^0)."""
-    summary = {
-        "iterations": 0,
-        "best_iteration": 0,
-        "stop_rule": "none (untrained_context)",
-        "stopped_by": "untrained",
-        "stop_rule_met": True,
-        "undertrained": False,
-        "seconds": 0.0,
-        "tokens_per_s": None,
-    }
-    for prefix, s in (("", stream), ("val_", dev_stream)):
-        gen = torch.Generator().manual_seed(seed)
-        start = (cfg.init_std * torch.randn(s.shape[0], block.context_dim, generator=gen)).to(s.device)
-        _, m = measure_sweep(block, token_input, s, start, equal_batches(s.shape[0], cfg.batch_size, s.device), cfg, seed)
-        tag = "train_" if not prefix else "val_"
-        summary.update(
-            {
-                f"{tag}convergence_rate": m["convergence_rate"],
-                f"{tag}convergence": m["convergence"],
-                f"{tag}effective_rank": m["effective_rank"],
-            }
-        )
-        if not prefix:
-            summary.update(
-                final_cvfp_loss=m["cvfp_loss"],
-                final_diversity_loss=m["diversity_loss"],
-                train_effective_rank_pct=100.0 * m["effective_rank"] / block.context_dim,
-            )
-    return summary
 
 
 def main(smk) -> None:

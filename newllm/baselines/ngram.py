@@ -367,6 +367,47 @@ def counted_stream(train: np.ndarray, slice_stream: np.ndarray | None = None, se
     return np.concatenate([np.asarray(slice_stream, dtype=np.int64), np.array([separator], dtype=np.int64), train])
 
 
+def _score(lm: "KneserNeyLM", tokens: np.ndarray) -> dict[str, Any]:
+    """Mean NLL (nats), top-1 accuracy, the per-target NLL and the seconds of one split."""
+    t0 = time.perf_counter()
+    nll, correct = lm.score_stream(np.asarray(tokens, dtype=np.int64))
+    return {"loss": float(nll.mean()), "accuracy": float(correct.mean()), "nll": nll, "seconds": time.perf_counter() - t0}
+
+
+def _summary(
+    lm: "KneserNeyLM", scores: dict[str, dict], train_tokens: int, slice_tokens: int, counted: int, fit_seconds: float
+) -> dict[str, Any]:
+    """The run summary of a fitted n-gram (the keys of :func:`fit_and_score`)."""
+    return {
+        "train_tokens": train_tokens,
+        "slice_tokens": slice_tokens,
+        "counted_tokens": counted,
+        "counted_tokens_note": "train_tokens: training targets (the scaling x-axis); counted_tokens: "
+        "slice_tokens + 1 <|endoftext|> + training tokens (training tokens alone without a slice)",
+        "dev_loss": scores["dev"]["loss"],
+        "dev_ppl": math.exp(scores["dev"]["loss"]),
+        "dev_accuracy": scores["dev"]["accuracy"],
+        "test_loss": scores["test"]["loss"],
+        "test_ppl": math.exp(scores["test"]["loss"]),
+        "test_accuracy": scores["test"]["accuracy"],
+        "test_tokens": int(scores["test"]["nll"].size),
+        "parameters": lm.effective_parameters(),
+        "parameters_note": "effective: stored n-gram probabilities + back-off weights of seen histories (nothing is trained)",
+        "ngrams_per_order": lm.num_ngrams(),
+        "discounts_per_order": [list(level.discounts) for level in lm.levels],
+        "train_flops": 0.0,
+        "train_flops_note": "counting: no gradient training",
+        "train_seconds": fit_seconds,
+        "dev_seconds": scores["dev"]["seconds"],
+        "test_seconds": scores["test"]["seconds"],
+        "steps": 0,
+        "best_step": 0,
+        "stopped_by": "closed_form",
+        "undertrained": False,
+        "tokens_processed": counted,
+    }
+
+
 def fit_and_score(
     train: np.ndarray,
     dev: np.ndarray,
@@ -395,48 +436,16 @@ def fit_and_score(
     """
     train = np.asarray(train, dtype=np.int64)
     stream = counted_stream(train, slice_stream, separator)
-    slice_tokens = 0 if slice_stream is None else int(np.asarray(slice_stream).size)
     t0 = time.perf_counter()
     lm = KneserNeyLM(order, discount, vocab_size).fit(stream)
     fit_seconds = time.perf_counter() - t0
-    scores = {}
-    for split, tokens in (("dev", dev), ("test", test)):
-        t1 = time.perf_counter()
-        nll, correct = lm.score_stream(np.asarray(tokens, dtype=np.int64))
-        scores[split] = {"loss": float(nll.mean()), "accuracy": float(correct.mean()), "nll": nll}
-        scores[split]["seconds"] = time.perf_counter() - t1
-    summary = {
-        "train_tokens": int(train.size - 1),
-        "slice_tokens": slice_tokens,
-        "counted_tokens": int(stream.size),
-        "counted_tokens_note": "train_tokens: training targets (the scaling x-axis); counted_tokens: "
-        "slice_tokens + 1 <|endoftext|> + training tokens (training tokens alone without a slice)",
-        "dev_loss": scores["dev"]["loss"],
-        "dev_ppl": math.exp(scores["dev"]["loss"]),
-        "dev_accuracy": scores["dev"]["accuracy"],
-        "test_loss": scores["test"]["loss"],
-        "test_ppl": math.exp(scores["test"]["loss"]),
-        "test_accuracy": scores["test"]["accuracy"],
-        "test_tokens": int(scores["test"]["nll"].size),
-        "parameters": lm.effective_parameters(),
-        "parameters_note": "effective: stored n-gram probabilities + back-off weights of seen histories (nothing is trained)",
-        "ngrams_per_order": lm.num_ngrams(),
-        "discounts_per_order": [list(level.discounts) for level in lm.levels],
-        "train_flops": 0.0,
-        "train_flops_note": "counting: no gradient training",
-        "train_seconds": fit_seconds,
-        "dev_seconds": scores["dev"]["seconds"],
-        "test_seconds": scores["test"]["seconds"],
-        "steps": 0,
-        "best_step": 0,
-        "stopped_by": "closed_form",
-        "undertrained": False,
-        "tokens_processed": int(stream.size),
-    }
+    scores = {split: _score(lm, tokens) for split, tokens in (("dev", dev), ("test", test))}
+    slice_tokens = 0 if slice_stream is None else int(np.asarray(slice_stream).size)
+    summary = _summary(lm, scores, int(train.size - 1), slice_tokens, int(stream.size), fit_seconds)
     history = [
         {
             "step": 0,
-            "tokens": int(stream.size),
+            "tokens": summary["counted_tokens"],
             "train_loss": None,
             "dev_loss": summary["dev_loss"],
             "dev_ppl": summary["dev_ppl"],
