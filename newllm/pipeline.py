@@ -14,6 +14,7 @@ from newllm.data import read_stream
 from newllm.io import write_csv, write_json
 from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, build_blocks
 from newllm.runtime import get_logger, load_weights, provenance, resolve_device, resolve_precision, seed_everything
+from newllm.study import RunId
 
 CACHE_IN_MEMORY_BYTES = 4 << 30
 """Context caches up to this size (bytes) are read into memory; larger ones are memory-mapped."""
@@ -29,14 +30,34 @@ def start_run(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device, TokenIn
     Returns:
         ``(params, name, logger, device, token_input)``.
     """
-    params = smk.params.run
-    run = params["run"]
-    name = f"{run['model']}/{run['variant']}/samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}"
-    log = get_logger(smk.log[0])
-    seed_everything(params["seed"], smk.threads)
-    device = resolve_device(params["device"])
+    params, name, log, device = _start(smk)
     token_input = load_token_input(smk.input.embeddings, params["model"]["num_input_tokens"], device)
     return params, name, log, device, token_input
+
+
+def _start(smk: Any) -> tuple[dict[str, Any], str, Any, torch.device]:
+    """Params, run label (:attr:`newllm.study.RunId.label`), logger and seeded device."""
+    params = smk.params.run
+    log = get_logger(smk.log[0])
+    seed_everything(params["seed"], smk.threads)
+    return params, RunId.from_mapping(params["run"]).label, log, resolve_device(params["device"])
+
+
+def start_lm_run(smk: Any, splits: tuple[str, ...]) -> tuple[dict[str, Any], str, Any, torch.device, torch.Tensor, list]:
+    """Common start of a rule that trains a standalone language model on the frozen
+    embeddings (the neural baselines, the LSTM that lstm_states reads).
+
+    Args:
+        smk: the ``snakemake`` object (``params.run`` as in :func:`start_run`; input
+            ``embeddings`` and one token stream per name in ``splits``).
+        splits: input names of the token streams to load, e.g. ``("train", "dev")``.
+
+    Returns:
+        ``(params, label, logger, device, embeddings [V, d_e] float32, [stream [n] int64 per split])``.
+    """
+    params, label, log, device = _start(smk)
+    embeddings = load_weights(smk.input.embeddings)["embeddings"].float().to(device)
+    return params, label, log, device, embeddings, [load_stream(getattr(smk.input, s), device) for s in splits]
 
 
 def run_precision(params: dict[str, Any], device: torch.device, embed_dim: int) -> str:

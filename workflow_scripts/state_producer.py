@@ -6,20 +6,14 @@ import torch
 
 from newllm.baselines.models import LSTMLM
 from newllm.baselines.training import NeuralTrainConfig, train_neural_lm
-from newllm.pipeline import load_stream, run_checkpoint, run_precision, write_run_outputs
-from newllm.runtime import get_logger, load_weights, resolve_device, save_weights, seed_everything
+from newllm.pipeline import run_checkpoint, run_precision, start_lm_run, write_run_outputs
+from newllm.runtime import save_weights
 from newllm.script import run_script
-from newllm.study import RunId
 
 
 def main(smk) -> None:
-    params, baselines = smk.params.run, smk.params.baselines
-    label = RunId.from_mapping(params["run"]).label
-    log = get_logger(smk.log[0])
-    seed_everything(params["seed"], smk.threads)
-    device = resolve_device(params["device"])
-    embeddings = load_weights(smk.input.embeddings)["embeddings"].float().to(device)
-    train, dev = (load_stream(path, device) for path in (smk.input.train, smk.input.dev))
+    params, label, log, device, embeddings, (train, dev) = start_lm_run(smk, ("train", "dev"))
+    baselines = smk.params.baselines
     torch.manual_seed(params["seed"])
     model = LSTMLM(embeddings, params["run"]["context_dim"], baselines["lstm"]["dropout"]).to(device)
     cfg = NeuralTrainConfig.for_model("lstm", baselines, device)

@@ -14,8 +14,7 @@ from newllm.baselines.factory import SIZE_NAME, STATEFUL, build_baseline
 from newllm.baselines.models import SEQ_LEN_KEY, cvfp_parameter_target
 from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, final_summary, train_neural_lm
 from newllm.io import write_npy
-from newllm.pipeline import load_stream, run_checkpoint, run_precision, write_run_outputs
-from newllm.runtime import get_logger, load_weights, resolve_device, seed_everything
+from newllm.pipeline import run_checkpoint, run_precision, start_lm_run, write_run_outputs
 from newllm.script import run_script
 
 CHECKPOINT_EVERY = 1  # dev evaluations; a killed job resumes from the last checkpoint
@@ -24,17 +23,10 @@ DONE_KEYS = ("stopped_by", "steps", "best_step", "dev_ppl", "test_ppl", "train_s
 
 
 def main(smk) -> None:
-    params, baselines = smk.params.run, smk.params.baselines
-    run = params["run"]
-    name = run["model"]
+    name, baselines = smk.params.run["run"]["model"], smk.params.baselines
     if name not in SEQ_LEN_KEY:
         raise ValueError(f"rule baseline_lm trains {sorted(SEQ_LEN_KEY)}, got model {name!r}")
-    label = f"{name}/{run['variant']}/samples{run['samples']}/ctx{run['context_dim']}/seed{run['seed']}"
-    log = get_logger(smk.log[0])
-    seed_everything(params["seed"], smk.threads)
-    device = resolve_device(params["device"])
-    embeddings = load_weights(smk.input.embeddings)["embeddings"].float().to(device)
-    train, dev, test = (load_stream(path, device) for path in (smk.input.train, smk.input.dev, smk.input.test))
+    params, label, log, device, embeddings, (train, dev, test) = start_lm_run(smk, ("train", "dev", "test"))
     target = cvfp_parameter_target(params["model"], embeddings.shape[1])
     torch.manual_seed(params["seed"])
     model, size = build_baseline(name, embeddings, baselines[name], target, baselines["parameter_tolerance"])
