@@ -330,8 +330,8 @@ def head_markdown(head: list[Mapping[str, Any]]) -> list[str]:
     for h in head:
         label = get_model(h["model"]).label if h["model"] else h["model"]
         lines.append(
-            f"- {label}: clearly above the head at {len(h['above'])} of {len(h['sizes'])} sizes "
-            f"({_sizes(h['above'])} conversations)"
+            f"- {label}: clearly above the head at {len(h['above'])} of {len(h['sizes'])} sizes"
+            + (f" ({_sizes(h['above'])} conversations)" if h["above"] else "")
             + (f", clearly below at {_sizes(h['below'])}" if h["below"] else "")
             + f"; at {h['largest']}: {_fmt(h['gain'], 4)} {_interval(h['ci'], 4)}"
         )
