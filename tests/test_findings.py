@@ -72,10 +72,8 @@ def test_head_gains_list_the_sizes_clearly_above_and_below():
     (entry,) = head_gains(points)
     assert entry["above"] == [40] and entry["below"] == [10] and entry["largest"] == 40 and entry["ci"] == [0.1, 0.3]
     (line,) = head_markdown([entry])[3:]
-    assert (
-        line
-        == "- LSTM: clearly above the head at 1 of 3 sizes (40 conversations), clearly below at 10; at 40: +0.2000 [+0.1000, +0.3000]"
-    )
+    expected = "- LSTM: clearly above the head at 1 of 3 sizes (40 conversations), clearly below at 10; at 40: "
+    assert line == expected + "+0.2000 [+0.1000, +0.3000]"
     (never,) = head_markdown(head_gains(points[points["samples"] < 40]))[3:]
     assert never.startswith("- LSTM: clearly above the head at 0 of 2 sizes, clearly below at 10; at 20:"), never
 
