@@ -155,3 +155,19 @@ def test_a_config_with_only_the_required_keys_renders():
     assert blanks(page) == [], blocks(page)
     text = text_of(page)
     assert "Training sizes: 1, 2 conversations" in text and "Dev split: 50 conversations" in text
+
+
+CAPTIONS = sorted(p.name for p in (REPO / "report").glob("*.rst") if p.name != PAGE.name)
+
+
+@pytest.mark.parametrize("caption", CAPTIONS)
+def test_every_caption_renders_without_a_docutils_warning(caption):
+    """A caption is Jinja over ``snakemake.config``, then reStructuredText: a stray ``name_``
+    (a link to nowhere) or a broken list renders as an error box in the report."""
+
+    class Snakemake:
+        config = load_config()
+
+    rst = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string((REPO / "report" / caption).read_text())
+    text = rst.render(snakemake=Snakemake)
+    publish_parts(text, writer_name="html", settings_overrides={"halt_level": 2, "report_level": 2})  # raises on a warning
