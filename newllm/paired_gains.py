@@ -207,7 +207,7 @@ def paired_gains_table(
     point_losses: np.ndarray,
     head_loss: float | None = None,
     head_losses: np.ndarray | None = None,
-    families: Sequence[str] = ("context", "lm"),
+    families: Sequence[str] = ("context", "lm", "count"),
     confidence: float = 0.95,
 ) -> pd.DataFrame:
     """The study's paired gains (docs/method.md §10.1, §11.3): :data:`PAIRED_GAIN_COLUMNS`.

@@ -536,10 +536,15 @@ def test_paired_gains_table_lists_history_model_and_head_gains():
     # the head (0.2 worse than cvfp's base) against every point of a context or lm model
     assert by[("over_head", "lstm", "head", 8, 10)].gain == pytest.approx(0.1, abs=1e-9)
     assert by[("over_head", "cvfp", "head", 16, 10)].gain == pytest.approx(0.15, abs=1e-9)
-    # count models are not rows; context_dim 16 pairs with nothing but the head
-    assert "ngram" not in set(gains["model"]) | set(gains["baseline"])
-    assert sorted(k[:3] for k in by if k[3] == 16) == [("over_head", "cvfp", "head")]
-    assert gains["comparison"].tolist() == ["history"] * 2 + ["over_model"] * 2 + ["over_head"] * 7
+    # a count model has no context_dim: every cvfp point pairs with it at 0, and so does the head
+    for dim, n in ((8, 10), (8, 20), (16, 10)):
+        row = by[("over_model", "cvfp", "ngram", dim, n)]
+        assert row.baseline_context_dim == 0 and row.gain == pytest.approx(0.5 if dim == 8 else 0.45, abs=1e-9)
+    assert by[("over_head", "ngram", "head", 0, 20)].gain == pytest.approx(-0.3, abs=1e-9)
+    assert sorted(k[:3] for k in by if k[3] == 16) == [("over_head", "cvfp", "head"), ("over_model", "cvfp", "ngram")]
+    assert gains["comparison"].tolist() == ["history"] * 2 + ["over_model"] * 5 + ["over_head"] * 9
+    only_neural = paired_gains_table(result.points, result.point_losses, families=("context", "lm"))
+    assert "ngram" not in set(only_neural["model"]) | set(only_neural["baseline"])
     no_head = paired_gains_table(result.points, result.point_losses)
     assert set(no_head["comparison"]) == {"history", "over_model"}
     assert len(paired_gains_table(result.points.iloc[:0], result.point_losses[:, :0])) == 0
