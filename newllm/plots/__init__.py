@@ -32,12 +32,11 @@ from newllm.plots.scaling import (  # noqa: E402
     plot_scaling,
     plot_sliding_alpha,
 )
-from newllm.plots.style import errorbars, format_count, log_axis, save_figure, svg_path  # noqa: E402
+from newllm.plots.style import errorbars, format_count  # noqa: E402
 
 __all__ = [
     "errorbars",
     "format_count",
-    "log_axis",
     "plot_effective_rank",
     "plot_er_vs_ppl",
     "plot_fixed_point_distances",
@@ -53,6 +52,4 @@ __all__ = [
     "plot_training_curves",
     "read_history",
     "run_figure_name",
-    "save_figure",
-    "svg_path",
 ]
