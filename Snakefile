@@ -26,6 +26,7 @@ wildcard_constraints:
     variant=alternatives(VARIANTS),
     model=alternatives(MODELS),
     seed=alternatives(SEEDS),
+    trial=tuning.TRIAL_PATTERN,
 
 
 include: "rules/retrieve.smk"
@@ -34,6 +35,7 @@ include: "rules/data.smk"
 include: "rules/phase1.smk"
 include: "rules/phase2.smk"
 include: "rules/baselines.smk"
+include: "rules/tuning.smk"
 include: "rules/analysis.smk"
 include: "rules/repetition.smk"
 

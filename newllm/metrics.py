@@ -1,4 +1,4 @@
-"""Metrics shared by every caller: Effective Rank, convergence rate, perplexity.
+"""Metrics shared by every caller: Effective Rank, convergence rate, perplexity, test scores.
 
 One function per metric (docs/method.md §5: the source's two Effective Rank code paths disagreed
 by 2–20×).
@@ -7,6 +7,7 @@ by 2–20×).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -61,3 +62,15 @@ def format_rate(converged: int, total: int) -> str:
 def perplexity(mean_nll: float) -> float:
     """``exp`` of a token-weighted mean negative log-likelihood in nats."""
     return math.exp(mean_nll)
+
+
+def test_scores(test_eval: dict[str, Any] | None) -> dict[str, Any]:
+    """``test_loss`` (nats), ``test_ppl``, ``test_accuracy`` and ``test_tokens`` of an
+    evaluation's result (:func:`newllm.phase2.evaluate`, :func:`newllm.baselines.training.evaluate_stream`);
+    none for ``None`` (a tuning trial)."""
+    if test_eval is None:
+        return {}
+    return {
+        key: test_eval[name]
+        for key, name in (("test_loss", "loss"), ("test_ppl", "ppl"), ("test_accuracy", "accuracy"), ("test_tokens", "tokens"))
+    }

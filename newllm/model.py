@@ -212,16 +212,20 @@ class ContextBlock(_LayerStack):
 
 
 class TokenLayer(nn.Module):
-    """``h' = LayerNorm(R(h) + FFN([c^(l); h]))``, ``R`` a Linear when sizes differ (docs/method.md §3)."""
+    """``h' = LayerNorm(R(h) + Dropout(FFN([c^(l); h])))``, ``R`` a Linear when sizes differ
+    (docs/method.md §3); the dropout acts in training mode only (rate 0: the identity)."""
 
-    def __init__(self, context_dim: int, in_dim: int, out_dim: int, ffn_layers: int = 1, activation: str = "gelu") -> None:
+    def __init__(
+        self, context_dim: int, in_dim: int, out_dim: int, ffn_layers: int = 1, activation: str = "gelu", dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.residual = nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)
         self.ffn = FFN(context_dim + in_dim, out_dim, ffn_layers, activation)
+        self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, context: Tensor, hidden: Tensor) -> Tensor:
-        return self.norm(self.residual(hidden) + self.ffn(torch.cat([context, hidden], dim=-1)))
+        return self.norm(self.residual(hidden) + self.dropout(self.ffn(torch.cat([context, hidden], dim=-1))))
 
 
 class TokenBlock(_LayerStack):
@@ -231,11 +235,13 @@ class TokenBlock(_LayerStack):
 
     Args:
         config: the blocks' shape (the same :class:`ModelConfig` as the ContextBlock's).
+        dropout: each layer's dropout rate on its FFN output (Phase 2's ``dropout``; no
+            parameters, so the weights do not depend on it).
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, dropout: float = 0.0) -> None:
         dims = [config.token_input_dim] + [config.embed_dim] * config.num_layers
-        layer = (config.ffn_layers, config.activation)
+        layer = (config.ffn_layers, config.activation, dropout)
         super().__init__(config, (TokenLayer(config.context_dim, *dims[i : i + 2], *layer) for i in range(config.num_layers)))
 
     def forward(self, contexts: Tensor, token_input: Tensor) -> Tensor:
@@ -269,11 +275,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def build_blocks(config: ModelConfig) -> tuple[ContextBlock, TokenBlock]:
+def build_blocks(config: ModelConfig, dropout: float = 0.0) -> tuple[ContextBlock, TokenBlock]:
     """The one factory of both blocks, initialised per docs/method.md §3: ContextBlock first, then
-    TokenBlock, from torch's global RNG (call ``torch.manual_seed`` first for a
-    reproducible init).  A run's dict config goes through :meth:`ModelConfig.from_dict`."""
-    context_block, token_block = ContextBlock(config), TokenBlock(config)
+    TokenBlock (with Phase 2's ``dropout`` rate), from torch's global RNG (call
+    ``torch.manual_seed`` first for a reproducible init).  A run's dict config goes through
+    :meth:`ModelConfig.from_dict`."""
+    context_block, token_block = ContextBlock(config), TokenBlock(config, dropout)
     init_weights(context_block)
     init_weights(token_block)
     return context_block, token_block

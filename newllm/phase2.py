@@ -27,7 +27,7 @@ from newllm.checkpoint import CheckpointSpec
 from newllm.config import schema_dataclass
 from newllm.flops import TRAIN_FLOPS_FORMULA, phase1_flops, train_flops
 from newllm.head import TiedHead, tied_head, tied_token_nll
-from newllm.metrics import perplexity
+from newllm.metrics import perplexity, test_scores
 from newllm.model import TokenBlock, TokenInput, count_parameters
 from newllm.runtime import autocast
 from newllm.trainer import accumulate, train_next_token
@@ -266,7 +266,7 @@ def train_phase2(
 
 def final_summary(
     summary: dict[str, Any],
-    test_eval: dict[str, Any],
+    test_eval: dict[str, Any] | None,
     block: TokenBlock,
     token_input: TokenInput,
     context_parameters: int,
@@ -274,8 +274,9 @@ def final_summary(
     train_stream_tokens: int | None = None,
 ) -> dict[str, Any]:
     """A Phase 2 run's summary for its metrics file: the trainer's ``summary``, the test
-    scores of the selected weights (``test_eval`` from :func:`evaluate`), parameter counts
-    and training compute (:mod:`newllm.flops`).
+    scores of the selected weights (``test_eval`` from :func:`evaluate`; ``None`` for a
+    tuning trial, which is never scored on test), parameter counts and training compute
+    (:mod:`newllm.flops`).
 
     ``parameters`` = the ContextBlock's (``context_parameters``; 0 without one) plus the
     TokenBlock's.  ``train_flops`` = Phase 2's :func:`newllm.flops.train_flops` of the
@@ -289,10 +290,7 @@ def final_summary(
     first = 0.0 if phase1 is None else phase1_flops(context_parameters, train_stream_tokens, phase1["iterations"])
     return {
         **summary,
-        "test_loss": test_eval["loss"],
-        "test_ppl": test_eval["ppl"],
-        "test_accuracy": test_eval["accuracy"],
-        "test_tokens": test_eval["tokens"],
+        **test_scores(test_eval),
         "context_block_parameters": context_parameters,
         "token_block_parameters": token_parameters,
         "parameters": context_parameters + token_parameters,
@@ -301,5 +299,6 @@ def final_summary(
         "phase1_train_flops": first,
         "train_flops_includes_phase1": phase1 is not None,
         "train_flops_formula": TRAIN_FLOPS_FORMULA + (" + 6 * context_parameters * n * phase1_iterations" if phase1 else ""),
-        "selection": "best dev step; test scored once with the selected weights",
+        "selection": "best dev step; "
+        + ("test not scored (tuning trial)" if test_eval is None else "test scored once with the selected weights"),
     }

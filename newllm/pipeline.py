@@ -72,9 +72,11 @@ def build_model(
 ) -> tuple[ContextBlock, TokenBlock]:
     """The run's ContextBlock and TokenBlock from its resolved config (one factory for
     every script): initialised per docs/method.md §3 from ``torch.manual_seed(params["seed"])``, the
-    ContextBlock loaded from ``context_weights`` when given, both on ``device``."""
+    ContextBlock loaded from ``context_weights`` when given, both on ``device``; the
+    TokenBlock's dropout is ``params["phase2"]["dropout"]``."""
     torch.manual_seed(params["seed"])
-    context_block, token_block = build_blocks(ModelConfig.from_dict(params["model"], token_input.embed_dim))
+    config = ModelConfig.from_dict(params["model"], token_input.embed_dim)
+    context_block, token_block = build_blocks(config, params["phase2"]["dropout"])
     if context_weights is not None:
         context_block.load_state_dict(load_weights(context_weights))
     return context_block.to(device), token_block.to(device)
@@ -99,7 +101,10 @@ def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointS
     Where: with ``params.checkpoints`` (the study's checkpoint folder, an output of the
     ``checkpoint_store`` rule, so ``snakemake --delete-all-output`` removes it) at
     ``{checkpoints}/{run}/{phase}/checkpoint.safetensors``, where ``{run}/{phase}`` is the
-    output folder's path below ``results/{study}/runs/``; otherwise beside ``output_path``.
+    output folder's path below ``results/{study}/runs/`` (below ``results/{study}/`` for an
+    output outside ``runs/``, e.g. ``tuning/...`` for a tuning trial, so a trial and the run it
+    tunes never share a checkpoint); otherwise, or for an output outside ``results/{study}/``,
+    beside ``output_path``.
     """
     inputs = {name: (Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for name, path in _named(smk.input).items()}
     params = _named(smk.params)
@@ -107,18 +112,9 @@ def run_checkpoint(smk: Any, output_path: str | Path, every: int) -> CheckpointS
     parts = [settings, inputs]
     folder = Path(output_path).parent
     store = params.get("checkpoints")
-    if store is not None:
-        try:
-            folder = Path(store) / folder.relative_to(Path(store).parent / "runs")
-        except ValueError:
-            run = params["run"]
-            folder = (
-                Path(store)
-                / run["model"]
-                / run["variant"]
-                / f"samples{run['samples']}_ctx{run['context_dim']}_seed{run['seed']}"
-                / folder.name
-            )
+    if store is not None and folder.is_relative_to(Path(store).parent):
+        below = folder.relative_to(Path(store).parent)
+        folder = Path(store) / (below.relative_to("runs") if below.parts[0] == "runs" else below)
     return CheckpointSpec(folder / "checkpoint.safetensors", fingerprint(*parts), every)
 
 

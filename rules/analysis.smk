@@ -504,3 +504,5 @@ rule analysis:
             ],
             study=STUDY,
         ),
+        # the tuning trials and choices (rules/tuning.smk), with config tuning.enabled
+        expand(rules.tuning_table.output, study=STUDY) if TUNING else [],

@@ -41,6 +41,7 @@ rule ngram:
 
 rule baseline_lm:
     input:
+        unpack(tuning_choice),
         train=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
         dev=rules.make_heldout.output.dev,

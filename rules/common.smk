@@ -23,7 +23,7 @@ from newllm.config import (
     load_schema,
     resolve_variant,
 )  # noqa: E402
-from newllm import study  # noqa: E402
+from newllm import study, tuning  # noqa: E402
 
 SCHEMA_PATH = Path(workflow.basedir) / "config" / "schema.yaml"
 validate(config, schema=str(SCHEMA_PATH))  # fills schema defaults into config
@@ -43,7 +43,8 @@ try:
         corpus_manifest=Path("results", STUDY, "data", "corpus", "manifest.json"),
     )
     RUN_CONFIG = {v: resolve_variant(config, v, SCHEMA) for v in config["variants"]}
-except ConfigError as err:
+    TUNING_RUN = tuning.tuning_run(config)
+except (ConfigError, ValueError) as err:
     raise WorkflowError(f"invalid configuration: {err}") from None
 
 SAMPLE_SIZES = sorted(config["sample_sizes"])
@@ -167,6 +168,41 @@ def context_weights(wildcards):
         "weights": rules.phase1.output.weights.format(**source),
         "phase1_metrics": rules.phase1.output.metrics.format(**source),
     }
+
+
+TUNING = config["tuning"]["enabled"]
+TUNED_MODELS = tuning.tuned_models(MODELS) if TUNING else []
+"""The models whose tuning trials train (newllm.tuning.tuned_models); none without tuning."""
+TRIALS = tuning.trials(config["tuning"])
+
+
+TUNING_DIR = posixpath.join(
+    "results/{study}/tuning", study.RUN_FOLDER.removeprefix("runs/"), "{trial}"
+)
+"""A tuning trial's folder: the run it trains at, then the trial (newllm.tuning.Trial.name)."""
+TRIAL_NAME = f"{RUN_NAME}_{{trial}}"
+"""A tuning trial's file name in the per-rule log and benchmark folders."""
+
+
+def trial_metrics(wildcards):
+    """The metrics.json of every tuning trial of a tuned model, in grid order."""
+    folder = study.get_model(wildcards.model).final
+    return [
+        f"{TUNING_DIR}/{folder}/metrics.json".format(
+            study=wildcards.study, model=wildcards.model, trial=trial.name, **TUNING_RUN
+        )
+        for trial in TRIALS
+    ]
+
+
+def tuning_choice(wildcards):
+    """``{"tuning_choice": choice.json}`` of the tuned model whose choice a run trains with
+    (newllm.tuning.choice_model); nothing without tuning, for a model no choice covers, or
+    for a tuning trial itself (its ``{trial}`` wildcard sets its settings)."""
+    tuned = tuning.choice_model(wildcards.model, MODELS) if TUNING else None
+    if tuned is None or "trial" in wildcards.keys():
+        return {}
+    return {"tuning_choice": f"results/{wildcards.study}/tuning/{tuned}/choice.json"}
 
 
 def context_source(wildcards):

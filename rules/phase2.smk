@@ -6,6 +6,7 @@
 rule phase2:
     input:
         unpack(phase2_caches),
+        unpack(tuning_choice),
         train_tokens=rules.make_train_set.output.tokens,
         train_meta=rules.make_train_set.output.meta,
         dev_tokens=rules.make_heldout.output.dev,

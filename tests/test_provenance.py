@@ -92,6 +92,10 @@ def test_checkpoint_fingerprint_and_place_follow_code_and_store(tmp_path):
     assert spec("aaaa", checkpoints=None).fingerprint == a.fingerprint  # the checkpoint folder is no setting
     assert a.path == tmp_path / "results/s/checkpoints/cvfp/base/samples6_ctx16_seed0/phase2/checkpoint.safetensors"
     assert spec("aaaa", checkpoints=None).path == out.parent / "checkpoint.safetensors"
+    # a tuning trial of the same run keeps its checkpoint apart from the run's
+    out = tmp_path / "results/s/tuning/cvfp/base/samples6_ctx16_seed0/lr2_dropout0/phase2/token_block.safetensors"
+    trial = "results/s/checkpoints/tuning/cvfp/base/samples6_ctx16_seed0/lr2_dropout0/phase2/checkpoint.safetensors"
+    assert spec("aaaa").path == tmp_path / trial
 
 
 # --------------------------------------------------------------------------- data provenance

@@ -37,6 +37,10 @@ def test_dry_run_of_the_default_config(repo, tmp_path):
         "usable_memory": 14,
         "phase2": 42,
         "baseline_lm": 14,
+        # the same 3 x 2 tuning grid for Phase 2 (on cvfp) and the LSTM, one choice each
+        "tune_phase2": 6,
+        "tune_baseline_lm": 6,
+        "tuning_choice": 2,
         "ngram": 28,
         "make_train_set": 14,
         "make_heldout": 1,
@@ -271,6 +275,30 @@ def test_end_to_end_produces_tables_and_figures(e2e):
     nll = np.load(results / "runs/cvfp/base/samples6_ctx16_seed0/phase2/test_token_nll.npy")
     p2 = json.loads((results / "runs/cvfp/base/samples6_ctx16_seed0/phase2/metrics.json").read_text())["summary"]
     assert nll.shape == (p2["test_tokens"],) and float(nll.astype("float64").mean()) == pytest.approx(p2["test_loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_every_family_trains_the_same_trials_and_every_run_trains_with_its_choice(e2e):
+    _, results = e2e
+    table = pd.read_csv(results / "tables" / "tuning.csv")
+    trials = table.groupby("model")["trial"].nunique()
+    assert trials.to_dict() == {"cvfp": 2, "lstm": 2, "mingru": 2, "transformer": 2}  # config/test.yaml's 2 x 1 grid
+    chosen = table[table["chosen"]].set_index("model")
+    assert len(chosen) == 4 and chosen.index.is_unique
+    best = table.loc[table.groupby("model")["dev_loss"].idxmin()].set_index("model")
+    assert (best["trial"] == chosen["trial"]).all()  # the lowest dev loss, never a test score
+    for path in results.glob("tuning/*/*/*/*/*/metrics.json"):
+        assert not [key for key in json.loads(path.read_text())["summary"] if key.startswith("test")], path
+    for path in results.glob("runs/*/*/*/*/metrics.json"):
+        metrics, model = json.loads(path.read_text()), path.parts[-5]
+        if path.parent.name == "phase2":  # every context model: Phase 2's choice, made on cvfp
+            settings, tuned = metrics["config"]["phase2"], "cvfp"
+        elif path.parent.name == "lm" and "baseline" in metrics and model in chosen.index:
+            settings, tuned = metrics["baseline"]["settings"], model
+        else:
+            continue
+        assert settings["learning_rate"] == pytest.approx(chosen.loc[tuned, "learning_rate"]), path
+        assert settings["dropout"] == chosen.loc[tuned, "dropout"], path
 
 
 @pytest.mark.slow

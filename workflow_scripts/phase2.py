@@ -19,6 +19,7 @@ from newllm.pipeline import (
 )
 from newllm.runtime import progress_stream, save_weights
 from newllm.script import run_script
+from newllm.tuning import apply_trial, job_trial
 
 CHECKPOINT_EVERY = 1  # evaluations; a killed job resumes from the last checkpoint
 DONE_KEYS = ("dev_ppl", "best_step", "stopped_by", "test_ppl")
@@ -40,6 +41,7 @@ def load_split(smk, split, device, context_dim):
 
 def main(smk) -> None:
     params, name, log, device, token_input = start_run(smk)
+    params = {**params, "phase2": apply_trial(params["phase2"], job_trial(smk))}  # a tuning trial's or the chosen settings
     context_block, token_block = build_model(params, token_input, device)
     cfg, precision = Phase2Config.from_dict(params["phase2"], device), run_precision(params, device, token_input.embed_dim)
     train, dev, test = (load_split(smk, split, device, params["run"]["context_dim"]) for split in ("train", "dev", "test"))
@@ -66,7 +68,8 @@ def main(smk) -> None:
             ),
             precision=precision,
         )
-    test_eval = evaluate(token_block, token_input, test, cfg, return_token_nll=True, precision=precision)
+    scored = hasattr(smk.output, "test_token_nll")  # a tuning trial is never scored on test
+    test_eval = evaluate(token_block, token_input, test, cfg, return_token_nll=True, precision=precision) if scored else None
     phase1_path = getattr(smk.input, "phase1_metrics", None)  # a trained ContextBlock's Phase 1 cost, when the rule passes it
     phase1 = read_json(phase1_path)["summary"] if phase1_path else None
     context_params = 0 if train.cache is None else read_json(smk.input.cache_meta)["context_parameters"]
@@ -74,10 +77,11 @@ def main(smk) -> None:
     if summary["undertrained"]:
         log.warning("Phase 2 %s reached max_steps=%d before dev loss stopped improving: undertrained", name, cfg.max_steps)
     save_weights(smk.output.weights, token_block.state_dict(), {"run": name, "best_step": str(summary["best_step"])})
-    write_npy(smk.output.test_token_nll, test_eval["token_nll"])
+    if scored:
+        write_npy(smk.output.test_token_nll, test_eval["token_nll"])
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, result.history, device)
     checkpoint.path.unlink(missing_ok=True)
-    log.info("Phase 2 done: dev PPL %.2f (step %d, %s), test PPL %.2f", *(summary[k] for k in DONE_KEYS))
+    log.info("Phase 2 done: dev PPL %.2f (step %d, %s), test PPL %s", *(summary.get(k, "not scored") for k in DONE_KEYS))
 
 
 if __name__ == "__main__":

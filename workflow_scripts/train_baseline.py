@@ -16,6 +16,7 @@ from newllm.baselines.training import NeuralTrainConfig, evaluate_stream, final_
 from newllm.io import write_npy
 from newllm.pipeline import run_checkpoint, run_precision, start_lm_run, write_run_outputs
 from newllm.script import run_script
+from newllm.tuning import apply_trial, job_trial
 
 CHECKPOINT_EVERY = 1  # dev evaluations; a killed job resumes from the last checkpoint
 EVAL_LINE = "step %d (%d tokens): train loss %.3f, dev PPL %.2f, dev acc %.2f %%"
@@ -24,6 +25,7 @@ DONE_KEYS = ("stopped_by", "steps", "best_step", "dev_ppl", "test_ppl", "train_s
 
 def main(smk) -> None:
     name, baselines = smk.params.run["run"]["model"], smk.params.baselines
+    baselines = {**baselines, name: apply_trial(baselines[name], job_trial(smk))}  # a tuning trial's or the chosen settings
     if name not in SEQ_LEN_KEY:
         raise ValueError(f"rule baseline_lm trains {sorted(SEQ_LEN_KEY)}, got model {name!r}")
     params, label, log, device, embeddings, (train, dev, test) = start_lm_run(smk, ("train", "dev", "test"))
@@ -48,10 +50,11 @@ def main(smk) -> None:
         precision=precision,
         checkpoint=checkpoint,
     )
-    t0 = time.perf_counter()
-    test_eval = evaluate_stream(model, test, cfg.chunk_tokens, precision)
+    t0, scored = time.perf_counter(), hasattr(smk.output, "test_nll")  # a tuning trial is never scored on test
+    test_eval = evaluate_stream(model, test, cfg.chunk_tokens, precision) if scored else None
     summary = final_summary(trained.summary, test_eval, time.perf_counter() - t0, model, size, SIZE_NAME[name])
-    write_npy(smk.output.test_nll, test_eval["token_nll"])
+    if scored:
+        write_npy(smk.output.test_nll, test_eval["token_nll"])
     baseline = {
         "model": name,
         "settings": baselines[name],
@@ -60,7 +63,11 @@ def main(smk) -> None:
     }
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, trained.history, device, baseline=baseline)
     checkpoint.path.unlink(missing_ok=True)
-    log.info("%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %.2f, %.1f s", label, *(summary[k] for k in DONE_KEYS))
+    log.info(
+        "%s done: %s after %d steps (best %d); dev PPL %.2f, test PPL %s, %.1f s",
+        label,
+        *(summary.get(k, "not scored") for k in DONE_KEYS),
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from newllm.baselines.models import SEQ_LEN_KEY, SizeMatch
 from newllm.checkpoint import CheckpointSpec
 from newllm.flops import TRAIN_FLOPS_FORMULA, train_flops
 from newllm.head import TiedHead, tied_head, tied_token_nll
-from newllm.metrics import perplexity
+from newllm.metrics import perplexity, test_scores
 from newllm.model import count_parameters
 from newllm.runtime import autocast
 from newllm.trainer import train_next_token
@@ -315,22 +315,24 @@ def train_neural_lm(
 
 
 def final_summary(
-    summary: dict[str, Any], test_eval: dict[str, Any], test_seconds: float, model: nn.Module, size: SizeMatch, size_name: str
+    summary: dict[str, Any],
+    test_eval: dict[str, Any] | None,
+    test_seconds: float,
+    model: nn.Module,
+    size: SizeMatch,
+    size_name: str,
 ) -> dict[str, Any]:
     """A baseline run's summary for its metrics file: the trainer's ``summary``, the test
     scores of the best weights (``test_eval`` from :func:`evaluate_stream`, which took
-    ``test_seconds``), the parameter match (``size``: the chosen ``size_name`` and its
-    target) and ``train_flops`` (:func:`newllm.flops.train_flops`, the formula every
-    model's is)."""
+    ``test_seconds``; ``None`` for a tuning trial, never scored on test), the parameter
+    match (``size``: the chosen ``size_name`` and its target) and ``train_flops``
+    (:func:`newllm.flops.train_flops`, the formula every model's is)."""
     parameters = count_parameters(model)
     vocab, embed_dim = model.embeddings.shape
     return {
         **summary,
-        "test_loss": test_eval["loss"],
-        "test_ppl": test_eval["ppl"],
-        "test_accuracy": test_eval["accuracy"],
-        "test_tokens": test_eval["tokens"],
-        "test_seconds": test_seconds,
+        **test_scores(test_eval),
+        **({} if test_eval is None else {"test_seconds": test_seconds}),
         "parameters": parameters,
         "parameter_target": size.target,
         "parameter_gap": parameters / size.target - 1.0,
