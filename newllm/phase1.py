@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from newllm.checkpoint import CheckpointSpec, TrainState
-from newllm.config import schema_dataclass
+from newllm.config_fields import Phase1Fields
 from newllm.losses import phase1_loss
 from newllm.metrics import ER_MAX_ROWS, convergence_counts, effective_rank, format_rate
 from newllm.model import ContextBlock, TokenInput
@@ -37,14 +37,14 @@ from newllm.solvers import INPUT_CACHE_MAX_ELEMENTS, StreamMap, embed_windows
 from newllm.training import TrainingDivergedError, TrainResult, check_finite, config_from_dict  # noqa: F401
 
 
-@schema_dataclass(
-    "phase1",
-    er_max_rows=(int, ER_MAX_ROWS, "rows sampled for the Effective Rank of a context matrix (newllm.metrics.effective_rank)"),
-)
-class Phase1Config:
-    """Phase 1 hyper-parameters (docs/method.md §4 defaults): the fields of ``config/schema.yaml``'s
-    ``phase1`` section, generated from it (:func:`newllm.config.schema_dataclass`), plus
+@dataclass
+class Phase1Config(Phase1Fields):
+    """Phase 1 hyper-parameters (docs/method.md §4): the fields of the schema's ``phase1``
+    section (:class:`newllm.config_fields.Phase1Fields`, generated from it), plus
     ``er_max_rows`` (docs/method.md §5, not a config key)."""
+
+    er_max_rows: int = ER_MAX_ROWS
+    """Rows sampled for the Effective Rank of a context matrix (:func:`newllm.metrics.effective_rank`)."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "Phase1Config":

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from newllm.checkpoint import CheckpointSpec
-from newllm.config import schema_dataclass
+from newllm.config_fields import Phase2Fields
 from newllm.flops import TRAIN_FLOPS_FORMULA, phase1_flops, train_flops
 from newllm.head import TiedHead, tied_head, tied_token_nll
 from newllm.metrics import perplexity, test_scores
@@ -38,10 +38,10 @@ ContextCache = np.ndarray | Tensor | None
 the no_context control (the TokenBlock reads zeros)."""
 
 
-@schema_dataclass("phase2")
-class Phase2Config:
-    """Phase 2 hyper-parameters (docs/method.md §7 defaults): the fields of ``config/schema.yaml``'s
-    ``phase2`` section, generated from it (:func:`newllm.config.schema_dataclass`)."""
+@dataclass
+class Phase2Config(Phase2Fields):
+    """Phase 2 hyper-parameters (docs/method.md §7): the fields of the schema's ``phase2``
+    section (:class:`newllm.config_fields.Phase2Fields`, generated from it)."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any], device: torch.device | None = None) -> "Phase2Config":

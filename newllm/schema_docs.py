@@ -1,4 +1,4 @@
-"""``config/README.md``, generated from ``config/schema.yaml``.  No torch import.
+"""``config/README.md`` (and :mod:`newllm.config_fields`), generated from ``config/schema.yaml``.  No torch import.
 
 The schema documents and defaults every configuration key (Snakemake fills the
 defaults in); this module renders it as Markdown so the page a user reads cannot drift
@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from newllm.config import SCHEMA_PATH, load_schema
+from newllm.config import FIELDS_MODULE_PATH, SCHEMA_PATH, fields_module, load_schema
 
 README_PATH = Path(__file__).resolve().parents[1] / "config" / "README.md"
 """Where :func:`main` writes the page (``config/README.md``)."""
@@ -71,8 +71,9 @@ executors, partitions) belong in `profiles/`, not here.
   starts, naming the key and what is allowed.  `newllm/config.py` adds the checks a schema
   cannot make (variant overrides after merging, sample sizes against the training pool,
   the corpus and tokenizer paths).
-- The `phase1` and `phase2` sections are also the trainers' settings: `Phase1Config` and
-  `Phase2Config` are generated from them, so the defaults below are the trainers' defaults.
+- The `phase1` and `phase2` sections are also the trainers' settings: `newllm/config_fields.py`
+  is generated from them (`python -m newllm.schema_docs` writes it and this page), and
+  `Phase1Config` and `Phase2Config` subclass it, so the defaults below are the trainers' defaults.
 - What each setting does in the method: [`docs/method.md`](../docs/method.md).
 
 ## Study configs
@@ -301,12 +302,18 @@ def schema_markdown(schema: dict[str, Any], configs: dict[str, str] | None = Non
     return "".join(parts)
 
 
-def main(path: str | Path = README_PATH) -> Path:
-    """Write :func:`schema_markdown` of ``config/schema.yaml`` to ``path``; returns it."""
-    path = Path(path)
-    path.write_text(schema_markdown(load_schema(SCHEMA_PATH)))
-    return path
+def main(path: str | Path = README_PATH, fields_path: str | Path = FIELDS_MODULE_PATH) -> list[Path]:
+    """Write everything generated from ``config/schema.yaml``: :func:`schema_markdown` to
+    ``path`` and :func:`newllm.config.fields_module` (the trainers' settings classes) to
+    ``fields_path``; returns both paths."""
+    schema = load_schema(SCHEMA_PATH)
+    written = []
+    for target, text in ((path, schema_markdown(schema)), (fields_path, fields_module(schema))):
+        Path(target).write_text(text)
+        written.append(Path(target))
+    return written
 
 
 if __name__ == "__main__":
-    print(f"wrote {main()}")
+    for written in main():
+        print(f"wrote {written}")

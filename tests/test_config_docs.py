@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from newllm.config import SCHEMA_PATH, load_schema
+import newllm.config_fields
+from newllm.config import FIELDS_MODULE_PATH, SCHEMA_PATH, fields_module, load_schema
 from newllm.schema_docs import README_PATH, STUDY_CONFIGS, schema_keys, schema_markdown
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -21,6 +22,14 @@ def test_committed_page_is_the_generated_one(schema):
     committed = README_PATH.read_text()
     assert committed == schema_markdown(schema), (
         "config/README.md differs from config/schema.yaml: regenerate it with `python -m newllm.schema_docs`"
+    )
+
+
+def test_committed_settings_module_is_the_generated_one(schema):
+    """newllm/config_fields.py (the trainers' settings classes) is generated from the schema too."""
+    assert FIELDS_MODULE_PATH == Path(newllm.config_fields.__file__)
+    assert FIELDS_MODULE_PATH.read_text() == fields_module(schema), (
+        "newllm/config_fields.py differs from config/schema.yaml: regenerate it with `python -m newllm.schema_docs`"
     )
 
 

@@ -18,6 +18,8 @@ from docutils.core import publish_parts
 from snakemake.report import auto_report
 from snakemake.utils import update_config, validate
 
+from newllm.tuning import tuning_run
+
 pytestmark = pytest.mark.filterwarnings('ignore:Argument "writer_name" will be removed:PendingDeprecationWarning')
 """auto_report calls publish_parts(writer_name=...), which docutils will drop in 2.0."""
 
@@ -124,6 +126,13 @@ def test_every_substitution_is_filled_and_equals_the_config(study):
     assert f"Variants: {', '.join(config['variants'])} (the first is the reference variant" in text
     if config["embeddings"]["source"] in ("bigram", "word2vec"):
         assert f"Embedding slice: {split['embedding_samples']} conversations" in text
+    if config["tuning"]["enabled"]:
+        run = tuning_run(config)
+        factors = ", ".join(map(str, config["tuning"]["learning_rate_factors"]))
+        assert f"learning rate × {factors} of the configured one" in text
+        assert f"at {run['samples']} conversations, seed {run['seed']};" in text
+    else:
+        assert "Tuning: off;" in text
     # every model, in config order, one list item each
     assert f"Models ({len(config['models'])}), all trained" in text
     nested = re.search(r"<strong>Models</strong>.*?<ul>(.*?)</ul>", page, re.S)
