@@ -496,14 +496,11 @@ def train_phase1(
         on_iteration: called with each iteration's record (progress logging).
         checkpoint: save every ``checkpoint.every`` iterations and resume from a
             matching checkpoint (same final numbers as an uninterrupted run).
-        precision: ``fp32`` or ``bf16`` (:func:`newllm.runtime.resolve_precision`) for the
-            training sweeps (forward under ``torch.autocast``, losses float32); the dev
-            sweeps and the final measurement stay float32, so convergence and Effective
-            Rank are measured the same way in both.
+        precision: ``fp32`` or ``bf16`` (:func:`newllm.runtime.resolve_precision`) of the training
+            sweeps (autocast forward, float32 losses); dev sweeps and the final measurement stay float32.
 
     Returns:
-        :class:`TrainResult`; ``extra["contexts"]`` are the final weights' train contexts
-        ``[n, d_c]``.
+        :class:`TrainResult`; ``extra["contexts"]``: the final weights' train contexts ``[n, d_c]``.
 
     Raises:
         TrainingDivergedError: a NaN/Inf loss.
