@@ -2,27 +2,19 @@
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from newllm.model import ModelConfig, TokenBlock
+from newllm.study import CATALOGUE
 from newllm.tuning import Trial, apply_trial, choice_model, choose, job_trial, trial_row, trials, tuned_models, tuning_run
 
-DEFAULT_MODELS = ["cvfp", "reset_context", "no_context", "ngram", "ngram_slice", "lstm"]
-EVERY_MODEL = [
-    "cvfp",
-    "reset_context",
-    "lstm_states",
-    "untrained_context",
-    "no_context",
-    "ngram",
-    "ngram_slice",
-    "lstm",
-    "mingru",
-    "transformer",
-]
+DEFAULT_MODELS = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["models"]
+EVERY_MODEL = list(CATALOGUE)
 
 
 def test_the_grid_is_every_factor_times_every_dropout_in_order_and_names_round_trip():
