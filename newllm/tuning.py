@@ -161,3 +161,38 @@ def job_trial(smk: Any) -> Trial | None:
         with open(path, encoding="utf-8") as handle:
             return Trial.parse(json.load(handle)["chosen"]["trial"])
     return None
+
+
+def tuning_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The verdict's tuning section from the tuning table's rows (rule tuning_table): per
+    tuned model the chosen learning rate and dropout with the trial's dev perplexity, the
+    number of trials, and a warning where the choice sits at the edge of the learning-rate
+    grid (a wider grid might have done better) or a trial was undertrained."""
+    if not rows:
+        return []
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    first = rows[0]
+    lines = [
+        "## Tuning",
+        "",
+        f"Every trained family trained the same {len([r for r in rows if r['model'] == models[0]])} trials "
+        f"(learning-rate factor x dropout) at {first['tuning_samples']} conversations, seed {first['tuning_seed']}; "
+        "the lowest dev loss was kept (test never scored):",
+        "",
+    ]
+    for model in models:
+        trials = [row for row in rows if row["model"] == model]
+        chosen = next(row for row in trials if row["chosen"])
+        factors = sorted({row["learning_rate_factor"] for row in trials})
+        who = f"Phase 2, tuned on {model} (every context model)" if get_model(model).family == "context" else model
+        line = (
+            f"- {who}: learning rate {chosen['learning_rate']:g} (factor {chosen['learning_rate_factor']:g}), "
+            f"dropout {chosen['dropout']:g}; dev PPL {chosen['dev_ppl']:.2f} of {len(trials)} trials"
+        )
+        if len(factors) > 1 and chosen["learning_rate_factor"] in (factors[0], factors[-1]):
+            line += "; **at the edge of the learning-rate grid**"
+        undertrained = sum(bool(row["undertrained"]) for row in trials)
+        if undertrained:
+            line += f"; {undertrained} trial(s) undertrained"
+        lines.append(line + ".")
+    return [*lines, ""]

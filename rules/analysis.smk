@@ -269,6 +269,8 @@ rule verdict:
         paired_gains=rules.bootstrap_test.output.paired_gains,
         prediction=rules.prediction.output.correlations,
         usable_memory=rules.memory_tables.output.usable_summary,
+        # the tuning table, with config tuning.enabled (rules/tuning.smk)
+        tuning=rules.tuning_table.output[0] if TUNING else [],
     output:
         html=report(
             "results/{study}/tables/verdict.html",

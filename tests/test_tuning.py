@@ -11,7 +11,18 @@ import yaml
 
 from newllm.model import ModelConfig, TokenBlock
 from newllm.study import CATALOGUE
-from newllm.tuning import Trial, apply_trial, choice_model, choose, job_trial, trial_row, trials, tuned_models, tuning_run
+from newllm.tuning import (
+    Trial,
+    apply_trial,
+    choice_model,
+    choose,
+    job_trial,
+    trial_row,
+    trials,
+    tuned_models,
+    tuning_markdown,
+    tuning_run,
+)
 
 DEFAULT_MODELS = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["models"]
 EVERY_MODEL = list(CATALOGUE)
@@ -125,3 +136,35 @@ def test_token_block_dropout_acts_in_training_only_and_rate_zero_is_the_identity
     torch.manual_seed(1)
     assert torch.equal(torch.rand(1), after)
     assert torch.equal(trained, plain.eval()(contexts, tokens))
+
+
+def _table(model, factors, chosen, undertrained=()):
+    return [
+        {
+            "model": model,
+            "trial": Trial(f, 0.0).name,
+            "learning_rate_factor": f,
+            "dropout": 0.0,
+            "learning_rate": 0.01 * f,
+            "dev_ppl": 100.0 + i,
+            "undertrained": f in undertrained,
+            "chosen": f == chosen,
+            "tuning_samples": 32,
+            "tuning_seed": 0,
+        }
+        for i, f in enumerate(factors)
+    ]
+
+
+def test_the_verdict_names_each_choice_and_warns_at_the_grid_edge():
+    rows = _table("cvfp", [0.5, 1.0, 2.0], chosen=1.0) + _table("lstm", [0.5, 1.0, 2.0], chosen=2.0, undertrained=(0.5,))
+    text = "\n".join(tuning_markdown(rows))
+    assert "the same 3 trials" in text and "at 32 conversations, seed 0" in text
+    assert (
+        "- Phase 2, tuned on cvfp (every context model): learning rate 0.01 (factor 1), dropout 0; dev PPL 101.00 of 3 trials."
+        in text
+    )
+    lstm = next(line for line in text.splitlines() if line.startswith("- lstm"))
+    assert "learning rate 0.02 (factor 2)" in lstm and "at the edge of the learning-rate grid" in lstm
+    assert "1 trial(s) undertrained" in lstm
+    assert tuning_markdown([]) == []

@@ -299,6 +299,8 @@ def test_every_family_trains_the_same_trials_and_every_run_trains_with_its_choic
             continue
         assert settings["learning_rate"] == pytest.approx(chosen.loc[tuned, "learning_rate"]), path
         assert settings["dropout"] == chosen.loc[tuned, "dropout"], path
+    verdict = (results / "tables" / "verdict.md").read_text()
+    assert verdict.index("## Tuning") < verdict.index("## The seed notes' claims")
 
 
 @pytest.mark.slow

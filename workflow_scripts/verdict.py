@@ -10,6 +10,7 @@ from newllm.analysis.findings import claims_markdown, findings, findings_markdow
 from newllm.io import atomic_path, read_json, write_json
 from newllm.runtime import get_logger
 from newllm.script import run_script
+from newllm.tuning import tuning_markdown
 
 
 def main(smk) -> None:
@@ -37,7 +38,9 @@ def main(smk) -> None:
         head_boot=np.load(smk.input.head_losses),
     )
     result["findings"] = opening
-    text = _with_findings(verdict_markdown(result), opening)
+    path = getattr(smk.input, "tuning", None)  # none (an empty list) without tuning
+    tuning = pd.read_csv(path).to_dict("records") if path else []
+    text = _with_findings(verdict_markdown(result), opening, tuning_markdown(tuning))
     for path, content in ((smk.output.markdown, text), (smk.output.html, verdict_html(text))):
         with atomic_path(path) as tmp:
             tmp.write_text(content)
@@ -45,11 +48,11 @@ def main(smk) -> None:
     log.info("\n%s", text)
 
 
-def _with_findings(text: str, opening: dict) -> str:
+def _with_findings(text: str, opening: dict, tuning: list[str]) -> str:
     """The verdict with the history gain and the gain over the head after its title line,
-    and the claims table at the end."""
+    then the tuning section, and the claims table at the end."""
     title, _, rest = text.partition("\n")
-    return "\n".join([title, "", findings_markdown(opening), rest.lstrip("\n"), *claims_markdown(opening["claims"]), ""])
+    return "\n".join([title, "", findings_markdown(opening), rest.lstrip("\n"), *tuning, *claims_markdown(opening["claims"]), ""])
 
 
 def _finite(obj):
