@@ -95,6 +95,8 @@ TRAINING_RULES = (
     "usable_memory",
     "repetition_study",
     "baseline_lm",
+    "tune_phase2",
+    "tune_baseline_lm",
 )
 
 
