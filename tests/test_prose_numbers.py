@@ -28,6 +28,13 @@ def test_default_study_header_states_its_design(repo):
     assert f"x {len(cfg['seeds'])} training seeds" in text
 
 
+def test_default_study_tuning_comment_states_its_grid(repo):
+    cfg, text = _config(repo, "config.yaml"), _header(repo, "config.yaml")
+    grid = cfg["tuning"]
+    assert f"the same {len(grid['learning_rate_factors'])} learning-rate factors x {len(grid['dropouts'])} dropouts" in text
+    assert grid.get("samples") is None and "at the middle size, first seed" in text
+
+
 def test_full_study_header_states_its_design(repo):
     cfg, text = _config(repo, "chitchat_full.yaml"), _header(repo, "chitchat_full.yaml")
     sizes = cfg["sample_sizes"]
