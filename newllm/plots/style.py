@@ -15,6 +15,11 @@ from newllm.study import model_style
 
 VARIANT_STYLES = ["-", "--", ":", "-."]
 
+MARKER_EDGES = {"lines.markeredgecolor": "0.2", "lines.markeredgewidth": 0.6, "scatter.edgecolors": "0.2"}
+"""A thin dark edge on every marker, so the palette's light colours (Okabe–Ito yellow and
+sky blue) stay visible on white; set for every figure of this package."""
+plt.rcParams.update(MARKER_EDGES)
+
 
 def save_figure(fig, path: str | Path, dpi: int = 120, tight: bool = True) -> list[Path]:
     """Write ``fig`` to ``path`` (PNG) and to ``path`` with suffix ``.svg``, atomically;
