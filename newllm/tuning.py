@@ -50,10 +50,10 @@ class Trial:
         Raises:
             ValueError: ``name`` does not match :data:`TRIAL_PATTERN`.
         """
-        match = re.fullmatch(r"lr([0-9.e+-]+)_dropout([0-9.e+-]+)", name)
-        if match is None:
+        if re.fullmatch(TRIAL_PATTERN, name) is None:
             raise ValueError(f"tuning trial {name!r}: expected lr<factor>_dropout<rate>, e.g. 'lr0.5_dropout0.1'")
-        return cls(float(match.group(1)), float(match.group(2)))
+        factor, dropout = name.removeprefix("lr").split("_dropout")
+        return cls(float(factor), float(dropout))
 
 
 def trials(tuning: Mapping[str, Any]) -> list[Trial]:

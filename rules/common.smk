@@ -182,6 +182,8 @@ TUNING_DIR = posixpath.join(
 """A tuning trial's folder: the run it trains at, then the trial (newllm.tuning.Trial.name)."""
 TRIAL_NAME = f"{RUN_NAME}_{{trial}}"
 """A tuning trial's file name in the per-rule log and benchmark folders."""
+TUNING_CHOICE = "results/{study}/tuning/{model}/choice.json"
+"""A tuned model's chosen trial (rule tuning_choice), read by every run of its family."""
 
 
 def trial_metrics(wildcards):
@@ -202,7 +204,7 @@ def tuning_choice(wildcards):
     tuned = tuning.choice_model(wildcards.model, MODELS) if TUNING else None
     if tuned is None or "trial" in wildcards.keys():
         return {}
-    return {"tuning_choice": f"results/{wildcards.study}/tuning/{tuned}/choice.json"}
+    return {"tuning_choice": TUNING_CHOICE.format(study=wildcards.study, model=tuned)}
 
 
 def context_source(wildcards):

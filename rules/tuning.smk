@@ -42,7 +42,7 @@ rule tuning_choice:
     input:
         metrics=trial_metrics,
     output:
-        "results/{study}/tuning/{model}/choice.json",
+        TUNING_CHOICE,
     log:
         log_path("tuning_choice", "{model}"),
     localrule: True
