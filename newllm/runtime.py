@@ -173,7 +173,26 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    use_deterministic_algorithms()
+
+
+def use_deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing
+    TorchInductor when nothing compiles.
+
+    The public call imports ``torch._inductor.config`` only to set its ``deterministic``
+    flag, which no eager kernel reads; that import takes 2–3 s on a slow CPU, paid by every
+    job.  When the inductor is not loaded, the same process-wide switch is set through
+    ``torch._C`` directly (what the public call does after its import); when it is loaded
+    (something compiled), or the private setter is missing in this torch, the public call
+    runs.  Either way ``torch.are_deterministic_algorithms_enabled()`` is then true and
+    ``torch.is_deterministic_algorithms_warn_only_enabled()`` true (tested).
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def git_state(root: str | Path | None = None) -> dict[str, Any]:

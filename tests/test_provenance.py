@@ -209,6 +209,30 @@ def test_seeding_sets_the_cublas_workspace(monkeypatch):
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
+_DETERMINISTIC = """
+import sys, torch
+from newllm.runtime import seed_everything
+seed_everything(0, threads=1)
+print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+      "torch._inductor.config" in sys.modules)
+"""
+
+
+def test_seeding_asks_for_deterministic_warn_only_kernels_without_loading_the_inductor():
+    # a fresh process: the inductor is not loaded before, and seeding must not load it
+    out = subprocess.run([sys.executable, "-c", _DETERMINISTIC], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", "False"], out
+
+
+def test_seeding_after_the_inductor_loaded_sets_its_flag_too(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "deterministic", False)
+    runtime.seed_everything(0, threads=1)
+    assert inductor_config.deterministic and torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+
+
 _SWEEP_FAULTS = """
 import resource, sys, torch
 from newllm.model import ContextBlock, ModelConfig, TokenInput, init_weights
