@@ -61,6 +61,21 @@ def _module_name(path: Path, package_dir: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@functools.lru_cache(maxsize=None)
+def _import_statements(source: bytes, filename: str) -> tuple[tuple[int, str | None, tuple[str, ...]], ...]:
+    """``(level, module, names)`` of every import statement in a file's source, in order:
+    level ``-1`` and module ``None`` for ``import a, b``; ``from`` imports keep their
+    relative level (0 = absolute).  Cached by content, so one DAG build parses each file
+    once however many rules' scripts import it."""
+    statements = []
+    for node in ast.walk(ast.parse(source, filename=filename)):
+        if isinstance(node, ast.Import):
+            statements.append((-1, None, tuple(alias.name for alias in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            statements.append((node.level, node.module, tuple(alias.name for alias in node.names)))
+    return tuple(statements)
+
+
 def imported_modules(path: str | Path, package_dir: Path = PACKAGE_DIR) -> set[str]:
     """Names of the package modules one Python file imports, anywhere in it (also inside
     functions) and whether absolute or relative; ``from newllm.x import y`` counts ``y``
@@ -70,24 +85,23 @@ def imported_modules(path: str | Path, package_dir: Path = PACKAGE_DIR) -> set[s
         SyntaxError: the file does not parse.
     """
     path = Path(path)
-    tree = ast.parse(path.read_bytes(), filename=str(path))
     inside = path.resolve().is_relative_to(package_dir)
     own = _module_name(path.resolve(), package_dir) if inside else None
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                if own is None:
-                    continue  # a relative import outside the package is not ours
-                anchor = own.split(".") if path.name == "__init__.py" else own.split(".")[:-1]
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                module = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                module = node.module or ""
-            found.add(module)
-            found.update(f"{module}.{alias.name}" for alias in node.names)
+    for level, module, names in _import_statements(path.read_bytes(), str(path)):
+        if level < 0:
+            found.update(names)
+            continue
+        if level:
+            if own is None:
+                continue  # a relative import outside the package is not ours
+            anchor = own.split(".") if path.name == "__init__.py" else own.split(".")[:-1]
+            anchor = anchor[: len(anchor) - (level - 1)]
+            module = ".".join(anchor + ([module] if module else []))
+        else:
+            module = module or ""
+        found.add(module)
+        found.update(f"{module}.{name}" for name in names)
     return {name for name in found if _module_file(name, package_dir) is not None}
 
 
@@ -146,8 +160,20 @@ def code_text(path: str | Path) -> str:
         SyntaxError: the file does not parse.
     """
     path = Path(path)
-    tree = _without_docstrings(ast.parse(path.read_bytes(), filename=str(path)))
+    return _code_text(path.read_bytes(), str(path))
+
+
+@functools.lru_cache(maxsize=None)
+def _code_text(source: bytes, filename: str) -> str:
+    """:func:`code_text` of a file's source; cached by content."""
+    tree = _without_docstrings(ast.parse(source, filename=filename))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _code_digest(source: bytes, filename: str) -> str:
+    """sha256 hex digest of :func:`code_text` of a file's source; cached by content."""
+    return hashlib.sha256(_code_text(source, filename).encode()).hexdigest()
 
 
 def hash_files(files: Iterable[Path], root: Path) -> str:
@@ -155,7 +181,7 @@ def hash_files(files: Iterable[Path], root: Path) -> str:
     :func:`code_text` (docstrings, comments, layout and mtimes ignored)."""
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: f.relative_to(root).as_posix()):
-        content = hashlib.sha256(code_text(file).encode()).hexdigest()
+        content = _code_digest(file.read_bytes(), str(file))
         digest.update(f"{file.relative_to(root).as_posix()}\0{content}\n".encode())
     return digest.hexdigest()[:CODE_HASH_CHARS]
 
@@ -171,7 +197,8 @@ def code_hash(script: str | Path, package_dir: Path = PACKAGE_DIR) -> str:
         :func:`hash_files` of :func:`module_closure`: it changes when a statement of one
         of those modules changes, not when only a docstring, a comment or the layout does
         (those cannot change a result); the same for every script that uses no package
-        module.  Cached per process (one DAG build reads each file once).
+        module.  Cached per script and each file's parse by its content, so one DAG build
+        parses each file once.
 
     Raises:
         FileNotFoundError: ``script`` does not exist.
