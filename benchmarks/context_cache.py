@@ -196,7 +196,7 @@ def main() -> None:
     for d_c in args.context_dims:
         for kind in args.blocks:
             torch.manual_seed(0)
-            block = ContextBlock(ModelConfig(d_c, token_input.embed_dim, token_input.num_input_tokens))
+            block = ContextBlock(ModelConfig(d_c, token_input.embed_dim, num_input_tokens=token_input.num_input_tokens))
             init_weights(block)
             block.eval()
             print(f"d_c {d_c}, {kind} block")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from newllm.config_fields import BigramFields
 from newllm.embeddings import check_embedding_config
 from newllm.tokenizer import EOT_ID, VOCAB_SIZE
 from newllm.training import EarlyStopping, check_finite
@@ -238,36 +239,16 @@ def bigram_loss(model: BigramLM, counts: BigramCounts, chunk: int = 1024) -> flo
 
 
 @dataclass
-class BigramConfig:
-    """Training settings for :func:`train_bigram_model` / :func:`fit_bigram_head`.
+class BigramConfig(BigramFields):
+    """Training settings for :func:`train_bigram_model` / :func:`fit_bigram_head`: the
+    fields of the schema's ``embeddings.bigram`` section
+    (:class:`newllm.config_fields.BigramFields`, generated from it, with each field's
+    meaning; ``min_steps``/``max_steps`` bound :class:`newllm.training.EarlyStopping`).
 
     Defaults measured on the chitchat slice of 1,000 conversations (455k training tokens,
     d_e = 64, one CPU thread): about 110 steps, 50 s of CPU; ``lr 0.01, weight_decay 3`` reaches
     a 2 % lower test PPL in 40 % more time, ``weight_decay 0`` a 12 % higher one.
-
-    Attributes:
-        lr: AdamW learning rate.
-        batch_tokens: next-token targets drawn per optimizer step (with replacement,
-            each context scored against its full observed successor distribution).
-        eval_every: optimizer steps between held-out evaluations.
-        patience: evaluations without a held-out improvement of more than ``min_delta``
-            nats before stopping.
-        min_steps / max_steps: step bounds of :class:`newllm.training.EarlyStopping`.
-        heldout_fraction: share of the slice's conversations held out for early stopping.
-        weight_decay: decoupled (AdamW) weight decay on ``E`` and ``W`` (not on ``b, γ, β``).
-        chunk: context rows per fused softmax chunk (memory only, not results).
     """
-
-    lr: float = 0.015
-    batch_tokens: int = 8192
-    eval_every: int = 10
-    patience: int = 3
-    min_delta: float = 0.001
-    min_steps: int = 50
-    max_steps: int = 1000
-    heldout_fraction: float = 0.1
-    weight_decay: float = 2.0
-    chunk: int = 512
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any] | None) -> "BigramConfig":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,67 @@ def _field_type(key: str, spec: dict[str, Any]) -> Any:
     return known[0] | None if "null" in names else known[0]
 
 
-FIELD_SECTIONS: dict[str, tuple[str, str]] = {
-    "phase1": ("Phase1Fields", "docs/method.md §4"),
-    "phase2": ("Phase2Fields", "docs/method.md §7"),
-}
-"""The ``$defs`` sections generated into :mod:`newllm.config_fields` (section -> class
-name, the method section that explains them)."""
+@dataclass(frozen=True)
+class FieldSection:
+    """One schema section generated into :mod:`newllm.config_fields` as a dataclass.
+
+    Attributes:
+        path: where the section's object sits in the schema, as ``/``-separated keys
+            (``$defs/phase1``, ``properties/embeddings/properties/bigram``).
+        name: the dataclass's name.
+        source: what the class's docstring points to (a ``docs/method.md`` section).
+        keys: the properties that become fields, in schema order; ``None`` = all of them.
+        kw_only: fields are keyword-only, so a subclass may add fields without defaults
+            before them (``ModelConfig``'s ``context_dim`` and ``embed_dim``).
+        frozen: a frozen dataclass (a frozen subclass needs a frozen base).
+    """
+
+    path: str
+    name: str
+    source: str
+    keys: tuple[str, ...] | None = None
+    kw_only: bool = False
+    frozen: bool = False
+
+    @property
+    def title(self) -> str:
+        """The section as a config reader writes it (``embeddings.bigram``)."""
+        return ".".join(part for part in self.path.split("/") if part not in ("$defs", "properties"))
+
+    def properties(self, schema: dict[str, Any]) -> dict[str, Any]:
+        """The section's ``{key: property schema}`` that become fields.
+
+        Raises:
+            ConfigError: the path or one of ``keys`` is not in the schema.
+        """
+        node = schema
+        for part in self.path.split("/"):
+            if part not in node:
+                raise ConfigError(f"schema has no {self.path!r} (at {part!r}) for {self.name}")
+            node = node[part]
+        props = node["properties"]
+        missing = sorted(set(self.keys or ()) - set(props))
+        if missing:
+            raise ConfigError(f"schema section {self.title} has no keys {missing} for {self.name}")
+        return {key: spec for key, spec in props.items() if self.keys is None or key in self.keys}
+
+
+FIELD_SECTIONS: tuple[FieldSection, ...] = (
+    FieldSection("$defs/model", "ModelFields", "docs/method.md §3", kw_only=True, frozen=True),
+    FieldSection("$defs/phase1", "Phase1Fields", "docs/method.md §4"),
+    FieldSection("$defs/phase2", "Phase2Fields", "docs/method.md §7"),
+    FieldSection("properties/baselines/properties/early_stopping", "EarlyStoppingFields", "docs/method.md §10"),
+    FieldSection("properties/embeddings/properties/bigram", "BigramFields", "docs/method.md §2"),
+    FieldSection(
+        "properties/repetition",
+        "RepetitionFields",
+        "docs/method.md §9",
+        keys=("repetitions", "learning_rate", "grad_clip", "ce_weight", "converged_loss", "collapse_threshold"),
+    ),
+)
+"""The schema sections generated into :mod:`newllm.config_fields`; the trainers' config
+classes subclass them (``ModelConfig``, ``Phase1Config``, ``Phase2Config``,
+``NeuralTrainConfig``, ``BigramConfig``, ``RepetitionConfig``)."""
 
 FIELDS_MODULE_PATH = Path(__file__).resolve().parent / "config_fields.py"
 """Where ``python -m newllm.schema_docs`` writes :func:`fields_module`'s text."""
@@ -73,8 +129,8 @@ def _literal(value: Any) -> str:
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
-def fields_module(schema: dict[str, Any], sections: dict[str, tuple[str, str]] | None = None) -> str:
-    """The source of :mod:`newllm.config_fields`: one dataclass per ``$defs`` section of
+def fields_module(schema: dict[str, Any], sections: tuple[FieldSection, ...] | None = None) -> str:
+    """The source of :mod:`newllm.config_fields`: one dataclass per section of
     ``sections`` (default :data:`FIELD_SECTIONS`) whose fields are the section's
     properties — names, types, defaults and descriptions, in schema order — written out
     so readers, IDEs and type checkers see them, while the schema stays their one source
@@ -83,8 +139,8 @@ def fields_module(schema: dict[str, Any], sections: dict[str, tuple[str, str]] |
     the same way).
 
     Raises:
-        ConfigError: a property without a ``default``, or with a type that maps to no
-        single Python type.
+        ConfigError: a section or key missing from the schema, a property without a
+        ``default``, or with a type that maps to no single Python type.
     """
     sections = FIELD_SECTIONS if sections is None else sections
     out = [
@@ -97,11 +153,14 @@ def fields_module(schema: dict[str, Any], sections: dict[str, tuple[str, str]] |
         "",
         "from dataclasses import dataclass",
     ]
-    for section, (name, source) in sections.items():
-        out += ["", "", "@dataclass", f"class {name}:", f'    """The ``{section}`` section\'s settings ({source})."""', ""]
-        for key, spec in schema["$defs"][section]["properties"].items():
+    for section in sections:
+        options = ", ".join(name + "=True" for name in ("frozen", "kw_only") if getattr(section, name))
+        decorator = f"@dataclass({options})" if options else "@dataclass"
+        doc = f'    """The ``{section.title}`` section\'s settings ({section.source})."""'
+        out += ["", "", decorator, f"class {section.name}:", doc, ""]
+        for key, spec in section.properties(schema).items():
             if "default" not in spec:
-                raise ConfigError(f"schema property {section}.{key} has no default; every trainer setting needs one")
+                raise ConfigError(f"schema property {section.title}.{key} has no default; every trainer setting needs one")
             typ = _field_type(key, spec)
             text = " ".join(spec.get("description", "(no description)").split())
             text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')

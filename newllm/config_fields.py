@@ -8,6 +8,23 @@ fails when this module and the schema disagree).  No torch import.
 from dataclasses import dataclass
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelFields:
+    """The ``model`` section's settings (docs/method.md §3)."""
+
+    num_input_tokens: int = 1
+    """N_in, the tokens x_{t−N_in+1..t} whose embeddings are concatenated into each block's input x̃_t"""
+
+    num_layers: int = 1
+    """L"""
+
+    ffn_layers: int = 1
+    """1 = act(W z + b); 2 = two layers with a hidden width of four times the input"""
+
+    activation: str = "gelu"
+    """the FFN's nonlinearity"""
+
+
 @dataclass
 class Phase1Fields:
     """The ``phase1`` section's settings (docs/method.md §4)."""
@@ -97,3 +114,83 @@ class Phase2Fields:
     chunk_tokens: int | None = None
     """rows per chunk of the fused tied cross-entropy ([chunk, C] logits in memory); null = the measured best per device, 128
     on CPU and 4096 on CUDA (benchmarks/throughput.py)"""
+
+
+@dataclass
+class EarlyStoppingFields:
+    """The ``baselines.early_stopping`` section's settings (docs/method.md §10)."""
+
+    eval_every: int = 50
+    """optimizer steps between dev evaluations, or one epoch of the training stream when that is fewer steps (small training
+    sets overfit within a few dozen steps)"""
+
+    patience: int = 3
+    """dev evaluations without improvement before stopping"""
+
+    min_delta: float = 0.002
+    """dev-loss drop (nats) that counts as an improvement; 0.002 = 0.2 % PPL per evaluation, below which the last steps of a
+    run cost more than they change"""
+
+    min_steps: int = 100
+    """no early stop before this many optimizer steps"""
+
+    max_steps: int = 2000
+    """optimizer-step budget; a run that reaches it is flagged undertrained"""
+
+
+@dataclass
+class BigramFields:
+    """The ``embeddings.bigram`` section's settings (docs/method.md §2)."""
+
+    lr: float = 0.015
+    """AdamW learning rate"""
+
+    batch_tokens: int = 8192
+    """next-token targets drawn per optimizer step"""
+
+    eval_every: int = 10
+    """optimizer steps between held-out evaluations"""
+
+    patience: int = 3
+    """evaluations without improvement before stopping"""
+
+    min_delta: float = 0.001
+    """held-out improvement (nats/token) that counts for early stopping"""
+
+    min_steps: int = 50
+    """no stop before this many optimizer steps"""
+
+    max_steps: int = 1000
+    """budget; a run that reaches it is flagged undertrained in the meta"""
+
+    heldout_fraction: float = 0.1
+    """share of the slice's conversations held out for early stopping"""
+
+    weight_decay: float = 2.0
+    """decoupled (AdamW) weight decay on E and W; lr x weight_decay is the shrink per step"""
+
+    chunk: int = 512
+    """context rows per fused softmax chunk (memory only)"""
+
+
+@dataclass
+class RepetitionFields:
+    """The ``repetition`` section's settings (docs/method.md §9)."""
+
+    repetitions: int = 50
+    """times each phrase is repeated"""
+
+    learning_rate: float = 0.001
+    """Adam's learning rate"""
+
+    grad_clip: float = 1.0
+    """global L2 norm the gradients are clipped to"""
+
+    ce_weight: float = 0.0
+    """weight of the optional token cross-entropy"""
+
+    converged_loss: float = 0.01
+    """a token has converged when its final convergence loss is below this"""
+
+    collapse_threshold: float = 0.01
+    """collapsed when the median pairwise fixed-point distance < this x the mean fixed-point norm"""

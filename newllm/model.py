@@ -17,17 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from newllm.config_fields import ModelFields
+
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(ModelFields):
     """The shape of both blocks (docs/method.md §3): one config for ContextBlock and TokenBlock.
 
-    ``num_input_tokens``, ``num_layers``, ``ffn_layers`` and ``activation`` are the
-    ``model`` section of ``config/schema.yaml`` (same defaults; a test checks they
-    agree); ``context_dim`` is the run's wildcard and ``embed_dim`` the width of the
-    frozen embeddings, so neither has a default.
+    ``num_input_tokens``, ``num_layers``, ``ffn_layers`` and ``activation`` are the fields
+    of the schema's ``model`` section (:class:`newllm.config_fields.ModelFields`, generated
+    from it; keyword-only); ``context_dim`` is the run's wildcard and ``embed_dim`` the
+    width of the frozen embeddings, so neither has a default.
 
     Raises:
         ValueError: a dimension or count below 1, ``ffn_layers`` not 1 or 2, or an
@@ -36,10 +38,6 @@ class ModelConfig:
 
     context_dim: int
     embed_dim: int
-    num_input_tokens: int = 1
-    num_layers: int = 1
-    ffn_layers: int = 1
-    activation: str = "gelu"
 
     def __post_init__(self) -> None:
         _check_positive(

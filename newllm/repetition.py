@@ -29,25 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from newllm.config_fields import RepetitionFields
 from newllm.model import ContextBlock, ModelConfig, TokenBlock, TokenInput, build_blocks, tied_logits
 from newllm.solvers import unroll
 from newllm.tokenizer import EOT_ID
 from newllm.training import config_from_dict
 
-CONVERGED_LOSS = 0.01
-"""A token counts as converged when its final convergence loss is below this (seeds/000)."""
+CONVERGED_LOSS = RepetitionFields.converged_loss
+"""A token counts as converged when its final convergence loss is below this (docs/method.md §9)."""
 
 
 @dataclass
-class RepetitionConfig:
-    """Hyper-parameters of the repetition study (config section ``repetition``)."""
-
-    repetitions: int = 50
-    learning_rate: float = 1e-3
-    grad_clip: float = 1.0
-    ce_weight: float = 0.0
-    converged_loss: float = CONVERGED_LOSS
-    collapse_threshold: float = 0.01
+class RepetitionConfig(RepetitionFields):
+    """Hyper-parameters of the repetition study's trainer: the fields of the schema's
+    ``repetition`` section that it reads (:class:`newllm.config_fields.RepetitionFields`,
+    generated from it); the stage and phrase counts are read by the study's rule."""
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "RepetitionConfig":

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from newllm.config import FIELDS_MODULE_PATH, SCHEMA_PATH, fields_module, load_schema
+from newllm.config import FIELD_SECTIONS, FIELDS_MODULE_PATH, SCHEMA_PATH, fields_module, load_schema
 
 README_PATH = Path(__file__).resolve().parents[1] / "config" / "README.md"
 """Where :func:`main` writes the page (``config/README.md``)."""
@@ -71,9 +71,10 @@ executors, partitions) belong in `profiles/`, not here.
   starts, naming the key and what is allowed.  `newllm/config.py` adds the checks a schema
   cannot make (variant overrides after merging, sample sizes against the training pool,
   the corpus and tokenizer paths).
-- The `phase1` and `phase2` sections are also the trainers' settings: `newllm/config_fields.py`
-  is generated from them (`python -m newllm.schema_docs` writes it and this page), and
-  `Phase1Config` and `Phase2Config` subclass it, so the defaults below are the trainers' defaults.
+- The sections {field_sections}
+  are also the trainers' settings: `newllm/config_fields.py` is generated from them
+  (`python -m newllm.schema_docs` writes it and this page), and the settings classes
+  subclass it, so the defaults below are the trainers' defaults.
 - What each setting does in the method: [`docs/method.md`](../docs/method.md).
 
 ## Study configs
@@ -278,7 +279,8 @@ def schema_markdown(schema: dict[str, Any], configs: dict[str, str] | None = Non
         Markdown ending in one newline.
     """
     configs = STUDY_CONFIGS if configs is None else configs
-    parts = [INTRO]
+    titles = [f"`{section.title}`" for section in FIELD_SECTIONS]
+    parts = [INTRO.replace("{field_sections}", ", ".join(titles[:-1]) + " and " + titles[-1])]
     parts.append("".join(f"| [`{name}`]({name}) | {_cell(text)} |\n" for name, text in configs.items()))
     required = set(schema.get("required", []))
     top = {k: _resolve(v, schema) for k, v in schema["properties"].items()}

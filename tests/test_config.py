@@ -147,7 +147,7 @@ def test_fields_module_by_hand():
     in schema order, and is valid Python whose classes are those dataclasses."""
     import dataclasses
 
-    from newllm.config import fields_module
+    from newllm.config import FieldSection, fields_module
 
     schema = {
         "$defs": {
@@ -162,7 +162,7 @@ def test_fields_module_by_hand():
             }
         }
     }
-    source = fields_module(schema, {"s": ("Settings", "docs/method.md §9")})
+    source = fields_module(schema, (FieldSection("$defs/s", "Settings", "docs/method.md §9"),))
     assert '    steps: int = 3\n    """optimizer steps"""\n' in source
     assert '    mode: str = "a"\n' in source and "    chunk: int | None = None\n" in source
     namespace = {}
@@ -179,25 +179,65 @@ def test_fields_module_by_hand():
     assert settings.__doc__ == "The ``s`` section's settings (docs/method.md §9)."
 
     props = schema["$defs"]["s"]["properties"]
+    # a nested section, a subset of its keys, keyword-only and frozen
+    nested = {"properties": {"outer": {"properties": {"inner": schema["$defs"]["s"]}}}}
+    section = FieldSection("properties/outer/properties/inner", "Inner", "§1", keys=("rate", "flag"), kw_only=True, frozen=True)
+    namespace = {}
+    exec(compile(fields_module(nested, (section,)), "<generated>", "exec"), namespace)
+    inner = namespace["Inner"]
+    assert [f.name for f in dataclasses.fields(inner)] == ["rate", "flag"] and inner.__doc__.startswith("The ``outer.inner``")
+    with pytest.raises(TypeError):
+        inner(0.1)  # keyword-only
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        inner().rate = 1.0
+    with pytest.raises(ConfigError, match=r"has no keys \['nope'\] for X"):
+        fields_module(nested, (FieldSection(section.path, "X", "", keys=("nope",)),))
+    with pytest.raises(ConfigError, match=r"no 'properties/missing'"):
+        fields_module(nested, (FieldSection("properties/missing", "X", ""),))
+
+    props = schema["$defs"]["s"]["properties"]
+    plain = (FieldSection("$defs/s", "X", ""),)
     del props["steps"]["default"]
     with pytest.raises(ConfigError, match=r"s\.steps has no default"):
-        fields_module(schema, {"s": ("X", "")})
+        fields_module(schema, plain)
     props["steps"] = {"type": ["integer", "number"], "default": 1}
     with pytest.raises(ConfigError, match=r"'steps': type \['integer', 'number'\] has no dataclass type"):
-        fields_module(schema, {"s": ("X", "")})
+        fields_module(schema, plain)
     props["steps"] = {"type": "array", "default": []}
     with pytest.raises(ConfigError, match="'steps': type 'array'"):
-        fields_module(schema, {"s": ("X", "")})
+        fields_module(schema, plain)
 
 
 def _leaf_defaults(node):
     return {key: spec["default"] for key, spec in node["properties"].items() if "default" in spec and "properties" not in spec}
 
 
+def test_every_settings_class_subclasses_the_fields_generated_from_its_section():
+    from newllm import config_fields
+    from newllm.baselines.training import NeuralTrainConfig
+    from newllm.bigram import BigramConfig
+    from newllm.config import FIELD_SECTIONS
+    from newllm.model import ModelConfig
+    from newllm.phase1 import Phase1Config
+    from newllm.phase2 import Phase2Config
+    from newllm.repetition import CONVERGED_LOSS, RepetitionConfig
+
+    bases = {
+        cls.__bases__[0].__name__
+        for cls in (ModelConfig, Phase1Config, Phase2Config, NeuralTrainConfig, BigramConfig, RepetitionConfig)
+    }
+    assert bases == {section.name for section in FIELD_SECTIONS}
+    assert all(getattr(config_fields, name).__module__ == "newllm.config_fields" for name in bases)
+    assert ModelConfig(4, 3, num_layers=2).num_layers == 2 and CONVERGED_LOSS == RepetitionConfig().converged_loss
+    with pytest.raises(TypeError):  # the section's fields are keyword-only after the per-run dimensions
+        ModelConfig(4, 3, 2)
+
+
 def test_schema_defaults_and_the_other_config_dataclasses_agree(schema):
-    # model -> ModelConfig; baselines.transformer -> TransformerConfig; repetition -> RepetitionConfig;
-    # baselines.early_stopping + baselines.lstm -> NeuralTrainConfig
-    # (whose defaults are the LSTM's); embeddings.bigram -> BigramConfig is tested in test_embeddings.py
+    # model -> ModelConfig (generated fields plus two per-run dimensions); baselines.transformer ->
+    # TransformerConfig (hand-written: its width is matched per run); repetition -> RepetitionConfig;
+    # baselines.early_stopping + baselines.lstm -> NeuralTrainConfig (whose own defaults are the
+    # LSTM's); embeddings.bigram -> BigramConfig is tested in test_embeddings.py
     import dataclasses
 
     import torch

@@ -80,7 +80,7 @@ def test_build_blocks_init_statistics():
 
 def test_model_config_from_a_run_dict():
     config = ModelConfig.from_dict(_model_cfg(num_input_tokens=2, num_layers=3, seed=9), embed_dim=5)
-    assert config == ModelConfig(8, 5, 2, num_layers=3)  # other keys of the section are ignored
+    assert config == ModelConfig(8, 5, num_input_tokens=2, num_layers=3)  # other keys of the section are ignored
     assert config.token_input_dim == 10
     with pytest.raises(KeyError, match="ffn_layers"):
         ModelConfig.from_dict({k: v for k, v in _model_cfg().items() if k != "ffn_layers"}, embed_dim=5)

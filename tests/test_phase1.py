@@ -21,7 +21,7 @@ from newllm.phase1 import (
 def _setup(n=12, d_c=6, d_e=4, layers=1, n_in=1, seed=0):
     torch.manual_seed(seed)
     token_input = TokenInput(torch.randn(30, d_e), n_in)
-    block = ContextBlock(ModelConfig(d_c, d_e, n_in, num_layers=layers))
+    block = ContextBlock(ModelConfig(d_c, d_e, num_input_tokens=n_in, num_layers=layers))
     init_weights(block)
     stream = torch.randint(0, 30, (n,))
     return block, token_input, stream

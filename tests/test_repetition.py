@@ -406,8 +406,8 @@ def test_trainer_factory_builds_the_configured_blocks_seeded_by_seed_plus_k():
     embeddings = torch.randn(20, 4)
     trainer = make_trainer_factory(model, embeddings, RepetitionConfig(), seed=5, device=torch.device("cpu"))(3)
     torch.manual_seed(8)
-    block = ContextBlock(ModelConfig(6, 4, 2, num_layers=2, ffn_layers=2, activation="relu"))
-    token_block = TokenBlock(ModelConfig(6, 4, 2, num_layers=2, ffn_layers=2, activation="relu"))
+    block = ContextBlock(ModelConfig(6, 4, num_input_tokens=2, num_layers=2, ffn_layers=2, activation="relu"))
+    token_block = TokenBlock(ModelConfig(6, 4, num_input_tokens=2, num_layers=2, ffn_layers=2, activation="relu"))
     init_weights(block)
     init_weights(token_block)
     assert trainer.token_input.output_dim == 8

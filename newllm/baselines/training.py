@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from newllm.baselines.models import SEQ_LEN_KEY, SizeMatch
 from newllm.checkpoint import CheckpointSpec
+from newllm.config_fields import EarlyStoppingFields
 from newllm.flops import TRAIN_FLOPS_FORMULA, train_flops
 from newllm.head import TiedHead, tied_head, tied_token_nll
 from newllm.metrics import perplexity, test_scores
@@ -41,20 +42,17 @@ from newllm.training import ResumableBatches, TrainResult, config_from_dict
 
 
 @dataclass
-class NeuralTrainConfig:
-    """Hyper-parameters of one neural baseline run (config ``baselines.<model>`` plus
-    ``baselines.early_stopping``; the defaults here are the schema's LSTM defaults)."""
+class NeuralTrainConfig(EarlyStoppingFields):
+    """Hyper-parameters of one neural baseline run: the stop rule's fields of the schema's
+    ``baselines.early_stopping`` section (:class:`newllm.config_fields.EarlyStoppingFields`,
+    generated from it), then the model's own section ``baselines.<model>`` (the defaults
+    here are the schema's LSTM defaults; a test keeps them equal)."""
 
     learning_rate: float = 1e-2
     lr_decay: float = 0.5
     grad_clip: float = 1.0
     batch_size: int = 16
     seq_len: int = 32
-    eval_every: int = 50
-    patience: int = 3
-    min_delta: float = 0.002
-    min_steps: int = 100
-    max_steps: int = 2000
     chunk_tokens: int | None = None
     """Rows per fused tied cross-entropy chunk; ``None``: per device (:meth:`from_dict`)."""
 
