@@ -16,7 +16,7 @@ N, VOCAB, D_E, D_C, LAYERS, CHUNK = 150, 50, 6, 8, 2, 16
 def make_map(num_input_tokens: int = 2, n: int = N, seed: int = 0) -> StreamMap:
     torch.manual_seed(seed)
     token_input = TokenInput(torch.randn(VOCAB, D_E), num_input_tokens)
-    block = ContextBlock(ModelConfig(D_C, D_E, num_input_tokens, num_layers=LAYERS))
+    block = ContextBlock(ModelConfig(D_C, D_E, num_input_tokens=num_input_tokens, num_layers=LAYERS))
     init_weights(block)
     return StreamMap(block.eval(), token_input, torch.randint(0, VOCAB, (n,)), batch_size=32)
 
@@ -24,7 +24,7 @@ def make_map(num_input_tokens: int = 2, n: int = N, seed: int = 0) -> StreamMap:
 def deep_map(smap: StreamMap, batch_size: int = 4096) -> StreamMap:
     """``smap``'s token input and stream under a new three-layer ContextBlock (initialised
     from torch's global RNG), so a layer other than the last exists."""
-    block = ContextBlock(ModelConfig(D_C, D_E, smap.token_input.num_input_tokens, num_layers=3))
+    block = ContextBlock(ModelConfig(D_C, D_E, num_input_tokens=smap.token_input.num_input_tokens, num_layers=3))
     init_weights(block)
     return StreamMap(block, smap.token_input, smap.stream, batch_size)
 
