@@ -13,65 +13,53 @@ from newllm.runtime import progress_stream, save_weights
 from newllm.script import run_script
 
 CHECKPOINT_EVERY = 5  # iterations; a killed job resumes from the last checkpoint
+ITERATION_LINE = "iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / dev %s, %.0f tok/s"
+ITERATION_KEYS = ("iteration", "cvfp_loss", "diversity_loss", "convergence", "val_convergence", "tokens_per_s")
+
+
+def train(smk, name, log, block, token_input, stream, dev_stream, cfg, precision, seed):
+    """Phase 1 with a checkpoint every :data:`CHECKPOINT_EVERY` iterations and a log line per
+    iteration; ``(summary, history)``."""
+    checkpoint = run_checkpoint(smk, smk.output.weights, every=CHECKPOINT_EVERY)
+    with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
+
+        def report(r):
+            bar.update(1)
+            log.info(ITERATION_LINE, *(r.get(key) for key in ITERATION_KEYS))
+
+        result = train_phase1(
+            block,
+            token_input,
+            stream,
+            cfg,
+            val_stream=dev_stream,
+            seed=seed,
+            run_name=name,
+            on_iteration=report,
+            checkpoint=checkpoint,
+            precision=precision,
+        )
+    checkpoint.path.unlink(missing_ok=True)
+    if result.summary["undertrained"]:
+        line = "Phase 1 %s stopped at max_iterations=%d without meeting its stop rule (%s): flagged undertrained"
+        log.warning(line, name, cfg.max_iterations, cfg.stop_rule)
+    return result.summary, result.history
 
 
 def main(smk) -> None:
     params, name, log, device, token_input = start_run(smk)
-    stream = load_stream(smk.input.train, device)
-    dev_stream = load_stream(smk.input.dev, device)
+    stream, dev_stream = (load_stream(path, device) for path in (smk.input.train, smk.input.dev))
     context_block, _ = build_model(params, token_input, device)
-    cfg = Phase1Config.from_dict(params["phase1"])
-    precision = run_precision(params, device, token_input.embed_dim)
-    log.info(
-        "Phase 1 %s on %s (%s): %d tokens, ContextBlock %d parameters, %s",
-        name,
-        device,
-        precision,
-        stream.shape[0],
-        count_parameters(context_block),
-        cfg,
-    )
-    if params["run"]["model"] == "untrained_context":
-        summary, history = untrained_summary(context_block, token_input, stream, dev_stream, cfg, params["seed"]), []
-        summary["precision"] = "fp32"  # measured only, by fp32 sweeps
+    cfg, precision = Phase1Config.from_dict(params["phase1"]), run_precision(params, device, token_input.embed_dim)
+    parameters = count_parameters(context_block)
+    line = "Phase 1 %s on %s (%s): %d tokens, ContextBlock %d parameters, %s"
+    log.info(line, name, device, precision, stream.shape[0], parameters, cfg)
+    if params["run"]["model"] == "untrained_context":  # measured only, by fp32 sweeps
+        summary = untrained_summary(context_block, token_input, stream, dev_stream, cfg, params["seed"])
+        summary, history = {**summary, "precision": "fp32"}, []
     else:
-        checkpoint = run_checkpoint(smk, smk.output.weights, every=CHECKPOINT_EVERY)
-        with tqdm(total=cfg.max_iterations, desc=f"phase1 {name}", unit="it", file=progress_stream(log), mininterval=10) as bar:
-
-            def report(r):
-                bar.update(1)
-                log.info(
-                    "iteration %d: cvfp %.5f, diversity %.5f, convergence train %s / dev %s, %.0f tok/s",
-                    r["iteration"],
-                    r["cvfp_loss"],
-                    r["diversity_loss"],
-                    r["convergence"],
-                    r.get("val_convergence"),
-                    r["tokens_per_s"],
-                )
-
-            result = train_phase1(
-                context_block,
-                token_input,
-                stream,
-                cfg,
-                val_stream=dev_stream,
-                seed=params["seed"],
-                run_name=name,
-                on_iteration=report,
-                checkpoint=checkpoint,
-                precision=precision,
-            )
-        summary, history = result.summary, result.history
-        checkpoint.path.unlink(missing_ok=True)
-        if summary["undertrained"]:
-            log.warning(
-                "Phase 1 %s stopped at max_iterations=%d without meeting its stop rule (%s): flagged undertrained",
-                name,
-                cfg.max_iterations,
-                cfg.stop_rule,
-            )
-    summary.update(train_tokens=int(stream.shape[0]), context_block_parameters=count_parameters(context_block))
+        summary, history = train(smk, name, log, context_block, token_input, stream, dev_stream, cfg, precision, params["seed"])
+    summary.update(train_tokens=int(stream.shape[0]), context_block_parameters=parameters)
     save_weights(smk.output.weights, context_block.state_dict(), {"run": name})
     write_run_outputs(smk.output.metrics, smk.output.history, params, summary, history, device)
     log.info("Phase 1 done: %s", summary)
