@@ -163,9 +163,8 @@ def code_text(path: str | Path) -> str:
     return _code_text(path.read_bytes(), str(path))
 
 
-@functools.lru_cache(maxsize=None)
 def _code_text(source: bytes, filename: str) -> str:
-    """:func:`code_text` of a file's source; cached by content."""
+    """:func:`code_text` of a file's source (the hash of it is what is cached, :func:`_code_digest`)."""
     tree = _without_docstrings(ast.parse(source, filename=filename))
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
